@@ -1,0 +1,230 @@
+//! Request and response bodies of the native API.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The health of a check or an instance. Ordered from best to worst, so the health of an
+/// instance is the `max` of its checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Passing,
+    Warning,
+    Critical,
+}
+
+impl HealthStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthStatus::Passing => "passing",
+            HealthStatus::Warning => "warning",
+            HealthStatus::Critical => "critical",
+        }
+    }
+}
+
+impl std::fmt::Display for HealthStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The kind of an active or passive health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// `GET url`: 2xx passing, 429 warning, anything else or a time-out critical.
+    Http,
+    /// A TCP connect to `target` (`host:port`).
+    Tcp,
+    /// Passive: the instance must heartbeat within `ttl`.
+    Ttl,
+}
+
+/// Body of `PUT /v1/services/{service}/instances/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceRegistration {
+    /// An IPv4 or IPv6 literal, or a DNS host name (answered as CNAME).
+    pub address: String,
+    /// 1-65535.
+    pub port: u32,
+    /// DNS labels; duplicates are folded.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Free-form string pairs, bounded in count and size.
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    /// 1-65535, default 1: share of DNS answers and SRV weight.
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// Health checks; none means the instance is passing.
+    #[serde(default)]
+    pub checks: Vec<CheckRegistration>,
+}
+
+/// One check in an [`InstanceRegistration`]. Which fields apply depends on `kind`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckRegistration {
+    /// Unique within the instance; defaults to the kind, numbered when repeated (`http`, `http-2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub kind: CheckKind,
+    /// `http`: the URL to GET.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// `http`: the method, default `GET`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// `http`: extra request headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// `http`: accept any TLS certificate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_skip_verify: bool,
+    /// `tcp`: `host:port` to connect to; defaults to the instance's address and port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// `ttl`: how long a heartbeat keeps the check passing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// Active checks: time between probes (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Active checks: time a probe may take (default 5s, at most the interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Successes in a row before passing (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rise: Option<u32>,
+    /// Failures in a row before critical (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fall: Option<u32>,
+    /// Status until the first result (default critical).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_status: Option<HealthStatus>,
+    /// Remove the instance once this check has been critical for this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deregister_after: Option<String>,
+}
+
+/// Body of `PUT /v1/services/{service}/instances/{id}/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthUpdate {
+    pub status: HealthStatus,
+    #[serde(default)]
+    pub output: Option<String>,
+}
+
+/// Answer to every successful write: the Raft log index that committed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteResult {
+    pub index: u64,
+}
+
+/// One row of `GET /v1/services`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSummary {
+    pub name: String,
+    /// Index of the last change to this service or its instances.
+    pub index: u64,
+    /// Union of the instances' tags, sorted.
+    pub tags: Vec<String>,
+    pub instances: u32,
+    pub passing: u32,
+    pub warning: u32,
+    pub critical: u32,
+}
+
+/// `GET /v1/services`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceList {
+    /// Moves when a service appears or disappears or its set of tags changes.
+    pub index: u64,
+    pub services: Vec<ServiceSummary>,
+}
+
+/// `GET /v1/services/{service}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInstances {
+    pub name: String,
+    pub index: u64,
+    pub instances: Vec<InstanceInfo>,
+}
+
+/// An instance as stored, with its health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    pub id: String,
+    pub address: String,
+    pub port: u16,
+    pub tags: Vec<String>,
+    pub meta: BTreeMap<String, String>,
+    pub weight: u16,
+    /// The worst of the checks and the custom health; passing when there are none.
+    pub health: HealthStatus,
+    pub checks: Vec<CheckInfo>,
+    /// Health set directly through `PUT .../health`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_health: Option<CheckState>,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// A check's definition and its last committed result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckInfo {
+    pub id: String,
+    pub definition: CheckRegistration,
+    #[serde(flatten)]
+    pub state: CheckState,
+}
+
+/// A status with its output and the leader-stamped time (Unix ms) it last changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckState {
+    pub status: HealthStatus,
+    pub output: String,
+    pub changed_at_ms: u64,
+}
+
+/// `GET /v1/cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub cluster: String,
+    /// The node that answered.
+    pub node_id: u64,
+    /// Its Raft role: `leader`, `follower`, `candidate` or `learner`.
+    pub role: String,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    /// Milliseconds since this node last heard from the leader (0 on the leader itself, `None`
+    /// when it never has).
+    pub last_contact_ms: Option<u64>,
+    pub members: Vec<MemberInfo>,
+}
+
+/// A member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub rpc_addr: String,
+    /// Voters make the quorum; learners only replicate.
+    pub voter: bool,
+}
+
+/// Body of `POST /v1/cluster/members`: add a node, as a learner until caught up, then a voter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    pub id: u64,
+    /// `host:port` of the new node's cluster RPC listener, as the others reach it.
+    pub rpc_addr: String,
+}

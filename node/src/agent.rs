@@ -1,0 +1,280 @@
+//! The agent: binds the listeners, starts the Raft node, serves HTTP and cluster RPC, enters the
+//! cluster, and shuts down in order when told to.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_client::{ApiError, JoinRequest};
+use cairn_raft::{Cluster, ClusterOptions, Member, StartError};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::api;
+use crate::config::{AgentConfig, Membership};
+
+/// How long in-flight requests get to finish once shutdown begins.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Pause between join attempts while no member answers.
+const JOIN_RETRY: Duration = Duration::from_secs(1);
+
+/// Why the agent stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create a temporary data folder: {0}")]
+    TempDir(std::io::Error),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("cannot join the cluster: {0}")]
+    Join(String),
+}
+
+/// The addresses the agent ended up listening on (port 0 resolved).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub http: SocketAddr,
+    pub rpc: SocketAddr,
+}
+
+impl std::fmt::Display for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http={} rpc={}", self.http, self.rpc)
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AgentError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AgentError::Bind { what, addr, source })
+}
+
+/// Runs the agent until `shutdown` is cancelled. Prints one line to stdout once listening:
+/// `cairn listening node_id=<id> http=<addr> rpc=<addr>`; tests and scripts read the bound ports
+/// from it.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let http_listener = bind("HTTP", config.http_addr).await?;
+    let rpc_listener = bind("cluster RPC", config.rpc_addr).await?;
+    let bound = Bound {
+        http: http_listener
+            .local_addr()
+            .map_err(|source| AgentError::Bind {
+                what: "HTTP",
+                addr: config.http_addr,
+                source,
+            })?,
+        rpc: rpc_listener
+            .local_addr()
+            .map_err(|source| AgentError::Bind {
+                what: "cluster RPC",
+                addr: config.rpc_addr,
+                source,
+            })?,
+    };
+
+    // Dev mode without --data-dir: a temporary folder that disappears with the agent.
+    let mut _temp_dir = None;
+    let data_dir: PathBuf = match &config.data_dir {
+        Some(d) => d.clone(),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("cairn-dev-")
+                .tempdir()
+                .map_err(AgentError::TempDir)?;
+            let p = t.path().to_owned();
+            _temp_dir = Some(t);
+            p
+        }
+    };
+
+    let self_rpc = match (&config.membership, &config.advertise) {
+        (Membership::Bootstrap(peers), _) => peers
+            .get(&config.node_id)
+            .cloned()
+            .unwrap_or_else(|| bound.rpc.to_string()),
+        (_, Some(host)) if host.contains(':') => format!("[{host}]:{}", bound.rpc.port()),
+        (_, Some(host)) => format!("{host}:{}", bound.rpc.port()),
+        (_, None) => bound.rpc.to_string(),
+    };
+    let bootstrap = match &config.membership {
+        Membership::Bootstrap(peers) => Some(
+            peers
+                .iter()
+                .map(|(id, addr)| {
+                    (
+                        *id,
+                        Member {
+                            rpc_addr: addr.clone(),
+                        },
+                    )
+                })
+                .collect::<BTreeMap<_, _>>(),
+        ),
+        Membership::BootstrapSelf => Some(BTreeMap::from([(
+            config.node_id,
+            Member {
+                rpc_addr: self_rpc.clone(),
+            },
+        )])),
+        Membership::Join(_) | Membership::Wait => None,
+    };
+    let options = ClusterOptions {
+        node_id: config.node_id,
+        cluster_name: config.cluster.clone(),
+        data_dir: data_dir.clone(),
+        bootstrap,
+        snapshot_threshold: config.snapshot_threshold,
+        keep_logs: config.snapshot_keep_logs,
+        write_timeout: config.write_timeout,
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start(options).await?;
+
+    let rpc_stop = CancellationToken::new();
+    let http_stop = shutdown.child_token();
+    let mut servers = JoinSet::new();
+    {
+        let app = cairn_raft::transport::router(cluster.clone());
+        let stop = rpc_stop.clone();
+        servers.spawn(async move {
+            axum::serve(rpc_listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        });
+    }
+    let http_server = {
+        let app = api::router(cluster.clone(), config.max_body_bytes);
+        let stop = http_stop.clone();
+        tokio::spawn(async move {
+            axum::serve(http_listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        })
+    };
+
+    println!("cairn listening node_id={} {bound}", config.node_id);
+    tracing::info!(
+        node_id = config.node_id,
+        http = %bound.http,
+        rpc = %bound.rpc,
+        advertise = %self_rpc,
+        data_dir = %data_dir.display(),
+        "agent started"
+    );
+
+    let result = enter_cluster(&config, &cluster, &self_rpc, &shutdown).await;
+    if result.is_ok() {
+        shutdown.cancelled().await;
+    }
+
+    tracing::info!("shutting down: draining HTTP requests");
+    http_stop.cancel();
+    match tokio::time::timeout(SHUTDOWN_GRACE, http_server).await {
+        Ok(_) => {}
+        Err(_) => {
+            tracing::warn!("HTTP requests still running after {SHUTDOWN_GRACE:?}; dropping them")
+        }
+    }
+    tracing::info!("shutting down: stopping raft");
+    cluster.shutdown().await;
+    rpc_stop.cancel();
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, servers.join_all()).await;
+    drop(cluster);
+    tracing::info!("stopped");
+    result
+}
+
+/// Bootstraps, joins, or waits, as configured.
+async fn enter_cluster(
+    config: &AgentConfig,
+    cluster: &Arc<Cluster>,
+    self_rpc: &str,
+    shutdown: &CancellationToken,
+) -> Result<(), AgentError> {
+    match &config.membership {
+        Membership::Bootstrap(_) | Membership::BootstrapSelf => {
+            if cluster.bootstrap().await? {
+                tracing::info!("initialised a new cluster");
+            } else {
+                tracing::info!("cluster state found in the data folder; not initialising");
+            }
+            Ok(())
+        }
+        Membership::Join(urls) => {
+            if cluster.is_voter() {
+                tracing::info!("already a voter; not joining again");
+                return Ok(());
+            }
+            join(urls, config.node_id, self_rpc, shutdown).await
+        }
+        Membership::Wait => {
+            if !cluster.has_membership() {
+                tracing::warn!(
+                    "no cluster state, --peers, --bootstrap or --join: waiting to be added by a member"
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Asks a member to add this node, retrying while none answers; stops on a definite refusal.
+async fn join(
+    urls: &[String],
+    id: u64,
+    rpc_addr: &str,
+    shutdown: &CancellationToken,
+) -> Result<(), AgentError> {
+    let client = reqwest::Client::builder()
+        // A join returns once this node has caught up, which can take a while.
+        .timeout(Duration::from_secs(120))
+        .build()
+        .map_err(|e| AgentError::Join(e.to_string()))?;
+    let body = JoinRequest {
+        id,
+        rpc_addr: rpc_addr.to_owned(),
+    };
+    loop {
+        for url in urls {
+            tracing::info!(%url, "asking to join the cluster");
+            let res = client
+                .post(format!("{url}/v1/cluster/members"))
+                .json(&body)
+                .send();
+            let res = tokio::select! {
+                r = res => r,
+                _ = shutdown.cancelled() => return Ok(()),
+            };
+            match res {
+                Ok(r) if r.status().is_success() => {
+                    tracing::info!(%url, "joined the cluster as a voter");
+                    return Ok(());
+                }
+                Ok(r) => {
+                    let status = r.status();
+                    let err = r.json::<ApiError>().await.ok();
+                    match err {
+                        Some(e) if !e.code.is_retryable() => {
+                            return Err(AgentError::Join(format!("{url} refused: {}", e.message)))
+                        }
+                        Some(e) => tracing::warn!(%url, "join not possible yet: {}", e.message),
+                        None => tracing::warn!(%url, %status, "unexpected answer to join"),
+                    }
+                }
+                Err(e) => tracing::warn!(%url, "cannot reach member: {e}"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(JOIN_RETRY) => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! The native HTTP API under `/v1`.
+//!
+//! Reads come from this node's registry view; writes go through [`Cluster::write`], which
+//! forwards them to the leader. Every error leaves through [`Failure`], the one place that maps
+//! error codes to statuses.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, put};
+use axum::{Json, Router};
+use cairn_client::{
+    ApiError, ErrorCode, HealthStatus, HealthUpdate, InstanceRegistration, JoinRequest,
+    ServiceInstances, ServiceList, WriteResult, INDEX_HEADER,
+};
+use cairn_raft::model::{self, ValidationError};
+use cairn_raft::{Cluster, Op, WriteError, Written};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::metrics;
+
+/// What every handler sees.
+#[derive(Clone)]
+pub struct AppState {
+    pub cluster: Arc<Cluster>,
+}
+
+/// Builds the API router. `max_body` bounds every request body (413 beyond it).
+pub fn router(cluster: Arc<Cluster>, max_body: usize) -> Router {
+    Router::new()
+        .route("/v1/services", get(list_services))
+        .route("/v1/services/{service}", get(get_service))
+        .route(
+            "/v1/services/{service}/instances/{id}",
+            put(register).delete(deregister),
+        )
+        .route(
+            "/v1/services/{service}/instances/{id}/health",
+            put(set_health),
+        )
+        .route("/v1/cluster", get(cluster_status))
+        .route("/v1/cluster/members", axum::routing::post(join))
+        .route("/v1/cluster/members/{id}", delete(remove_member))
+        .route("/v1/live", get(live))
+        .route("/v1/ready", get(ready))
+        .route("/metrics", get(metrics::render))
+        .fallback(unknown_route)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(AppState { cluster })
+}
+
+/// An error response: `{"code", "message"}` with the code's status, and `Retry-After` when
+/// trying again later may help.
+pub struct Failure(pub ApiError);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut res = (status, Json(self.0)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        res
+    }
+}
+
+impl From<ValidationError> for Failure {
+    fn from(e: ValidationError) -> Self {
+        Failure(ApiError::new(ErrorCode::InvalidArgument, e.to_string()))
+    }
+}
+
+impl From<WriteError> for Failure {
+    fn from(e: WriteError) -> Self {
+        Failure(e.into())
+    }
+}
+
+fn invalid(message: impl Into<String>) -> Failure {
+    Failure(ApiError::new(ErrorCode::InvalidArgument, message))
+}
+
+/// A JSON body read whatever its Content-Type, with size and syntax errors as API errors.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = Failure;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Failure> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| match e {
+            BytesRejection::FailedToBufferBody(inner)
+                if inner.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Failure(ApiError::new(
+                    ErrorCode::BodyTooLarge,
+                    "request body is larger than this node accepts (--max-body-bytes)",
+                ))
+            }
+            other => invalid(format!("cannot read the request body: {other}")),
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(Body)
+            .map_err(|e| invalid(format!("invalid JSON body: {e}")))
+    }
+}
+
+fn written(w: Written) -> Response {
+    let mut res = Json(WriteResult { index: w.index }).into_response();
+    set_header(res.headers_mut(), INDEX_HEADER, w.index.to_string());
+    res
+}
+
+fn set_header(headers: &mut HeaderMap, name: &'static str, value: String) {
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(HeaderName::from_static(name), v);
+    }
+}
+
+/// A read's response with the index and how fresh this replica is.
+fn read_response<T: serde::Serialize>(cluster: &Cluster, index: u64, body: T) -> Response {
+    let mut res = Json(body).into_response();
+    let h = res.headers_mut();
+    set_header(h, INDEX_HEADER, index.max(1).to_string());
+    set_header(
+        h,
+        "x-cairn-known-leader",
+        cluster.leader().is_some().to_string(),
+    );
+    if let Some(ms) = cluster.last_contact_ms() {
+        set_header(h, "x-cairn-last-contact", ms.to_string());
+    }
+    res
+}
+
+async fn register(
+    State(s): State<AppState>,
+    Path((service, id)): Path<(String, String)>,
+    Body(body): Body<InstanceRegistration>,
+) -> Result<Response, Failure> {
+    let service = model::validate_service_name(&service)?;
+    let instance = model::validate_registration(&id, &body)?;
+    let w = s.cluster.write(Op::Register { service, instance }).await?;
+    Ok(written(w))
+}
+
+async fn deregister(
+    State(s): State<AppState>,
+    Path((service, id)): Path<(String, String)>,
+) -> Result<Response, Failure> {
+    let service = model::validate_service_name(&service)?;
+    model::validate_id("id", &id)?;
+    let w = s.cluster.write(Op::Deregister { service, id }).await?;
+    Ok(written(w))
+}
+
+async fn set_health(
+    State(s): State<AppState>,
+    Path((service, id)): Path<(String, String)>,
+    Body(body): Body<HealthUpdate>,
+) -> Result<Response, Failure> {
+    let service = model::validate_service_name(&service)?;
+    model::validate_id("id", &id)?;
+    let output = body.output.unwrap_or_default();
+    model::validate_output(&output)?;
+    let w = s
+        .cluster
+        .write(Op::SetHealth {
+            service,
+            id,
+            status: body.status,
+            output,
+        })
+        .await?;
+    Ok(written(w))
+}
+
+async fn list_services(State(s): State<AppState>) -> Response {
+    let (index, services) = s.cluster.registry().services();
+    let body = ServiceList {
+        index,
+        services: services.iter().map(|e| e.summary()).collect(),
+    };
+    read_response(&s.cluster, index, body)
+}
+
+/// `?health=passing|any&tag=...` on a service read.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceQuery {
+    health: Option<String>,
+    tag: Option<String>,
+}
+
+async fn get_service(
+    State(s): State<AppState>,
+    Path(service): Path<String>,
+    query: Result<Query<ServiceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Failure> {
+    let Query(q) = query.map_err(|e| invalid(e.body_text()))?;
+    let name = model::validate_service_name(&service)?;
+    let passing_only = match q.health.as_deref() {
+        None | Some("any") => false,
+        Some("passing") => true,
+        Some(other) => {
+            return Err(invalid(format!(
+                "health: {other:?} is not \"passing\" or \"any\""
+            )))
+        }
+    };
+    let tag = q.tag.map(|t| t.to_ascii_lowercase());
+    let entry = s.cluster.registry().service(&name).ok_or_else(|| {
+        Failure(ApiError::new(
+            ErrorCode::NotFound,
+            format!("service {name:?} has no instances"),
+        ))
+    })?;
+    let instances = entry
+        .instances
+        .values()
+        .filter(|i| !passing_only || i.health() == HealthStatus::Passing)
+        .filter(|i| tag.as_ref().is_none_or(|t| i.spec.tags.contains(t)))
+        .map(|i| i.to_info())
+        .collect();
+    let body = ServiceInstances {
+        name,
+        index: entry.modify_index,
+        instances,
+    };
+    Ok(read_response(&s.cluster, entry.modify_index, body))
+}
+
+async fn cluster_status(State(s): State<AppState>) -> Response {
+    let status = s.cluster.status();
+    let index = status.applied_index;
+    read_response(&s.cluster, index, status)
+}
+
+async fn join(
+    State(s): State<AppState>,
+    Body(body): Body<JoinRequest>,
+) -> Result<Response, Failure> {
+    if body.id == 0 {
+        return Err(invalid("id: must be a positive integer"));
+    }
+    let addr_ok = body.rpc_addr.rsplit_once(':').is_some_and(|(h, p)| {
+        !h.is_empty() && h.len() <= 255 && p.parse::<u16>().is_ok_and(|p| p > 0)
+    });
+    if !addr_ok {
+        return Err(invalid(format!(
+            "rpc_addr: {:?} is not HOST:PORT",
+            body.rpc_addr.chars().take(80).collect::<String>()
+        )));
+    }
+    let w = s.cluster.join(body.id, body.rpc_addr).await?;
+    Ok(written(w))
+}
+
+async fn remove_member(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Failure> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| invalid(format!("id: {id:?} is not a node id")))?;
+    let w = s.cluster.remove(id).await?;
+    Ok(written(w))
+}
+
+async fn live() -> Response {
+    Json(serde_json::json!({"status": "live"})).into_response()
+}
+
+/// Ready when this node knows a leader: it can then serve reads and accept writes.
+async fn ready(State(s): State<AppState>) -> Result<Response, Failure> {
+    match s.cluster.leader() {
+        Some(leader) => {
+            Ok(Json(serde_json::json!({"status": "ready", "leader": leader})).into_response())
+        }
+        None => Err(Failure(ApiError::new(
+            ErrorCode::NoLeader,
+            "this node knows no leader yet",
+        ))),
+    }
+}
+
+async fn unknown_route() -> Failure {
+    Failure(ApiError::new(ErrorCode::NotFound, "no such endpoint"))
+}

@@ -1,0 +1,8 @@
+//! The Cairn agent: configuration ([`config`]), the native HTTP API ([`api`]), Prometheus
+//! metrics ([`metrics`]) and the wiring of Raft, listeners and shutdown ([`agent`]). The `cairn`
+//! binary is a thin command line over these.
+
+pub mod agent;
+pub mod api;
+pub mod config;
+pub mod metrics;

@@ -1,0 +1,597 @@
+//! One node's handle on the cluster: start, bootstrap, writes through the leader from any node,
+//! membership changes, and status.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cairn_client::{ApiError, ClusterStatus, ErrorCode, MemberInfo};
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
+use parking_lot::Mutex;
+
+use crate::command::{Command, CommandResult, Op};
+use crate::registry::Registry;
+use crate::store::{self, OpenError};
+use crate::transport::{Forward, ForwardReply, SendError, Transport};
+use crate::{Member, NodeId, Raft};
+
+/// How a node takes part in the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub node_id: NodeId,
+    /// Nodes refuse RPCs naming another cluster.
+    pub cluster_name: String,
+    pub data_dir: PathBuf,
+    /// The voters of a new cluster (`--peers`, or this node alone in dev mode). Used once: a node
+    /// whose data folder already holds a cluster never initialises again.
+    pub bootstrap: Option<BTreeMap<NodeId, Member>>,
+    /// Build a snapshot (and purge the log behind it) after this many applied entries.
+    pub snapshot_threshold: u64,
+    /// Log entries kept behind a snapshot, so briefly lagging followers need no snapshot.
+    pub keep_logs: u64,
+    pub heartbeat: Duration,
+    pub election_timeout: (Duration, Duration),
+    /// How long a write may wait for a leader and a quorum before it fails with 503.
+    pub write_timeout: Duration,
+}
+
+impl ClusterOptions {
+    /// A single-node cluster with default timings.
+    pub fn dev(data_dir: &Path, rpc_addr: &str) -> Self {
+        let mut peers = BTreeMap::new();
+        peers.insert(
+            1,
+            Member {
+                rpc_addr: rpc_addr.to_owned(),
+            },
+        );
+        ClusterOptions {
+            node_id: 1,
+            cluster_name: "cairn".into(),
+            data_dir: data_dir.to_owned(),
+            bootstrap: Some(peers),
+            ..ClusterOptions::default()
+        }
+    }
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            node_id: 1,
+            cluster_name: "cairn".into(),
+            data_dir: PathBuf::from("cairn-data"),
+            bootstrap: None,
+            snapshot_threshold: 10_000,
+            keep_logs: 1_000,
+            heartbeat: Duration::from_millis(150),
+            election_timeout: (Duration::from_millis(1000), Duration::from_millis(2000)),
+            write_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Starting the node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The Raft timings or sizes were rejected.
+    #[error("invalid raft configuration: {0}")]
+    Config(String),
+    #[error("cannot create the RPC client: {0}")]
+    Transport(#[from] reqwest::Error),
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+}
+
+/// A write that committed: the log index it was applied at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub index: u64,
+}
+
+/// Why a write did not commit. [`ErrorCode`] (through `ApiError::from`) tells callers which of
+/// these are worth retrying.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    /// No leader is known, or the one we know has stepped down, and none appeared in time.
+    #[error("no leader: {0}")]
+    NoLeader(String),
+    /// The leader was known but the write's outcome is unknown (time-out, lost quorum).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The write names something that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The change is not allowed in the cluster's current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The leader refused the request as malformed.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        let code = match &e {
+            WriteError::NoLeader(_) => ErrorCode::NoLeader,
+            WriteError::Unavailable(_) => ErrorCode::Unavailable,
+            WriteError::NotFound(_) => ErrorCode::NotFound,
+            WriteError::Conflict(_) => ErrorCode::Conflict,
+            WriteError::Invalid(_) => ErrorCode::InvalidArgument,
+            WriteError::Internal(_) => ErrorCode::Internal,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<ApiError> for WriteError {
+    fn from(e: ApiError) -> Self {
+        match e.code {
+            ErrorCode::NoLeader => WriteError::NoLeader(e.message),
+            ErrorCode::Unavailable => WriteError::Unavailable(e.message),
+            ErrorCode::NotFound => WriteError::NotFound(e.message),
+            ErrorCode::Conflict => WriteError::Conflict(e.message),
+            ErrorCode::InvalidArgument | ErrorCode::BodyTooLarge => WriteError::Invalid(e.message),
+            _ => WriteError::Internal(e.message),
+        }
+    }
+}
+
+/// The message a leader answers with when it is no longer the leader: the sender retries.
+const NOT_LEADER: &str = "this node is not the leader";
+
+/// Pause between attempts while a leader is being elected.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// One node of the cluster.
+pub struct Cluster {
+    id: NodeId,
+    name: String,
+    raft: Raft,
+    registry: Arc<Registry>,
+    transport: Transport,
+    committed: Arc<AtomicU64>,
+    options: ClusterOptions,
+    started: Instant,
+    /// Milliseconds after `started` when the leader last reached us; `u64::MAX` for never.
+    leader_contact_ms: AtomicU64,
+    /// Serialises membership changes from this node: openraft allows one at a time anyway.
+    membership_lock: tokio::sync::Mutex<()>,
+    shut_down: Mutex<bool>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Cluster {
+    /// Opens the store in `options.data_dir` and starts Raft. Does not bootstrap: see
+    /// [`Cluster::bootstrap`].
+    pub async fn start(options: ClusterOptions) -> Result<Arc<Cluster>, StartError> {
+        std::fs::create_dir_all(&options.data_dir).map_err(|e| {
+            StartError::Raft(format!(
+                "cannot create the data folder {}: {e}",
+                options.data_dir.display()
+            ))
+        })?;
+        let (log, sm) = store::open(&options.data_dir)?;
+        let registry = sm.registry();
+        let committed = log.committed_index();
+        let config = Config {
+            cluster_name: options.cluster_name.clone(),
+            heartbeat_interval: options.heartbeat.as_millis() as u64,
+            election_timeout_min: options.election_timeout.0.as_millis() as u64,
+            election_timeout_max: options.election_timeout.1.as_millis() as u64,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_threshold),
+            max_in_snapshot_log_to_keep: options.keep_logs,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+        let transport = Transport::new(&options.cluster_name, options.node_id)?;
+        let raft = Raft::new(
+            options.node_id,
+            Arc::new(config),
+            transport.clone(),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        Ok(Arc::new(Cluster {
+            id: options.node_id,
+            name: options.cluster_name.clone(),
+            raft,
+            registry,
+            transport,
+            committed,
+            options,
+            started: Instant::now(),
+            leader_contact_ms: AtomicU64::new(u64::MAX),
+            membership_lock: tokio::sync::Mutex::new(()),
+            shut_down: Mutex::new(false),
+        }))
+    }
+
+    /// Initialises a new cluster with `options.bootstrap` as its voters, unless this node already
+    /// holds cluster state (a restart) or has no bootstrap list (it waits to be added).
+    /// Returns whether it initialised.
+    pub async fn bootstrap(&self) -> Result<bool, StartError> {
+        let Some(members) = self.options.bootstrap.clone() else {
+            return Ok(false);
+        };
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        if initialized {
+            return Ok(false);
+        }
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(true),
+            // Another peer's initialisation reached us first: the cluster exists, which is the goal.
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),
+            Err(e) => Err(StartError::Raft(e.to_string())),
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The read view of the registry on this node.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Whether this node holds any cluster membership yet.
+    pub fn has_membership(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let any = m.membership_config.membership().nodes().next().is_some();
+        any
+    }
+
+    /// Whether this node is a voter in the membership it knows.
+    pub fn is_voter(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+        voters.contains(&self.id)
+    }
+
+    /// Whether an RPC from `from` is admitted: it is a member, or we have no membership yet
+    /// (a node waiting to be added accepts the leader that adds it).
+    pub fn admits(&self, from: NodeId) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        let mut nodes = membership.nodes().peekable();
+        nodes.peek().is_none() || membership.nodes().any(|(id, _)| *id == from)
+    }
+
+    pub(crate) fn heard_from_leader(&self, _leader: NodeId) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.leader_contact_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The current leader, if this node knows one.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Milliseconds since this node last heard from the leader; 0 on the leader.
+    pub fn last_contact_ms(&self) -> Option<u64> {
+        if self.leader() == Some(self.id) {
+            return Some(0);
+        }
+        match self.leader_contact_ms.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            at => Some((self.started.elapsed().as_millis() as u64).saturating_sub(at)),
+        }
+    }
+
+    /// Registers, deregisters or sets health: proposed on the leader, wherever it is called.
+    pub async fn write(&self, op: Op) -> Result<Written, WriteError> {
+        self.submit(Forward::Write(op)).await
+    }
+
+    /// Adds a node as a learner, waits for it to catch up, then makes it a voter.
+    pub async fn join(&self, id: NodeId, rpc_addr: String) -> Result<Written, WriteError> {
+        self.submit(Forward::Join { id, rpc_addr }).await
+    }
+
+    /// Removes a node from the cluster.
+    pub async fn remove(&self, id: NodeId) -> Result<Written, WriteError> {
+        self.submit(Forward::Remove { id }).await
+    }
+
+    /// Runs `req` on the leader: here, or forwarded. Retries while no leader is known or the
+    /// leader changes, until the write time-out; never retries a request whose fate is unknown.
+    async fn submit(&self, req: Forward) -> Result<Written, WriteError> {
+        let timeout = match req {
+            // Catching a learner up may take a while on a large registry.
+            Forward::Join { .. } => self.options.write_timeout * 12,
+            _ => self.options.write_timeout,
+        };
+        let deadline = Instant::now() + timeout;
+        let mut last_err = WriteError::NoLeader("no leader is known".into());
+        loop {
+            let leader = match self.wait_for_leader(deadline).await {
+                Some(l) => l,
+                None => return Err(last_err),
+            };
+            let res = if leader == self.id {
+                self.execute(req.clone(), deadline).await
+            } else {
+                self.forward(leader, &req, deadline).await
+            };
+            match res {
+                Ok(reply) => return reply_to_written(reply),
+                Err(e @ WriteError::NoLeader(_)) => {
+                    last_err = e;
+                    if Instant::now() + RETRY_PAUSE >= deadline {
+                        return Err(last_err);
+                    }
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn wait_for_leader(&self, deadline: Instant) -> Option<NodeId> {
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Some(l) = rx.borrow_and_update().current_leader {
+                return Some(l);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match tokio::time::timeout(left, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: NodeId,
+        req: &Forward,
+        deadline: Instant,
+    ) -> Result<ForwardReply, WriteError> {
+        let addr = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            m.membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|n| n.rpc_addr.clone())
+        };
+        let Some(addr) = addr else {
+            return Err(WriteError::NoLeader(format!(
+                "leader {leader} is not in this node's membership yet"
+            )));
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self
+            .transport
+            .post::<_, Result<ForwardReply, ApiError>>(&addr, "/raft/forward", req, left)
+            .await
+        {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(api)) => Err(api.into()),
+            // Never reached the leader: safe to retry once a leader is known again.
+            Err(SendError::Unreachable(e)) => Err(WriteError::NoLeader(format!(
+                "leader {leader} at {addr} is unreachable: {e}"
+            ))),
+            Err(SendError::Timeout) => Err(WriteError::Unavailable(format!(
+                "leader {leader} did not answer in time; the write may or may not have committed"
+            ))),
+            Err(SendError::Protocol(m)) => Err(WriteError::Unavailable(m)),
+        }
+    }
+
+    /// Runs a forwarded request here; refuses with "not the leader" when this node is not.
+    pub(crate) async fn execute_forwarded(&self, req: Forward) -> Result<ForwardReply, WriteError> {
+        let deadline = Instant::now() + self.options.write_timeout * 12;
+        self.execute(req, deadline).await
+    }
+
+    async fn execute(&self, req: Forward, deadline: Instant) -> Result<ForwardReply, WriteError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let work = async {
+            match req {
+                Forward::Write(op) => {
+                    let cmd = Command {
+                        time_ms: now_ms(),
+                        op,
+                    };
+                    let resp = self
+                        .raft
+                        .client_write(cmd)
+                        .await
+                        .map_err(client_write_error)?;
+                    Ok(ForwardReply {
+                        index: resp.log_id.index,
+                        result: resp.data,
+                    })
+                }
+                Forward::Join { id, rpc_addr } => self.execute_join(id, rpc_addr).await,
+                Forward::Remove { id } => self.execute_remove(id).await,
+            }
+        };
+        match tokio::time::timeout(left, work).await {
+            Ok(r) => r,
+            Err(_) => Err(WriteError::Unavailable(
+                "no quorum answered in time; the write may or may not have committed".into(),
+            )),
+        }
+    }
+
+    async fn execute_join(&self, id: NodeId, rpc_addr: String) -> Result<ForwardReply, WriteError> {
+        let _guard = self.membership_lock.lock().await;
+        let (voter, known_addr) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            let voter = membership.voter_ids().any(|v| v == id);
+            (voter, membership.get_node(&id).map(|n| n.rpc_addr.clone()))
+        };
+        if let Some(known) = &known_addr {
+            if *known != rpc_addr {
+                return Err(WriteError::Conflict(format!(
+                    "node {id} is already a member at {known}; remove it before adding it at {rpc_addr}"
+                )));
+            }
+        }
+        if voter {
+            let index = self
+                .raft
+                .metrics()
+                .borrow()
+                .last_applied
+                .map_or(0, |l| l.index);
+            return Ok(ForwardReply {
+                index,
+                result: CommandResult::Ok,
+            });
+        }
+        tracing::info!(node = id, %rpc_addr, "adding node as a learner");
+        self.raft
+            .add_learner(id, Member { rpc_addr }, true)
+            .await
+            .map_err(client_write_error)?;
+        tracing::info!(node = id, "learner caught up; promoting it to voter");
+        let resp = self
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(client_write_error)?;
+        Ok(ForwardReply {
+            index: resp.log_id.index,
+            result: CommandResult::Ok,
+        })
+    }
+
+    async fn execute_remove(&self, id: NodeId) -> Result<ForwardReply, WriteError> {
+        let _guard = self.membership_lock.lock().await;
+        let (voters, known) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+            (voters, membership.get_node(&id).is_some())
+        };
+        if !known {
+            return Err(WriteError::NotFound(format!("node {id} is not a member")));
+        }
+        if voters.contains(&id) && voters.len() == 1 {
+            return Err(WriteError::Conflict(format!(
+                "node {id} is the last voter; a cluster cannot remove its last voter"
+            )));
+        }
+        tracing::info!(node = id, "removing node from the cluster");
+        let change = if voters.contains(&id) {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        let resp = self
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(client_write_error)?;
+        Ok(ForwardReply {
+            index: resp.log_id.index,
+            result: CommandResult::Ok,
+        })
+    }
+
+    /// Members, roles and indexes as this node sees them.
+    pub fn status(&self) -> ClusterStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Candidate => "candidate",
+            ServerState::Shutdown => "shutdown",
+            ServerState::Learner => "learner",
+            ServerState::Follower if voters.contains(&self.id) => "follower",
+            ServerState::Follower => "learner",
+        };
+        ClusterStatus {
+            cluster: self.name.clone(),
+            node_id: self.id,
+            role: role.into(),
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            commit_index: self.committed.load(Ordering::Acquire),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            last_contact_ms: self.last_contact_ms(),
+            members: membership
+                .nodes()
+                .map(|(id, node)| MemberInfo {
+                    id: *id,
+                    rpc_addr: node.rpc_addr.clone(),
+                    voter: voters.contains(id),
+                })
+                .collect(),
+        }
+    }
+
+    /// Stops Raft. Idempotent.
+    pub async fn shutdown(&self) {
+        {
+            let mut done = self.shut_down.lock();
+            if *done {
+                return;
+            }
+            *done = true;
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+    }
+}
+
+fn reply_to_written(reply: ForwardReply) -> Result<Written, WriteError> {
+    match reply.result {
+        CommandResult::Ok => Ok(Written { index: reply.index }),
+        CommandResult::NotFound { message } => Err(WriteError::NotFound(message)),
+    }
+}
+
+fn client_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> WriteError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+            WriteError::NoLeader(NOT_LEADER.into())
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            WriteError::Conflict(e.to_string())
+        }
+        RaftError::Fatal(e) => WriteError::Internal(e.to_string()),
+    }
+}

@@ -1,0 +1,779 @@
+//! The data model: validated instance and check specs, stored instances, and the rules that turn
+//! an API body into them.
+//!
+//! Everything a user controls passes through [`validate_registration`] (or one of the smaller
+//! validators) before it is proposed to Raft, so what reaches the log is always well formed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use cairn_client::{
+    format_duration, parse_duration, CheckInfo, CheckKind, CheckRegistration, CheckState,
+    HealthStatus, InstanceInfo, InstanceRegistration,
+};
+use serde::{Deserialize, Serialize};
+
+/// Longest instance or check id: long enough for UUIDs with a prefix, short enough for keys.
+pub const MAX_ID_LEN: usize = 128;
+/// Tags per instance. Each is a DNS label, so tag queries stay answerable.
+pub const MAX_TAGS: usize = 64;
+/// Meta pairs per instance, and their sizes (Consul's limits, which tools already respect).
+pub const MAX_META_PAIRS: usize = 64;
+pub const MAX_META_KEY_LEN: usize = 128;
+pub const MAX_META_VALUE_LEN: usize = 512;
+/// Checks per instance.
+pub const MAX_CHECKS: usize = 16;
+/// Output kept for a check or custom health; longer output is refused from users and cut from
+/// probes, so one chatty check cannot bloat the log and every snapshot.
+pub const MAX_OUTPUT_LEN: usize = 4096;
+/// A check URL's length.
+pub const MAX_URL_LEN: usize = 2048;
+/// HTTP headers per check, and their sizes.
+pub const MAX_CHECK_HEADERS: usize = 16;
+pub const MAX_HEADER_LEN: usize = 1024;
+/// Probing faster than this is load, not health checking.
+pub const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// Counts in a row needed to flip a check; more is a misconfiguration.
+pub const MAX_RISE_FALL: u32 = 100;
+
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A value in a request broke a rule; `field` names it the way the API spells it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    pub field: String,
+    pub message: String,
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ValidationError {
+    ValidationError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Whether `s` is a DNS label: 1-63 of `a-z`, `0-9`, `-` (any case), not starting or ending with `-`.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Validates a service name and returns it lower-cased, the form it is stored and compared in.
+pub fn validate_service_name(name: &str) -> Result<String, ValidationError> {
+    if is_dns_label(name) {
+        Ok(name.to_ascii_lowercase())
+    } else {
+        Err(invalid(
+            "service",
+            format!(
+                "{:?} is not a DNS label (1-63 of a-z, 0-9, '-', not starting or ending with '-')",
+                truncate_for_message(name)
+            ),
+        ))
+    }
+}
+
+/// Validates an instance (or check) id: 1-128 of `A-Za-z0-9_.-`.
+pub fn validate_id(field: &str, id: &str) -> Result<(), ValidationError> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!(
+                "{:?} is not a valid id (1-{MAX_ID_LEN} of A-Z, a-z, 0-9, '_', '.', '-')",
+                truncate_for_message(id)
+            ),
+        ))
+    }
+}
+
+fn truncate_for_message(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+/// What an instance's address is: an IP literal, or a host name answered in DNS as CNAME.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressKind {
+    Ip(IpAddr),
+    Host,
+}
+
+/// Classifies a stored (already validated) address.
+pub fn address_kind(address: &str) -> AddressKind {
+    address
+        .parse::<IpAddr>()
+        .map_or(AddressKind::Host, AddressKind::Ip)
+}
+
+fn validate_address(address: &str) -> Result<String, ValidationError> {
+    if let Ok(ip) = address.parse::<IpAddr>() {
+        if ip.is_unspecified() || ip.is_multicast() {
+            return Err(invalid(
+                "address",
+                format!("{ip} cannot be used to reach an instance"),
+            ));
+        }
+        return Ok(ip.to_string());
+    }
+    let host = address.strip_suffix('.').unwrap_or(address);
+    let labels_ok = !host.is_empty() && host.len() <= 253 && host.split('.').all(is_dns_label);
+    // "10.0.0.300" is made of valid labels but is a mistyped IP, not a host name.
+    let looks_numeric = host
+        .split('.')
+        .next_back()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+    if labels_ok && !looks_numeric {
+        Ok(host.to_ascii_lowercase())
+    } else {
+        Err(invalid(
+            "address",
+            format!(
+                "{:?} is neither an IPv4/IPv6 literal nor a DNS host name",
+                truncate_for_message(address)
+            ),
+        ))
+    }
+}
+
+/// A registration that passed validation: what the Register command carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    pub id: String,
+    pub address: String,
+    pub port: u16,
+    pub tags: BTreeSet<String>,
+    pub meta: BTreeMap<String, String>,
+    pub weight: u16,
+    pub checks: Vec<CheckSpec>,
+}
+
+/// A validated check definition with its defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckSpec {
+    pub id: String,
+    pub kind: CheckKindSpec,
+    /// Active checks: time between probes. Unused by TTL checks.
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub rise: u32,
+    pub fall: u32,
+    pub initial_status: HealthStatus,
+    pub deregister_after_ms: Option<u64>,
+}
+
+/// What a check does, with only the fields its kind uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CheckKindSpec {
+    Http {
+        url: String,
+        method: String,
+        headers: BTreeMap<String, String>,
+        tls_skip_verify: bool,
+    },
+    Tcp {
+        target: String,
+    },
+    Ttl {
+        ttl_ms: u64,
+    },
+}
+
+impl CheckSpec {
+    pub fn kind(&self) -> CheckKind {
+        match self.kind {
+            CheckKindSpec::Http { .. } => CheckKind::Http,
+            CheckKindSpec::Tcp { .. } => CheckKind::Tcp,
+            CheckKindSpec::Ttl { .. } => CheckKind::Ttl,
+        }
+    }
+
+    /// The definition as the API shows it back, defaults filled in.
+    pub fn to_registration(&self) -> CheckRegistration {
+        let ms = |v: u64| Some(format_duration(Duration::from_millis(v)));
+        let mut out = CheckRegistration {
+            id: Some(self.id.clone()),
+            kind: self.kind(),
+            url: None,
+            method: None,
+            headers: BTreeMap::new(),
+            tls_skip_verify: false,
+            target: None,
+            ttl: None,
+            interval: None,
+            timeout: None,
+            rise: Some(self.rise),
+            fall: Some(self.fall),
+            initial_status: Some(self.initial_status),
+            deregister_after: self.deregister_after_ms.and_then(ms),
+        };
+        match &self.kind {
+            CheckKindSpec::Http {
+                url,
+                method,
+                headers,
+                tls_skip_verify,
+            } => {
+                out.url = Some(url.clone());
+                out.method = Some(method.clone());
+                out.headers = headers.clone();
+                out.tls_skip_verify = *tls_skip_verify;
+            }
+            CheckKindSpec::Tcp { target } => out.target = Some(target.clone()),
+            CheckKindSpec::Ttl { ttl_ms } => out.ttl = ms(*ttl_ms),
+        }
+        if !matches!(self.kind, CheckKindSpec::Ttl { .. }) {
+            out.interval = ms(self.interval_ms);
+            out.timeout = ms(self.timeout_ms);
+        }
+        out
+    }
+}
+
+/// Validates a registration body for `service`/`id` and fills in defaults.
+pub fn validate_registration(
+    id: &str,
+    body: &InstanceRegistration,
+) -> Result<InstanceSpec, ValidationError> {
+    validate_id("id", id)?;
+    let address = validate_address(&body.address)?;
+    let port = u16::try_from(body.port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| invalid("port", format!("{} is not in 1-65535", body.port)))?;
+    let weight = match body.weight {
+        None => 1,
+        Some(w) => u16::try_from(w)
+            .ok()
+            .filter(|w| *w != 0)
+            .ok_or_else(|| invalid("weight", format!("{w} is not in 1-65535")))?,
+    };
+    if body.tags.len() > MAX_TAGS {
+        return Err(invalid("tags", format!("more than {MAX_TAGS} tags")));
+    }
+    let mut tags = BTreeSet::new();
+    for tag in &body.tags {
+        if !is_dns_label(tag) {
+            return Err(invalid(
+                "tags",
+                format!(
+                    "{:?} is not a DNS label (1-63 of a-z, 0-9, '-')",
+                    truncate_for_message(tag)
+                ),
+            ));
+        }
+        tags.insert(tag.to_ascii_lowercase());
+    }
+    validate_meta(&body.meta)?;
+    if body.checks.len() > MAX_CHECKS {
+        return Err(invalid("checks", format!("more than {MAX_CHECKS} checks")));
+    }
+    let mut checks: Vec<CheckSpec> = Vec::with_capacity(body.checks.len());
+    for (i, check) in body.checks.iter().enumerate() {
+        let spec = validate_check(i, check, &address, port, &checks)?;
+        checks.push(spec);
+    }
+    Ok(InstanceSpec {
+        id: id.to_owned(),
+        address,
+        port,
+        tags,
+        meta: body.meta.clone(),
+        weight,
+        checks,
+    })
+}
+
+fn validate_meta(meta: &BTreeMap<String, String>) -> Result<(), ValidationError> {
+    if meta.len() > MAX_META_PAIRS {
+        return Err(invalid("meta", format!("more than {MAX_META_PAIRS} pairs")));
+    }
+    for (k, v) in meta {
+        let key_ok = !k.is_empty()
+            && k.len() <= MAX_META_KEY_LEN
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !key_ok {
+            return Err(invalid(
+                "meta",
+                format!(
+                    "key {:?} must be 1-{MAX_META_KEY_LEN} of A-Z, a-z, 0-9, '_', '-', '.'",
+                    truncate_for_message(k)
+                ),
+            ));
+        }
+        if v.len() > MAX_META_VALUE_LEN {
+            return Err(invalid(
+                format!("meta.{k}"),
+                format!("value longer than {MAX_META_VALUE_LEN} bytes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn duration_field(
+    field: &str,
+    value: Option<&str>,
+    default: Option<Duration>,
+) -> Result<Option<Duration>, ValidationError> {
+    match value {
+        None => Ok(default),
+        Some(s) => parse_duration(s)
+            .map(Some)
+            .map_err(|e| invalid(field, e.to_string())),
+    }
+}
+
+fn validate_check(
+    index: usize,
+    c: &CheckRegistration,
+    address: &str,
+    port: u16,
+    earlier: &[CheckSpec],
+) -> Result<CheckSpec, ValidationError> {
+    let f = |name: &str| format!("checks[{index}].{name}");
+    let id = match &c.id {
+        Some(id) => {
+            validate_id(&f("id"), id)?;
+            id.clone()
+        }
+        None => {
+            let base = format!("{:?}", c.kind).to_ascii_lowercase();
+            let n = earlier.iter().filter(|e| e.kind() == c.kind).count();
+            if n == 0 {
+                base
+            } else {
+                format!("{base}-{}", n + 1)
+            }
+        }
+    };
+    if earlier.iter().any(|e| e.id == id) {
+        return Err(invalid(f("id"), format!("{id:?} is used by another check")));
+    }
+    let unused = |name: &str, present: bool| {
+        if present {
+            Err(invalid(f(name), format!("not used by {:?} checks", c.kind)))
+        } else {
+            Ok(())
+        }
+    };
+    let kind = match c.kind {
+        CheckKind::Http => {
+            unused("target", c.target.is_some())?;
+            unused("ttl", c.ttl.is_some())?;
+            let url = c
+                .url
+                .clone()
+                .ok_or_else(|| invalid(f("url"), "required for http checks"))?;
+            let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+            if !scheme_ok
+                || url.len() > MAX_URL_LEN
+                || url.chars().any(|ch| ch.is_whitespace() || ch.is_control())
+            {
+                return Err(invalid(
+                    f("url"),
+                    format!(
+                        "must be an http:// or https:// URL of at most {MAX_URL_LEN} characters"
+                    ),
+                ));
+            }
+            let method = c.method.clone().unwrap_or_else(|| "GET".into());
+            if method.is_empty()
+                || method.len() > 16
+                || !method.bytes().all(|b| b.is_ascii_uppercase())
+            {
+                return Err(invalid(
+                    f("method"),
+                    "must be an upper-case HTTP method such as GET or HEAD",
+                ));
+            }
+            if c.headers.len() > MAX_CHECK_HEADERS {
+                return Err(invalid(
+                    f("headers"),
+                    format!("more than {MAX_CHECK_HEADERS}"),
+                ));
+            }
+            for (k, v) in &c.headers {
+                let name_ok = !k.is_empty()
+                    && k.len() <= MAX_HEADER_LEN
+                    && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                let value_ok = v.len() <= MAX_HEADER_LEN
+                    && v.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
+                if !name_ok || !value_ok {
+                    return Err(invalid(
+                        f("headers"),
+                        format!("header {:?} is not valid", truncate_for_message(k)),
+                    ));
+                }
+            }
+            CheckKindSpec::Http {
+                url,
+                method,
+                headers: c.headers.clone(),
+                tls_skip_verify: c.tls_skip_verify,
+            }
+        }
+        CheckKind::Tcp => {
+            unused("url", c.url.is_some())?;
+            unused("ttl", c.ttl.is_some())?;
+            let target = match &c.target {
+                None => match address_kind(address) {
+                    AddressKind::Ip(IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
+                    _ => format!("{address}:{port}"),
+                },
+                Some(t) => {
+                    let (host, p) = t.rsplit_once(':').ok_or_else(|| {
+                        invalid(f("target"), "must be host:port, e.g. 10.0.0.7:5432")
+                    })?;
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    let port_ok = p.parse::<u16>().is_ok_and(|p| p != 0);
+                    if !port_ok || validate_address(host).is_err() {
+                        return Err(invalid(
+                            f("target"),
+                            "must be host:port, e.g. 10.0.0.7:5432",
+                        ));
+                    }
+                    t.clone()
+                }
+            };
+            CheckKindSpec::Tcp { target }
+        }
+        CheckKind::Ttl => {
+            unused("url", c.url.is_some())?;
+            unused("target", c.target.is_some())?;
+            unused("interval", c.interval.is_some())?;
+            unused("timeout", c.timeout.is_some())?;
+            let ttl = duration_field(&f("ttl"), c.ttl.as_deref(), None)?
+                .ok_or_else(|| invalid(f("ttl"), "required for ttl checks"))?;
+            if ttl < Duration::from_secs(1) {
+                return Err(invalid(f("ttl"), "must be at least 1s"));
+            }
+            CheckKindSpec::Ttl {
+                ttl_ms: ttl.as_millis() as u64,
+            }
+        }
+    };
+    let interval = duration_field(
+        &f("interval"),
+        c.interval.as_deref(),
+        Some(DEFAULT_INTERVAL),
+    )?
+    .unwrap_or(DEFAULT_INTERVAL);
+    if interval < MIN_CHECK_INTERVAL {
+        return Err(invalid(
+            f("interval"),
+            format!("must be at least {}", format_duration(MIN_CHECK_INTERVAL)),
+        ));
+    }
+    let timeout = duration_field(
+        &f("timeout"),
+        c.timeout.as_deref(),
+        Some(DEFAULT_TIMEOUT.min(interval)),
+    )?
+    .unwrap_or(DEFAULT_TIMEOUT);
+    if timeout.is_zero() {
+        return Err(invalid(f("timeout"), "must be greater than 0"));
+    }
+    if timeout > interval {
+        return Err(invalid(
+            f("timeout"),
+            format!(
+                "{} is longer than the interval {}",
+                format_duration(timeout),
+                format_duration(interval)
+            ),
+        ));
+    }
+    let count = |name: &str, v: Option<u32>| match v {
+        None => Ok(1),
+        Some(n) if (1..=MAX_RISE_FALL).contains(&n) => Ok(n),
+        Some(n) => Err(invalid(f(name), format!("{n} is not in 1-{MAX_RISE_FALL}"))),
+    };
+    let deregister_after =
+        duration_field(&f("deregister_after"), c.deregister_after.as_deref(), None)?;
+    if deregister_after.is_some_and(|d| d < Duration::from_secs(1)) {
+        return Err(invalid(f("deregister_after"), "must be at least 1s"));
+    }
+    Ok(CheckSpec {
+        id,
+        kind,
+        interval_ms: interval.as_millis() as u64,
+        timeout_ms: timeout.as_millis() as u64,
+        rise: count("rise", c.rise)?,
+        fall: count("fall", c.fall)?,
+        initial_status: c.initial_status.unwrap_or(HealthStatus::Critical),
+        deregister_after_ms: deregister_after.map(|d| d.as_millis() as u64),
+    })
+}
+
+/// Validates user-supplied check or custom-health output.
+pub fn validate_output(output: &str) -> Result<(), ValidationError> {
+    if output.len() > MAX_OUTPUT_LEN {
+        Err(invalid(
+            "output",
+            format!("longer than {MAX_OUTPUT_LEN} bytes"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// An instance as the registry holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub spec: InstanceSpec,
+    /// One state per `spec.checks`, same order.
+    pub checks: Vec<CheckState>,
+    pub custom_health: Option<CheckState>,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+impl Instance {
+    /// The worst of the checks and the custom health; passing when there is none.
+    pub fn health(&self) -> HealthStatus {
+        self.checks
+            .iter()
+            .chain(self.custom_health.as_ref())
+            .map(|c| c.status)
+            .max()
+            .unwrap_or(HealthStatus::Passing)
+    }
+
+    pub fn to_info(&self) -> InstanceInfo {
+        InstanceInfo {
+            id: self.spec.id.clone(),
+            address: self.spec.address.clone(),
+            port: self.spec.port,
+            tags: self.spec.tags.iter().cloned().collect(),
+            meta: self.spec.meta.clone(),
+            weight: self.spec.weight,
+            health: self.health(),
+            checks: self
+                .spec
+                .checks
+                .iter()
+                .zip(&self.checks)
+                .map(|(spec, state)| CheckInfo {
+                    id: spec.id.clone(),
+                    definition: spec.to_registration(),
+                    state: state.clone(),
+                })
+                .collect(),
+            custom_health: self.custom_health.clone(),
+            create_index: self.create_index,
+            modify_index: self.modify_index,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(json: &str) -> InstanceRegistration {
+        serde_json::from_str(json).expect("test body parses")
+    }
+
+    fn field_of(json: &str) -> String {
+        validate_registration("i-1", &body(json))
+            .expect_err("should be rejected")
+            .field
+    }
+
+    #[test]
+    fn service_names_are_dns_labels_lower_cased() {
+        assert_eq!(validate_service_name("Web-API").unwrap(), "web-api");
+        assert_eq!(validate_service_name(&"a".repeat(63)).unwrap().len(), 63);
+        for bad in [
+            "",
+            "-web",
+            "web-",
+            "we_b",
+            "web.api",
+            "wéb",
+            &"a".repeat(64),
+        ] {
+            assert!(validate_service_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ids_allow_dots_underscores_and_up_to_128() {
+        assert!(validate_id("id", "web-1_a.b").is_ok());
+        assert!(validate_id("id", &"x".repeat(128)).is_ok());
+        for bad in ["", "a b", "a/b", "ü", &"x".repeat(129)] {
+            assert!(validate_id("id", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_minimal_registration_gets_defaults() {
+        let spec =
+            validate_registration("i-1", &body(r#"{"address":"10.0.0.1","port":80}"#)).unwrap();
+        assert_eq!(spec.weight, 1);
+        assert!(spec.tags.is_empty() && spec.checks.is_empty());
+    }
+
+    #[test]
+    fn addresses_are_ips_or_host_names() {
+        let ok = |a: &str| {
+            validate_registration("i", &body(&format!(r#"{{"address":"{a}","port":1}}"#)))
+                .map(|s| s.address)
+        };
+        assert_eq!(ok("10.0.0.1").unwrap(), "10.0.0.1");
+        assert_eq!(ok("2001:DB8::1").unwrap(), "2001:db8::1");
+        assert_eq!(ok("Db.Example.com.").unwrap(), "db.example.com");
+        for bad in [
+            "",
+            "10.0.0.300",
+            "0.0.0.0",
+            "a..b",
+            "-a.com",
+            "a b",
+            "224.0.0.1",
+        ] {
+            assert!(ok(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        assert_eq!(field_of(r#"{"address":"10.0.0.1","port":0}"#), "port");
+        assert_eq!(field_of(r#"{"address":"10.0.0.1","port":65536}"#), "port");
+        assert_eq!(
+            field_of(r#"{"address":"10.0.0.1","port":1,"weight":0}"#),
+            "weight"
+        );
+        assert_eq!(
+            field_of(r#"{"address":"10.0.0.1","port":1,"tags":["a_b"]}"#),
+            "tags"
+        );
+        let big = "v".repeat(MAX_META_VALUE_LEN + 1);
+        assert_eq!(
+            field_of(&format!(
+                r#"{{"address":"10.0.0.1","port":1,"meta":{{"k":"{big}"}}}}"#
+            )),
+            "meta.k"
+        );
+        let many: Vec<String> = (0..=MAX_META_PAIRS)
+            .map(|i| format!(r#""k{i}":"v""#))
+            .collect();
+        assert_eq!(
+            field_of(&format!(
+                r#"{{"address":"10.0.0.1","port":1,"meta":{{{}}}}}"#,
+                many.join(",")
+            )),
+            "meta"
+        );
+    }
+
+    #[test]
+    fn checks_are_validated_and_defaulted() {
+        let spec = validate_registration(
+            "i",
+            &body(
+                r#"{"address":"10.0.0.1","port":8080,"checks":[
+                    {"kind":"http","url":"http://10.0.0.1:8080/health"},
+                    {"kind":"tcp"},
+                    {"kind":"ttl","ttl":"30s"},
+                    {"kind":"http","url":"https://x/h","interval":"2s","timeout":"1s","rise":3,"fall":2}
+                ]}"#,
+            ),
+        )
+        .unwrap();
+        let ids: Vec<_> = spec.checks.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["http", "tcp", "ttl", "http-2"]);
+        assert_eq!(
+            spec.checks[1].kind,
+            CheckKindSpec::Tcp {
+                target: "10.0.0.1:8080".into()
+            }
+        );
+        assert_eq!(spec.checks[0].interval_ms, 10_000);
+        assert_eq!(spec.checks[0].timeout_ms, 5_000);
+        assert_eq!(spec.checks[0].initial_status, HealthStatus::Critical);
+        assert_eq!((spec.checks[3].rise, spec.checks[3].fall), (3, 2));
+    }
+
+    #[test]
+    fn bad_checks_are_rejected_naming_the_field() {
+        let check = |c: &str| {
+            field_of(&format!(
+                r#"{{"address":"10.0.0.1","port":1,"checks":[{c}]}}"#
+            ))
+        };
+        assert_eq!(check(r#"{"kind":"http"}"#), "checks[0].url");
+        assert_eq!(check(r#"{"kind":"http","url":"ftp://x"}"#), "checks[0].url");
+        assert_eq!(
+            check(r#"{"kind":"http","url":"http://x","interval":"0s"}"#),
+            "checks[0].interval"
+        );
+        assert_eq!(
+            check(r#"{"kind":"http","url":"http://x","interval":"1s","timeout":"2s"}"#),
+            "checks[0].timeout"
+        );
+        assert_eq!(check(r#"{"kind":"ttl"}"#), "checks[0].ttl");
+        assert_eq!(
+            check(r#"{"kind":"ttl","ttl":"30s","interval":"1s"}"#),
+            "checks[0].interval"
+        );
+        assert_eq!(
+            check(r#"{"kind":"tcp","target":"nope"}"#),
+            "checks[0].target"
+        );
+        assert_eq!(check(r#"{"kind":"tcp","rise":0}"#), "checks[0].rise");
+        assert_eq!(
+            check(r#"{"kind":"tcp","id":"a"},{"kind":"tcp","id":"a"}"#),
+            "checks[1].id"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_kinds_do_not_parse() {
+        assert!(serde_json::from_str::<InstanceRegistration>(
+            r#"{"address":"10.0.0.1","port":1,"prot":2}"#
+        )
+        .is_err());
+        assert!(serde_json::from_str::<InstanceRegistration>(
+            r#"{"address":"10.0.0.1","port":1,"checks":[{"kind":"grpc"}]}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn health_is_the_worst_check_and_passing_without_checks() {
+        let state = |status| CheckState {
+            status,
+            output: String::new(),
+            changed_at_ms: 0,
+        };
+        let spec =
+            validate_registration("i-1", &body(r#"{"address":"10.0.0.1","port":80}"#)).unwrap();
+        let mut inst = Instance {
+            spec,
+            checks: vec![],
+            custom_health: None,
+            create_index: 1,
+            modify_index: 1,
+        };
+        assert_eq!(inst.health(), HealthStatus::Passing);
+        inst.checks = vec![state(HealthStatus::Passing), state(HealthStatus::Warning)];
+        assert_eq!(inst.health(), HealthStatus::Warning);
+        inst.custom_health = Some(state(HealthStatus::Critical));
+        assert_eq!(inst.health(), HealthStatus::Critical);
+    }
+}

@@ -1,0 +1,650 @@
+//! RocksDB storage: the Raft log and vote ([`LogStore`]) and the registry state machine with its
+//! snapshots ([`StateMachine`]), in one database so they share one write-ahead log.
+//!
+//! Column families:
+//! - `logs`: entries keyed by big-endian index;
+//! - `raft`: the vote, the committed log id, the last purged log id;
+//! - `registry`: `s\0<service>` service records and `i\0<service>\0<id>` instances;
+//! - `sm`: the applied log id, the membership, the service-list index and the current snapshot.
+//!
+//! Durability: an append is acknowledged (its [`LogFlushed`] callback fired) only after the WAL
+//! is synced; a flusher thread syncs once for every batch of appends that queued up meanwhile, so
+//! concurrent writes share one fsync. The vote is written with a synced write. State-machine
+//! writes are not synced on their own: they sit in the same WAL behind the log entries they came
+//! from, so any later sync makes them durable, and after a crash openraft re-applies the log from
+//! the applied index that did survive.
+
+// openraft's storage traits fix `StorageError` as the error type; it is large, and not ours to box.
+#![allow(clippy::result_large_err)]
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership, Vote,
+};
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::command::CommandResult;
+use crate::model::{validate_id, validate_service_name, Instance};
+use crate::registry::{Dirty, Registry, RegistryData, ServiceEntry};
+use crate::{NodeId, TypeConfig};
+
+const CF_LOGS: &str = "logs";
+const CF_RAFT: &str = "raft";
+const CF_REGISTRY: &str = "registry";
+const CF_SM: &str = "sm";
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+const KEY_APPLIED: &[u8] = b"applied";
+const KEY_MEMBERSHIP: &[u8] = b"membership";
+const KEY_LIST_INDEX: &[u8] = b"list_index";
+const KEY_SNAPSHOT: &[u8] = b"snapshot";
+
+/// Version of the snapshot format; a snapshot of another version is refused, not misread.
+const SNAPSHOT_FORMAT: u32 = 1;
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+/// Opening the database failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// RocksDB refused to open the folder (missing permissions, a lock held by another process, ...).
+    #[error("cannot open the data folder {path}: {source}")]
+    Db {
+        path: String,
+        source: rocksdb::Error,
+    },
+    /// The stored state could not be read back.
+    #[error("the data folder {path} holds unreadable state: {message}")]
+    Corrupt { path: String, message: String },
+}
+
+/// Opens (or creates) the store in `dir`, loading the registry from it.
+pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), OpenError> {
+    let path = dir.display().to_string();
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    let cfs = [CF_LOGS, CF_RAFT, CF_REGISTRY, CF_SM]
+        .into_iter()
+        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| OpenError::Db {
+        path: path.clone(),
+        source,
+    })?;
+    let db = Arc::new(db);
+    let corrupt = |e: StorageError<NodeId>| OpenError::Corrupt {
+        path: path.clone(),
+        message: e.to_string(),
+    };
+    let committed = read_json::<LogId<NodeId>>(&db, CF_RAFT, KEY_COMMITTED)
+        .map_err(corrupt)?
+        .map_or(0, |l| l.index);
+    let committed = Arc::new(AtomicU64::new(committed));
+    let log = LogStore::new(db.clone(), committed.clone());
+    let sm = StateMachine::load(db).map_err(corrupt)?;
+    Ok((log, sm))
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    // The four families are created by `open`, so their absence is a programming error.
+    db.cf_handle(name)
+        .unwrap_or_else(|| panic!("column family {name} is created at open"))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(
+    db: &DB,
+    family: &str,
+    key: &[u8],
+) -> StorageResult<Option<T>> {
+    let bytes = db
+        .get_cf(cf(db, family), key)
+        .map_err(|e| StorageIOError::read(&e))?;
+    bytes
+        .map(|b| serde_json::from_slice(&b).map_err(|e| StorageIOError::read(&e).into()))
+        .transpose()
+}
+
+fn to_json<T: Serialize>(value: &T) -> StorageResult<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| StorageIOError::write(&e).into())
+}
+
+fn log_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn service_key(service: &str) -> Vec<u8> {
+    [b"s\0", service.as_bytes()].concat()
+}
+
+fn instance_key(service: &str, id: &str) -> Vec<u8> {
+    [b"i\0", service.as_bytes(), b"\0", id.as_bytes()].concat()
+}
+
+/// The Raft log and vote.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+    flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
+    committed: Arc<AtomicU64>,
+}
+
+impl LogStore {
+    fn new(db: Arc<DB>, committed: Arc<AtomicU64>) -> Self {
+        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        // Weak, so that dropping the stores closes the database at once (a reopen right after,
+        // as in a restart, would otherwise race this thread's exit for RocksDB's lock).
+        let flush_db = Arc::downgrade(&db);
+        std::thread::Builder::new()
+            .name("cairn-wal-sync".into())
+            .spawn(move || {
+                // Group commit: every append queued while the previous sync ran shares this one.
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    let result = match flush_db.upgrade() {
+                        Some(db) => db.flush_wal(true).map_err(std::io::Error::other),
+                        None => Err(std::io::Error::other("the store was closed")),
+                    };
+                    for cb in batch {
+                        let r = match &result {
+                            Ok(()) => Ok(()),
+                            Err(e) => Err(std::io::Error::other(e.to_string())),
+                        };
+                        cb.log_io_completed(r);
+                    }
+                }
+            })
+            .unwrap_or_else(|e| panic!("cannot start the WAL sync thread: {e}"));
+        LogStore {
+            db,
+            flusher: tx,
+            committed,
+        }
+    }
+
+    /// The last committed index this node knows of.
+    pub fn committed_index(&self) -> Arc<AtomicU64> {
+        self.committed.clone()
+    }
+
+    fn logs(&self) -> &rocksdb::ColumnFamily {
+        cf(&self.db, CF_LOGS)
+    }
+
+    fn last_purged(&self) -> StorageResult<Option<LogId<NodeId>>> {
+        read_json(&self.db, CF_RAFT, KEY_LAST_PURGED)
+    }
+
+    fn write(&self, batch: WriteBatch, sync: bool) -> StorageResult<()> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        self.db
+            .write_opt(batch, &opts)
+            .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        use std::ops::Bound;
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.logs(),
+            IteratorMode::From(&log_key(start), Direction::Forward),
+        );
+        for item in iter {
+            let (key, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+            let index =
+                u64::from_be_bytes(key.as_ref().try_into().map_err(|_| {
+                    StorageIOError::read_logs(&std::io::Error::other("bad log key"))
+                })?);
+            if !range.contains(&index) {
+                break;
+            }
+            let entry: Entry<TypeConfig> = serde_json::from_slice(&value)
+                .map_err(|e| StorageIOError::read_log_at_index(index, &e))?;
+            out.push(entry);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let last_purged = self.last_purged()?;
+        let mut iter = self.db.iterator_cf(self.logs(), IteratorMode::End);
+        let last = match iter.next() {
+            Some(item) => {
+                let (_, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+                let entry: Entry<TypeConfig> =
+                    serde_json::from_slice(&value).map_err(|e| StorageIOError::read_logs(&e))?;
+                Some(entry.log_id)
+            }
+            None => last_purged,
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf(&self.db, CF_RAFT), KEY_VOTE, to_json(vote)?);
+        // A vote must survive a crash, or this node could vote twice in one term.
+        self.write(batch, true).map_err(|_| {
+            StorageIOError::write_vote(&std::io::Error::other("vote write failed")).into()
+        })
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
+        read_json(&self.db, CF_RAFT, KEY_VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        if let Some(c) = committed {
+            let mut batch = WriteBatch::default();
+            batch.put_cf(cf(&self.db, CF_RAFT), KEY_COMMITTED, to_json(&c)?);
+            self.write(batch, false)?;
+            self.committed.store(c.index, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
+        read_json(&self.db, CF_RAFT, KEY_COMMITTED)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            batch.put_cf(self.logs(), log_key(entry.log_id.index), to_json(&entry)?);
+        }
+        // Written (and readable) now, durable once the flusher has synced the WAL.
+        self.write(batch, false)?;
+        self.flusher.send(callback).map_err(|_| {
+            StorageIOError::write_logs(&std::io::Error::other("WAL sync thread stopped"))
+        })?;
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(self.logs(), log_key(log_id.index), log_key(u64::MAX));
+        self.write(batch, true)
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf(&self.db, CF_RAFT), KEY_LAST_PURGED, to_json(&log_id)?);
+        batch.delete_range_cf(self.logs(), log_key(0), log_key(log_id.index + 1));
+        self.write(batch, false)
+    }
+}
+
+/// A service as stored: its own record, instances under their own keys.
+#[derive(Serialize, Deserialize)]
+struct ServiceRecord {
+    create_index: u64,
+    modify_index: u64,
+}
+
+/// What a snapshot's bytes hold.
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    format: u32,
+    #[serde(flatten)]
+    data: RegistryData,
+}
+
+/// A snapshot as kept in the `sm` family: its metadata and its bytes.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, crate::Member>,
+    data: Vec<u8>,
+}
+
+/// The registry state machine: applies committed entries to the [`Registry`] view and persists
+/// what changed, in one batch with the applied log id and membership.
+pub struct StateMachine {
+    db: Arc<DB>,
+    registry: Arc<Registry>,
+    applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, crate::Member>,
+    snapshot_seq: u64,
+}
+
+impl StateMachine {
+    fn load(db: Arc<DB>) -> StorageResult<Self> {
+        let applied: Option<LogId<NodeId>> = read_json(&db, CF_SM, KEY_APPLIED)?;
+        let membership = read_json(&db, CF_SM, KEY_MEMBERSHIP)?.unwrap_or_default();
+        let list_index = read_json(&db, CF_SM, KEY_LIST_INDEX)?.unwrap_or(0);
+        let data = load_registry(&db, list_index)?;
+        let registry = Arc::new(Registry::from_data(data, applied.map_or(0, |l| l.index)));
+        Ok(StateMachine {
+            db,
+            registry,
+            applied,
+            membership,
+            snapshot_seq: 0,
+        })
+    }
+
+    /// The read view this state machine keeps current.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
+    fn persist(&self, dirty: &Dirty) -> StorageResult<()> {
+        let mut batch = WriteBatch::default();
+        let reg = cf(&self.db, CF_REGISTRY);
+        for name in &dirty.services {
+            match self.registry.service(name) {
+                Some(s) => batch.put_cf(
+                    reg,
+                    service_key(name),
+                    to_json(&ServiceRecord {
+                        create_index: s.create_index,
+                        modify_index: s.modify_index,
+                    })?,
+                ),
+                None => batch.delete_cf(reg, service_key(name)),
+            }
+        }
+        for (service, id) in &dirty.instances {
+            match self
+                .registry
+                .service(service)
+                .and_then(|s| s.instances.get(id).cloned())
+            {
+                Some(inst) => batch.put_cf(reg, instance_key(service, id), to_json(&*inst)?),
+                None => batch.delete_cf(reg, instance_key(service, id)),
+            }
+        }
+        let sm = cf(&self.db, CF_SM);
+        if dirty.list_index {
+            batch.put_cf(sm, KEY_LIST_INDEX, to_json(&self.registry.list_index())?);
+        }
+        batch.put_cf(sm, KEY_APPLIED, to_json(&self.applied)?);
+        batch.put_cf(sm, KEY_MEMBERSHIP, to_json(&self.membership)?);
+        self.db
+            .write(batch)
+            .map_err(|e| StorageIOError::write_state_machine(&e).into())
+    }
+}
+
+/// Reads the registry family back into memory.
+fn load_registry(db: &DB, list_index: u64) -> StorageResult<RegistryData> {
+    let bad = |what: String| StorageIOError::read_state_machine(&std::io::Error::other(what));
+    let mut services: BTreeMap<String, ServiceEntry> = BTreeMap::new();
+    for item in db.iterator_cf(cf(db, CF_REGISTRY), IteratorMode::Start) {
+        let (key, value) = item.map_err(|e| StorageIOError::read_state_machine(&e))?;
+        let mut parts = key.split(|b| *b == 0);
+        let kind = parts.next().unwrap_or_default();
+        let name = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+        match kind {
+            b"s" => {
+                let rec: ServiceRecord = serde_json::from_slice(&value)
+                    .map_err(|e| bad(format!("service {name}: {e}")))?;
+                let entry = services
+                    .entry(name.clone())
+                    .or_insert_with(|| ServiceEntry {
+                        name,
+                        create_index: 0,
+                        modify_index: 0,
+                        instances: BTreeMap::new(),
+                    });
+                entry.create_index = rec.create_index;
+                entry.modify_index = rec.modify_index;
+            }
+            b"i" => {
+                let inst: Instance = serde_json::from_slice(&value)
+                    .map_err(|e| bad(format!("instance in {name}: {e}")))?;
+                services
+                    .entry(name.clone())
+                    .or_insert_with(|| ServiceEntry {
+                        name,
+                        create_index: 0,
+                        modify_index: 0,
+                        instances: BTreeMap::new(),
+                    })
+                    .instances
+                    .insert(inst.spec.id.clone(), Arc::new(inst));
+            }
+            _ => return Err(bad(format!("unknown registry key {key:?}")).into()),
+        }
+    }
+    Ok(RegistryData {
+        list_index,
+        services: services.into_values().map(Arc::new).collect(),
+    })
+}
+
+/// Checks a snapshot's registry before anything is replaced: names, ids and indexes.
+fn validate_snapshot(data: &RegistryData, last_index: u64) -> Result<(), String> {
+    if data.list_index > last_index {
+        return Err(format!(
+            "list index {} is past the snapshot",
+            data.list_index
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for s in &data.services {
+        validate_service_name(&s.name).map_err(|e| e.to_string())?;
+        if !seen.insert(&s.name) {
+            return Err(format!("service {:?} appears twice", s.name));
+        }
+        if s.instances.is_empty() {
+            return Err(format!("service {:?} has no instances", s.name));
+        }
+        if s.modify_index > last_index || s.create_index > s.modify_index {
+            return Err(format!("service {:?} has impossible indexes", s.name));
+        }
+        for (id, inst) in &s.instances {
+            validate_id("id", id).map_err(|e| e.to_string())?;
+            if *id != inst.spec.id || inst.checks.len() != inst.spec.checks.len() {
+                return Err(format!("instance {id:?} of {:?} is inconsistent", s.name));
+            }
+            if inst.modify_index > last_index {
+                return Err(format!("instance {id:?} has an index past the snapshot"));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(
+        Option<LogId<NodeId>>,
+        StoredMembership<NodeId, crate::Member>,
+    )> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<CommandResult>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut dirty = Dirty::default();
+        let mut results = Vec::new();
+        for entry in entries {
+            let index = entry.log_id.index;
+            let result = match &entry.payload {
+                EntryPayload::Blank => CommandResult::Ok,
+                EntryPayload::Normal(cmd) => self.registry.apply(index, cmd, &mut dirty),
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    CommandResult::Ok
+                }
+            };
+            self.applied = Some(entry.log_id);
+            self.registry.set_applied(index);
+            results.push(result);
+        }
+        self.persist(&dirty)?;
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        self.snapshot_seq += 1;
+        SnapshotBuilder {
+            db: self.db.clone(),
+            data: self.registry.export(),
+            applied: self.applied,
+            membership: self.membership.clone(),
+            seq: self.snapshot_seq,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, crate::Member>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let bytes = snapshot.into_inner();
+        let bad = |m: String| {
+            StorageError::from(StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                &std::io::Error::other(m),
+            ))
+        };
+        let file: SnapshotFile = serde_json::from_slice(&bytes)
+            .map_err(|e| bad(format!("snapshot does not parse: {e}")))?;
+        if file.format != SNAPSHOT_FORMAT {
+            return Err(bad(format!(
+                "snapshot format {} is not {SNAPSHOT_FORMAT}",
+                file.format
+            )));
+        }
+        let last_index = meta.last_log_id.map_or(0, |l| l.index);
+        validate_snapshot(&file.data, last_index).map_err(bad)?;
+
+        // Replace the whole state machine in one batch: registry, applied, membership, snapshot.
+        let mut batch = WriteBatch::default();
+        let reg = cf(&self.db, CF_REGISTRY);
+        batch.delete_range_cf(reg, [0u8].as_slice(), [0xffu8; 4].as_slice());
+        for s in &file.data.services {
+            let rec = ServiceRecord {
+                create_index: s.create_index,
+                modify_index: s.modify_index,
+            };
+            batch.put_cf(reg, service_key(&s.name), to_json(&rec)?);
+            for (id, inst) in &s.instances {
+                batch.put_cf(reg, instance_key(&s.name, id), to_json(&**inst)?);
+            }
+        }
+        let sm = cf(&self.db, CF_SM);
+        batch.put_cf(sm, KEY_LIST_INDEX, to_json(&file.data.list_index)?);
+        batch.put_cf(sm, KEY_APPLIED, to_json(&meta.last_log_id)?);
+        batch.put_cf(sm, KEY_MEMBERSHIP, to_json(&meta.last_membership)?);
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: bytes,
+        };
+        batch.put_cf(sm, KEY_SNAPSHOT, to_json(&stored)?);
+        let mut opts = WriteOptions::default();
+        // The log behind this snapshot may be purged next: the snapshot must be durable first.
+        opts.set_sync(true);
+        self.db
+            .write_opt(batch, &opts)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        self.registry.replace(file.data, last_index);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let stored: Option<StoredSnapshot> = read_json(&self.db, CF_SM, KEY_SNAPSHOT)?;
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}
+
+/// Serializes a point-in-time copy of the registry, off the apply path.
+pub struct SnapshotBuilder {
+    db: Arc<DB>,
+    data: RegistryData,
+    applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, crate::Member>,
+    seq: u64,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let file = SnapshotFile {
+            format: SNAPSHOT_FORMAT,
+            data: std::mem::take(&mut self.data),
+        };
+        let data = to_json(&file)?;
+        let snapshot_id = match self.applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.seq),
+            None => format!("0-0-{}", self.seq),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.applied,
+            last_membership: self.membership.clone(),
+            snapshot_id,
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf(&self.db, CF_SM), KEY_SNAPSHOT, to_json(&stored)?);
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db
+            .write_opt(batch, &opts)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
+    }
+}

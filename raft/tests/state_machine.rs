@@ -1,0 +1,147 @@
+//! The state machine through its openraft interface: apply, snapshot round trip, restart
+//! rebuild, and refusal of bad snapshots.
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
+use std::io::Cursor;
+
+use cairn_raft::model::validate_registration;
+use cairn_raft::store::{self, StateMachine};
+use cairn_raft::{Command, CommandResult, Op, TypeConfig};
+use openraft::storage::RaftStateMachine;
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta};
+
+fn log_id(index: u64) -> LogId<u64> {
+    LogId::new(CommittedLeaderId::new(1, 1), index)
+}
+
+fn register(index: u64, service: &str, id: &str) -> Entry<TypeConfig> {
+    let body = serde_json::json!({"address": "10.0.0.1", "port": 80, "tags": ["a"]});
+    let instance = validate_registration(id, &serde_json::from_value(body).unwrap()).unwrap();
+    Entry {
+        log_id: log_id(index),
+        payload: EntryPayload::Normal(Command {
+            time_ms: 1_700_000_000_000 + index,
+            op: Op::Register {
+                service: service.into(),
+                instance,
+            },
+        }),
+    }
+}
+
+fn deregister(index: u64, service: &str, id: &str) -> Entry<TypeConfig> {
+    Entry {
+        log_id: log_id(index),
+        payload: EntryPayload::Normal(Command {
+            time_ms: 0,
+            op: Op::Deregister {
+                service: service.into(),
+                id: id.into(),
+            },
+        }),
+    }
+}
+
+async fn populated(dir: &std::path::Path) -> StateMachine {
+    let (_log, mut sm) = store::open(dir).unwrap();
+    let results = sm
+        .apply(vec![
+            register(1, "web", "a"),
+            register(2, "web", "b"),
+            register(3, "db", "c"),
+            deregister(4, "web", "a"),
+            deregister(5, "web", "nope"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        results[..4],
+        [
+            CommandResult::Ok,
+            CommandResult::Ok,
+            CommandResult::Ok,
+            CommandResult::Ok
+        ]
+    );
+    assert!(matches!(results[4], CommandResult::NotFound { .. }));
+    sm
+}
+
+#[tokio::test]
+async fn restart_rebuilds_the_view_from_rocksdb_without_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let mut sm = populated(dir.path()).await;
+        let state = sm.applied_state().await.unwrap();
+        (sm.registry().export(), state.0)
+    };
+    let (_log, mut sm) = store::open(dir.path()).unwrap();
+    assert_eq!(sm.registry().export(), before.0);
+    assert_eq!(sm.applied_state().await.unwrap().0, before.1);
+    assert_eq!(sm.registry().applied_index(), 5);
+    assert!(sm
+        .registry()
+        .service("web")
+        .unwrap()
+        .instances
+        .contains_key("b"));
+}
+
+#[tokio::test]
+async fn snapshot_round_trips_into_a_fresh_store() {
+    let a = tempfile::tempdir().unwrap();
+    let mut source = populated(a.path()).await;
+    let snap = source
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(snap.meta.last_log_id, Some(log_id(5)));
+
+    let b = tempfile::tempdir().unwrap();
+    let (log, mut target) = store::open(b.path()).unwrap();
+    target
+        .install_snapshot(&snap.meta, snap.snapshot)
+        .await
+        .unwrap();
+    assert_eq!(target.registry().export(), source.registry().export());
+    assert_eq!(target.applied_state().await.unwrap().0, Some(log_id(5)));
+    let current = target.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, snap.meta);
+
+    // And the installed state survives a restart.
+    drop((log, target));
+    let (_log, again) = store::open(b.path()).unwrap();
+    assert_eq!(again.registry().export(), source.registry().export());
+}
+
+#[tokio::test]
+async fn a_bad_snapshot_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = populated(dir.path()).await;
+    let before = sm.registry().export();
+    let meta = SnapshotMeta {
+        last_log_id: Some(log_id(9)),
+        last_membership: Default::default(),
+        snapshot_id: "bad".into(),
+    };
+    let bad_inputs: Vec<Vec<u8>> = vec![
+        b"not json".to_vec(),
+        br#"{"format": 99, "list_index": 0, "services": []}"#.to_vec(),
+        br#"{"format": 1, "list_index": 0, "services": [{"name": "Bad Name", "create_index": 1, "modify_index": 1, "instances": {}}]}"#.to_vec(),
+        br#"{"format": 1, "list_index": 50, "services": []}"#.to_vec(),
+    ];
+    for bytes in bad_inputs {
+        let res = sm
+            .install_snapshot(&meta, Box::new(Cursor::new(bytes)))
+            .await;
+        assert!(res.is_err());
+        assert_eq!(sm.registry().export(), before);
+        assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(5)));
+    }
+    drop(sm);
+    let (_log, sm) = store::open(dir.path()).unwrap();
+    assert_eq!(sm.registry().export(), before, "nothing was written either");
+}
