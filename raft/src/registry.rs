@@ -5,11 +5,12 @@
 //! `Arc` clone under a lock held for nanoseconds, and apply builds a new entry beside the old one
 //! and swaps it in, so readers never wait on a half-applied change.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use cairn_client::{CheckState, HealthStatus, ServiceSummary};
+use imbl::OrdMap;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
@@ -17,51 +18,133 @@ use crate::command::{Command, CommandResult, Op};
 use crate::model::Instance;
 
 /// A service and its instances at one point in the log.
+///
+/// `instances` is a persistent map: apply copies an entry in O(log n) however many instances the
+/// service has. The tag and health counts are kept beside it, so neither apply nor a service
+/// listing walks the instances.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "ServiceWire")]
 pub struct ServiceEntry {
     pub name: String,
     pub create_index: u64,
     /// Index of the last change to the service or any of its instances.
     pub modify_index: u64,
-    pub instances: BTreeMap<String, Arc<Instance>>,
+    pub instances: OrdMap<String, Arc<Instance>>,
+    /// How many instances carry each tag.
+    #[serde(skip_serializing)]
+    tag_counts: OrdMap<String, u32>,
+    /// Instances by health: passing, warning, critical.
+    #[serde(skip_serializing)]
+    health_counts: [u32; 3],
+}
+
+/// What a service looks like serialized: the derived counts are rebuilt on the way in.
+#[derive(Deserialize)]
+struct ServiceWire {
+    name: String,
+    create_index: u64,
+    modify_index: u64,
+    instances: OrdMap<String, Arc<Instance>>,
+}
+
+impl From<ServiceWire> for ServiceEntry {
+    fn from(w: ServiceWire) -> Self {
+        let mut entry = ServiceEntry::new(&w.name, w.create_index);
+        entry.modify_index = w.modify_index;
+        for inst in w.instances.values() {
+            entry.count(inst, 1);
+        }
+        entry.instances = w.instances;
+        entry
+    }
+}
+
+fn health_slot(h: HealthStatus) -> usize {
+    match h {
+        HealthStatus::Passing => 0,
+        HealthStatus::Warning => 1,
+        HealthStatus::Critical => 2,
+    }
 }
 
 impl ServiceEntry {
-    fn new(name: &str, index: u64) -> Self {
+    pub(crate) fn new(name: &str, index: u64) -> Self {
         ServiceEntry {
             name: name.to_owned(),
             create_index: index,
             modify_index: index,
-            instances: BTreeMap::new(),
+            instances: OrdMap::new(),
+            tag_counts: OrdMap::new(),
+            health_counts: [0; 3],
         }
     }
 
-    /// The union of the instances' tags.
-    pub fn tags(&self) -> BTreeSet<&str> {
-        self.instances
-            .values()
-            .flat_map(|i| i.spec.tags.iter().map(String::as_str))
-            .collect()
+    /// Adds (`delta` 1) or removes (`delta` -1) an instance's tags and health from the counts;
+    /// answers whether the set of tags changed.
+    fn count(&mut self, inst: &Instance, delta: i32) -> bool {
+        let mut tags_changed = false;
+        for tag in &inst.spec.tags {
+            let n = self.tag_counts.get(tag).copied().unwrap_or(0);
+            let m = n.saturating_add_signed(delta);
+            tags_changed |= (n == 0) != (m == 0);
+            if m == 0 {
+                self.tag_counts.remove(tag);
+            } else {
+                self.tag_counts.insert(tag.clone(), m);
+            }
+        }
+        let slot = &mut self.health_counts[health_slot(inst.health())];
+        *slot = slot.saturating_add_signed(delta);
+        tags_changed
+    }
+
+    /// Inserts or replaces an instance; answers whether the service's set of tags changed.
+    pub(crate) fn put(&mut self, inst: Arc<Instance>) -> bool {
+        let Some(old) = self.instances.get(&inst.spec.id).cloned() else {
+            let changed = self.count(&inst, 1);
+            self.instances.insert(inst.spec.id.clone(), inst);
+            return changed;
+        };
+        // Presence of each tag either instance carries, before and after the replacement: a
+        // tag dropped and re-added by the same instance is no change.
+        let touched: BTreeSet<&String> = old.spec.tags.iter().chain(&inst.spec.tags).collect();
+        let before: Vec<bool> = touched
+            .iter()
+            .map(|t| self.tag_counts.contains_key(*t))
+            .collect();
+        self.count(&old, -1);
+        self.count(&inst, 1);
+        let changed = touched
+            .iter()
+            .zip(before)
+            .any(|(t, was)| self.tag_counts.contains_key(*t) != was);
+        self.instances.insert(inst.spec.id.clone(), inst);
+        changed
+    }
+
+    /// Removes an instance; `None` when it is not there. The flag says whether tags changed.
+    pub(crate) fn take(&mut self, id: &str) -> Option<(Arc<Instance>, bool)> {
+        let old = self.instances.remove(id)?;
+        let changed = self.count(&old, -1);
+        Some((old, changed))
+    }
+
+    /// The union of the instances' tags, sorted.
+    pub fn tags(&self) -> impl Iterator<Item = &str> {
+        self.tag_counts.keys().map(String::as_str)
     }
 
     pub fn summary(&self) -> ServiceSummary {
-        let mut s = ServiceSummary {
+        let [passing, warning, critical] = self.health_counts;
+        ServiceSummary {
             name: self.name.clone(),
             index: self.modify_index,
-            tags: self.tags().into_iter().map(str::to_owned).collect(),
+            tags: self.tags().map(str::to_owned).collect(),
             instances: self.instances.len() as u32,
-            passing: 0,
-            warning: 0,
-            critical: 0,
-        };
-        for inst in self.instances.values() {
-            match inst.health() {
-                HealthStatus::Passing => s.passing += 1,
-                HealthStatus::Warning => s.warning += 1,
-                HealthStatus::Critical => s.critical += 1,
-            }
+            passing,
+            warning,
+            critical,
         }
-        s
     }
 }
 
@@ -152,18 +235,15 @@ impl Registry {
     pub(crate) fn apply(&self, index: u64, cmd: &Command, dirty: &mut Dirty) -> CommandResult {
         let name = cmd.op.service();
         let old = self.service(name);
-        let old_tags: BTreeSet<String> = old
-            .as_ref()
-            .map(|s| s.tags().into_iter().map(str::to_owned).collect())
-            .unwrap_or_default();
         // Only apply writes the view, so nothing changes between this read and the swap below.
         let mut entry = match &old {
             Some(s) => ServiceEntry::clone(s),
             None => ServiceEntry::new(name, index),
         };
-        let changed_id = match &cmd.op {
+        let (changed_id, tags_changed) = match &cmd.op {
             Op::Register { instance, .. } => {
-                let prev = entry.instances.get(&instance.id);
+                let prev = entry.instances.get(&instance.id).cloned();
+                let prev = prev.as_deref();
                 let checks = instance
                     .checks
                     .iter()
@@ -190,22 +270,20 @@ impl Registry {
                     create_index: prev.map_or(index, |p| p.create_index),
                     modify_index: index,
                 };
-                entry.instances.insert(instance.id.clone(), Arc::new(inst));
-                instance.id.clone()
+                let tags_changed = entry.put(Arc::new(inst));
+                (instance.id.clone(), tags_changed)
             }
-            Op::Deregister { id, .. } => {
-                if entry.instances.remove(id).is_none() {
-                    return not_found(name, id);
-                }
-                id.clone()
-            }
+            Op::Deregister { id, .. } => match entry.take(id) {
+                Some((_, tags_changed)) => (id.clone(), tags_changed),
+                None => return not_found(name, id),
+            },
             Op::SetHealth {
                 id, status, output, ..
             } => {
-                let Some(inst) = entry.instances.get_mut(id) else {
+                let Some(prev) = entry.instances.get(id) else {
                     return not_found(name, id);
                 };
-                let inst = Arc::make_mut(inst);
+                let mut inst = Instance::clone(prev);
                 let changed = inst.custom_health.as_ref().map(|c| c.status) != Some(*status);
                 let changed_at_ms = match &inst.custom_health {
                     Some(c) if !changed => c.changed_at_ms,
@@ -216,23 +294,25 @@ impl Registry {
                     output: output.clone(),
                     changed_at_ms,
                 });
+                if changed {
+                    inst.modify_index = index;
+                }
+                entry.put(Arc::new(inst));
+                dirty.instances.insert((name.to_owned(), id.clone()));
                 if !changed {
-                    // New output alone is stored but does not move any index: watchers are woken
-                    // by changes of health, not by chatter.
-                    dirty.instances.insert((name.to_owned(), id.clone()));
+                    // New output alone is stored but moves no index: watchers are woken by
+                    // changes of health, not by chatter.
                     self.swap(name, Some(entry));
                     return CommandResult::Ok;
                 }
-                inst.modify_index = index;
-                id.clone()
+                (id.clone(), false)
             }
         };
         entry.modify_index = index;
         dirty.services.insert(name.to_owned());
         dirty.instances.insert((name.to_owned(), changed_id));
-        let new_tags: BTreeSet<String> = entry.tags().into_iter().map(str::to_owned).collect();
         let appeared_or_gone = old.is_none() || entry.instances.is_empty();
-        if appeared_or_gone || new_tags != old_tags {
+        if appeared_or_gone || tags_changed {
             self.list_index.store(index, Ordering::Release);
             dirty.list_index = true;
         }
@@ -329,6 +409,38 @@ mod tests {
         );
         r.apply(7, &register("web", "b", &["v2"]), &mut d);
         assert_eq!(r.list_index(), 7, "a new tag changes the service list");
+    }
+
+    #[test]
+    fn tag_and_health_counts_follow_every_change() {
+        let r = Registry::default();
+        let mut d = Dirty::default();
+        r.apply(1, &register("web", "a", &["x", "y"]), &mut d);
+        r.apply(2, &register("web", "b", &["y"]), &mut d);
+        let tags = |r: &Registry| r.service("web").unwrap().summary().tags;
+        assert_eq!(tags(&r), ["x", "y"]);
+        r.apply(3, &register("web", "a", &["y"]), &mut d);
+        assert_eq!(tags(&r), ["y"]);
+        assert_eq!(
+            r.list_index(),
+            3,
+            "dropping the last x changes the service list"
+        );
+        r.apply(
+            4,
+            &set_health("web", "b", HealthStatus::Warning, ""),
+            &mut d,
+        );
+        let s = r.service("web").unwrap().summary();
+        assert_eq!((s.passing, s.warning, s.critical), (1, 1, 0));
+        r.apply(5, &deregister("web", "b"), &mut d);
+        let s = r.service("web").unwrap().summary();
+        assert_eq!((s.instances, s.passing, s.warning), (1, 1, 0));
+        assert_eq!(r.list_index(), 3, "y is still carried by a");
+        // A round trip through serde rebuilds the same counts.
+        let json = serde_json::to_string(&*r.service("web").unwrap()).unwrap();
+        let back: ServiceEntry = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, *r.service("web").unwrap());
     }
 
     #[test]

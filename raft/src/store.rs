@@ -415,34 +415,20 @@ fn load_registry(db: &DB, list_index: u64) -> StorageResult<RegistryData> {
         let mut parts = key.split(|b| *b == 0);
         let kind = parts.next().unwrap_or_default();
         let name = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+        let entry = services
+            .entry(name.clone())
+            .or_insert_with(|| ServiceEntry::new(&name, 0));
         match kind {
             b"s" => {
                 let rec: ServiceRecord = serde_json::from_slice(&value)
                     .map_err(|e| bad(format!("service {name}: {e}")))?;
-                let entry = services
-                    .entry(name.clone())
-                    .or_insert_with(|| ServiceEntry {
-                        name,
-                        create_index: 0,
-                        modify_index: 0,
-                        instances: BTreeMap::new(),
-                    });
                 entry.create_index = rec.create_index;
                 entry.modify_index = rec.modify_index;
             }
             b"i" => {
                 let inst: Instance = serde_json::from_slice(&value)
                     .map_err(|e| bad(format!("instance in {name}: {e}")))?;
-                services
-                    .entry(name.clone())
-                    .or_insert_with(|| ServiceEntry {
-                        name,
-                        create_index: 0,
-                        modify_index: 0,
-                        instances: BTreeMap::new(),
-                    })
-                    .instances
-                    .insert(inst.spec.id.clone(), Arc::new(inst));
+                entry.put(Arc::new(inst));
             }
             _ => return Err(bad(format!("unknown registry key {key:?}")).into()),
         }
