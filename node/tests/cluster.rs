@@ -1,0 +1,383 @@
+//! Three-node clusters of real `cairn` processes: replication, failover, restart, catch-up by
+//! snapshot, membership, and bad input.
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
+mod harness;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use harness::{eventually, Cluster, Node};
+use serde_json::json;
+
+#[tokio::test]
+async fn t10_registration_sent_to_a_follower_is_readable_on_all_nodes() {
+    let c = Cluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    let follower = (1..=3).find(|n| *n != leader).unwrap();
+
+    let index = c.register(follower, "web", "web-1").await;
+    assert!(index > 0);
+    for n in 1..=3 {
+        eventually(
+            Duration::from_secs(5),
+            "replicated to every node",
+            || async { c.instance_ids(n, "web").await == ["web-1"] },
+        )
+        .await;
+    }
+    // Every node reports the same service index: the one the write committed at.
+    for n in 1..=3 {
+        let (_, body) = c.get(n, "/v1/services/web").await;
+        assert_eq!(body["index"], index, "node {n}");
+        assert_eq!(body["instances"][0]["modify_index"], index);
+    }
+    let (status, body) = c.get(follower, "/v1/services").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["services"][0]["name"], "web");
+    assert_eq!(body["services"][0]["passing"], 1);
+
+    // Deregistration through another follower, then 404 for what is gone.
+    let other = (1..=3).find(|n| *n != leader && *n != follower).unwrap();
+    let (status, _) = c.delete(other, "/v1/services/web/instances/web-1").await;
+    assert_eq!(status, 200);
+    eventually(
+        Duration::from_secs(5),
+        "deregistration replicated",
+        || async { c.get(leader, "/v1/services/web").await.0 == 404 },
+    )
+    .await;
+    let (status, body) = c.delete(follower, "/v1/services/web/instances/web-1").await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
+}
+
+#[tokio::test]
+async fn t20_leader_kill_then_writes_go_on_and_the_old_leader_catches_up() {
+    let mut c = Cluster::start(3, &[]).await;
+    let mut acknowledged = BTreeSet::new();
+    for i in 0..20 {
+        let id = format!("before-{i}");
+        c.register(1 + i % 3, "api", &id).await;
+        acknowledged.insert(id);
+    }
+
+    let old_leader = c.leader().await;
+    c.node_mut(old_leader).kill();
+    let new_leader = c.leader().await;
+    assert_ne!(new_leader, old_leader);
+
+    let survivors: Vec<u64> = (1..=3).filter(|n| *n != old_leader).collect();
+    for i in 0..20 {
+        let id = format!("during-{i}");
+        c.register(survivors[i % 2], "api", &id).await;
+        acknowledged.insert(id);
+    }
+
+    c.node_mut(old_leader).restart();
+    for i in 0..10 {
+        let id = format!("after-{i}");
+        c.register(1 + (i as u64) % 3, "api", &id).await;
+        acknowledged.insert(id);
+    }
+    let expected: Vec<String> = acknowledged.into_iter().collect();
+    for n in 1..=3 {
+        eventually(
+            Duration::from_secs(15),
+            "every acknowledged write on every node",
+            || async { c.instance_ids(n, "api").await == expected },
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn t30_a_node_kept_down_past_a_log_purge_catches_up_by_snapshot() {
+    let extra = ["--snapshot-threshold", "20", "--snapshot-keep-logs", "5"];
+    let mut c = Cluster::start(3, &extra).await;
+    let leader = c.leader().await;
+    let down = (1..=3).find(|n| *n != leader).unwrap();
+    c.node_mut(down).kill();
+
+    let mut expected = Vec::new();
+    for i in 0..80 {
+        let id = format!("i-{i:03}");
+        c.register(leader, "db", &id).await;
+        expected.push(id);
+    }
+    let (_, status) = c.get(leader, "/v1/cluster").await;
+    assert!(
+        status["snapshot_index"].as_u64().unwrap() > 20,
+        "the leader snapshotted and purged: {status}"
+    );
+
+    c.node_mut(down).restart();
+    eventually(
+        Duration::from_secs(20),
+        "the restarted node has every instance",
+        || async { c.instance_ids(down, "db").await == expected },
+    )
+    .await;
+    let (_, status) = c.get(down, "/v1/cluster").await;
+    assert!(
+        status["snapshot_index"].as_u64().unwrap() > 0,
+        "it caught up through a snapshot: {status}"
+    );
+}
+
+#[tokio::test]
+async fn t40_without_quorum_writes_fail_with_503_and_retry_after() {
+    let mut c = Cluster::start(3, &[]).await;
+    c.register(1, "web", "a").await;
+    let survivor = c.leader().await;
+    for n in (1..=3).filter(|n| *n != survivor) {
+        c.node_mut(n).kill();
+    }
+    let res = c
+        .http
+        .put(c.node(survivor).url("/v1/services/web/instances/b"))
+        .json(&json!({"address": "10.0.0.2", "port": 80}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert!(
+        matches!(body["code"].as_str(), Some("unavailable" | "no_leader")),
+        "{body}"
+    );
+    // Reads keep being served from the local replica.
+    assert_eq!(c.instance_ids(survivor, "web").await, ["a"]);
+}
+
+#[tokio::test]
+async fn t50_malformed_input_gets_4xx_and_changes_nothing() {
+    let c = Cluster::start(1, &["--max-body-bytes", "4096"]).await;
+    c.register(1, "web", "good").await;
+    let (_, before) = c.get(1, "/v1/services").await;
+    let (_, status_before) = c.get(1, "/v1/cluster").await;
+
+    let put_raw = |path: &str, body: Vec<u8>| {
+        let req = c.http.put(c.node(1).url(path)).body(body);
+        async move {
+            let res = req.send().await.unwrap();
+            let status = res.status().as_u16();
+            let body: serde_json::Value = res.json().await.unwrap();
+            (status, body["code"].as_str().unwrap_or_default().to_owned())
+        }
+    };
+    let bad: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "/v1/services/web/instances/x",
+            b"{not json".to_vec(),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "/v1/services/web/instances/x",
+            b"".to_vec(),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "/v1/services/web/instances/x",
+            br#"{"address":"10.0.0.1","port":0}"#.to_vec(),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "/v1/services/web/instances/x",
+            br#"{"address":"10.0.0.1","port":70000}"#.to_vec(),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "/v1/services/web/instances/x",
+            br#"{"address":"not an ip!","port":80}"#.to_vec(),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "/v1/services/web/instances/x",
+            br#"{"address":"10.0.0.1","port":80,"extra":1}"#.to_vec(),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "/v1/services/web/instances/x",
+            br#"{"address":"10.0.0.1","port":80,"tags":["no spaces"]}"#.to_vec(),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "/v1/services/web_bad/instances/x",
+            br#"{"address":"10.0.0.1","port":80}"#.to_vec(),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "/v1/services/-web/instances/x",
+            br#"{"address":"10.0.0.1","port":80}"#.to_vec(),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "/v1/services/web/instances/a%20b",
+            br#"{"address":"10.0.0.1","port":80}"#.to_vec(),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "/v1/services/web/instances/x",
+            format!(
+                r#"{{"address":"10.0.0.1","port":80,"meta":{{"k":"{}"}}}}"#,
+                "v".repeat(600)
+            )
+            .into_bytes(),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "/v1/services/web/instances/x",
+            format!(
+                r#"{{"address":"10.0.0.1","port":80,"meta":{{"k":"{}"}}}}"#,
+                "v".repeat(5000)
+            )
+            .into_bytes(),
+            413,
+            "body_too_large",
+        ),
+        (
+            "/v1/services/web/instances/good/health",
+            br#"{"status":"sick"}"#.to_vec(),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "/v1/services/web/instances/missing/health",
+            br#"{"status":"critical"}"#.to_vec(),
+            404,
+            "not_found",
+        ),
+    ];
+    for (path, body, status, code) in bad {
+        let got = put_raw(path, body.clone()).await;
+        assert_eq!(
+            got,
+            (status, code.to_owned()),
+            "PUT {path} {}",
+            String::from_utf8_lossy(&body)
+                .chars()
+                .take(80)
+                .collect::<String>()
+        );
+    }
+    let (status, _) = c.get(1, "/v1/services/web?health=sometimes").await;
+    assert_eq!(status, 400);
+    let (status, body) = c.get(1, "/v1/services/nope").await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
+
+    let (_, after) = c.get(1, "/v1/services").await;
+    assert_eq!(before, after, "no bad request changed the registry");
+    let (_, status_after) = c.get(1, "/v1/cluster").await;
+    // The 404 health write is a committed no-op; nothing else may have reached the log.
+    assert!(
+        status_after["last_log_index"].as_u64().unwrap()
+            <= status_before["last_log_index"].as_u64().unwrap() + 1,
+        "{status_before} -> {status_after}"
+    );
+}
+
+#[tokio::test]
+async fn t60_peers_bootstrap_once_and_restart_never_reinitialises() {
+    let dir = tempfile::tempdir().unwrap();
+    // --peers needs the RPC ports up front: reserve three, then hand them to the nodes.
+    let ports: Vec<u16> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let peers = format!(
+        "1=127.0.0.1:{},2=127.0.0.1:{},3=127.0.0.1:{}",
+        ports[0], ports[1], ports[2]
+    );
+    let mut nodes: Vec<Node> = (1..=3u64)
+        .map(|id| {
+            let rpc = format!("127.0.0.1:{}", ports[(id - 1) as usize]);
+            Node::start(id, dir.path(), &["--peers", &peers, "--rpc-addr", &rpc])
+        })
+        .collect();
+    let c = Cluster {
+        nodes: std::mem::take(&mut nodes),
+        dir,
+        http: harness::client(),
+    };
+    c.wait_voters(3).await;
+    let index = c.register(2, "cache", "c1").await;
+    let (_, before) = c.get(1, "/v1/cluster").await;
+
+    let mut c = c;
+    for n in 1..=3 {
+        c.node_mut(n).kill();
+    }
+    for n in 1..=3 {
+        c.node_mut(n).restart();
+    }
+    c.wait_voters(3).await;
+    let (_, after) = c.get(1, "/v1/cluster").await;
+    assert_eq!(after["members"], before["members"], "same membership");
+    for n in 1..=3 {
+        assert!(
+            c.node(n)
+                .log_contains("cluster state found in the data folder; not initialising"),
+            "node {n} must not initialise again"
+        );
+    }
+    let next = c.register(1, "cache", "c2").await;
+    assert!(next > index, "the log goes on: {next} > {index}");
+    eventually(Duration::from_secs(5), "both writes on node 3", || async {
+        c.instance_ids(3, "cache").await == ["c1", "c2"]
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn t70_a_member_can_be_removed_and_the_rest_keep_a_quorum() {
+    let mut c = Cluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    let victim = (1..=3).find(|n| *n != leader).unwrap();
+    let res = c
+        .http
+        .delete(c.node(leader).url(&format!("/v1/cluster/members/{victim}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    c.node_mut(victim).kill();
+    c.wait_voters(2).await;
+    c.register(leader, "web", "after-removal").await;
+
+    let (status, body) = c.delete(leader, "/v1/cluster/members/42").await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
+}
+
+#[tokio::test]
+async fn t80_sigterm_stops_the_agent_cleanly_and_its_data_survives() {
+    let mut c = Cluster::start(1, &[]).await;
+    c.register(1, "web", "a").await;
+    c.node(1).signal("TERM");
+    let status = c
+        .node_mut(1)
+        .wait_exit(Duration::from_secs(15))
+        .expect("exited after SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+    c.node_mut(1).restart();
+    eventually(
+        Duration::from_secs(10),
+        "restarted node serves its data",
+        || async { c.instance_ids(1, "web").await == ["a"] },
+    )
+    .await;
+}

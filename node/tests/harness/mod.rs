@@ -1,0 +1,377 @@
+//! Black-box harness: runs the real `cairn` binary as child processes on port 0, reads the bound
+//! ports from its `cairn listening ...` line, and kills only the children it started.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// How long a node may take to print its listening line.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One `cairn agent` child process.
+pub struct Node {
+    pub id: u64,
+    pub http: SocketAddr,
+    pub rpc: SocketAddr,
+    pub data_dir: PathBuf,
+    log_path: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+/// The ports a `cairn listening` line announced.
+fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+    };
+    Some((field("http=")?, field("rpc=")?))
+}
+
+impl Node {
+    /// Starts a node with `--node-id`, `--data-dir`, loopback port-0 listeners unless `args`
+    /// sets them, and `args`.
+    pub fn start(id: u64, dir: &Path, args: &[&str]) -> Node {
+        let data_dir = dir.join(format!("node{id}"));
+        let mut full: Vec<String> = vec![
+            "agent".into(),
+            "--node-id".into(),
+            id.to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--write-timeout".into(),
+            "3s".into(),
+        ];
+        if !args.contains(&"--http-addr") {
+            full.extend(["--http-addr".into(), "127.0.0.1:0".into()]);
+        }
+        if !args.contains(&"--rpc-addr") {
+            full.extend(["--rpc-addr".into(), "127.0.0.1:0".into()]);
+        }
+        full.extend(args.iter().map(|s| s.to_string()));
+        let log_path = dir.join(format!("node{id}.log"));
+        let mut node = Node {
+            id,
+            http: "0.0.0.0:0".parse().unwrap(),
+            rpc: "0.0.0.0:0".parse().unwrap(),
+            data_dir,
+            log_path,
+            args: full,
+            child: None,
+        };
+        node.spawn();
+        node
+    }
+
+    fn spawn(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open node log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(&self.args)
+            .env("CAIRN_LOG", "info,cairn_raft=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn cairn");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addrs) = parse_listening(&line) {
+                    let _ = tx.send(addrs);
+                }
+            }
+        });
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok((http, rpc)) => {
+                self.http = http;
+                self.rpc = rpc;
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "node {} printed no listening line within {START_TIMEOUT:?}; log:\n{}",
+                    self.id,
+                    self.log_tail(40)
+                );
+            }
+        }
+        self.child = Some(child);
+    }
+
+    /// Restarts a stopped node on the same ports and data folder.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "node {} is still running", self.id);
+        let set = |args: &mut Vec<String>, flag: &str, value: String| {
+            let i = args.iter().position(|a| a == flag).expect("flag present");
+            args[i + 1] = value;
+        };
+        set(&mut self.args, "--http-addr", self.http.to_string());
+        set(&mut self.args, "--rpc-addr", self.rpc.to_string());
+        self.spawn();
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends `signal` (e.g. "TERM", "STOP", "CONT") to this node only.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{signal} {pid} failed");
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub fn log_contains(&self, needle: &str) -> bool {
+        std::fs::read_to_string(&self.log_path).is_ok_and(|t| t.contains(needle))
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() && self.child.is_some() {
+            eprintln!("--- node {} log tail ---\n{}", self.id, self.log_tail(30));
+        }
+        self.kill();
+    }
+}
+
+/// A cluster of child processes in one temporary folder.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub dir: TempDir,
+    pub http: reqwest::Client,
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+impl Cluster {
+    /// Node 1 bootstraps alone; the others join it. `extra` goes to every node.
+    pub async fn start(n: u64, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let http = client();
+        let mut first_args = vec!["--bootstrap"];
+        first_args.extend_from_slice(extra);
+        let first = Node::start(1, dir.path(), &first_args);
+        let join_url = first.url("");
+        let mut cluster = Cluster {
+            nodes: vec![first],
+            dir,
+            http,
+        };
+        cluster.wait_ready(0).await;
+        for id in 2..=n {
+            let mut args = vec!["--join", join_url.as_str()];
+            args.extend_from_slice(extra);
+            let node = Node::start(id, cluster.dir.path(), &args);
+            cluster.nodes.push(node);
+        }
+        cluster.wait_voters(n as usize).await;
+        cluster
+    }
+
+    pub fn node(&self, id: u64) -> &Node {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    pub fn node_mut(&mut self, id: u64) -> &mut Node {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    pub async fn get(&self, node: u64, path: &str) -> (u16, Value) {
+        get(&self.http, &self.node(node).url(path)).await
+    }
+
+    pub async fn put(&self, node: u64, path: &str, body: &Value) -> (u16, Value) {
+        let res = self
+            .http
+            .put(self.node(node).url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("PUT");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn delete(&self, node: u64, path: &str) -> (u16, Value) {
+        let res = self
+            .http
+            .delete(self.node(node).url(path))
+            .send()
+            .await
+            .expect("DELETE");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Registers `service/id` through `node`; panics unless it answers 200 with an index.
+    pub async fn register(&self, node: u64, service: &str, id: &str) -> u64 {
+        let (status, body) = self
+            .put(
+                node,
+                &format!("/v1/services/{service}/instances/{id}"),
+                &serde_json::json!({"address": "10.0.0.1", "port": 8080}),
+            )
+            .await;
+        assert_eq!(
+            status, 200,
+            "register {service}/{id} via node {node}: {body}"
+        );
+        body["index"].as_u64().expect("index")
+    }
+
+    async fn wait_ready(&self, i: usize) {
+        let url = self.nodes[i].url("/v1/ready");
+        eventually(Duration::from_secs(20), "node ready", || async {
+            reqwest::get(&url).await.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+    }
+
+    /// Waits until the leader reports `n` voters and every running node knows a leader.
+    pub async fn wait_voters(&self, n: usize) {
+        eventually(Duration::from_secs(30), "all voters joined", || async {
+            for node in self.nodes.iter().filter(|n| n.is_running()) {
+                let (status, body) = get(&self.http, &node.url("/v1/cluster")).await;
+                if status != 200 || body["leader"].is_null() {
+                    return false;
+                }
+                let voters = body["members"]
+                    .as_array()
+                    .map_or(0, |m| m.iter().filter(|m| m["voter"] == true).count());
+                if voters != n {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+    }
+
+    /// The id of the leader that every running node agrees on.
+    pub async fn leader(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut leaders = Vec::new();
+            for node in self.nodes.iter().filter(|n| n.is_running()) {
+                let (_, body) = get(&self.http, &node.url("/v1/cluster")).await;
+                leaders.push(body["leader"].as_u64());
+            }
+            if let Some(Some(l)) = leaders.first() {
+                let agreed = leaders.iter().all(|x| *x == Some(*l));
+                if agreed && self.nodes.iter().any(|n| n.id == *l && n.is_running()) {
+                    return *l;
+                }
+            }
+            assert!(Instant::now() < deadline, "no agreed leader: {leaders:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Instance ids of `service` as `node` serves them.
+    pub async fn instance_ids(&self, node: u64, service: &str) -> Vec<String> {
+        let (status, body) = self.get(node, &format!("/v1/services/{service}")).await;
+        if status == 404 {
+            return Vec::new();
+        }
+        assert_eq!(status, 200, "{body}");
+        let mut ids: Vec<String> = body["instances"]
+            .as_array()
+            .expect("instances")
+            .iter()
+            .map(|i| i["id"].as_str().expect("id").to_owned())
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+/// GETs `url`; `(0, Null)` when no answer came. Tries twice, because a pooled connection to a
+/// node that was killed and restarted on the same port fails once before a new one is made.
+pub async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
+    for _ in 0..2 {
+        if let Ok(res) = http.get(url).send().await {
+            let status = res.status().as_u16();
+            return (status, res.json().await.unwrap_or(Value::Null));
+        }
+    }
+    (0, Value::Null)
+}
+
+/// Polls `check` every 100 ms until it holds; panics with `what` after `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
