@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use cairn_client::{ApiError, JoinRequest};
 use cairn_raft::{Cluster, ClusterOptions, Member, StartError};
 use tokio::net::TcpListener;
@@ -48,6 +49,14 @@ pub struct Bound {
 impl std::fmt::Display for Bound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "http={} rpc={}", self.http, self.rpc)
+    }
+}
+
+/// Small responses go out at once: with Nagle's algorithm a reply split in two segments waits
+/// for the peer's delayed ACK (tens of ms), which stalls Raft replication rounds and every client.
+fn no_delay(stream: &mut tokio::net::TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!("cannot set TCP_NODELAY: {e}");
     }
 }
 
@@ -145,7 +154,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         let app = cairn_raft::transport::router(cluster.clone());
         let stop = rpc_stop.clone();
         servers.spawn(async move {
-            axum::serve(rpc_listener, app)
+            axum::serve(rpc_listener.tap_io(no_delay), app)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await
         });
@@ -154,7 +163,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         let app = api::router(cluster.clone(), config.max_body_bytes);
         let stop = http_stop.clone();
         tokio::spawn(async move {
-            axum::serve(http_listener, app)
+            axum::serve(http_listener.tap_io(no_delay), app)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await
         })

@@ -53,6 +53,46 @@ async fn t10_registration_sent_to_a_follower_is_readable_on_all_nodes() {
 }
 
 #[tokio::test]
+async fn t15_concurrent_writes_are_batched_and_each_gets_its_own_result() {
+    let c = Cluster::start(3, &[]).await;
+    let mut writes = Vec::new();
+    for i in 0..200u64 {
+        let node = c.node(1 + i % 3);
+        let req = c
+            .http
+            .put(node.url(&format!("/v1/services/burst/instances/b-{i}")))
+            .json(&json!({"address": "10.0.0.9", "port": 9000}))
+            .send();
+        writes.push(tokio::spawn(async move {
+            let res = req.await.unwrap();
+            let status = res.status().as_u16();
+            let body: serde_json::Value = res.json().await.unwrap();
+            (status, body["index"].as_u64())
+        }));
+    }
+    // An op that fails inside a batch fails alone.
+    let (status, body) = c.delete(2, "/v1/services/burst/instances/nope").await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
+    let mut indexes = BTreeSet::new();
+    for w in writes {
+        let (status, index) = w.await.unwrap();
+        assert_eq!(status, 200);
+        indexes.insert(index.unwrap());
+    }
+    assert!(
+        indexes.len() < 200,
+        "200 concurrent writes should share log entries, got {} entries",
+        indexes.len()
+    );
+    for n in 1..=3 {
+        eventually(Duration::from_secs(5), "all 200 on every node", || async {
+            c.instance_ids(n, "burst").await.len() == 200
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
 async fn t20_leader_kill_then_writes_go_on_and_the_old_leader_catches_up() {
     let mut c = Cluster::start(3, &[]).await;
     let mut acknowledged = BTreeSet::new();

@@ -11,8 +11,9 @@ use cairn_client::{ApiError, ClusterStatus, ErrorCode, MemberInfo};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::command::{Command, CommandResult, Op};
+use crate::command::{Command, Op, OpResult};
 use crate::registry::Registry;
 use crate::store::{self, OpenError};
 use crate::transport::{Forward, ForwardReply, SendError, Transport};
@@ -150,6 +151,25 @@ const NOT_LEADER: &str = "this node is not the leader";
 /// Pause between attempts while a leader is being elected.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
+/// Group commit on the leader: writes that arrive while earlier batches are being committed go
+/// into one log entry together. openraft's core handles each entry on one task, so one entry per
+/// write would cap throughput at that task's speed; batching spreads its cost over the batch.
+/// At most this many operations in one entry...
+const MAX_BATCH_OPS: usize = 256;
+/// ...and about this many bytes of them (a larger single operation still goes alone).
+const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Entries proposed and not yet applied. While all are busy, new writes queue up into the next
+/// batch; a lone write on an idle cluster is proposed at once.
+const MAX_BATCHES_IN_FLIGHT: usize = 4;
+/// Writes waiting for a batch; beyond this, writers wait (back-pressure, not memory growth).
+const PROPOSAL_QUEUE: usize = 16 * 1024;
+
+/// One write waiting to be batched on the leader.
+struct Proposal {
+    op: Op,
+    reply: oneshot::Sender<Result<ForwardReply, WriteError>>,
+}
+
 /// One node of the cluster.
 pub struct Cluster {
     id: NodeId,
@@ -164,6 +184,7 @@ pub struct Cluster {
     leader_contact_ms: AtomicU64,
     /// Serialises membership changes from this node: openraft allows one at a time anyway.
     membership_lock: tokio::sync::Mutex<()>,
+    proposals: mpsc::Sender<Proposal>,
     shut_down: Mutex<bool>,
 }
 
@@ -194,6 +215,8 @@ impl Cluster {
             install_snapshot_timeout: 10_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_threshold),
             max_in_snapshot_log_to_keep: options.keep_logs,
+            // Entries are batches of up to ~1 MiB; this keeps an append-entries RPC bounded.
+            max_payload_entries: 64,
             ..Config::default()
         }
         .validate()
@@ -208,6 +231,8 @@ impl Cluster {
         )
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
+        let (proposals, queue) = mpsc::channel(PROPOSAL_QUEUE);
+        tokio::spawn(run_batcher(raft.clone(), queue));
         Ok(Arc::new(Cluster {
             id: options.node_id,
             name: options.cluster_name.clone(),
@@ -219,6 +244,7 @@ impl Cluster {
             started: Instant::now(),
             leader_contact_ms: AtomicU64::new(u64::MAX),
             membership_lock: tokio::sync::Mutex::new(()),
+            proposals,
             shut_down: Mutex::new(false),
         }))
     }
@@ -422,19 +448,17 @@ impl Cluster {
         let work = async {
             match req {
                 Forward::Write(op) => {
-                    let cmd = Command {
-                        time_ms: now_ms(),
-                        op,
-                    };
-                    let resp = self
-                        .raft
-                        .client_write(cmd)
+                    if self.leader() != Some(self.id) {
+                        return Err(WriteError::NoLeader(NOT_LEADER.into()));
+                    }
+                    let (reply, answer) = oneshot::channel();
+                    self.proposals
+                        .send(Proposal { op, reply })
                         .await
-                        .map_err(client_write_error)?;
-                    Ok(ForwardReply {
-                        index: resp.log_id.index,
-                        result: resp.data,
-                    })
+                        .map_err(|_| WriteError::Internal("the write batcher stopped".into()))?;
+                    answer.await.map_err(|_| {
+                        WriteError::Internal("the write batcher dropped a write".into())
+                    })?
                 }
                 Forward::Join { id, rpc_addr } => self.execute_join(id, rpc_addr).await,
                 Forward::Remove { id } => self.execute_remove(id).await,
@@ -473,7 +497,7 @@ impl Cluster {
                 .map_or(0, |l| l.index);
             return Ok(ForwardReply {
                 index,
-                result: CommandResult::Ok,
+                result: OpResult::Ok,
             });
         }
         tracing::info!(node = id, %rpc_addr, "adding node as a learner");
@@ -489,7 +513,7 @@ impl Cluster {
             .map_err(client_write_error)?;
         Ok(ForwardReply {
             index: resp.log_id.index,
-            result: CommandResult::Ok,
+            result: OpResult::Ok,
         })
     }
 
@@ -523,7 +547,7 @@ impl Cluster {
             .map_err(client_write_error)?;
         Ok(ForwardReply {
             index: resp.log_id.index,
-            result: CommandResult::Ok,
+            result: OpResult::Ok,
         })
     }
 
@@ -577,10 +601,59 @@ impl Cluster {
     }
 }
 
+/// Proposes queued writes in batches (see [`MAX_BATCH_OPS`]), each as one log entry.
+async fn run_batcher(raft: Raft, mut queue: mpsc::Receiver<Proposal>) {
+    let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+    loop {
+        // Wait for a free slot first: while every slot is busy, writes gather in the queue.
+        let Ok(slot) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = queue.recv().await else {
+            return;
+        };
+        let mut bytes = first.op.approx_size();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
+            match queue.try_recv() {
+                Ok(p) => {
+                    bytes += p.op.approx_size();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let (ops, replies): (Vec<Op>, Vec<_>) =
+                batch.into_iter().map(|p| (p.op, p.reply)).unzip();
+            let cmd = Command {
+                time_ms: now_ms(),
+                ops,
+            };
+            match raft.client_write(cmd).await {
+                Ok(resp) => {
+                    let index = resp.log_id.index;
+                    for (reply, result) in replies.into_iter().zip(resp.data) {
+                        let _ = reply.send(Ok(ForwardReply { index, result }));
+                    }
+                }
+                Err(e) => {
+                    let e = client_write_error(e);
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
 fn reply_to_written(reply: ForwardReply) -> Result<Written, WriteError> {
     match reply.result {
-        CommandResult::Ok => Ok(Written { index: reply.index }),
-        CommandResult::NotFound { message } => Err(WriteError::NotFound(message)),
+        OpResult::Ok => Ok(Written { index: reply.index }),
+        OpResult::NotFound { message } => Err(WriteError::NotFound(message)),
     }
 }
 

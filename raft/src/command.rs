@@ -5,14 +5,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::InstanceSpec;
 
-/// A log entry's payload: an operation and the leader's wall clock when it proposed it.
+/// A log entry's payload: the operations the leader batched into it, and its wall clock when it
+/// proposed them.
 ///
 /// Apply reads time only from `time_ms`, never from the applying node's clock, so every replica
-/// computes the same state.
+/// computes the same state. Operations apply in order; each has its own result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
     pub time_ms: u64,
-    pub op: Op,
+    pub ops: Vec<Op>,
 }
 
 /// A change to the registry. Every field was validated before the op was proposed.
@@ -36,6 +37,44 @@ pub enum Op {
 }
 
 impl Op {
+    /// A cheap estimate of the op's encoded size, to bound how much goes into one log entry.
+    pub fn approx_size(&self) -> usize {
+        const FIXED: usize = 128;
+        match self {
+            Op::Register { service, instance } => {
+                let strings = |m: &std::collections::BTreeMap<String, String>| {
+                    m.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>()
+                };
+                let checks: usize = instance
+                    .checks
+                    .iter()
+                    .map(|c| {
+                        256 + match &c.kind {
+                            crate::model::CheckKindSpec::Http { url, headers, .. } => {
+                                url.len() + strings(headers)
+                            }
+                            _ => 0,
+                        }
+                    })
+                    .sum();
+                FIXED
+                    + service.len()
+                    + instance.id.len()
+                    + instance.address.len()
+                    + instance.tags.iter().map(|t| t.len() + 4).sum::<usize>()
+                    + strings(&instance.meta)
+                    + checks
+            }
+            Op::Deregister { service, id } => FIXED + service.len() + id.len(),
+            Op::SetHealth {
+                service,
+                id,
+                output,
+                ..
+            } => FIXED + service.len() + id.len() + output.len(),
+        }
+    }
+
     /// The service the op touches.
     pub fn service(&self) -> &str {
         match self {
@@ -46,11 +85,11 @@ impl Op {
     }
 }
 
-/// The result of applying one entry. The index that committed it travels beside it.
+/// The result of applying one operation. The index that committed it travels beside it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
-pub enum CommandResult {
-    /// Applied; for blank and membership entries as well.
+pub enum OpResult {
+    /// Applied.
     Ok,
     /// The op names an instance that does not exist; nothing changed.
     NotFound { message: String },

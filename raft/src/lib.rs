@@ -38,7 +38,7 @@ use std::io::Cursor;
 use serde::{Deserialize, Serialize};
 
 pub use cluster::{Cluster, ClusterOptions, StartError, WriteError, Written};
-pub use command::{Command, CommandResult, Op};
+pub use command::{Command, Op, OpResult};
 pub use registry::{Registry, ServiceEntry};
 
 /// A node's id in the cluster, as given by `--node-id`.
@@ -60,7 +60,7 @@ openraft::declare_raft_types!(
     /// Cairn's Raft types.
     pub TypeConfig:
         D = Command,
-        R = CommandResult,
+        R = Vec<OpResult>,
         NodeId = NodeId,
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,

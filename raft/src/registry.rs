@@ -14,7 +14,7 @@ use imbl::OrdMap;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, CommandResult, Op};
+use crate::command::{Command, Op, OpResult};
 use crate::model::Instance;
 
 /// A service and its instances at one point in the log.
@@ -232,15 +232,22 @@ impl Registry {
 
     /// Applies one command at log `index`. Deterministic: reads nothing but the view, the index
     /// and the command (including its leader-stamped time).
-    pub(crate) fn apply(&self, index: u64, cmd: &Command, dirty: &mut Dirty) -> CommandResult {
-        let name = cmd.op.service();
+    pub(crate) fn apply(&self, index: u64, cmd: &Command, dirty: &mut Dirty) -> Vec<OpResult> {
+        cmd.ops
+            .iter()
+            .map(|op| self.apply_op(index, cmd.time_ms, op, dirty))
+            .collect()
+    }
+
+    fn apply_op(&self, index: u64, time_ms: u64, op: &Op, dirty: &mut Dirty) -> OpResult {
+        let name = op.service();
         let old = self.service(name);
         // Only apply writes the view, so nothing changes between this read and the swap below.
         let mut entry = match &old {
             Some(s) => ServiceEntry::clone(s),
             None => ServiceEntry::new(name, index),
         };
-        let (changed_id, tags_changed) = match &cmd.op {
+        let (changed_id, tags_changed) = match op {
             Op::Register { instance, .. } => {
                 let prev = entry.instances.get(&instance.id).cloned();
                 let prev = prev.as_deref();
@@ -259,7 +266,7 @@ impl Registry {
                         .unwrap_or_else(|| CheckState {
                             status: spec.initial_status,
                             output: String::new(),
-                            changed_at_ms: cmd.time_ms,
+                            changed_at_ms: time_ms,
                         })
                     })
                     .collect();
@@ -287,7 +294,7 @@ impl Registry {
                 let changed = inst.custom_health.as_ref().map(|c| c.status) != Some(*status);
                 let changed_at_ms = match &inst.custom_health {
                     Some(c) if !changed => c.changed_at_ms,
-                    _ => cmd.time_ms,
+                    _ => time_ms,
                 };
                 inst.custom_health = Some(CheckState {
                     status: *status,
@@ -303,7 +310,7 @@ impl Registry {
                     // New output alone is stored but moves no index: watchers are woken by
                     // changes of health, not by chatter.
                     self.swap(name, Some(entry));
-                    return CommandResult::Ok;
+                    return OpResult::Ok;
                 }
                 (id.clone(), false)
             }
@@ -318,7 +325,7 @@ impl Registry {
         }
         let entry = (!entry.instances.is_empty()).then_some(entry);
         self.swap(name, entry);
-        CommandResult::Ok
+        OpResult::Ok
     }
 
     fn swap(&self, name: &str, entry: Option<ServiceEntry>) {
@@ -334,8 +341,8 @@ impl Registry {
     }
 }
 
-fn not_found(service: &str, id: &str) -> CommandResult {
-    CommandResult::NotFound {
+fn not_found(service: &str, id: &str) -> OpResult {
+    OpResult::NotFound {
         message: format!("service {service:?} has no instance {id:?}"),
     }
 }
@@ -350,32 +357,32 @@ mod tests {
         let spec = validate_registration(id, &serde_json::from_value(body).unwrap()).unwrap();
         Command {
             time_ms: 1000,
-            op: Op::Register {
+            ops: vec![Op::Register {
                 service: service.into(),
                 instance: spec,
-            },
+            }],
         }
     }
 
     fn deregister(service: &str, id: &str) -> Command {
         Command {
             time_ms: 2000,
-            op: Op::Deregister {
+            ops: vec![Op::Deregister {
                 service: service.into(),
                 id: id.into(),
-            },
+            }],
         }
     }
 
     fn set_health(service: &str, id: &str, status: HealthStatus, output: &str) -> Command {
         Command {
             time_ms: 3000,
-            op: Op::SetHealth {
+            ops: vec![Op::SetHealth {
                 service: service.into(),
                 id: id.into(),
                 status,
                 output: output.into(),
-            },
+            }],
         }
     }
 
@@ -385,7 +392,7 @@ mod tests {
         let mut d = Dirty::default();
         assert_eq!(
             r.apply(5, &register("web", "a", &["v1"]), &mut d),
-            CommandResult::Ok
+            [OpResult::Ok]
         );
         let s = r.service("web").unwrap();
         assert_eq!((s.create_index, s.modify_index), (5, 5));
@@ -449,10 +456,7 @@ mod tests {
         let mut d = Dirty::default();
         r.apply(1, &register("web", "a", &[]), &mut d);
         r.apply(2, &register("web", "b", &[]), &mut d);
-        assert_eq!(
-            r.apply(3, &deregister("web", "a"), &mut d),
-            CommandResult::Ok
-        );
+        assert_eq!(r.apply(3, &deregister("web", "a"), &mut d), [OpResult::Ok]);
         assert_eq!(r.service("web").unwrap().modify_index, 3);
         assert_eq!(r.list_index(), 1);
         r.apply(4, &deregister("web", "b"), &mut d);
@@ -468,12 +472,12 @@ mod tests {
         let before = r.export();
         let mut d = Dirty::default();
         assert!(matches!(
-            r.apply(2, &deregister("web", "zzz"), &mut d),
-            CommandResult::NotFound { .. }
+            r.apply(2, &deregister("web", "zzz"), &mut d)[..],
+            [OpResult::NotFound { .. }]
         ));
         assert!(matches!(
-            r.apply(3, &set_health("db", "a", HealthStatus::Passing, ""), &mut d),
-            CommandResult::NotFound { .. }
+            r.apply(3, &set_health("db", "a", HealthStatus::Passing, ""), &mut d)[..],
+            [OpResult::NotFound { .. }]
         ));
         assert_eq!(r.export(), before);
         assert!(d.services.is_empty() && d.instances.is_empty());

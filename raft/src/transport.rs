@@ -16,7 +16,8 @@ use axum::routing::post;
 use axum::{Json, Router};
 use cairn_client::{ApiError, ErrorCode};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -27,7 +28,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::Cluster;
-use crate::command::{CommandResult, Op};
+use crate::command::{Op, OpResult};
 use crate::{Member, NodeId, TypeConfig};
 
 /// Header naming the cluster a request is for.
@@ -51,7 +52,7 @@ pub enum Forward {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ForwardReply {
     pub index: u64,
-    pub result: CommandResult,
+    pub result: OpResult,
 }
 
 /// How one node talks to the others: one pooled HTTP client, the cluster name and our id.
@@ -198,10 +199,19 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        let entries = rpc.entries.len() as u64;
+        let body = serde_json::value::to_raw_value(&rpc)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if body.get().len() > MAX_RPC_BODY && entries > 1 {
+            // openraft retries with at most this many entries.
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(entries / 2),
+            ));
+        }
         self.call(
             RPCTypes::AppendEntries,
             "/raft/append",
-            &rpc,
+            &body,
             option.hard_ttl(),
         )
         .await

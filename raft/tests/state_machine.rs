@@ -7,7 +7,7 @@ use std::io::Cursor;
 
 use cairn_raft::model::validate_registration;
 use cairn_raft::store::{self, StateMachine};
-use cairn_raft::{Command, CommandResult, Op, TypeConfig};
+use cairn_raft::{Command, Op, OpResult, TypeConfig};
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta};
 
@@ -22,10 +22,10 @@ fn register(index: u64, service: &str, id: &str) -> Entry<TypeConfig> {
         log_id: log_id(index),
         payload: EntryPayload::Normal(Command {
             time_ms: 1_700_000_000_000 + index,
-            op: Op::Register {
+            ops: vec![Op::Register {
                 service: service.into(),
                 instance,
-            },
+            }],
         }),
     }
 }
@@ -35,10 +35,10 @@ fn deregister(index: u64, service: &str, id: &str) -> Entry<TypeConfig> {
         log_id: log_id(index),
         payload: EntryPayload::Normal(Command {
             time_ms: 0,
-            op: Op::Deregister {
+            ops: vec![Op::Deregister {
                 service: service.into(),
                 id: id.into(),
-            },
+            }],
         }),
     }
 }
@@ -55,16 +55,10 @@ async fn populated(dir: &std::path::Path) -> StateMachine {
         ])
         .await
         .unwrap();
-    assert_eq!(
-        results[..4],
-        [
-            CommandResult::Ok,
-            CommandResult::Ok,
-            CommandResult::Ok,
-            CommandResult::Ok
-        ]
-    );
-    assert!(matches!(results[4], CommandResult::NotFound { .. }));
+    for r in &results[..4] {
+        assert_eq!(r[..], [OpResult::Ok]);
+    }
+    assert!(matches!(results[4][..], [OpResult::NotFound { .. }]));
     sm
 }
 
