@@ -119,6 +119,28 @@ pub struct HealthUpdate {
     pub output: Option<String>,
 }
 
+/// Body of `PUT /v1/services/{service}/settings`, and (with `index`) the answer to its GET.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSettingsBody {
+    /// When no instance is healthy, DNS hands out all of them instead of none (like Cloud Map's
+    /// HEALTHY_OR_ELSE_ALL). Default false.
+    #[serde(default)]
+    pub fail_open: Option<bool>,
+    /// TTL of the service's DNS answers, e.g. `"30s"`; the agent's `--dns-ttl` when absent.
+    #[serde(default)]
+    pub dns_ttl: Option<String>,
+}
+
+/// `GET /v1/services/{service}/settings`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSettingsView {
+    pub fail_open: bool,
+    pub dns_ttl: Option<String>,
+    /// Index of the last change to the settings; 0 when never set.
+    pub index: u64,
+}
+
 /// Answer to every successful write: the Raft log index that committed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteResult {

@@ -15,7 +15,8 @@ use axum::routing::{delete, get, put};
 use axum::{Json, Router};
 use cairn_client::{
     ApiError, ErrorCode, HealthStatus, HealthUpdate, InstanceRegistration, JoinRequest,
-    ServiceInstances, ServiceList, WriteResult, INDEX_HEADER,
+    ServiceInstances, ServiceList, ServiceSettingsBody, ServiceSettingsView, WriteResult,
+    INDEX_HEADER,
 };
 use cairn_raft::model::{self, ValidationError};
 use cairn_raft::{Cluster, Op, WriteError, Written};
@@ -42,6 +43,10 @@ pub fn router(cluster: Arc<Cluster>, max_body: usize) -> Router {
         .route(
             "/v1/services/{service}/instances/{id}/health",
             put(set_health),
+        )
+        .route(
+            "/v1/services/{service}/settings",
+            get(get_settings).put(put_settings),
         )
         .route("/v1/cluster", get(cluster_status))
         .route("/v1/cluster/members", axum::routing::post(join))
@@ -179,6 +184,37 @@ async fn set_health(
         })
         .await?;
     Ok(written(w))
+}
+
+async fn put_settings(
+    State(s): State<AppState>,
+    Path(service): Path<String>,
+    Body(body): Body<ServiceSettingsBody>,
+) -> Result<Response, Failure> {
+    let service = model::validate_service_name(&service)?;
+    let settings = model::validate_settings(&body)?;
+    let w = s
+        .cluster
+        .write(Op::SetSettings { service, settings })
+        .await?;
+    Ok(written(w))
+}
+
+async fn get_settings(
+    State(s): State<AppState>,
+    Path(service): Path<String>,
+) -> Result<Response, Failure> {
+    let service = model::validate_service_name(&service)?;
+    let stored = s.cluster.registry().settings(&service);
+    let (spec, index) = stored
+        .map(|st| (st.settings.clone(), st.modify_index))
+        .unwrap_or_default();
+    let body = ServiceSettingsView {
+        fail_open: spec.fail_open,
+        dns_ttl: spec.dns_ttl_s.map(|t| format!("{t}s")),
+        index,
+    };
+    Ok(read_response(&s.cluster, index, body))
 }
 
 async fn list_services(State(s): State<AppState>) -> Response {

@@ -38,6 +38,31 @@ async fn t10_registration_sent_to_a_follower_is_readable_on_all_nodes() {
     assert_eq!(body["services"][0]["name"], "web");
     assert_eq!(body["services"][0]["passing"], 1);
 
+    // Service settings are written through any node and read back from every replica.
+    let (status, _) = c
+        .put(
+            follower,
+            "/v1/services/web/settings",
+            &json!({"fail_open": true, "dns_ttl": "30s"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for n in 1..=3 {
+        eventually(Duration::from_secs(5), "settings replicated", || async {
+            let (_, body) = c.get(n, "/v1/services/web/settings").await;
+            body["fail_open"] == true && body["dns_ttl"] == "30s"
+        })
+        .await;
+    }
+    let (status, _) = c
+        .put(
+            leader,
+            "/v1/services/web/settings",
+            &json!({"dns_ttl": "2d"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+
     // Deregistration through another follower, then 404 for what is gone.
     let other = (1..=3).find(|n| *n != leader && *n != follower).unwrap();
     let (status, _) = c.delete(other, "/v1/services/web/instances/web-1").await;

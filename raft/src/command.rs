@@ -3,7 +3,7 @@
 use cairn_client::HealthStatus;
 use serde::{Deserialize, Serialize};
 
-use crate::model::InstanceSpec;
+use crate::model::{InstanceSpec, SettingsSpec};
 
 /// A log entry's payload: the operations the leader batched into it, and its wall clock when it
 /// proposed them.
@@ -27,6 +27,11 @@ pub enum Op {
     },
     /// Remove an instance; the service goes with its last instance.
     Deregister { service: String, id: String },
+    /// Set a service's settings (DNS TTL, fail-open), which outlive its instances.
+    SetSettings {
+        service: String,
+        settings: SettingsSpec,
+    },
     /// Set an instance's custom health.
     SetHealth {
         service: String,
@@ -66,6 +71,7 @@ impl Op {
                     + checks
             }
             Op::Deregister { service, id } => FIXED + service.len() + id.len(),
+            Op::SetSettings { service, .. } => FIXED + service.len(),
             Op::SetHealth {
                 service,
                 id,
@@ -80,6 +86,7 @@ impl Op {
         match self {
             Op::Register { service, .. }
             | Op::Deregister { service, .. }
+            | Op::SetSettings { service, .. }
             | Op::SetHealth { service, .. } => service,
         }
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use cairn_client::{
     format_duration, parse_duration, CheckInfo, CheckKind, CheckRegistration, CheckState,
-    HealthStatus, InstanceInfo, InstanceRegistration,
+    HealthStatus, InstanceInfo, InstanceRegistration, ServiceSettingsBody,
 };
 use serde::{Deserialize, Serialize};
 
@@ -516,6 +516,39 @@ fn validate_check(
         fall: count("fall", c.fall)?,
         initial_status: c.initial_status.unwrap_or(HealthStatus::Critical),
         deregister_after_ms: deregister_after.map(|d| d.as_millis() as u64),
+    })
+}
+
+/// Longest DNS TTL a service may set: a day, as for any duration in the API.
+pub const MAX_DNS_TTL_S: u32 = 86_400;
+
+/// A service's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsSpec {
+    /// When no instance is healthy, hand out all of them rather than none.
+    pub fail_open: bool,
+    /// TTL of this service's DNS answers; the agent's default when `None`.
+    pub dns_ttl_s: Option<u32>,
+}
+
+/// Validates a settings body.
+pub fn validate_settings(body: &ServiceSettingsBody) -> Result<SettingsSpec, ValidationError> {
+    let dns_ttl_s = match &body.dns_ttl {
+        None => None,
+        Some(s) => {
+            let d = parse_duration(s).map_err(|e| invalid("dns_ttl", e.to_string()))?;
+            if d.subsec_nanos() != 0 || d.as_secs() > u64::from(MAX_DNS_TTL_S) {
+                return Err(invalid(
+                    "dns_ttl",
+                    format!("must be whole seconds, at most {MAX_DNS_TTL_S}s"),
+                ));
+            }
+            Some(d.as_secs() as u32)
+        }
+    };
+    Ok(SettingsSpec {
+        fail_open: body.fail_open.unwrap_or(false),
+        dns_ttl_s,
     })
 }
 

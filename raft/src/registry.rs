@@ -5,7 +5,7 @@
 //! `Arc` clone under a lock held for nanoseconds, and apply builds a new entry beside the old one
 //! and swaps it in, so readers never wait on a half-applied change.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, Op, OpResult};
-use crate::model::Instance;
+use crate::model::{Instance, SettingsSpec};
 
 /// A service and its instances at one point in the log.
 ///
@@ -154,12 +154,24 @@ pub struct RegistryData {
     /// Index of the last change to the set of services or their tags.
     pub list_index: u64,
     pub services: Vec<Arc<ServiceEntry>>,
+    /// Per-service settings; they outlive the service's instances.
+    #[serde(default)]
+    pub settings: BTreeMap<String, Arc<ServiceSettings>>,
+}
+
+/// A service's settings as stored, with the index that last changed them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSettings {
+    #[serde(flatten)]
+    pub settings: SettingsSpec,
+    pub modify_index: u64,
 }
 
 /// The keys apply touched, so the store persists exactly those.
 #[derive(Debug, Default)]
 pub(crate) struct Dirty {
     pub services: BTreeSet<String>,
+    pub settings: BTreeSet<String>,
     pub instances: BTreeSet<(String, String)>,
     pub list_index: bool,
 }
@@ -168,6 +180,7 @@ pub(crate) struct Dirty {
 #[derive(Debug, Default)]
 pub struct Registry {
     services: RwLock<HashMap<String, Arc<ServiceEntry>>>,
+    settings: RwLock<HashMap<String, Arc<ServiceSettings>>>,
     list_index: AtomicU64,
     applied_index: AtomicU64,
 }
@@ -182,6 +195,11 @@ impl Registry {
     /// One service, or `None` when it has no instances.
     pub fn service(&self, name: &str) -> Option<Arc<ServiceEntry>> {
         self.services.read().get(name).cloned()
+    }
+
+    /// A service's settings, if any were ever set.
+    pub fn settings(&self, name: &str) -> Option<Arc<ServiceSettings>> {
+        self.settings.read().get(name).cloned()
     }
 
     /// Every service, sorted by name, with the service-list index they were read at.
@@ -207,9 +225,16 @@ impl Registry {
     /// The whole registry as data, for a snapshot. Cheap: clones `Arc`s, not instances.
     pub fn export(&self) -> RegistryData {
         let (list_index, services) = self.services();
+        let settings = self
+            .settings
+            .read()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         RegistryData {
             list_index,
             services,
+            settings,
         }
     }
 
@@ -220,6 +245,7 @@ impl Registry {
             .into_iter()
             .map(|s| (s.name.clone(), s))
             .collect();
+        *self.settings.write() = data.settings.into_iter().collect();
         let mut guard = self.services.write();
         *guard = map;
         self.list_index.store(data.list_index, Ordering::Release);
@@ -241,6 +267,17 @@ impl Registry {
 
     fn apply_op(&self, index: u64, time_ms: u64, op: &Op, dirty: &mut Dirty) -> OpResult {
         let name = op.service();
+        if let Op::SetSettings { settings, .. } = op {
+            let stored = ServiceSettings {
+                settings: settings.clone(),
+                modify_index: index,
+            };
+            self.settings
+                .write()
+                .insert(name.to_owned(), Arc::new(stored));
+            dirty.settings.insert(name.to_owned());
+            return OpResult::Ok;
+        }
         let old = self.service(name);
         // Only apply writes the view, so nothing changes between this read and the swap below.
         let mut entry = match &old {
@@ -284,6 +321,7 @@ impl Registry {
                 Some((_, tags_changed)) => (id.clone(), tags_changed),
                 None => return not_found(name, id),
             },
+            Op::SetSettings { .. } => return OpResult::Ok,
             Op::SetHealth {
                 id, status, output, ..
             } => {

@@ -5,7 +5,8 @@
 //! - `logs`: entries keyed by big-endian index;
 //! - `raft`: the vote, the committed log id, the last purged log id;
 //! - `registry`: `s\0<service>` service records and `i\0<service>\0<id>` instances;
-//! - `sm`: the applied log id, the membership, the service-list index and the current snapshot.
+//! - `sm`: the applied log id, the membership, the service-list index and the current snapshot's
+//!   metadata (its bytes are a file in `snapshots/` beside the database).
 //!
 //! Durability: an append returns (and its [`LogFlushed`] callback fires) only after a synced
 //! write, so nothing is acknowledged before it is on disk. The leader batches concurrent client
@@ -22,7 +23,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::RangeBounds;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -38,7 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::OpResult;
 use crate::model::{validate_id, validate_service_name, Instance};
-use crate::registry::{Dirty, Registry, RegistryData, ServiceEntry};
+use crate::registry::{Dirty, Registry, RegistryData, ServiceEntry, ServiceSettings};
 use crate::{NodeId, TypeConfig};
 
 const CF_LOGS: &str = "logs";
@@ -96,7 +97,10 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), OpenError> {
         .map_or(0, |l| l.index);
     let committed = Arc::new(AtomicU64::new(committed));
     let log = LogStore::new(db.clone(), committed.clone());
-    let sm = StateMachine::load(db).map_err(corrupt)?;
+    let snapshots = SnapshotFiles {
+        dir: dir.join("snapshots"),
+    };
+    let sm = StateMachine::load(db, snapshots).map_err(corrupt)?;
     Ok((log, sm))
 }
 
@@ -129,6 +133,10 @@ fn log_key(index: u64) -> [u8; 8] {
 
 fn service_key(service: &str) -> Vec<u8> {
     [b"s\0", service.as_bytes()].concat()
+}
+
+fn settings_key(service: &str) -> Vec<u8> {
+    [b"c\0", service.as_bytes()].concat()
 }
 
 fn instance_key(service: &str, id: &str) -> Vec<u8> {
@@ -308,17 +316,69 @@ struct SnapshotFile {
     data: RegistryData,
 }
 
-/// A snapshot as kept in the `sm` family: its metadata and its bytes.
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, crate::Member>,
-    data: Vec<u8>,
+/// Snapshot files live beside the database, not in it: a registry of hundreds of thousands of
+/// instances makes a snapshot of tens of MB, and writing that through RocksDB's WAL would stall
+/// every log append queued behind it. RocksDB keeps only the current snapshot's metadata.
+#[derive(Debug, Clone)]
+struct SnapshotFiles {
+    dir: PathBuf,
+}
+
+impl SnapshotFiles {
+    fn file_name(id: &str) -> String {
+        let safe: String = id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(100)
+            .collect();
+        format!("{safe}.snap")
+    }
+
+    /// Writes `bytes` as snapshot `id`, durably (temp file, fsync, rename, fsync the folder).
+    fn write(&self, id: &str, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        std::fs::create_dir_all(&self.dir)?;
+        let name = Self::file_name(id);
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, self.dir.join(&name))?;
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
+
+    fn read(&self, id: &str) -> std::io::Result<Vec<u8>> {
+        std::fs::read(self.dir.join(Self::file_name(id)))
+    }
+
+    /// Removes every snapshot file but `keep`'s (after the metadata points at `keep`).
+    fn prune(&self, keep: &str) {
+        let keep = Self::file_name(keep);
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy() != keep {
+                if let Err(err) = std::fs::remove_file(e.path()) {
+                    tracing::warn!("cannot remove old snapshot {}: {err}", e.path().display());
+                }
+            }
+        }
+    }
 }
 
 /// The registry state machine: applies committed entries to the [`Registry`] view and persists
 /// what changed, in one batch with the applied log id and membership.
 pub struct StateMachine {
     db: Arc<DB>,
+    snapshots: SnapshotFiles,
     registry: Arc<Registry>,
     applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, crate::Member>,
@@ -326,7 +386,7 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    fn load(db: Arc<DB>) -> StorageResult<Self> {
+    fn load(db: Arc<DB>, snapshots: SnapshotFiles) -> StorageResult<Self> {
         let applied: Option<LogId<NodeId>> = read_json(&db, CF_SM, KEY_APPLIED)?;
         let membership = read_json(&db, CF_SM, KEY_MEMBERSHIP)?.unwrap_or_default();
         let list_index = read_json(&db, CF_SM, KEY_LIST_INDEX)?.unwrap_or(0);
@@ -334,6 +394,7 @@ impl StateMachine {
         let registry = Arc::new(Registry::from_data(data, applied.map_or(0, |l| l.index)));
         Ok(StateMachine {
             db,
+            snapshots,
             registry,
             applied,
             membership,
@@ -372,6 +433,11 @@ impl StateMachine {
                 None => batch.delete_cf(reg, instance_key(service, id)),
             }
         }
+        for name in &dirty.settings {
+            if let Some(s) = self.registry.settings(name) {
+                batch.put_cf(reg, settings_key(name), to_json(&*s)?);
+            }
+        }
         let sm = cf(&self.db, CF_SM);
         if dirty.list_index {
             batch.put_cf(sm, KEY_LIST_INDEX, to_json(&self.registry.list_index())?);
@@ -388,11 +454,18 @@ impl StateMachine {
 fn load_registry(db: &DB, list_index: u64) -> StorageResult<RegistryData> {
     let bad = |what: String| StorageIOError::read_state_machine(&std::io::Error::other(what));
     let mut services: BTreeMap<String, ServiceEntry> = BTreeMap::new();
+    let mut settings = BTreeMap::new();
     for item in db.iterator_cf(cf(db, CF_REGISTRY), IteratorMode::Start) {
         let (key, value) = item.map_err(|e| StorageIOError::read_state_machine(&e))?;
         let mut parts = key.split(|b| *b == 0);
         let kind = parts.next().unwrap_or_default();
         let name = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+        if kind == b"c" {
+            let s: ServiceSettings = serde_json::from_slice(&value)
+                .map_err(|e| bad(format!("settings of {name}: {e}")))?;
+            settings.insert(name, Arc::new(s));
+            continue;
+        }
         let entry = services
             .entry(name.clone())
             .or_insert_with(|| ServiceEntry::new(&name, 0));
@@ -414,6 +487,7 @@ fn load_registry(db: &DB, list_index: u64) -> StorageResult<RegistryData> {
     Ok(RegistryData {
         list_index,
         services: services.into_values().map(Arc::new).collect(),
+        settings,
     })
 }
 
@@ -424,6 +498,14 @@ fn validate_snapshot(data: &RegistryData, last_index: u64) -> Result<(), String>
             "list index {} is past the snapshot",
             data.list_index
         ));
+    }
+    for (name, s) in &data.settings {
+        validate_service_name(name).map_err(|e| e.to_string())?;
+        if s.modify_index > last_index {
+            return Err(format!(
+                "settings of {name:?} have an index past the snapshot"
+            ));
+        }
     }
     let mut seen = std::collections::HashSet::new();
     for s in &data.services {
@@ -491,6 +573,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.snapshot_seq += 1;
         SnapshotBuilder {
             db: self.db.clone(),
+            snapshots: self.snapshots.clone(),
             data: self.registry.export(),
             applied: self.applied,
             membership: self.membership.clone(),
@@ -539,20 +622,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 batch.put_cf(reg, instance_key(&s.name, id), to_json(&**inst)?);
             }
         }
+        for (name, s) in &file.data.settings {
+            batch.put_cf(reg, settings_key(name), to_json(&**s)?);
+        }
         let sm = cf(&self.db, CF_SM);
         batch.put_cf(sm, KEY_LIST_INDEX, to_json(&file.data.list_index)?);
         batch.put_cf(sm, KEY_APPLIED, to_json(&meta.last_log_id)?);
         batch.put_cf(sm, KEY_MEMBERSHIP, to_json(&meta.last_membership)?);
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: bytes,
-        };
-        batch.put_cf(sm, KEY_SNAPSHOT, to_json(&stored)?);
+        batch.put_cf(sm, KEY_SNAPSHOT, to_json(meta)?);
         let mut opts = WriteOptions::default();
         // The log behind this snapshot may be purged next: the snapshot must be durable first.
         opts.set_sync(true);
-        blocking(|| self.db.write_opt(batch, &opts))
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        blocking(|| {
+            self.snapshots.write(&meta.snapshot_id, &bytes)?;
+            self.db
+                .write_opt(batch, &opts)
+                .map_err(std::io::Error::other)
+        })
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        self.snapshots.prune(&meta.snapshot_id);
 
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
@@ -561,10 +649,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        let stored: Option<StoredSnapshot> = read_json(&self.db, CF_SM, KEY_SNAPSHOT)?;
-        Ok(stored.map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.data)),
+        let meta: Option<SnapshotMeta<NodeId, crate::Member>> =
+            read_json(&self.db, CF_SM, KEY_SNAPSHOT)?;
+        let Some(meta) = meta else {
+            return Ok(None);
+        };
+        let data = blocking(|| self.snapshots.read(&meta.snapshot_id))
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
         }))
     }
 }
@@ -572,6 +666,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 /// Serializes a point-in-time copy of the registry, off the apply path.
 pub struct SnapshotBuilder {
     db: Arc<DB>,
+    snapshots: SnapshotFiles,
     data: RegistryData,
     applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, crate::Member>,
@@ -595,19 +690,21 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.membership.clone(),
             snapshot_id,
         };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
         let mut batch = WriteBatch::default();
-        batch.put_cf(cf(&self.db, CF_SM), KEY_SNAPSHOT, to_json(&stored)?);
+        batch.put_cf(cf(&self.db, CF_SM), KEY_SNAPSHOT, to_json(&meta)?);
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
-        blocking(|| self.db.write_opt(batch, &opts))
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        blocking(|| {
+            self.snapshots.write(&meta.snapshot_id, &data)?;
+            self.db
+                .write_opt(batch, &opts)
+                .map_err(std::io::Error::other)
+        })
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        self.snapshots.prune(&meta.snapshot_id);
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            snapshot: Box::new(Cursor::new(data)),
         })
     }
 }

@@ -5,7 +5,7 @@
 
 use std::io::Cursor;
 
-use cairn_raft::model::validate_registration;
+use cairn_raft::model::{validate_registration, SettingsSpec};
 use cairn_raft::store::{self, StateMachine};
 use cairn_raft::{Command, Op, OpResult, TypeConfig};
 use openraft::storage::RaftStateMachine;
@@ -43,6 +43,22 @@ fn deregister(index: u64, service: &str, id: &str) -> Entry<TypeConfig> {
     }
 }
 
+fn settings(index: u64, service: &str) -> Entry<TypeConfig> {
+    Entry {
+        log_id: log_id(index),
+        payload: EntryPayload::Normal(Command {
+            time_ms: 0,
+            ops: vec![Op::SetSettings {
+                service: service.into(),
+                settings: SettingsSpec {
+                    fail_open: true,
+                    dns_ttl_s: Some(30),
+                },
+            }],
+        }),
+    }
+}
+
 async fn populated(dir: &std::path::Path) -> StateMachine {
     let (_log, mut sm) = store::open(dir).unwrap();
     let results = sm
@@ -52,6 +68,7 @@ async fn populated(dir: &std::path::Path) -> StateMachine {
             register(3, "db", "c"),
             deregister(4, "web", "a"),
             deregister(5, "web", "nope"),
+            settings(6, "web"),
         ])
         .await
         .unwrap();
@@ -73,7 +90,7 @@ async fn restart_rebuilds_the_view_from_rocksdb_without_the_log() {
     let (_log, mut sm) = store::open(dir.path()).unwrap();
     assert_eq!(sm.registry().export(), before.0);
     assert_eq!(sm.applied_state().await.unwrap().0, before.1);
-    assert_eq!(sm.registry().applied_index(), 5);
+    assert_eq!(sm.registry().applied_index(), 6);
     assert!(sm
         .registry()
         .service("web")
@@ -92,7 +109,8 @@ async fn snapshot_round_trips_into_a_fresh_store() {
         .build_snapshot()
         .await
         .unwrap();
-    assert_eq!(snap.meta.last_log_id, Some(log_id(5)));
+    assert_eq!(snap.meta.last_log_id, Some(log_id(6)));
+    assert!(source.registry().export().settings.contains_key("web"));
 
     let b = tempfile::tempdir().unwrap();
     let (log, mut target) = store::open(b.path()).unwrap();
@@ -101,7 +119,7 @@ async fn snapshot_round_trips_into_a_fresh_store() {
         .await
         .unwrap();
     assert_eq!(target.registry().export(), source.registry().export());
-    assert_eq!(target.applied_state().await.unwrap().0, Some(log_id(5)));
+    assert_eq!(target.applied_state().await.unwrap().0, Some(log_id(6)));
     let current = target.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, snap.meta);
 
@@ -133,7 +151,7 @@ async fn a_bad_snapshot_is_refused_and_changes_nothing() {
             .await;
         assert!(res.is_err());
         assert_eq!(sm.registry().export(), before);
-        assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(5)));
+        assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(6)));
     }
     drop(sm);
     let (_log, sm) = store::open(dir.path()).unwrap();
