@@ -12,7 +12,7 @@
 #   BENCH_CONNECTIONS  space-separated connection counts ["1 64 256"]
 #   BENCH_WARMUP       seconds of unrecorded load per system before measuring; 0 = none [3]
 #   BENCH_TIMEOUT      wrk per-request timeout in seconds; slower responses count as errors [10]
-#   BENCH_PORT_BASE    first of the loopback ports used (base+11 .. base+43) [21000]
+#   BENCH_PORT_BASE    first of the loopback ports used (base+11 .. base+53) [21000]
 #   BENCH_OUTPUT       Markdown file whose registrations section is replaced [<repo>/BENCHMARKS.md]
 #   BENCH_WRITE        0 = only print the table, leave BENCH_OUTPUT alone [1]
 #
@@ -71,8 +71,8 @@ done
 ((BENCH_DURATION >= 1 && BENCH_RUNS >= 1 && BENCH_TIMEOUT >= 1)) ||
   die "BENCH_DURATION, BENCH_RUNS and BENCH_TIMEOUT must be at least 1"
 # Stay below Linux's ephemeral range (32768+) so no outgoing wrk socket can take our ports.
-((BENCH_PORT_BASE >= 1024 && BENCH_PORT_BASE + 43 < 32768)) ||
-  die "BENCH_PORT_BASE must be between 1024 and 32724"
+((BENCH_PORT_BASE >= 1024 && BENCH_PORT_BASE + 53 < 32768)) ||
+  die "BENCH_PORT_BASE must be between 1024 and 32714"
 read -r -a CONNECTIONS <<<"$BENCH_CONNECTIONS"
 ((${#CONNECTIONS[@]} > 0)) || die "BENCH_CONNECTIONS is empty"
 for c in "${CONNECTIONS[@]}"; do
@@ -102,6 +102,7 @@ ETCD_CLIENT_PORTS=($((BENCH_PORT_BASE + 11)) $((BENCH_PORT_BASE + 12)) $((BENCH_
 ETCD_PEER_PORTS=($((BENCH_PORT_BASE + 21)) $((BENCH_PORT_BASE + 22)) $((BENCH_PORT_BASE + 23)))
 CAIRN_HTTP_PORTS=($((BENCH_PORT_BASE + 31)) $((BENCH_PORT_BASE + 32)) $((BENCH_PORT_BASE + 33)))
 CAIRN_RPC_PORTS=($((BENCH_PORT_BASE + 41)) $((BENCH_PORT_BASE + 42)) $((BENCH_PORT_BASE + 43)))
+CAIRN_DNS_PORTS=($((BENCH_PORT_BASE + 51)) $((BENCH_PORT_BASE + 52)) $((BENCH_PORT_BASE + 53)))
 ETCD_ENDPOINTS=$(printf 'http://127.0.0.1:%s,' "${ETCD_CLIENT_PORTS[@]}")
 ETCD_ENDPOINTS=${ETCD_ENDPOINTS%,}
 
@@ -291,13 +292,13 @@ start_cairn_cluster() {
   local i peers=""
   for i in 0 1 2; do peers+="$((i + 1))=127.0.0.1:${CAIRN_RPC_PORTS[i]},"; done
   peers=${peers%,}
-  check_ports_free "${CAIRN_HTTP_PORTS[@]}" "${CAIRN_RPC_PORTS[@]}"
+  check_ports_free "${CAIRN_HTTP_PORTS[@]}" "${CAIRN_RPC_PORTS[@]}" "${CAIRN_DNS_PORTS[@]}"
   for i in 0 1 2; do
     local id=$((i + 1))
     mkdir -p "$WORK_DIR/cairn$id"
     "$CAIRN_BIN" agent --node-id "$id" --data-dir "$WORK_DIR/cairn$id" \
       --http-addr "127.0.0.1:${CAIRN_HTTP_PORTS[i]}" --rpc-addr "127.0.0.1:${CAIRN_RPC_PORTS[i]}" \
-      --peers "$peers" >"$LOG_DIR/cairn$id.out" 2>"$LOG_DIR/cairn$id.log" &
+      --dns-addr "127.0.0.1:${CAIRN_DNS_PORTS[i]}" --peers "$peers" >"$LOG_DIR/cairn$id.out" 2>"$LOG_DIR/cairn$id.log" &
     CAIRN_PIDS+=($!)
   done
   log "cairn started (pids ${CAIRN_PIDS[*]}), http ports ${CAIRN_HTTP_PORTS[*]}"
@@ -305,7 +306,7 @@ start_cairn_cluster() {
   # Each node announces itself with exactly this line on stdout once it is listening.
   local deadline=$((SECONDS + 30)) want
   for i in 0 1 2; do
-    want="cairn listening node_id=$((i + 1)) http=127.0.0.1:${CAIRN_HTTP_PORTS[i]} rpc=127.0.0.1:${CAIRN_RPC_PORTS[i]}"
+    want="cairn listening node_id=$((i + 1)) http=127.0.0.1:${CAIRN_HTTP_PORTS[i]} dns=127.0.0.1:${CAIRN_DNS_PORTS[i]} rpc=127.0.0.1:${CAIRN_RPC_PORTS[i]}"
     until grep -qxF -- "$want" "$LOG_DIR/cairn$((i + 1)).out"; do
       assert_alive "cairn$((i + 1))" "${CAIRN_PIDS[i]}" "$LOG_DIR/cairn$((i + 1)).log"
       ((SECONDS < deadline)) || die "cairn$((i + 1)) did not print '$want' within 30 s; see $LOG_DIR/cairn$((i + 1)).{out,log}"

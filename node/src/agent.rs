@@ -43,12 +43,13 @@ pub enum AgentError {
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
     pub http: SocketAddr,
+    pub dns: SocketAddr,
     pub rpc: SocketAddr,
 }
 
 impl std::fmt::Display for Bound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "http={} rpc={}", self.http, self.rpc)
+        write!(f, "http={} dns={} rpc={}", self.http, self.dns, self.rpc)
     }
 }
 
@@ -72,7 +73,21 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Agent
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     let http_listener = bind("HTTP", config.http_addr).await?;
     let rpc_listener = bind("cluster RPC", config.rpc_addr).await?;
+    let dns_listeners = cairn_dns::Listeners::bind(config.dns.addr)
+        .await
+        .map_err(|source| AgentError::Bind {
+            what: "DNS",
+            addr: config.dns.addr,
+            source,
+        })?;
     let bound = Bound {
+        dns: dns_listeners
+            .local_addr()
+            .map_err(|source| AgentError::Bind {
+                what: "DNS",
+                addr: config.dns.addr,
+                source,
+            })?,
         http: http_listener
             .local_addr()
             .map_err(|source| AgentError::Bind {
@@ -169,6 +184,31 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         })
     };
 
+    let dns_stop = CancellationToken::new();
+    {
+        let zone = Arc::new(cairn_dns::Zone::new(
+            cairn_dns::ZoneConfig {
+                domain: config.dns.domain.clone(),
+                ttl: config.dns.ttl,
+                negative_ttl: config.dns.negative_ttl,
+                max_answers: config.dns.max_answers,
+                allow_warning: config.dns.allow_warning,
+                recursion: !config.dns.recursors.is_empty(),
+            },
+            cluster.registry().clone(),
+            nameservers(cluster.clone()),
+        ));
+        let server_config = cairn_dns::ServerConfig {
+            recursors: config.dns.recursors.clone(),
+            ..cairn_dns::ServerConfig::default()
+        };
+        let stop = dns_stop.clone();
+        servers.spawn(async move {
+            dns_listeners.serve(zone, server_config, stop).await;
+            Ok(())
+        });
+    }
+
     println!("cairn listening node_id={} {bound}", config.node_id);
     tracing::info!(
         node_id = config.node_id,
@@ -195,10 +235,26 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     tracing::info!("shutting down: stopping raft");
     cluster.shutdown().await;
     rpc_stop.cancel();
+    dns_stop.cancel();
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, servers.join_all()).await;
     drop(cluster);
     tracing::info!("stopped");
     result
+}
+
+/// The cluster's members as DNS name servers: the IP of each one's RPC address, when it is one.
+fn nameservers(cluster: Arc<Cluster>) -> cairn_dns::Nameservers {
+    Arc::new(move || {
+        cluster
+            .status()
+            .members
+            .into_iter()
+            .map(|m| {
+                let ip = m.rpc_addr.parse::<SocketAddr>().map(|a| a.ip()).ok();
+                (m.id, ip)
+            })
+            .collect()
+    })
 }
 
 /// Bootstraps, joins, or waits, as configured.

@@ -13,8 +13,9 @@ use cairn_client::parse_duration;
 use clap::Args;
 use serde::Deserialize;
 
-/// Default ports, as Consul's: HTTP 8500, cluster RPC 8300.
+/// Default ports, as Consul's: HTTP 8500, DNS 8600, cluster RPC 8300.
 pub const DEFAULT_HTTP_PORT: u16 = 8500;
+pub const DEFAULT_DNS_PORT: u16 = 8600;
 pub const DEFAULT_RPC_PORT: u16 = 8300;
 /// Default limit on request bodies: far above any registration, far below memory trouble.
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
@@ -48,6 +49,35 @@ pub struct AgentArgs {
     #[arg(long, env = "CAIRN_HTTP_ADDR", value_name = "IP:PORT")]
     pub http_addr: Option<String>,
 
+    /// DNS listen address, UDP and TCP [default: 0.0.0.0:8600; 127.0.0.1:8600 with --dev].
+    #[arg(long, env = "CAIRN_DNS_ADDR", value_name = "IP:PORT")]
+    pub dns_addr: Option<String>,
+
+    /// The DNS zone Cairn answers for [default: cairn].
+    #[arg(long, env = "CAIRN_DOMAIN", value_name = "DOMAIN")]
+    pub domain: Option<String>,
+
+    /// TTL of DNS answers for services that set none [default: 5s].
+    #[arg(long, env = "CAIRN_DNS_TTL", value_name = "DURATION")]
+    pub dns_ttl: Option<String>,
+
+    /// TTL of negative DNS answers, the SOA minimum [default: 5s].
+    #[arg(long, env = "CAIRN_DNS_NEGATIVE_TTL", value_name = "DURATION")]
+    pub dns_negative_ttl: Option<String>,
+
+    /// Most records in one DNS answer, 0 for no limit but the message size [default: 64].
+    #[arg(long, env = "CAIRN_DNS_MAX_ANSWERS", value_name = "N")]
+    pub dns_max_answers: Option<usize>,
+
+    /// Hand out instances whose health is `warning` along with `passing` ones.
+    #[arg(long, env = "CAIRN_DNS_ALLOW_WARNING")]
+    pub dns_allow_warning: bool,
+
+    /// Upstream resolvers for names outside the zone, `IP:PORT`, comma-separated; without
+    /// them such names are REFUSED.
+    #[arg(long, env = "CAIRN_RECURSORS", value_name = "IP:PORT,...")]
+    pub recursors: Option<String>,
+
     /// Cluster RPC listen address [default: the port of this node in --peers, else 8300].
     #[arg(long, env = "CAIRN_RPC_ADDR", value_name = "IP:PORT")]
     pub rpc_addr: Option<String>,
@@ -78,11 +108,11 @@ pub struct AgentArgs {
     #[arg(long, env = "CAIRN_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,
 
-    /// Take a snapshot and purge the log after this many entries [default: 10000].
+    /// Take a snapshot and purge the log after this many entries [default: 100000].
     #[arg(long, env = "CAIRN_SNAPSHOT_THRESHOLD", value_name = "ENTRIES")]
     pub snapshot_threshold: Option<u64>,
 
-    /// Log entries kept behind a snapshot for lagging followers [default: 1000].
+    /// Log entries kept behind a snapshot for lagging followers [default: 5000].
     #[arg(long, env = "CAIRN_SNAPSHOT_KEEP_LOGS", value_name = "ENTRIES")]
     pub snapshot_keep_logs: Option<u64>,
 
@@ -103,6 +133,14 @@ pub struct FileConfig {
     pub node_id: Option<u64>,
     pub data_dir: Option<PathBuf>,
     pub http_addr: Option<String>,
+    pub dns_addr: Option<String>,
+    pub domain: Option<String>,
+    pub dns_ttl: Option<String>,
+    pub dns_negative_ttl: Option<String>,
+    pub dns_max_answers: Option<usize>,
+    pub dns_allow_warning: Option<bool>,
+    /// Either `"1.1.1.1:53,9.9.9.9:53"` or a list.
+    pub recursors: Option<Peers>,
     pub rpc_addr: Option<String>,
     pub advertise: Option<String>,
     /// Either `"1=a:8300,2=b:8300"` or `["1=a:8300", "2=b:8300"]`.
@@ -153,6 +191,19 @@ pub enum Membership {
     Wait,
 }
 
+/// The DNS settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    pub addr: SocketAddr,
+    /// Lower-case, with a trailing dot.
+    pub domain: String,
+    pub ttl: u32,
+    pub negative_ttl: u32,
+    pub max_answers: usize,
+    pub allow_warning: bool,
+    pub recursors: Vec<SocketAddr>,
+}
+
 /// A validated agent configuration.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -161,6 +212,7 @@ pub struct AgentConfig {
     /// `None` in dev mode without --data-dir: a temporary folder, removed on exit.
     pub data_dir: Option<PathBuf>,
     pub http_addr: SocketAddr,
+    pub dns: DnsConfig,
     pub rpc_addr: SocketAddr,
     pub advertise: Option<String>,
     pub membership: Membership,
@@ -240,8 +292,90 @@ pub fn parse_peers(list: &[String]) -> Result<BTreeMap<u64, String>, ConfigError
     Ok(peers)
 }
 
+/// A DNS TTL: whole seconds, at most a day.
+fn ttl_setting(setting: &str, value: Option<&str>, default: u32) -> Result<u32, ConfigError> {
+    let Some(v) = value else {
+        return Ok(default);
+    };
+    let d = parse_duration(v).map_err(|e| bad(setting, e.to_string()))?;
+    if d.subsec_nanos() != 0 || d.as_secs() > 86_400 {
+        return Err(bad(setting, "must be whole seconds, at most 1 day"));
+    }
+    Ok(d.as_secs() as u32)
+}
+
+fn resolve_dns(a: &AgentArgs, f: &FileConfig, default_ip: &str) -> Result<DnsConfig, ConfigError> {
+    let addr = match a.dns_addr.clone().or(f.dns_addr.clone()) {
+        Some(s) => parse_addr("--dns-addr", &s)?,
+        None => parse_addr("--dns-addr", &format!("{default_ip}:{DEFAULT_DNS_PORT}"))?,
+    };
+    let domain_in = a
+        .domain
+        .clone()
+        .or(f.domain.clone())
+        .unwrap_or_else(|| "cairn".into());
+    let trimmed = domain_in.trim_end_matches('.').to_ascii_lowercase();
+    let labels_ok = !trimmed.is_empty()
+        && trimmed.len() <= 200
+        && trimmed.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    if !labels_ok {
+        return Err(bad(
+            "--domain",
+            format!("{domain_in:?} is not a DNS name (labels of a-z, 0-9, '-')"),
+        ));
+    }
+    let ttl = ttl_setting(
+        "--dns-ttl",
+        a.dns_ttl.as_deref().or(f.dns_ttl.as_deref()),
+        5,
+    )?;
+    let negative_ttl = ttl_setting(
+        "--dns-negative-ttl",
+        a.dns_negative_ttl
+            .as_deref()
+            .or(f.dns_negative_ttl.as_deref()),
+        5,
+    )?;
+    let max_answers = a.dns_max_answers.or(f.dns_max_answers).unwrap_or(64);
+    if max_answers > 10_000 {
+        return Err(bad("--dns-max-answers", "must be at most 10000"));
+    }
+    let recursors = match (&a.recursors, &f.recursors) {
+        (Some(r), _) => vec![r.clone()],
+        (None, Some(Peers::One(r))) => vec![r.clone()],
+        (None, Some(Peers::Many(r))) => r.clone(),
+        (None, None) => Vec::new(),
+    };
+    let recursors = recursors
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| parse_addr("--recursors", s))
+        .collect::<Result<Vec<_>, _>>()?;
+    if recursors.len() > 8 {
+        return Err(bad("--recursors", "at most 8 upstreams"));
+    }
+    Ok(DnsConfig {
+        addr,
+        domain: format!("{trimmed}."),
+        ttl,
+        negative_ttl,
+        max_answers,
+        allow_warning: a.dns_allow_warning || f.dns_allow_warning.unwrap_or(false),
+        recursors,
+    })
+}
+
 fn resolve(a: &AgentArgs, f: FileConfig) -> Result<AgentConfig, ConfigError> {
     let dev = a.dev || f.dev.unwrap_or(false);
+    let dns = resolve_dns(a, &f, if dev { "127.0.0.1" } else { "0.0.0.0" })?;
     let node_id = a.node_id.or(f.node_id);
     let data_dir = a.data_dir.clone().or(f.data_dir);
     let peers = match (&a.peers, f.peers) {
@@ -387,7 +521,7 @@ fn resolve(a: &AgentArgs, f: FileConfig) -> Result<AgentConfig, ConfigError> {
     let snapshot_threshold = a
         .snapshot_threshold
         .or(f.snapshot_threshold)
-        .unwrap_or(10_000);
+        .unwrap_or(100_000);
     if !(10..=10_000_000).contains(&snapshot_threshold) {
         return Err(bad(
             "--snapshot-threshold",
@@ -397,7 +531,7 @@ fn resolve(a: &AgentArgs, f: FileConfig) -> Result<AgentConfig, ConfigError> {
     let snapshot_keep_logs = a
         .snapshot_keep_logs
         .or(f.snapshot_keep_logs)
-        .unwrap_or(1_000);
+        .unwrap_or(5_000);
     if snapshot_keep_logs > 10_000_000 {
         return Err(bad("--snapshot-keep-logs", "must be at most 10000000"));
     }
@@ -421,6 +555,7 @@ fn resolve(a: &AgentArgs, f: FileConfig) -> Result<AgentConfig, ConfigError> {
         node_id,
         data_dir,
         http_addr,
+        dns,
         rpc_addr,
         advertise,
         membership,
@@ -455,6 +590,9 @@ mod tests {
         assert_eq!(c.rpc_addr.to_string(), "127.0.0.1:8300");
         assert_eq!(c.membership, Membership::BootstrapSelf);
         assert!(c.data_dir.is_none());
+        assert_eq!(c.dns.addr.to_string(), "127.0.0.1:8600");
+        assert_eq!(c.dns.domain, "cairn.");
+        assert_eq!((c.dns.ttl, c.dns.negative_ttl), (5, 5));
     }
 
     #[test]
@@ -529,6 +667,16 @@ mod tests {
             "--write-timeout"
         );
         assert_eq!(err(base(|a| a.cluster = Some("a b".into()))), "--cluster");
+        assert_eq!(err(base(|a| a.dns_addr = Some(":53".into()))), "--dns-addr");
+        assert_eq!(
+            err(base(|a| a.domain = Some("bad_domain".into()))),
+            "--domain"
+        );
+        assert_eq!(err(base(|a| a.dns_ttl = Some("1.5s".into()))), "--dns-ttl");
+        assert_eq!(
+            err(base(|a| a.recursors = Some("8.8.8.8".into()))),
+            "--recursors"
+        );
         assert_eq!(err(base(|a| a.log = Some("=[".into()))), "--log");
         assert_eq!(
             err(args(|a| {

@@ -21,6 +21,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Node {
     pub id: u64,
     pub http: SocketAddr,
+    pub dns: SocketAddr,
     pub rpc: SocketAddr,
     pub data_dir: PathBuf,
     log_path: PathBuf,
@@ -29,13 +30,13 @@ pub struct Node {
 }
 
 /// The ports a `cairn listening` line announced.
-fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr, SocketAddr)> {
     let field = |name: &str| {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(name))
             .and_then(|v| v.parse().ok())
     };
-    Some((field("http=")?, field("rpc=")?))
+    Some((field("http=")?, field("dns=")?, field("rpc=")?))
 }
 
 impl Node {
@@ -58,11 +59,15 @@ impl Node {
         if !args.contains(&"--rpc-addr") {
             full.extend(["--rpc-addr".into(), "127.0.0.1:0".into()]);
         }
+        if !args.contains(&"--dns-addr") {
+            full.extend(["--dns-addr".into(), "127.0.0.1:0".into()]);
+        }
         full.extend(args.iter().map(|s| s.to_string()));
         let log_path = dir.join(format!("node{id}.log"));
         let mut node = Node {
             id,
             http: "0.0.0.0:0".parse().unwrap(),
+            dns: "0.0.0.0:0".parse().unwrap(),
             rpc: "0.0.0.0:0".parse().unwrap(),
             data_dir,
             log_path,
@@ -97,8 +102,9 @@ impl Node {
             }
         });
         match rx.recv_timeout(START_TIMEOUT) {
-            Ok((http, rpc)) => {
+            Ok((http, dns, rpc)) => {
                 self.http = http;
+                self.dns = dns;
                 self.rpc = rpc;
             }
             Err(_) => {
@@ -123,6 +129,7 @@ impl Node {
         };
         set(&mut self.args, "--http-addr", self.http.to_string());
         set(&mut self.args, "--rpc-addr", self.rpc.to_string());
+        set(&mut self.args, "--dns-addr", self.dns.to_string());
         self.spawn();
     }
 

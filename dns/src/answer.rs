@@ -1,0 +1,637 @@
+//! Answers built from the registry view: the naming scheme, health filtering, weighted
+//! shuffling, truncation, and negative answers.
+//!
+//! Each (service, tag) that is asked about gets a [`RecordSet`]: its healthy instances' records,
+//! fully encoded once. A query then costs a lookup, a weighted shuffle of indexes and a few
+//! `memcpy`s. A set remembers the service's index and settings index it was built at and is
+//! rebuilt on the first query after either moves, so an applied change shows in the very next
+//! answer of that node.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use cairn_client::HealthStatus;
+use cairn_raft::model::{address_kind, AddressKind};
+use cairn_raft::{Registry, ServiceEntry};
+use parking_lot::RwLock;
+use rand::Rng;
+
+use crate::wire::{self, Flags, Query, Response, SoaTimers};
+
+/// Record sets kept at most; past this the cache starts over (it only ever holds what was asked).
+const MAX_CACHED_SETS: usize = 65_536;
+/// The priority every SRV record carries: all instances are equal, weight decides.
+const SRV_PRIORITY: u16 = 1;
+
+/// How the zone answers.
+#[derive(Debug, Clone)]
+pub struct ZoneConfig {
+    /// The zone, lower-case with a trailing dot: `cairn.`.
+    pub domain: String,
+    /// TTL of service answers unless a service sets its own.
+    pub ttl: u32,
+    /// The SOA minimum: TTL of negative answers.
+    pub negative_ttl: u32,
+    /// Most records in one answer section (0: no limit but the message size).
+    pub max_answers: usize,
+    /// Whether `warning` instances are handed out with `passing` ones.
+    pub allow_warning: bool,
+    /// Whether names outside the zone are forwarded (sets RA).
+    pub recursion: bool,
+}
+
+impl Default for ZoneConfig {
+    fn default() -> Self {
+        ZoneConfig {
+            domain: "cairn.".into(),
+            ttl: 5,
+            negative_ttl: 5,
+            max_answers: 64,
+            allow_warning: false,
+            recursion: false,
+        }
+    }
+}
+
+/// The cluster's nodes as name servers: id and the address to answer for `node-<id>.node.<zone>`.
+pub type Nameservers = Arc<dyn Fn() -> Vec<(u64, Option<IpAddr>)> + Send + Sync>;
+
+/// What to do with a query.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Send these bytes.
+    Reply(Vec<u8>),
+    /// The name is outside the zone and upstreams are configured: forward the query.
+    Forward,
+}
+
+/// One instance's records, encoded.
+#[derive(Debug)]
+struct Encoded {
+    weight: u16,
+    /// The A, AAAA or CNAME record owned by the question name.
+    address: Option<(u16, Vec<u8>)>,
+    srv: Vec<u8>,
+    /// The target's A or AAAA for the additional section (none for host-name targets).
+    glue: Option<Vec<u8>>,
+}
+
+/// The encoded records of a service (or of one tag of it) at one index.
+#[derive(Debug)]
+struct RecordSet {
+    service_index: u64,
+    settings_index: u64,
+    instances: Vec<Encoded>,
+}
+
+/// A cached set: the service, and the tag when the name asked for one.
+type SetKey = (String, Option<String>);
+
+/// The DNS zone of one node.
+pub struct Zone {
+    config: ZoneConfig,
+    domain_labels: Vec<Vec<u8>>,
+    registry: Arc<Registry>,
+    nameservers: Nameservers,
+    cache: RwLock<HashMap<SetKey, Arc<RecordSet>>>,
+}
+
+/// The relative name inside the zone, classified.
+enum Name<'a> {
+    Apex,
+    Service {
+        service: &'a [u8],
+        tag: Option<&'a [u8]>,
+    },
+    Addr(&'a [u8]),
+    Node(&'a [u8]),
+    Unknown,
+}
+
+fn classify<'a>(rel: &'a [Vec<u8>]) -> Name<'a> {
+    match rel {
+        [] => Name::Apex,
+        [s, svc] if svc == b"service" => {
+            if s.starts_with(b"_") {
+                Name::Unknown
+            } else {
+                Name::Service {
+                    service: s,
+                    tag: None,
+                }
+            }
+        }
+        [a, b, svc] if svc == b"service" => {
+            match (a.strip_prefix(b"_"), b.strip_prefix(b"_")) {
+                // RFC 2782: _service._proto or _service._tag; _tcp asks for every instance.
+                (Some(service), Some(proto)) => Name::Service {
+                    service,
+                    tag: (proto != b"tcp").then_some(proto),
+                },
+                (None, None) => Name::Service {
+                    service: b,
+                    tag: Some(a),
+                },
+                _ => Name::Unknown,
+            }
+        }
+        [hex, addr] if addr == b"addr" => Name::Addr(hex),
+        [node, n] if n == b"node" => Name::Node(node),
+        _ => Name::Unknown,
+    }
+}
+
+/// `0a000001` for 10.0.0.1; 32 hex digits for IPv6. The name an SRV target carries.
+pub fn addr_label(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().iter().map(|b| format!("{b:02x}")).collect(),
+        IpAddr::V6(v6) => v6.octets().iter().map(|b| format!("{b:02x}")).collect(),
+    }
+}
+
+fn parse_addr_label(label: &[u8]) -> Option<IpAddr> {
+    let hex = std::str::from_utf8(label).ok()?;
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    match (hex.len(), bytes?) {
+        (8, b) => Some(IpAddr::from([b[0], b[1], b[2], b[3]])),
+        (32, b) => {
+            let arr: [u8; 16] = b.try_into().ok()?;
+            Some(IpAddr::from(arr))
+        }
+        _ => None,
+    }
+}
+
+impl Zone {
+    pub fn new(config: ZoneConfig, registry: Arc<Registry>, nameservers: Nameservers) -> Self {
+        let domain_labels = config
+            .domain
+            .split('.')
+            .filter(|l| !l.is_empty())
+            .map(|l| l.as_bytes().to_ascii_lowercase())
+            .collect();
+        Zone {
+            config,
+            domain_labels,
+            registry,
+            nameservers,
+            cache: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub fn config(&self) -> &ZoneConfig {
+        &self.config
+    }
+
+    /// Answers `q`. `limit` is the largest message the transport takes (UDP) or 65535 (TCP).
+    pub fn answer(&self, q: &Query<'_>, limit: usize) -> Outcome {
+        let in_zone = q.labels.len() >= self.domain_labels.len()
+            && q.labels[q.labels.len() - self.domain_labels.len()..] == self.domain_labels[..];
+        if !in_zone {
+            return if self.config.recursion {
+                Outcome::Forward
+            } else {
+                Outcome::Reply(
+                    self.reply(q, wire::RCODE_REFUSED, false, limit)
+                        .finish_bare(),
+                )
+            };
+        }
+        if q.qclass != wire::CLASS_IN {
+            return Outcome::Reply(
+                self.reply(q, wire::RCODE_REFUSED, false, limit)
+                    .finish_bare(),
+            );
+        }
+        match q.qtype {
+            wire::TYPE_AXFR | wire::TYPE_IXFR => {
+                return Outcome::Reply(
+                    self.reply(q, wire::RCODE_REFUSED, false, limit)
+                        .finish_bare(),
+                )
+            }
+            wire::TYPE_ANY => {
+                return Outcome::Reply(
+                    self.reply(q, wire::RCODE_NOTIMP, false, limit)
+                        .finish_bare(),
+                )
+            }
+            _ => {}
+        }
+        let rel = &q.labels[..q.labels.len() - self.domain_labels.len()];
+        let out = match classify(rel) {
+            Name::Apex => self.apex(q, limit),
+            Name::Service { service, tag } => self.service(q, service, tag, limit),
+            Name::Addr(hex) => match parse_addr_label(hex) {
+                Some(ip) => self.single_address(q, ip, self.config.ttl, limit),
+                None => self.negative(q, wire::RCODE_NXDOMAIN, limit),
+            },
+            Name::Node(label) => {
+                let ip = std::str::from_utf8(label)
+                    .ok()
+                    .and_then(|l| l.strip_prefix("node-"))
+                    .and_then(|id| id.parse::<u64>().ok())
+                    .and_then(|id| {
+                        (self.nameservers)()
+                            .into_iter()
+                            .find(|(n, _)| *n == id)
+                            .map(|(_, ip)| ip)
+                    });
+                match ip {
+                    Some(Some(ip)) => self.single_address(q, ip, self.config.ttl, limit),
+                    Some(None) => self.negative(q, wire::RCODE_NOERROR, limit),
+                    None => self.negative(q, wire::RCODE_NXDOMAIN, limit),
+                }
+            }
+            Name::Unknown => self.negative(q, wire::RCODE_NXDOMAIN, limit),
+        };
+        Outcome::Reply(out)
+    }
+
+    fn reply(&self, q: &Query<'_>, rcode: u8, authoritative: bool, limit: usize) -> Draft {
+        Draft {
+            response: Response::new(q.id, q.question, limit.min(4096)),
+            flags: Flags {
+                opcode: q.opcode,
+                authoritative,
+                truncated: false,
+                recursion_desired: q.recursion_desired,
+                recursion_available: self.config.recursion,
+                rcode,
+            },
+            edns: q.edns,
+            limit,
+        }
+    }
+
+    fn soa_rr(&self) -> Vec<u8> {
+        let mut owner = Vec::with_capacity(self.config.domain.len() + 2);
+        wire::push_name(&mut owner, &self.config.domain);
+        let rdata = wire::soa_rdata(
+            &format!("ns.{}", self.config.domain),
+            &format!("hostmaster.{}", self.config.domain),
+            &SoaTimers {
+                // Moves with every applied change, as a serial should; wraps after 2^32.
+                serial: self.registry.applied_index() as u32,
+                refresh: 3600,
+                retry: 600,
+                expire: 86_400,
+                minimum: self.config.negative_ttl,
+            },
+        );
+        wire::encode_rr(&owner, wire::TYPE_SOA, self.config.negative_ttl, &rdata)
+    }
+
+    /// NXDOMAIN or NODATA, with the SOA in the authority section for negative caching.
+    fn negative(&self, q: &Query<'_>, rcode: u8, limit: usize) -> Vec<u8> {
+        let mut d = self.reply(q, rcode, true, limit);
+        let soa = self.soa_rr();
+        let reserve = d.opt_len();
+        d.response.authority(&soa, limit, reserve);
+        d.finish()
+    }
+
+    fn apex(&self, q: &Query<'_>, limit: usize) -> Vec<u8> {
+        match q.qtype {
+            wire::TYPE_SOA => {
+                let mut d = self.reply(q, wire::RCODE_NOERROR, true, limit);
+                let soa = self.soa_rr();
+                let reserve = d.opt_len();
+                d.response.answer(&soa, limit, reserve);
+                d.finish()
+            }
+            wire::TYPE_NS => {
+                let mut d = self.reply(q, wire::RCODE_NOERROR, true, limit);
+                let reserve = d.opt_len();
+                let mut glue = Vec::new();
+                for (id, ip) in (self.nameservers)() {
+                    let host = format!("node-{id}.node.{}", self.config.domain);
+                    let rr = wire::encode_rr(
+                        &wire::QNAME_POINTER,
+                        wire::TYPE_NS,
+                        self.config.ttl,
+                        &wire::name_rdata(&host),
+                    );
+                    if !d.response.answer(&rr, limit, reserve) {
+                        d.flags.truncated = true;
+                        break;
+                    }
+                    if let Some(ip) = ip {
+                        glue.push(address_rr(&name_wire(&host), ip, self.config.ttl));
+                    }
+                }
+                for g in glue {
+                    // Glue that does not fit is left out without TC (RFC 2181 9).
+                    d.response.additional(&g, limit, reserve);
+                }
+                d.finish()
+            }
+            _ => self.negative(q, wire::RCODE_NOERROR, limit),
+        }
+    }
+
+    fn single_address(&self, q: &Query<'_>, ip: IpAddr, ttl: u32, limit: usize) -> Vec<u8> {
+        let wanted = match ip {
+            IpAddr::V4(_) => wire::TYPE_A,
+            IpAddr::V6(_) => wire::TYPE_AAAA,
+        };
+        if q.qtype != wanted {
+            return self.negative(q, wire::RCODE_NOERROR, limit);
+        }
+        let mut d = self.reply(q, wire::RCODE_NOERROR, true, limit);
+        let reserve = d.opt_len();
+        d.response
+            .answer(&address_rr(&wire::QNAME_POINTER, ip, ttl), limit, reserve);
+        d.finish()
+    }
+
+    fn service(&self, q: &Query<'_>, service: &[u8], tag: Option<&[u8]>, limit: usize) -> Vec<u8> {
+        let (Ok(service), Ok(tag)) = (
+            std::str::from_utf8(service),
+            tag.map(std::str::from_utf8).transpose(),
+        ) else {
+            return self.negative(q, wire::RCODE_NXDOMAIN, limit);
+        };
+        let Some(entry) = self.registry.service(service) else {
+            return self.negative(q, wire::RCODE_NXDOMAIN, limit);
+        };
+        if let Some(t) = tag {
+            if !entry.tags().any(|x| x == t) {
+                return self.negative(q, wire::RCODE_NXDOMAIN, limit);
+            }
+        }
+        let set = self.record_set(&entry, tag);
+        let want_srv = q.qtype == wire::TYPE_SRV;
+        let want_address = matches!(q.qtype, wire::TYPE_A | wire::TYPE_AAAA);
+        if !want_srv && !want_address {
+            return self.negative(q, wire::RCODE_NOERROR, limit);
+        }
+        // Candidates for this question type, in a fresh weighted-random order.
+        let candidates: Vec<usize> = (0..set.instances.len())
+            .filter(|&i| {
+                let e = &set.instances[i];
+                want_srv || e.address.as_ref().is_some_and(|(t, _)| *t == q.qtype)
+            })
+            .collect();
+        let mut order = weighted_order(&candidates, |i| set.instances[i].weight);
+        if order.is_empty() && want_address {
+            // No address of the asked family: answer a host-name instance by its CNAME.
+            if let Some(i) = (0..set.instances.len()).find(|&i| {
+                set.instances[i]
+                    .address
+                    .as_ref()
+                    .is_some_and(|(t, _)| *t == wire::TYPE_CNAME)
+            }) {
+                order.push(i);
+            }
+        }
+        if order.is_empty() {
+            return self.negative(q, wire::RCODE_NOERROR, limit);
+        }
+        if self.config.max_answers > 0 {
+            order.truncate(self.config.max_answers);
+        }
+        let mut d = self.reply(q, wire::RCODE_NOERROR, true, limit);
+        let reserve = d.opt_len();
+        let mut included = Vec::with_capacity(order.len());
+        for &i in &order {
+            let e = &set.instances[i];
+            let rr = if want_srv {
+                &e.srv[..]
+            } else {
+                match &e.address {
+                    Some((_, rr)) => &rr[..],
+                    None => continue,
+                }
+            };
+            if !d.response.answer(rr, limit, reserve) {
+                d.flags.truncated = true;
+                break;
+            }
+            included.push(i);
+            if !want_srv
+                && e.address
+                    .as_ref()
+                    .is_some_and(|(t, _)| *t == wire::TYPE_CNAME)
+            {
+                // One CNAME owns the name alone.
+                break;
+            }
+        }
+        if want_srv {
+            for i in included {
+                if let Some(g) = &set.instances[i].glue {
+                    d.response.additional(g, limit, reserve);
+                }
+            }
+        }
+        d.finish()
+    }
+
+    fn record_set(&self, entry: &ServiceEntry, tag: Option<&str>) -> Arc<RecordSet> {
+        let settings = self.registry.settings(&entry.name);
+        let settings_index = settings.as_ref().map_or(0, |s| s.modify_index);
+        let key = (entry.name.clone(), tag.map(str::to_owned));
+        if let Some(set) = self.cache.read().get(&key) {
+            if set.service_index == entry.modify_index && set.settings_index == settings_index {
+                return set.clone();
+            }
+        }
+        let ttl = settings
+            .as_ref()
+            .and_then(|s| s.settings.dns_ttl_s)
+            .unwrap_or(self.config.ttl);
+        let fail_open = settings.as_ref().is_some_and(|s| s.settings.fail_open);
+        let tagged =
+            |i: &&Arc<cairn_raft::model::Instance>| tag.is_none_or(|t| i.spec.tags.contains(t));
+        let healthy = |h: HealthStatus| {
+            h == HealthStatus::Passing || (self.config.allow_warning && h == HealthStatus::Warning)
+        };
+        let mut chosen: Vec<_> = entry
+            .instances
+            .values()
+            .filter(tagged)
+            .filter(|i| healthy(i.health()))
+            .collect();
+        if chosen.is_empty() && fail_open {
+            chosen = entry.instances.values().filter(tagged).collect();
+        }
+        let instances = chosen
+            .into_iter()
+            .map(|inst| {
+                let spec = &inst.spec;
+                let (target, address, glue) = match address_kind(&spec.address) {
+                    AddressKind::Ip(ip) => {
+                        let target = format!("{}.addr.{}", addr_label(ip), self.config.domain);
+                        let rtype = match ip {
+                            IpAddr::V4(_) => wire::TYPE_A,
+                            IpAddr::V6(_) => wire::TYPE_AAAA,
+                        };
+                        let address = (rtype, address_rr(&wire::QNAME_POINTER, ip, ttl));
+                        let glue = address_rr(&name_wire(&target), ip, ttl);
+                        (target, Some(address), Some(glue))
+                    }
+                    AddressKind::Host => {
+                        let host = format!("{}.", spec.address);
+                        let cname = wire::encode_rr(
+                            &wire::QNAME_POINTER,
+                            wire::TYPE_CNAME,
+                            ttl,
+                            &wire::name_rdata(&host),
+                        );
+                        (host, Some((wire::TYPE_CNAME, cname)), None)
+                    }
+                };
+                let srv = wire::encode_rr(
+                    &wire::QNAME_POINTER,
+                    wire::TYPE_SRV,
+                    ttl,
+                    &wire::srv_rdata(SRV_PRIORITY, spec.weight, spec.port, &target),
+                );
+                Encoded {
+                    weight: spec.weight,
+                    address,
+                    srv,
+                    glue,
+                }
+            })
+            .collect();
+        let set = Arc::new(RecordSet {
+            service_index: entry.modify_index,
+            settings_index,
+            instances,
+        });
+        let mut cache = self.cache.write();
+        if cache.len() >= MAX_CACHED_SETS {
+            cache.clear();
+        }
+        cache.insert(key, set.clone());
+        set
+    }
+}
+
+fn name_wire(name: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(name.len() + 2);
+    wire::push_name(&mut v, name);
+    v
+}
+
+fn address_rr(owner: &[u8], ip: IpAddr, ttl: u32) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => wire::encode_rr(owner, wire::TYPE_A, ttl, &wire::a_rdata(v4)),
+        IpAddr::V6(v6) => wire::encode_rr(owner, wire::TYPE_AAAA, ttl, &wire::aaaa_rdata(v6)),
+    }
+}
+
+/// A random order of `items` in which each is ahead with odds proportional to its weight
+/// (Efraimidis-Spirakis: sort by `u^(1/w)`, `u` uniform in (0, 1]).
+fn weighted_order(items: &[usize], weight: impl Fn(usize) -> u16) -> Vec<usize> {
+    let mut rng = rand::thread_rng();
+    let mut keyed: Vec<(f64, usize)> = items
+        .iter()
+        .map(|&i| {
+            let u: f64 = rng.gen_range(f64::MIN_POSITIVE..=1.0);
+            (u.powf(1.0 / f64::from(weight(i).max(1))), i)
+        })
+        .collect();
+    keyed.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+    keyed.into_iter().map(|(_, i)| i).collect()
+}
+
+/// A response being assembled, with the EDNS and size context of its query.
+struct Draft {
+    response: Response,
+    flags: Flags,
+    edns: Option<wire::Edns>,
+    limit: usize,
+}
+
+impl Draft {
+    /// Bytes to keep free for the OPT record.
+    fn opt_len(&self) -> usize {
+        if self.edns.is_some() {
+            11
+        } else {
+            0
+        }
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        if let Some(e) = self.edns {
+            let opt = wire::opt_rr(e.dnssec_ok, 0);
+            self.response.additional(&opt, self.limit, 0);
+        }
+        self.response.finish(self.flags)
+    }
+
+    /// An error reply (REFUSED, NOTIMP): header and question, and OPT when the query had one.
+    fn finish_bare(self) -> Vec<u8> {
+        self.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addr_labels_round_trip() {
+        for ip in ["10.0.0.1", "192.168.255.7", "2001:db8::1", "::1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(parse_addr_label(addr_label(ip).as_bytes()), Some(ip));
+        }
+        assert_eq!(addr_label("10.0.0.1".parse().unwrap()), "0a000001");
+        for bad in ["", "0a00000", "zz000001", "0a0000010"] {
+            assert_eq!(parse_addr_label(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn weighted_order_favours_heavy_instances() {
+        let weights = [1u16, 9];
+        let mut first_heavy = 0;
+        for _ in 0..10_000 {
+            if weighted_order(&[0, 1], |i| weights[i])[0] == 1 {
+                first_heavy += 1;
+            }
+        }
+        // Expected 9,000; the bound is many standard deviations (30) wide.
+        assert!((8_700..=9_300).contains(&first_heavy), "{first_heavy}");
+    }
+
+    #[test]
+    fn names_are_classified() {
+        let l = |s: &str| -> Vec<Vec<u8>> {
+            s.split('.')
+                .filter(|x| !x.is_empty())
+                .map(|x| x.as_bytes().to_vec())
+                .collect()
+        };
+        let is_service = |s: &str, svc: &str, tag: Option<&str>| match classify(&l(s)) {
+            Name::Service { service, tag: t } => {
+                service == svc.as_bytes() && t == tag.map(str::as_bytes)
+            }
+            _ => false,
+        };
+        assert!(is_service("web.service", "web", None));
+        assert!(is_service("v1.web.service", "web", Some("v1")));
+        assert!(is_service("_web._tcp.service", "web", None));
+        assert!(is_service("_web._v1.service", "web", Some("v1")));
+        assert!(matches!(classify(&l("")), Name::Apex));
+        assert!(matches!(classify(&l("0a000001.addr")), Name::Addr(_)));
+        assert!(matches!(classify(&l("node-1.node")), Name::Node(_)));
+        for unknown in [
+            "web",
+            "_web.service",
+            "_web.v1.service",
+            "a.b.c.service",
+            "x.web.services",
+        ] {
+            assert!(matches!(classify(&l(unknown)), Name::Unknown), "{unknown}");
+        }
+    }
+}

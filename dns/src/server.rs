@@ -1,0 +1,338 @@
+//! The listeners: UDP and TCP on one address, and forwarding of names outside the zone.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::answer::{Outcome, Zone};
+use crate::wire::{self, ParseError};
+
+/// Largest datagram read. Queries are small; a larger one is cut and then refused as malformed.
+const UDP_READ_BUFFER: usize = 4096;
+/// TCP answers may use the whole 16-bit length.
+const TCP_LIMIT: usize = 65_535;
+
+/// Listener settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Upstream resolvers for names outside the zone, tried in order.
+    pub recursors: Vec<SocketAddr>,
+    /// How long one upstream may take.
+    pub forward_timeout: Duration,
+    /// Forwarded queries in flight at once; beyond this the answer is SERVFAIL at once.
+    pub max_forwards: usize,
+    /// Open TCP connections; a connection beyond this is closed at once.
+    pub max_tcp_connections: usize,
+    /// A TCP connection with no query for this long is closed.
+    pub tcp_idle_timeout: Duration,
+    /// Tasks reading the UDP socket.
+    pub udp_workers: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            recursors: Vec::new(),
+            forward_timeout: Duration::from_secs(2),
+            max_forwards: 1024,
+            max_tcp_connections: 512,
+            tcp_idle_timeout: Duration::from_secs(10),
+            udp_workers: std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
+        }
+    }
+}
+
+/// The bound sockets, before serving (so the agent learns the ports before anything runs).
+pub struct Listeners {
+    udp: UdpSocket,
+    tcp: TcpListener,
+}
+
+impl Listeners {
+    /// Binds UDP and TCP on `addr`. With port 0 both get the same, free port.
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<Listeners> {
+        let mut last_err = None;
+        // With port 0 the UDP port may be taken for TCP; try a few.
+        for _ in 0..16 {
+            let udp = UdpSocket::bind(addr).await?;
+            let port = udp.local_addr()?.port();
+            match TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
+                Ok(tcp) => return Ok(Listeners { udp, tcp }),
+                Err(e) if addr.port() == 0 => last_err = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| std::io::Error::other("no free port for UDP and TCP")))
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.udp.local_addr()
+    }
+
+    /// Serves until `stop` is cancelled.
+    pub async fn serve(self, zone: Arc<Zone>, config: ServerConfig, stop: CancellationToken) {
+        let shared = Arc::new(Shared {
+            zone,
+            forwards: Arc::new(Semaphore::new(config.max_forwards)),
+            config,
+        });
+        let udp = Arc::new(self.udp);
+        let mut tasks = JoinSet::new();
+        for _ in 0..shared.config.udp_workers.max(1) {
+            tasks.spawn(udp_loop(udp.clone(), shared.clone(), stop.clone()));
+        }
+        tasks.spawn(tcp_loop(self.tcp, shared.clone(), stop.clone()));
+        tasks.join_all().await;
+    }
+}
+
+struct Shared {
+    zone: Arc<Zone>,
+    config: ServerConfig,
+    forwards: Arc<Semaphore>,
+}
+
+/// What to send back for a request, over a transport with `limit` bytes.
+enum Action {
+    Send(Vec<u8>),
+    Forward,
+    Nothing,
+}
+
+fn handle(shared: &Shared, request: &[u8], udp: bool) -> Action {
+    match wire::parse_query(request) {
+        Ok(q) => {
+            let limit = if udp { q.udp_limit() } else { TCP_LIMIT };
+            match shared.zone.answer(&q, limit) {
+                Outcome::Reply(bytes) => Action::Send(bytes),
+                Outcome::Forward => Action::Forward,
+            }
+        }
+        Err(ParseError::Drop) => Action::Nothing,
+        Err(ParseError::Reply { id, rcode, opcode }) => {
+            Action::Send(wire::error_response(id, opcode, rcode))
+        }
+        Err(ParseError::BadVersion { id }) => {
+            // RFC 6891: BADVERS is extended RCODE 16: 1 in the OPT's upper bits, 0 below.
+            let mut r = wire::Response::new(id, &[], 64);
+            r.additional(&wire::opt_rr(false, 1), 64, 0);
+            Action::Send(r.finish(wire::Flags {
+                opcode: 0,
+                authoritative: false,
+                truncated: false,
+                recursion_desired: false,
+                recursion_available: false,
+                rcode: 0,
+            }))
+        }
+    }
+}
+
+async fn udp_loop(sock: Arc<UdpSocket>, shared: Arc<Shared>, stop: CancellationToken) {
+    let mut buf = vec![0u8; UDP_READ_BUFFER];
+    loop {
+        let (n, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // ICMP errors from earlier sends surface here on some systems; keep serving.
+                    tracing::debug!("DNS UDP receive: {e}");
+                    continue;
+                }
+            },
+        };
+        let request = &buf[..n];
+        match handle(&shared, request, true) {
+            Action::Send(bytes) => {
+                if let Err(e) = sock.send_to(&bytes, peer).await {
+                    tracing::debug!(%peer, "DNS UDP send: {e}");
+                }
+            }
+            Action::Forward => {
+                let query = request.to_vec();
+                let (sock, shared) = (sock.clone(), shared.clone());
+                match shared.forwards.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        tokio::spawn(async move {
+                            let _permit = permit;
+                            let reply = forward(&shared.config, &query, false).await;
+                            let _ = sock.send_to(&reply, peer).await;
+                        });
+                    }
+                    Err(_) => {
+                        let _ = sock.send_to(&servfail(&query), peer).await;
+                    }
+                }
+            }
+            Action::Nothing => {}
+        }
+    }
+}
+
+async fn tcp_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    let connections = Arc::new(Semaphore::new(shared.config.max_tcp_connections));
+    let mut open = JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("DNS TCP accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "DNS TCP connection limit reached; closing");
+            continue;
+        };
+        let (shared, stop) = (shared.clone(), stop.clone());
+        open.spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                r = tcp_connection(stream, &shared) => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, "DNS TCP connection: {e}");
+                    }
+                }
+            }
+        });
+        while open.try_join_next().is_some() {}
+    }
+    open.shutdown().await;
+}
+
+async fn tcp_connection(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let idle = shared.config.tcp_idle_timeout;
+    let mut buf = Vec::with_capacity(512);
+    loop {
+        let len = match tokio::time::timeout(idle, stream.read_u16()).await {
+            Ok(Ok(len)) => usize::from(len),
+            // Idle, closed by the client, or broken: all end the connection quietly.
+            _ => return Ok(()),
+        };
+        buf.resize(len, 0);
+        tokio::time::timeout(idle, stream.read_exact(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::other("timed out reading a query"))??;
+        let reply = match handle(shared, &buf, false) {
+            Action::Send(bytes) => bytes,
+            Action::Forward => match shared.forwards.clone().try_acquire_owned() {
+                Ok(_permit) => forward(&shared.config, &buf, true).await,
+                Err(_) => servfail(&buf),
+            },
+            Action::Nothing => return Ok(()),
+        };
+        let mut out = Vec::with_capacity(reply.len() + 2);
+        out.extend_from_slice(&(reply.len() as u16).to_be_bytes());
+        out.extend_from_slice(&reply);
+        stream.write_all(&out).await?;
+    }
+}
+
+fn servfail(query: &[u8]) -> Vec<u8> {
+    match wire::parse_query(query) {
+        Ok(q) => wire::Response::new(q.id, q.question, 512).finish(wire::Flags {
+            opcode: q.opcode,
+            authoritative: false,
+            truncated: false,
+            recursion_desired: q.recursion_desired,
+            recursion_available: true,
+            rcode: wire::RCODE_SERVFAIL,
+        }),
+        // Forwarded queries parsed once already; this is only a fallback.
+        Err(_) => {
+            let id = match query {
+                [a, b, ..] => u16::from_be_bytes([*a, *b]),
+                _ => 0,
+            };
+            wire::error_response(id, 0, wire::RCODE_SERVFAIL)
+        }
+    }
+}
+
+/// Relays `query` to the upstreams in turn; SERVFAIL when none answers in time.
+async fn forward(config: &ServerConfig, query: &[u8], tcp_client: bool) -> Vec<u8> {
+    for upstream in &config.recursors {
+        match exchange_udp(*upstream, query, config.forward_timeout).await {
+            Ok(reply) => {
+                let truncated = reply.get(2).is_some_and(|b| b & 0x02 != 0);
+                if truncated && tcp_client {
+                    if let Ok(full) = exchange_tcp(*upstream, query, config.forward_timeout).await {
+                        return full;
+                    }
+                }
+                return reply;
+            }
+            Err(e) => tracing::debug!(%upstream, "forwarding failed: {e}"),
+        }
+    }
+    servfail(query)
+}
+
+fn same_id(query: &[u8], reply: &[u8]) -> bool {
+    reply.len() >= wire::HEADER_LEN && reply[..2] == query[..2] && reply[2] & 0x80 != 0
+}
+
+async fn exchange_udp(
+    upstream: SocketAddr,
+    query: &[u8],
+    timeout: Duration,
+) -> std::io::Result<Vec<u8>> {
+    let local: SocketAddr = if upstream.is_ipv4() {
+        "0.0.0.0:0".parse().map_err(std::io::Error::other)?
+    } else {
+        "[::]:0".parse().map_err(std::io::Error::other)?
+    };
+    let sock = UdpSocket::bind(local).await?;
+    sock.connect(upstream).await?;
+    sock.send(query).await?;
+    let mut buf = vec![0u8; 65_535];
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let n = tokio::time::timeout_at(deadline, sock.recv(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::other("upstream timed out"))??;
+        // A connected socket only hears from the upstream; still, insist on the query's ID.
+        if same_id(query, &buf[..n]) {
+            buf.truncate(n);
+            return Ok(buf);
+        }
+    }
+}
+
+async fn exchange_tcp(
+    upstream: SocketAddr,
+    query: &[u8],
+    timeout: Duration,
+) -> std::io::Result<Vec<u8>> {
+    let work = async {
+        let mut s = TcpStream::connect(upstream).await?;
+        let mut out = Vec::with_capacity(query.len() + 2);
+        out.extend_from_slice(&(query.len() as u16).to_be_bytes());
+        out.extend_from_slice(query);
+        s.write_all(&out).await?;
+        let len = usize::from(s.read_u16().await?);
+        let mut buf = vec![0u8; len];
+        s.read_exact(&mut buf).await?;
+        if same_id(query, &buf) {
+            Ok(buf)
+        } else {
+            Err(std::io::Error::other("upstream answered another query"))
+        }
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| std::io::Error::other("upstream timed out"))?
+}

@@ -1,0 +1,593 @@
+//! The slice of RFC 1035 (and RFC 6891's OPT record) that an authoritative server needs: read a
+//! query's header, single question and EDNS0 options; write a response with pre-encoded records.
+//!
+//! Reading is strict and allocation-light: a query that is not exactly one question in a
+//! well-formed message is refused with FORMERR (when an ID can be read) or dropped.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+pub const HEADER_LEN: usize = 12;
+/// Largest message over UDP without EDNS0 (RFC 1035).
+pub const CLASSIC_UDP_LIMIT: usize = 512;
+/// Largest UDP payload we announce and honour: the DNS flag day 2020 value, which avoids IP
+/// fragmentation on common paths.
+pub const MAX_UDP_PAYLOAD: u16 = 1232;
+/// A DNS name is at most 255 bytes on the wire.
+pub const MAX_NAME_LEN: usize = 255;
+
+pub const TYPE_A: u16 = 1;
+pub const TYPE_NS: u16 = 2;
+pub const TYPE_CNAME: u16 = 5;
+pub const TYPE_SOA: u16 = 6;
+pub const TYPE_AAAA: u16 = 28;
+pub const TYPE_SRV: u16 = 33;
+pub const TYPE_OPT: u16 = 41;
+pub const TYPE_IXFR: u16 = 251;
+pub const TYPE_AXFR: u16 = 252;
+pub const TYPE_ANY: u16 = 255;
+pub const CLASS_IN: u16 = 1;
+
+pub const RCODE_NOERROR: u8 = 0;
+pub const RCODE_FORMERR: u8 = 1;
+pub const RCODE_SERVFAIL: u8 = 2;
+pub const RCODE_NXDOMAIN: u8 = 3;
+pub const RCODE_NOTIMP: u8 = 4;
+pub const RCODE_REFUSED: u8 = 5;
+
+/// EDNS0 as the client sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Edns {
+    /// The client's UDP payload size, at least 512.
+    pub payload: u16,
+    pub version: u8,
+    pub dnssec_ok: bool,
+}
+
+/// A parsed query. Borrowed slices point into the request buffer.
+#[derive(Debug)]
+pub struct Query<'a> {
+    pub id: u16,
+    pub opcode: u8,
+    pub recursion_desired: bool,
+    /// The question section as sent (name, type, class), echoed back unchanged so that the
+    /// client's 0x20 case randomisation survives.
+    pub question: &'a [u8],
+    /// The question name's labels, lower-cased.
+    pub labels: Vec<Vec<u8>>,
+    pub qtype: u16,
+    pub qclass: u16,
+    pub edns: Option<Edns>,
+}
+
+impl Query<'_> {
+    /// The largest response this client takes over UDP.
+    pub fn udp_limit(&self) -> usize {
+        match self.edns {
+            Some(e) => usize::from(e.payload.clamp(512, MAX_UDP_PAYLOAD)),
+            None => CLASSIC_UDP_LIMIT,
+        }
+    }
+
+    /// The question name in presentation form, lower-cased (for logs and forwarding decisions).
+    pub fn name(&self) -> String {
+        let mut s = String::new();
+        for l in &self.labels {
+            s.push_str(&String::from_utf8_lossy(l));
+            s.push('.');
+        }
+        if s.is_empty() {
+            s.push('.');
+        }
+        s
+    }
+}
+
+/// Why a message could not be read as a query.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// Not even a header, or a response: nothing to answer.
+    Drop,
+    /// Answer with this RCODE, echoing the ID (and the question when it could be read).
+    Reply { id: u16, rcode: u8, opcode: u8 },
+    /// An EDNS version we do not speak (RFC 6891: BADVERS).
+    BadVersion { id: u16 },
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn u8(&mut self) -> Option<u8> {
+        let b = *self.buf.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        let b = self.buf.get(self.pos..self.pos + 2)?;
+        self.pos += 2;
+        Some(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        let b = self.buf.get(self.pos..self.pos + 4)?;
+        self.pos += 4;
+        Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn skip(&mut self, n: usize) -> Option<()> {
+        if self.pos + n > self.buf.len() {
+            return None;
+        }
+        self.pos += n;
+        Some(())
+    }
+    /// Skips a name in a resource record, which may end in a compression pointer.
+    fn skip_name(&mut self) -> Option<()> {
+        let mut len = 0usize;
+        loop {
+            let l = self.u8()?;
+            match l {
+                0 => return Some(()),
+                1..=63 => {
+                    len += usize::from(l) + 1;
+                    if len > MAX_NAME_LEN {
+                        return None;
+                    }
+                    self.skip(usize::from(l))?;
+                }
+                0xC0..=0xFF => {
+                    self.u8()?;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// Reads a query. See [`ParseError`] for what to do with a bad one.
+pub fn parse_query(buf: &[u8]) -> Result<Query<'_>, ParseError> {
+    if buf.len() < HEADER_LEN {
+        return Err(ParseError::Drop);
+    }
+    let id = u16::from_be_bytes([buf[0], buf[1]]);
+    let flags = u16::from_be_bytes([buf[2], buf[3]]);
+    if flags & 0x8000 != 0 {
+        // A response: answering it could loop two servers into each other.
+        return Err(ParseError::Drop);
+    }
+    let opcode = ((flags >> 11) & 0xF) as u8;
+    let formerr = ParseError::Reply {
+        id,
+        rcode: RCODE_FORMERR,
+        opcode,
+    };
+    if opcode != 0 {
+        return Err(ParseError::Reply {
+            id,
+            rcode: RCODE_NOTIMP,
+            opcode,
+        });
+    }
+    let count = |i: usize| u16::from_be_bytes([buf[i], buf[i + 1]]);
+    let (qd, an, ns, ar) = (count(4), count(6), count(8), count(10));
+    if qd != 1 {
+        return Err(formerr);
+    }
+    let mut r = Reader {
+        buf,
+        pos: HEADER_LEN,
+    };
+    let mut labels = Vec::new();
+    let mut name_len = 0usize;
+    loop {
+        let l = r.u8().ok_or(ParseError::Reply {
+            id,
+            rcode: RCODE_FORMERR,
+            opcode,
+        })?;
+        if l == 0 {
+            break;
+        }
+        // Compression in the question is legal but never seen from real clients; a pointer or a
+        // reserved label type here is treated as malformed.
+        if l > 63 {
+            return Err(formerr);
+        }
+        name_len += usize::from(l) + 1;
+        if name_len > MAX_NAME_LEN {
+            return Err(formerr);
+        }
+        let start = r.pos;
+        r.skip(usize::from(l)).ok_or(ParseError::Reply {
+            id,
+            rcode: RCODE_FORMERR,
+            opcode,
+        })?;
+        labels.push(buf[start..r.pos].to_ascii_lowercase());
+    }
+    let qtype = r.u16().ok_or(ParseError::Reply {
+        id,
+        rcode: RCODE_FORMERR,
+        opcode,
+    })?;
+    let qclass = r.u16().ok_or(ParseError::Reply {
+        id,
+        rcode: RCODE_FORMERR,
+        opcode,
+    })?;
+    let question = &buf[HEADER_LEN..r.pos];
+
+    let bad = || ParseError::Reply {
+        id,
+        rcode: RCODE_FORMERR,
+        opcode,
+    };
+    let mut edns = None;
+    for i in 0..(u32::from(an) + u32::from(ns) + u32::from(ar)) {
+        let is_additional = i >= u32::from(an) + u32::from(ns);
+        let name_start = r.pos;
+        r.skip_name().ok_or_else(bad)?;
+        let rtype = r.u16().ok_or_else(bad)?;
+        let class = r.u16().ok_or_else(bad)?;
+        let ttl = r.u32().ok_or_else(bad)?;
+        let rdlen = r.u16().ok_or_else(bad)?;
+        r.skip(usize::from(rdlen)).ok_or_else(bad)?;
+        if is_additional && rtype == TYPE_OPT {
+            // RFC 6891: one OPT, owned by the root.
+            if edns.is_some() || buf[name_start] != 0 {
+                return Err(bad());
+            }
+            let version = ((ttl >> 16) & 0xFF) as u8;
+            if version != 0 {
+                return Err(ParseError::BadVersion { id });
+            }
+            edns = Some(Edns {
+                payload: class.max(512),
+                version,
+                dnssec_ok: ttl & 0x8000 != 0,
+            });
+        }
+    }
+    if r.pos != buf.len() {
+        // Trailing bytes after the last record.
+        return Err(bad());
+    }
+    Ok(Query {
+        id,
+        opcode,
+        recursion_desired: flags & 0x0100 != 0,
+        question,
+        labels,
+        qtype,
+        qclass,
+        edns,
+    })
+}
+
+/// Appends `name` (dotted, trailing dot optional, `"."` or `""` for the root) in wire form.
+pub fn push_name(out: &mut Vec<u8>, name: &str) {
+    for label in name.split('.').filter(|l| !l.is_empty()) {
+        let bytes = label.as_bytes();
+        let len = bytes.len().min(63);
+        out.push(len as u8);
+        out.extend_from_slice(&bytes[..len]);
+    }
+    out.push(0);
+}
+
+/// A compression pointer to the question name, which always sits right after the header.
+pub const QNAME_POINTER: [u8; 2] = [0xC0, HEADER_LEN as u8];
+
+/// One resource record, fully encoded. `owner` is either [`QNAME_POINTER`] or a wire name.
+pub fn encode_rr(owner: &[u8], rtype: u16, ttl: u32, rdata: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(owner.len() + 10 + rdata.len());
+    out.extend_from_slice(owner);
+    out.extend_from_slice(&rtype.to_be_bytes());
+    out.extend_from_slice(&CLASS_IN.to_be_bytes());
+    out.extend_from_slice(&ttl.to_be_bytes());
+    out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    out.extend_from_slice(rdata);
+    out
+}
+
+pub fn a_rdata(ip: Ipv4Addr) -> [u8; 4] {
+    ip.octets()
+}
+
+pub fn aaaa_rdata(ip: Ipv6Addr) -> [u8; 16] {
+    ip.octets()
+}
+
+pub fn srv_rdata(priority: u16, weight: u16, port: u16, target: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + target.len() + 2);
+    out.extend_from_slice(&priority.to_be_bytes());
+    out.extend_from_slice(&weight.to_be_bytes());
+    out.extend_from_slice(&port.to_be_bytes());
+    // RFC 2782: the target is not compressed.
+    push_name(&mut out, target);
+    out
+}
+
+pub fn name_rdata(name: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len() + 2);
+    push_name(&mut out, name);
+    out
+}
+
+/// The SOA's fields after the two names.
+pub struct SoaTimers {
+    pub serial: u32,
+    pub refresh: u32,
+    pub retry: u32,
+    pub expire: u32,
+    pub minimum: u32,
+}
+
+pub fn soa_rdata(mname: &str, rname: &str, t: &SoaTimers) -> Vec<u8> {
+    let mut out = Vec::with_capacity(mname.len() + rname.len() + 24);
+    push_name(&mut out, mname);
+    push_name(&mut out, rname);
+    for v in [t.serial, t.refresh, t.retry, t.expire, t.minimum] {
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+    out
+}
+
+/// The OPT record we answer with: our payload size, version 0, the client's DO bit, and the
+/// upper bits of an extended RCODE.
+pub fn opt_rr(dnssec_ok: bool, extended_rcode: u8) -> [u8; 11] {
+    let payload = MAX_UDP_PAYLOAD.to_be_bytes();
+    let flags: u16 = if dnssec_ok { 0x8000 } else { 0 };
+    let f = flags.to_be_bytes();
+    [
+        0, // root owner
+        0,
+        TYPE_OPT as u8,
+        payload[0],
+        payload[1],
+        extended_rcode,
+        0, // version
+        f[0],
+        f[1],
+        0,
+        0, // no options
+    ]
+}
+
+/// Builds a response in place: header, echoed question, then sections in order.
+pub struct Response {
+    pub buf: Vec<u8>,
+    answers: u16,
+    authority: u16,
+    additional: u16,
+}
+
+/// Header flags of a response.
+#[derive(Debug, Clone, Copy)]
+pub struct Flags {
+    pub opcode: u8,
+    pub authoritative: bool,
+    pub truncated: bool,
+    pub recursion_desired: bool,
+    pub recursion_available: bool,
+    pub rcode: u8,
+}
+
+impl Response {
+    /// A response to `id` echoing `question` (which may be empty).
+    pub fn new(id: u16, question: &[u8], capacity: usize) -> Self {
+        let mut buf = Vec::with_capacity(capacity.max(HEADER_LEN + question.len()));
+        buf.extend_from_slice(&id.to_be_bytes());
+        buf.extend_from_slice(&[0; 10]);
+        if !question.is_empty() {
+            buf[5] = 1;
+            buf.extend_from_slice(question);
+        }
+        Response {
+            buf,
+            answers: 0,
+            authority: 0,
+            additional: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.answers == 0 && self.authority == 0 && self.additional == 0
+    }
+
+    /// Appends an answer record if it fits in `limit` bytes (reserving `reserve` for later
+    /// records that must fit); answers whether it did.
+    pub fn answer(&mut self, rr: &[u8], limit: usize, reserve: usize) -> bool {
+        if self.buf.len() + rr.len() + reserve > limit {
+            return false;
+        }
+        self.buf.extend_from_slice(rr);
+        self.answers += 1;
+        true
+    }
+
+    pub fn authority(&mut self, rr: &[u8], limit: usize, reserve: usize) -> bool {
+        if self.buf.len() + rr.len() + reserve > limit {
+            return false;
+        }
+        self.buf.extend_from_slice(rr);
+        self.authority += 1;
+        true
+    }
+
+    pub fn additional(&mut self, rr: &[u8], limit: usize, reserve: usize) -> bool {
+        if self.buf.len() + rr.len() + reserve > limit {
+            return false;
+        }
+        self.buf.extend_from_slice(rr);
+        self.additional += 1;
+        true
+    }
+
+    /// Writes the flags and section counts; returns the finished message.
+    pub fn finish(mut self, f: Flags) -> Vec<u8> {
+        let mut b2 = 0x80 | (f.opcode << 3);
+        if f.authoritative {
+            b2 |= 0x04;
+        }
+        if f.truncated {
+            b2 |= 0x02;
+        }
+        if f.recursion_desired {
+            b2 |= 0x01;
+        }
+        let mut b3 = f.rcode & 0x0F;
+        if f.recursion_available {
+            b3 |= 0x80;
+        }
+        self.buf[2] = b2;
+        self.buf[3] = b3;
+        self.buf[6..8].copy_from_slice(&self.answers.to_be_bytes());
+        self.buf[8..10].copy_from_slice(&self.authority.to_be_bytes());
+        self.buf[10..12].copy_from_slice(&self.additional.to_be_bytes());
+        self.buf
+    }
+}
+
+/// A header-only error response (used when the question could not be read).
+pub fn error_response(id: u16, opcode: u8, rcode: u8) -> Vec<u8> {
+    Response::new(id, &[], HEADER_LEN).finish(Flags {
+        opcode,
+        authoritative: false,
+        truncated: false,
+        recursion_desired: false,
+        recursion_available: false,
+        rcode,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(name: &str, qtype: u16, edns: Option<u16>) -> Vec<u8> {
+        let mut b = vec![
+            0x12,
+            0x34,
+            0x01,
+            0x00,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            u8::from(edns.is_some()),
+        ];
+        push_name(&mut b, name);
+        b.extend_from_slice(&qtype.to_be_bytes());
+        b.extend_from_slice(&CLASS_IN.to_be_bytes());
+        if let Some(p) = edns {
+            b.extend_from_slice(&[0, 0, 41]);
+            b.extend_from_slice(&p.to_be_bytes());
+            b.extend_from_slice(&[0, 0, 0x80, 0, 0, 0]);
+        }
+        b
+    }
+
+    #[test]
+    fn reads_a_query_with_edns() {
+        let q = query("Web.Service.Cairn.", TYPE_SRV, Some(4096));
+        let p = parse_query(&q).unwrap();
+        assert_eq!(p.id, 0x1234);
+        assert!(p.recursion_desired);
+        assert_eq!(p.name(), "web.service.cairn.");
+        assert_eq!(p.qtype, TYPE_SRV);
+        assert_eq!(
+            p.edns,
+            Some(Edns {
+                payload: 4096,
+                version: 0,
+                dnssec_ok: true
+            })
+        );
+        assert_eq!(p.udp_limit(), usize::from(MAX_UDP_PAYLOAD));
+        // The question is echoed with the client's case.
+        assert_eq!(&p.question[1..4], b"Web");
+    }
+
+    #[test]
+    fn malformed_messages_are_dropped_or_formerr() {
+        assert_eq!(parse_query(&[1, 2, 3]).unwrap_err(), ParseError::Drop);
+        let mut response = query("a.", TYPE_A, None);
+        response[2] |= 0x80;
+        assert_eq!(parse_query(&response).unwrap_err(), ParseError::Drop);
+        let truncated = &query("web.service.cairn.", TYPE_A, None)[..20];
+        assert!(matches!(
+            parse_query(truncated),
+            Err(ParseError::Reply {
+                rcode: RCODE_FORMERR,
+                id: 0x1234,
+                ..
+            })
+        ));
+        let mut two = query("a.", TYPE_A, None);
+        two[5] = 2;
+        assert!(matches!(
+            parse_query(&two),
+            Err(ParseError::Reply {
+                rcode: RCODE_FORMERR,
+                ..
+            })
+        ));
+        let mut trailing = query("a.", TYPE_A, None);
+        trailing.push(0);
+        assert!(matches!(
+            parse_query(&trailing),
+            Err(ParseError::Reply {
+                rcode: RCODE_FORMERR,
+                ..
+            })
+        ));
+        let mut update = query("a.", TYPE_A, None);
+        update[2] = 5 << 3;
+        assert!(matches!(
+            parse_query(&update),
+            Err(ParseError::Reply {
+                rcode: RCODE_NOTIMP,
+                ..
+            })
+        ));
+        let mut v1 = query("a.", TYPE_A, Some(1232));
+        let n = v1.len();
+        v1[n - 5] = 1; // EDNS version 1
+        assert_eq!(
+            parse_query(&v1).unwrap_err(),
+            ParseError::BadVersion { id: 0x1234 }
+        );
+    }
+
+    #[test]
+    fn every_prefix_of_a_query_is_handled_without_panic() {
+        let q = query("x.web.service.cairn.", TYPE_SRV, Some(1232));
+        for i in 0..q.len() {
+            let _ = parse_query(&q[..i]);
+        }
+        let mut garbage = q.clone();
+        for i in HEADER_LEN..garbage.len() {
+            garbage[i] = 0xFF;
+            let _ = parse_query(&garbage);
+        }
+    }
+
+    #[test]
+    fn names_encode_in_wire_form() {
+        let mut b = Vec::new();
+        push_name(&mut b, "ab.c.");
+        assert_eq!(b, [2, b'a', b'b', 1, b'c', 0]);
+        let mut root = Vec::new();
+        push_name(&mut root, ".");
+        assert_eq!(root, [0]);
+    }
+}
