@@ -141,6 +141,15 @@ pub struct ServiceSettingsView {
     pub index: u64,
 }
 
+/// Body of `PUT /v1/services/{service}/instances/{id}/maintenance`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceUpdate {
+    pub enable: bool,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
 /// Answer to every successful write: the Raft log index that committed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteResult {
@@ -192,6 +201,9 @@ pub struct InstanceInfo {
     /// Health set directly through `PUT .../health`, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_health: Option<CheckState>,
+    /// Present while the instance is in maintenance (critical, out of DNS and passing queries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<CheckState>,
     pub create_index: u64,
     pub modify_index: u64,
 }

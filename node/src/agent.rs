@@ -37,6 +37,8 @@ pub enum AgentError {
     Start(#[from] StartError),
     #[error("cannot join the cluster: {0}")]
     Join(String),
+    #[error("cannot create the health checker's HTTP client: {0}")]
+    Checker(reqwest::Error),
 }
 
 /// The addresses the agent ended up listening on (port 0 resolved).
@@ -164,9 +166,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
 
     let rpc_stop = CancellationToken::new();
     let http_stop = shutdown.child_token();
+    let checks_stop = CancellationToken::new();
+    let checker = crate::checks::Checker::new(cluster.clone()).map_err(AgentError::Checker)?;
     let mut servers = JoinSet::new();
     {
-        let app = cairn_raft::transport::router(cluster.clone());
+        let app = cairn_raft::transport::router(cluster.clone())
+            .merge(api::rpc_routes(cluster.clone(), checker.clone()));
         let stop = rpc_stop.clone();
         servers.spawn(async move {
             axum::serve(rpc_listener.tap_io(no_delay), app)
@@ -175,7 +180,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         });
     }
     let http_server = {
-        let app = api::router(cluster.clone(), config.max_body_bytes);
+        let app = api::router(cluster.clone(), checker.clone(), config.max_body_bytes);
         let stop = http_stop.clone();
         tokio::spawn(async move {
             axum::serve(http_listener.tap_io(no_delay), app)
@@ -209,6 +214,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         });
     }
 
+    let checker_task = tokio::spawn(checker.clone().run(checks_stop.clone()));
+
     println!("cairn listening node_id={} {bound}", config.node_id);
     tracing::info!(
         node_id = config.node_id,
@@ -232,6 +239,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             tracing::warn!("HTTP requests still running after {SHUTDOWN_GRACE:?}; dropping them")
         }
     }
+    checks_stop.cancel();
+    let _ = checker_task.await;
     tracing::info!("shutting down: stopping raft");
     cluster.shutdown().await;
     rpc_stop.cancel();

@@ -5,6 +5,7 @@
 //! error codes to statuses.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -15,24 +16,29 @@ use axum::routing::{delete, get, put};
 use axum::{Json, Router};
 use cairn_client::{
     ApiError, ErrorCode, HealthStatus, HealthUpdate, InstanceRegistration, JoinRequest,
-    ServiceInstances, ServiceList, ServiceSettingsBody, ServiceSettingsView, WriteResult,
-    INDEX_HEADER,
+    MaintenanceUpdate, ServiceInstances, ServiceList, ServiceSettingsBody, ServiceSettingsView,
+    WriteResult, INDEX_HEADER,
 };
 use cairn_raft::model::{self, ValidationError};
 use cairn_raft::{Cluster, Op, WriteError, Written};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use crate::checks::{CheckKey, Checker};
 use crate::metrics;
 
 /// What every handler sees.
 #[derive(Clone)]
 pub struct AppState {
     pub cluster: Arc<Cluster>,
+    pub checker: Arc<Checker>,
 }
 
+/// How long relaying a heartbeat to the check's owner may take.
+const HEARTBEAT_RELAY_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Builds the API router. `max_body` bounds every request body (413 beyond it).
-pub fn router(cluster: Arc<Cluster>, max_body: usize) -> Router {
+pub fn router(cluster: Arc<Cluster>, checker: Arc<Checker>, max_body: usize) -> Router {
     Router::new()
         .route("/v1/services", get(list_services))
         .route("/v1/services/{service}", get(get_service))
@@ -43,6 +49,14 @@ pub fn router(cluster: Arc<Cluster>, max_body: usize) -> Router {
         .route(
             "/v1/services/{service}/instances/{id}/health",
             put(set_health),
+        )
+        .route(
+            "/v1/services/{service}/instances/{id}/heartbeat",
+            put(heartbeat),
+        )
+        .route(
+            "/v1/services/{service}/instances/{id}/maintenance",
+            put(maintenance),
         )
         .route(
             "/v1/services/{service}/settings",
@@ -56,7 +70,155 @@ pub fn router(cluster: Arc<Cluster>, max_body: usize) -> Router {
         .route("/metrics", get(metrics::render))
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(max_body))
-        .with_state(AppState { cluster })
+        .with_state(AppState { cluster, checker })
+}
+
+/// Routes added to the cluster RPC listener: TTL heartbeats relayed to a check's owner.
+pub fn rpc_routes(cluster: Arc<Cluster>, checker: Arc<Checker>) -> Router {
+    Router::new()
+        .route("/raft/heartbeat", axum::routing::post(relayed_heartbeat))
+        .with_state(AppState { cluster, checker })
+}
+
+/// A TTL heartbeat relayed between nodes.
+#[derive(Debug, serde::Serialize, Deserialize)]
+struct HeartbeatRelay {
+    service: String,
+    instance: String,
+    check: String,
+}
+
+async fn relayed_heartbeat(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<HeartbeatRelay>,
+) -> Response {
+    if let Err(refusal) = cairn_raft::transport::admit(&s.cluster, &headers) {
+        return *refusal;
+    }
+    let key = CheckKey {
+        service: body.service,
+        instance: body.instance,
+        check: body.check,
+    };
+    let res: Result<(), ApiError> = if s.cluster.owner_of(&key.hash_key()) == Some(s.cluster.id()) {
+        s.checker.heartbeat(&key);
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "this node does not run that check (ownership is moving); retry",
+        ))
+    };
+    Json(res).into_response()
+}
+
+/// `?check=<id>` picks one TTL check; without it, every TTL check of the instance.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeartbeatQuery {
+    check: Option<String>,
+}
+
+async fn heartbeat(
+    State(s): State<AppState>,
+    Path((service, id)): Path<(String, String)>,
+    query: Result<Query<HeartbeatQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Failure> {
+    let Query(q) = query.map_err(|e| invalid(e.body_text()))?;
+    let service = model::validate_service_name(&service)?;
+    model::validate_id("id", &id)?;
+    let not_found = || {
+        Failure(ApiError::new(
+            ErrorCode::NotFound,
+            format!("service {service:?} has no instance {id:?}"),
+        ))
+    };
+    let entry = s
+        .cluster
+        .registry()
+        .service(&service)
+        .ok_or_else(not_found)?;
+    let inst = entry.instances.get(&id).ok_or_else(not_found)?;
+    let ttl_checks: Vec<String> = inst
+        .spec
+        .checks
+        .iter()
+        .filter(|c| matches!(c.kind, model::CheckKindSpec::Ttl { .. }))
+        .filter(|c| q.check.as_ref().is_none_or(|want| *want == c.id))
+        .map(|c| c.id.clone())
+        .collect();
+    if ttl_checks.is_empty() {
+        return Err(Failure(ApiError::new(
+            ErrorCode::NotFound,
+            match &q.check {
+                Some(c) => format!("instance {id:?} has no TTL check {c:?}"),
+                None => format!("instance {id:?} has no TTL check"),
+            },
+        )));
+    }
+    for check in &ttl_checks {
+        let key = CheckKey {
+            service: service.clone(),
+            instance: id.clone(),
+            check: check.clone(),
+        };
+        let owner = s.cluster.owner_of(&key.hash_key()).ok_or_else(|| {
+            Failure(ApiError::new(
+                ErrorCode::NoLeader,
+                "no member is up to run checks",
+            ))
+        })?;
+        if owner == s.cluster.id() {
+            s.checker.heartbeat(&key);
+        } else {
+            let relay = HeartbeatRelay {
+                service: service.clone(),
+                instance: id.clone(),
+                check: check.clone(),
+            };
+            let res: Result<Result<(), ApiError>, String> = s
+                .cluster
+                .call_member(owner, "/raft/heartbeat", &relay, HEARTBEAT_RELAY_TIMEOUT)
+                .await;
+            match res {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(Failure(e)),
+                Err(e) => {
+                    return Err(Failure(ApiError::new(
+                        ErrorCode::Unavailable,
+                        format!("cannot reach node {owner}, which runs the check: {e}"),
+                    )))
+                }
+            }
+        }
+    }
+    Ok(Json(serde_json::json!({"checks": ttl_checks})).into_response())
+}
+
+async fn maintenance(
+    State(s): State<AppState>,
+    Path((service, id)): Path<(String, String)>,
+    Body(body): Body<MaintenanceUpdate>,
+) -> Result<Response, Failure> {
+    let service = model::validate_service_name(&service)?;
+    model::validate_id("id", &id)?;
+    let reason = if body.enable {
+        let r = body.reason.unwrap_or_else(|| "maintenance".into());
+        model::validate_output(&r)?;
+        Some(r)
+    } else {
+        None
+    };
+    let w = s
+        .cluster
+        .write(Op::SetMaintenance {
+            service,
+            id,
+            reason,
+        })
+        .await?;
+    Ok(written(w))
 }
 
 /// An error response: `{"code", "message"}` with the code's status, and `Retry-After` when

@@ -4,5 +4,6 @@
 
 pub mod agent;
 pub mod api;
+pub mod checks;
 pub mod config;
 pub mod metrics;

@@ -164,6 +164,13 @@ const MAX_BATCHES_IN_FLIGHT: usize = 4;
 /// Writes waiting for a batch; beyond this, writers wait (back-pressure, not memory growth).
 const PROPOSAL_QUEUE: usize = 16 * 1024;
 
+/// How often every node tells the leader it is alive.
+const ALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// A member the leader has not heard from for this long is marked down (a committed entry), and
+/// its checks move to the others. Long enough to ride out a GC pause or a slow disk, short
+/// enough that a dead node's instances are noticed within seconds.
+const DOWN_AFTER: Duration = Duration::from_secs(5);
+
 /// One write waiting to be batched on the leader.
 struct Proposal {
     op: Op,
@@ -185,6 +192,8 @@ pub struct Cluster {
     /// Serialises membership changes from this node: openraft allows one at a time anyway.
     membership_lock: tokio::sync::Mutex<()>,
     proposals: mpsc::Sender<Proposal>,
+    /// Leader only: when each member last said it was alive.
+    alive: Mutex<std::collections::HashMap<NodeId, Instant>>,
     shut_down: Mutex<bool>,
 }
 
@@ -233,7 +242,7 @@ impl Cluster {
         .map_err(|e| StartError::Raft(e.to_string()))?;
         let (proposals, queue) = mpsc::channel(PROPOSAL_QUEUE);
         tokio::spawn(run_batcher(raft.clone(), queue));
-        Ok(Arc::new(Cluster {
+        let cluster = Arc::new(Cluster {
             id: options.node_id,
             name: options.cluster_name.clone(),
             raft,
@@ -245,8 +254,12 @@ impl Cluster {
             leader_contact_ms: AtomicU64::new(u64::MAX),
             membership_lock: tokio::sync::Mutex::new(()),
             proposals,
+            alive: Mutex::new(std::collections::HashMap::new()),
             shut_down: Mutex::new(false),
-        }))
+        });
+        tokio::spawn(report_alive(Arc::downgrade(&cluster)));
+        tokio::spawn(watch_liveness(Arc::downgrade(&cluster)));
+        Ok(cluster)
     }
 
     /// Initialises a new cluster with `options.bootstrap` as its voters, unless this node already
@@ -318,6 +331,56 @@ impl Cluster {
     pub(crate) fn heard_from_leader(&self, _leader: NodeId) {
         let ms = self.started.elapsed().as_millis() as u64;
         self.leader_contact_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Records that `from` is alive (the leader's side of liveness).
+    pub(crate) fn mark_alive(&self, from: NodeId) {
+        self.alive.lock().insert(from, Instant::now());
+    }
+
+    /// Members that are up: every voter and learner the leader has not marked down. The same
+    /// on every node once applied, because it comes from the log.
+    pub fn up_members(&self) -> Vec<NodeId> {
+        let down = self.registry.down_nodes();
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let up: Vec<NodeId> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .filter(|id| !down.contains(id))
+            .collect();
+        up
+    }
+
+    /// The member that runs check `key`: rendezvous hashing over the members that are up, so a
+    /// member's going down moves only its own checks.
+    pub fn owner_of(&self, key: &str) -> Option<NodeId> {
+        rendezvous_owner(key, &self.up_members())
+    }
+
+    /// POSTs `body` to `path` on member `node`'s RPC listener.
+    pub async fn call_member<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        node: NodeId,
+        path: &str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, String> {
+        let addr = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            m.membership_config
+                .membership()
+                .get_node(&node)
+                .map(|n| n.rpc_addr.clone())
+        };
+        let addr = addr.ok_or_else(|| format!("node {node} is not a member"))?;
+        self.transport
+            .post(&addr, path, body, timeout)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// The current leader, if this node knows one.
@@ -601,6 +664,117 @@ impl Cluster {
     }
 }
 
+/// FNV-1a: a hash that is the same on every node and every build, as rendezvous needs.
+fn stable_hash(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in *part {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // FNV's low bits mix poorly for short keys; finish with a 64-bit avalanche (splitmix64).
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// The member with the highest hash of (member, key).
+pub fn rendezvous_owner(key: &str, members: &[NodeId]) -> Option<NodeId> {
+    members
+        .iter()
+        .copied()
+        .max_by_key(|m| (stable_hash(&[&m.to_be_bytes(), key.as_bytes()]), *m))
+}
+
+/// Every node tells the leader, once a second, that it is alive.
+async fn report_alive(cluster: std::sync::Weak<Cluster>) {
+    let mut tick = tokio::time::interval(ALIVE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(c) = cluster.upgrade() else { return };
+        if *c.shut_down.lock() {
+            return;
+        }
+        let Some(leader) = c.leader() else { continue };
+        if leader == c.id {
+            c.mark_alive(c.id);
+            continue;
+        }
+        let res: Result<(), String> = c
+            .call_member(leader, "/raft/alive", &(), ALIVE_INTERVAL)
+            .await;
+        if let Err(e) = res {
+            tracing::debug!("cannot report to leader {leader}: {e}");
+        }
+    }
+}
+
+/// On the leader: marks members down when they stop reporting, and up when they come back,
+/// through the log so that every node agrees on who runs which check.
+async fn watch_liveness(cluster: std::sync::Weak<Cluster>) {
+    let mut tick = tokio::time::interval(ALIVE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When this node last became leader: members get DOWN_AFTER from then to report in.
+    let mut leading_since: Option<Instant> = None;
+    loop {
+        tick.tick().await;
+        let Some(c) = cluster.upgrade() else { return };
+        if *c.shut_down.lock() {
+            return;
+        }
+        if c.leader() != Some(c.id) {
+            leading_since = None;
+            c.alive.lock().clear();
+            continue;
+        }
+        let since = *leading_since.get_or_insert_with(Instant::now);
+        let members: Vec<NodeId> = {
+            let m = c.raft.metrics();
+            let m = m.borrow();
+            let ids: Vec<NodeId> = m
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .collect();
+            ids
+        };
+        let down = c.registry.down_nodes();
+        let now = Instant::now();
+        let alive = c.alive.lock().clone();
+        let mut changes = Vec::new();
+        for id in &members {
+            let last = alive.get(id).copied().unwrap_or(since).max(since);
+            let is_down = *id != c.id && now.duration_since(last) > DOWN_AFTER;
+            if is_down != down.contains(id) {
+                changes.push(Op::SetNodeUp {
+                    node: *id,
+                    up: !is_down,
+                });
+            }
+        }
+        // Forget removed members.
+        for id in down.iter().filter(|id| !members.contains(id)) {
+            changes.push(Op::SetNodeUp {
+                node: *id,
+                up: true,
+            });
+        }
+        for op in changes {
+            tracing::info!(?op, "member liveness changed");
+            if let Err(e) = c.write(op).await {
+                tracing::warn!("cannot record member liveness: {e}");
+            }
+        }
+    }
+}
+
 /// Proposes queued writes in batches (see [`MAX_BATCH_OPS`]), each as one log entry.
 async fn run_batcher(raft: Raft, mut queue: mpsc::Receiver<Proposal>) {
     let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
@@ -666,5 +840,39 @@ fn client_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) ->
             WriteError::Conflict(e.to_string())
         }
         RaftError::Fatal(e) => WriteError::Internal(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendezvous_spreads_keys_and_moves_only_the_lost_members_keys() {
+        let all = [1, 2, 3];
+        let keys: Vec<String> = (0..3000).map(|i| format!("svc/inst-{i}/http")).collect();
+        let owners: Vec<NodeId> = keys
+            .iter()
+            .map(|k| rendezvous_owner(k, &all).unwrap())
+            .collect();
+        for m in all {
+            let n = owners.iter().filter(|o| **o == m).count();
+            assert!((850..=1150).contains(&n), "member {m} owns {n} of 3000");
+        }
+        let without_2 = [1, 3];
+        for (k, before) in keys.iter().zip(&owners) {
+            let after = rendezvous_owner(k, &without_2).unwrap();
+            if *before != 2 {
+                assert_eq!(after, *before, "a key not owned by 2 must stay put");
+            }
+        }
+        assert_eq!(rendezvous_owner("x", &[]), None);
+    }
+
+    #[test]
+    fn the_hash_is_fixed_across_builds() {
+        // Nodes of different builds must agree on owners: the hash is part of the protocol.
+        assert_eq!(stable_hash(&[b"a"]), 1_819_190_507_042_467_253);
+        assert_eq!(rendezvous_owner("web/web-1/http", &[1, 2, 3]), Some(1));
     }
 }

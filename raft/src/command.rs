@@ -32,6 +32,23 @@ pub enum Op {
         service: String,
         settings: SettingsSpec,
     },
+    /// Record a check's new status, decided by the node that owns the check. Only changes of
+    /// status are proposed; the output travels along.
+    SetCheckStatus {
+        service: String,
+        id: String,
+        check: String,
+        status: HealthStatus,
+        output: String,
+    },
+    /// Put an instance in maintenance (`reason` set) or take it out (`None`).
+    SetMaintenance {
+        service: String,
+        id: String,
+        reason: Option<String>,
+    },
+    /// Mark a member up or down, as the leader observes it; check ownership follows.
+    SetNodeUp { node: u64, up: bool },
     /// Set an instance's custom health.
     SetHealth {
         service: String,
@@ -72,6 +89,19 @@ impl Op {
             }
             Op::Deregister { service, id } => FIXED + service.len() + id.len(),
             Op::SetSettings { service, .. } => FIXED + service.len(),
+            Op::SetCheckStatus {
+                service,
+                id,
+                check,
+                output,
+                ..
+            } => FIXED + service.len() + id.len() + check.len() + output.len(),
+            Op::SetMaintenance {
+                service,
+                id,
+                reason,
+            } => FIXED + service.len() + id.len() + reason.as_ref().map_or(0, String::len),
+            Op::SetNodeUp { .. } => FIXED,
             Op::SetHealth {
                 service,
                 id,
@@ -87,7 +117,10 @@ impl Op {
             Op::Register { service, .. }
             | Op::Deregister { service, .. }
             | Op::SetSettings { service, .. }
+            | Op::SetCheckStatus { service, .. }
+            | Op::SetMaintenance { service, .. }
             | Op::SetHealth { service, .. } => service,
+            Op::SetNodeUp { .. } => "",
         }
     }
 }

@@ -571,19 +571,29 @@ pub struct Instance {
     /// One state per `spec.checks`, same order.
     pub checks: Vec<CheckState>,
     pub custom_health: Option<CheckState>,
+    /// Set while the instance is in maintenance: it counts as critical, with the reason as output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<CheckState>,
     pub create_index: u64,
     pub modify_index: u64,
 }
 
 impl Instance {
-    /// The worst of the checks and the custom health; passing when there is none.
+    /// The worst of the checks, the custom health and maintenance; passing when there is none.
     pub fn health(&self) -> HealthStatus {
         self.checks
             .iter()
             .chain(self.custom_health.as_ref())
+            .chain(self.maintenance.as_ref())
             .map(|c| c.status)
             .max()
             .unwrap_or(HealthStatus::Passing)
+    }
+
+    /// The committed state of check `id`, with its spec.
+    pub fn check(&self, id: &str) -> Option<(&CheckSpec, &CheckState)> {
+        let i = self.spec.checks.iter().position(|c| c.id == id)?;
+        Some((&self.spec.checks[i], self.checks.get(i)?))
     }
 
     pub fn to_info(&self) -> InstanceInfo {
@@ -607,6 +617,7 @@ impl Instance {
                 })
                 .collect(),
             custom_health: self.custom_health.clone(),
+            maintenance: self.maintenance.clone(),
             create_index: self.create_index,
             modify_index: self.modify_index,
         }
@@ -800,6 +811,7 @@ mod tests {
             spec,
             checks: vec![],
             custom_health: None,
+            maintenance: None,
             create_index: 1,
             modify_index: 1,
         };

@@ -157,6 +157,9 @@ pub struct RegistryData {
     /// Per-service settings; they outlive the service's instances.
     #[serde(default)]
     pub settings: BTreeMap<String, Arc<ServiceSettings>>,
+    /// Members the leader has marked down; checks move off them.
+    #[serde(default)]
+    pub down_nodes: BTreeSet<u64>,
 }
 
 /// A service's settings as stored, with the index that last changed them.
@@ -170,6 +173,7 @@ pub struct ServiceSettings {
 /// The keys apply touched, so the store persists exactly those.
 #[derive(Debug, Default)]
 pub(crate) struct Dirty {
+    pub down_nodes: bool,
     pub services: BTreeSet<String>,
     pub settings: BTreeSet<String>,
     pub instances: BTreeSet<(String, String)>,
@@ -177,12 +181,28 @@ pub(crate) struct Dirty {
 }
 
 /// The shared, always-current view of the registry on this node.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     services: RwLock<HashMap<String, Arc<ServiceEntry>>>,
     settings: RwLock<HashMap<String, Arc<ServiceSettings>>>,
+    down_nodes: RwLock<BTreeSet<u64>>,
     list_index: AtomicU64,
     applied_index: AtomicU64,
+    /// The applied index, published after each applied batch, for whoever waits on changes.
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            services: RwLock::default(),
+            settings: RwLock::default(),
+            down_nodes: RwLock::default(),
+            list_index: AtomicU64::new(0),
+            applied_index: AtomicU64::new(0),
+            changes: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl Registry {
@@ -195,6 +215,16 @@ impl Registry {
     /// One service, or `None` when it has no instances.
     pub fn service(&self, name: &str) -> Option<Arc<ServiceEntry>> {
         self.services.read().get(name).cloned()
+    }
+
+    /// A receiver that sees the applied index move after every applied batch.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Members currently marked down.
+    pub fn down_nodes(&self) -> BTreeSet<u64> {
+        self.down_nodes.read().clone()
     }
 
     /// A service's settings, if any were ever set.
@@ -235,6 +265,7 @@ impl Registry {
             list_index,
             services,
             settings,
+            down_nodes: self.down_nodes(),
         }
     }
 
@@ -246,14 +277,23 @@ impl Registry {
             .map(|s| (s.name.clone(), s))
             .collect();
         *self.settings.write() = data.settings.into_iter().collect();
+        *self.down_nodes.write() = data.down_nodes;
         let mut guard = self.services.write();
         *guard = map;
         self.list_index.store(data.list_index, Ordering::Release);
         self.applied_index.store(applied_index, Ordering::Release);
+        drop(guard);
+        self.changes.send_replace(applied_index);
     }
 
     pub(crate) fn set_applied(&self, index: u64) {
         self.applied_index.store(index, Ordering::Release);
+    }
+
+    /// Tells subscribers that a batch was applied.
+    pub(crate) fn publish(&self) {
+        self.changes
+            .send_replace(self.applied_index.load(Ordering::Acquire));
     }
 
     /// Applies one command at log `index`. Deterministic: reads nothing but the view, the index
@@ -266,6 +306,16 @@ impl Registry {
     }
 
     fn apply_op(&self, index: u64, time_ms: u64, op: &Op, dirty: &mut Dirty) -> OpResult {
+        if let Op::SetNodeUp { node, up } = op {
+            let mut down = self.down_nodes.write();
+            let changed = if *up {
+                down.remove(node)
+            } else {
+                down.insert(*node)
+            };
+            dirty.down_nodes |= changed;
+            return OpResult::Ok;
+        }
         let name = op.service();
         if let Op::SetSettings { settings, .. } = op {
             let stored = ServiceSettings {
@@ -311,6 +361,7 @@ impl Registry {
                     spec: instance.clone(),
                     checks,
                     custom_health: prev.and_then(|p| p.custom_health.clone()),
+                    maintenance: prev.and_then(|p| p.maintenance.clone()),
                     create_index: prev.map_or(index, |p| p.create_index),
                     modify_index: index,
                 };
@@ -321,36 +372,82 @@ impl Registry {
                 Some((_, tags_changed)) => (id.clone(), tags_changed),
                 None => return not_found(name, id),
             },
-            Op::SetSettings { .. } => return OpResult::Ok,
+            Op::SetSettings { .. } | Op::SetNodeUp { .. } => return OpResult::Ok,
             Op::SetHealth {
                 id, status, output, ..
             } => {
-                let Some(prev) = entry.instances.get(id) else {
-                    return not_found(name, id);
-                };
-                let mut inst = Instance::clone(prev);
-                let changed = inst.custom_health.as_ref().map(|c| c.status) != Some(*status);
-                let changed_at_ms = match &inst.custom_health {
-                    Some(c) if !changed => c.changed_at_ms,
-                    _ => time_ms,
-                };
-                inst.custom_health = Some(CheckState {
+                let state = |prev: Option<&CheckState>| CheckState {
                     status: *status,
                     output: output.clone(),
-                    changed_at_ms,
-                });
-                if changed {
-                    inst.modify_index = index;
+                    changed_at_ms: match prev {
+                        Some(c) if c.status == *status => c.changed_at_ms,
+                        _ => time_ms,
+                    },
+                };
+                let update = |inst: &mut Instance| {
+                    let changed = inst.custom_health.as_ref().map(|c| c.status) != Some(*status);
+                    inst.custom_health = Some(state(inst.custom_health.as_ref()));
+                    changed
+                };
+                match self.update_instance(&mut entry, name, id, index, dirty, update) {
+                    Updated::Moved => (id.clone(), false),
+                    Updated::Quiet => return OpResult::Ok,
+                    Updated::Missing(r) => return r,
                 }
-                entry.put(Arc::new(inst));
-                dirty.instances.insert((name.to_owned(), id.clone()));
-                if !changed {
-                    // New output alone is stored but moves no index: watchers are woken by
-                    // changes of health, not by chatter.
-                    self.swap(name, Some(entry));
-                    return OpResult::Ok;
+            }
+            Op::SetCheckStatus {
+                id,
+                check,
+                status,
+                output,
+                ..
+            } => {
+                let has_check = entry
+                    .instances
+                    .get(id)
+                    .is_some_and(|i| i.spec.checks.iter().any(|c| c.id == *check));
+                if entry.instances.contains_key(id) && !has_check {
+                    return OpResult::NotFound {
+                        message: format!("instance {id:?} of {name:?} has no check {check:?}"),
+                    };
                 }
-                (id.clone(), false)
+                let update = |inst: &mut Instance| {
+                    let Some(pos) = inst.spec.checks.iter().position(|c| c.id == *check) else {
+                        return false;
+                    };
+                    let st = &mut inst.checks[pos];
+                    let changed = st.status != *status;
+                    st.output = output.clone();
+                    if changed {
+                        st.status = *status;
+                        st.changed_at_ms = time_ms;
+                    }
+                    changed
+                };
+                match self.update_instance(&mut entry, name, id, index, dirty, update) {
+                    Updated::Moved => (id.clone(), false),
+                    Updated::Quiet => return OpResult::Ok,
+                    Updated::Missing(r) => return r,
+                }
+            }
+            Op::SetMaintenance { id, reason, .. } => {
+                let update = |inst: &mut Instance| {
+                    let was = inst.maintenance.is_some();
+                    inst.maintenance = reason.as_ref().map(|r| CheckState {
+                        status: HealthStatus::Critical,
+                        output: r.clone(),
+                        changed_at_ms: inst
+                            .maintenance
+                            .as_ref()
+                            .map_or(time_ms, |m| m.changed_at_ms),
+                    });
+                    was != reason.is_some()
+                };
+                match self.update_instance(&mut entry, name, id, index, dirty, update) {
+                    Updated::Moved => (id.clone(), false),
+                    Updated::Quiet => return OpResult::Ok,
+                    Updated::Missing(r) => return r,
+                }
             }
         };
         entry.modify_index = index;
@@ -366,6 +463,36 @@ impl Registry {
         OpResult::Ok
     }
 
+    /// Applies `update` to instance `id` of `entry`. `update` answers whether the change moves
+    /// the indexes (a change of health); a change of output alone is stored quietly, so
+    /// watchers are woken by changes of health, not by chatter.
+    fn update_instance(
+        &self,
+        entry: &mut ServiceEntry,
+        name: &str,
+        id: &str,
+        index: u64,
+        dirty: &mut Dirty,
+        update: impl FnOnce(&mut Instance) -> bool,
+    ) -> Updated {
+        let Some(prev) = entry.instances.get(id) else {
+            return Updated::Missing(not_found(name, id));
+        };
+        let mut inst = Instance::clone(prev);
+        let moved = update(&mut inst);
+        if moved {
+            inst.modify_index = index;
+        }
+        entry.put(Arc::new(inst));
+        dirty.instances.insert((name.to_owned(), id.to_owned()));
+        if moved {
+            Updated::Moved
+        } else {
+            self.swap(name, Some(entry.clone()));
+            Updated::Quiet
+        }
+    }
+
     fn swap(&self, name: &str, entry: Option<ServiceEntry>) {
         let mut guard = self.services.write();
         match entry {
@@ -377,6 +504,16 @@ impl Registry {
             }
         }
     }
+}
+
+/// What [`Registry::update_instance`] did.
+enum Updated {
+    /// Health changed: the caller moves the indexes.
+    Moved,
+    /// Stored without moving any index.
+    Quiet,
+    /// No such instance.
+    Missing(OpResult),
 }
 
 fn not_found(service: &str, id: &str) -> OpResult {

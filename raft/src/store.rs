@@ -54,6 +54,7 @@ const KEY_APPLIED: &[u8] = b"applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_LIST_INDEX: &[u8] = b"list_index";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
+const KEY_DOWN_NODES: &[u8] = b"down_nodes";
 
 /// Version of the snapshot format; a snapshot of another version is refused, not misread.
 const SNAPSHOT_FORMAT: u32 = 1;
@@ -390,7 +391,8 @@ impl StateMachine {
         let applied: Option<LogId<NodeId>> = read_json(&db, CF_SM, KEY_APPLIED)?;
         let membership = read_json(&db, CF_SM, KEY_MEMBERSHIP)?.unwrap_or_default();
         let list_index = read_json(&db, CF_SM, KEY_LIST_INDEX)?.unwrap_or(0);
-        let data = load_registry(&db, list_index)?;
+        let mut data = load_registry(&db, list_index)?;
+        data.down_nodes = read_json(&db, CF_SM, KEY_DOWN_NODES)?.unwrap_or_default();
         let registry = Arc::new(Registry::from_data(data, applied.map_or(0, |l| l.index)));
         Ok(StateMachine {
             db,
@@ -439,6 +441,9 @@ impl StateMachine {
             }
         }
         let sm = cf(&self.db, CF_SM);
+        if dirty.down_nodes {
+            batch.put_cf(sm, KEY_DOWN_NODES, to_json(&self.registry.down_nodes())?);
+        }
         if dirty.list_index {
             batch.put_cf(sm, KEY_LIST_INDEX, to_json(&self.registry.list_index())?);
         }
@@ -488,6 +493,7 @@ fn load_registry(db: &DB, list_index: u64) -> StorageResult<RegistryData> {
         list_index,
         services: services.into_values().map(Arc::new).collect(),
         settings,
+        down_nodes: Default::default(),
     })
 }
 
@@ -566,6 +572,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             results.push(result);
         }
         self.persist(&dirty)?;
+        self.registry.publish();
         Ok(results)
     }
 
@@ -627,6 +634,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let sm = cf(&self.db, CF_SM);
         batch.put_cf(sm, KEY_LIST_INDEX, to_json(&file.data.list_index)?);
+        batch.put_cf(sm, KEY_DOWN_NODES, to_json(&file.data.down_nodes)?);
         batch.put_cf(sm, KEY_APPLIED, to_json(&meta.last_log_id)?);
         batch.put_cf(sm, KEY_MEMBERSHIP, to_json(&meta.last_membership)?);
         batch.put_cf(sm, KEY_SNAPSHOT, to_json(meta)?);

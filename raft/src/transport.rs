@@ -251,6 +251,7 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
         .route("/raft/forward", post(forward))
+        .route("/raft/alive", post(alive))
         .layer(DefaultBodyLimit::max(MAX_RPC_BODY))
         .with_state(cluster)
 }
@@ -264,8 +265,9 @@ fn refuse(message: String) -> Response {
 }
 
 /// Checks the cluster name and that the sender is a member (or that we have no members yet).
-/// The refusal is the response to send.
-fn admit(cluster: &Cluster, headers: &HeaderMap) -> Result<NodeId, Box<Response>> {
+/// The refusal is the response to send. Routes added to the RPC listener outside this crate
+/// call it too.
+pub fn admit(cluster: &Cluster, headers: &HeaderMap) -> Result<NodeId, Box<Response>> {
     let name = headers
         .get(CLUSTER_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -326,6 +328,16 @@ async fn snapshot(
         return *r;
     }
     Json(cluster.raft().install_snapshot(req).await).into_response()
+}
+
+async fn alive(State(cluster): State<Arc<Cluster>>, headers: HeaderMap) -> Response {
+    match admit(&cluster, &headers) {
+        Ok(from) => {
+            cluster.mark_alive(from);
+            Json(()).into_response()
+        }
+        Err(r) => *r,
+    }
 }
 
 async fn forward(

@@ -1,0 +1,446 @@
+//! The health checker. Every node runs the checks it owns (rendezvous hashing over the members
+//! that are up, see [`Cluster::owner_of`]) and writes a check's status through Raft only when it
+//! changes: steady probing and steady heartbeats write nothing.
+//!
+//! - `http`: 2xx passing, 429 warning, anything else, an error or a time-out critical;
+//! - `tcp`: a connection within the time-out is passing;
+//! - `ttl`: passing while heartbeats arrive within the TTL; heartbeats may reach any node and are
+//!   relayed to the owner, which keeps the deadline in memory. A new owner grants a full TTL from
+//!   the moment it took the check over, so ownership changes never expire a check early.
+//!
+//! A new owner starts from the last committed status, never from the initial one. Time spans
+//! (TTL, `deregister_after`) are measured on the owner's monotonic clock from events it saw
+//! itself, so no decision depends on two clocks agreeing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_client::HealthStatus;
+use cairn_raft::model::{CheckKindSpec, CheckSpec, MAX_OUTPUT_LEN};
+use cairn_raft::{Cluster, Op};
+use parking_lot::Mutex;
+use rand::Rng;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Probes running at once on one node; more wait their turn, so a burst of checks cannot
+/// exhaust sockets or starve the agent's other work.
+pub const MAX_CONCURRENT_PROBES: usize = 256;
+/// Coalescing delay after a registry change before re-deciding ownership.
+const RECONCILE_DELAY: Duration = Duration::from_millis(100);
+/// Ownership is also re-decided this often (membership changes do not pass through apply).
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Identifies a check: service, instance, check id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CheckKey {
+    pub service: String,
+    pub instance: String,
+    pub check: String,
+}
+
+impl CheckKey {
+    /// The string ownership is hashed on.
+    pub fn hash_key(&self) -> String {
+        format!("{}/{}/{}", self.service, self.instance, self.check)
+    }
+}
+
+struct Running {
+    spec: CheckSpec,
+    task: JoinHandle<()>,
+}
+
+/// How long a heartbeat for a TTL check that is not running here yet is kept for it: the check
+/// may have been registered a moment ago, not yet applied on this node.
+const PENDING_HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// A TTL check's heartbeat signal; a heartbeat that arrives before the check's task starts is
+/// kept (as a stored permit) and counts as soon as it does.
+struct HeartbeatSlot {
+    notify: Arc<Notify>,
+    created: Instant,
+}
+
+/// The checks this node runs, and the TTL heartbeats waiting for them.
+pub struct Checker {
+    cluster: Arc<Cluster>,
+    http: reqwest::Client,
+    http_insecure: reqwest::Client,
+    probes: Arc<Semaphore>,
+    heartbeats: Mutex<HashMap<CheckKey, HeartbeatSlot>>,
+}
+
+impl Checker {
+    pub fn new(cluster: Arc<Cluster>) -> Result<Arc<Checker>, reqwest::Error> {
+        let build = |insecure: bool| {
+            reqwest::Client::builder()
+                .danger_accept_invalid_certs(insecure)
+                .redirect(reqwest::redirect::Policy::none())
+                .pool_max_idle_per_host(0)
+                .user_agent(concat!("cairn-health-check/", env!("CARGO_PKG_VERSION")))
+                .build()
+        };
+        Ok(Arc::new(Checker {
+            cluster,
+            http: build(false)?,
+            http_insecure: build(true)?,
+            probes: Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES)),
+            heartbeats: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Runs until `stop` is cancelled: keeps the set of running check tasks equal to the
+    /// checks this node owns.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut changes = self.cluster.registry().subscribe();
+        let mut running: HashMap<CheckKey, Running> = HashMap::new();
+        loop {
+            self.reconcile(&mut running);
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                r = changes.changed() => {
+                    if r.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(RECONCILE_DELAY).await;
+                }
+                _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
+            }
+        }
+        for (_, r) in running {
+            r.task.abort();
+        }
+    }
+
+    /// The checks this node owns now, with their specs.
+    fn owned(&self) -> HashMap<CheckKey, CheckSpec> {
+        let members = self.cluster.up_members();
+        let me = self.cluster.id();
+        let mut out = HashMap::new();
+        if !members.contains(&me) {
+            return out;
+        }
+        let (_, services) = self.cluster.registry().services();
+        for svc in services {
+            for inst in svc.instances.values() {
+                for spec in &inst.spec.checks {
+                    let key = CheckKey {
+                        service: svc.name.clone(),
+                        instance: inst.spec.id.clone(),
+                        check: spec.id.clone(),
+                    };
+                    if cairn_raft::cluster::rendezvous_owner(&key.hash_key(), &members) == Some(me)
+                    {
+                        out.insert(key, spec.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn reconcile(self: &Arc<Self>, running: &mut HashMap<CheckKey, Running>) {
+        let mut owned = self.owned();
+        running.retain(|key, r| {
+            let keep = !r.task.is_finished() && owned.get(key) == Some(&r.spec);
+            if !keep {
+                r.task.abort();
+            }
+            keep
+        });
+        owned.retain(|key, _| !running.contains_key(key));
+        for (key, spec) in owned {
+            let task = match &spec.kind {
+                CheckKindSpec::Ttl { ttl_ms } => {
+                    let notify = self.heartbeat_slot(&key);
+                    tokio::spawn(self.clone().run_ttl(
+                        key.clone(),
+                        spec.clone(),
+                        Duration::from_millis(*ttl_ms),
+                        notify,
+                    ))
+                }
+                _ => tokio::spawn(self.clone().run_active(key.clone(), spec.clone())),
+            };
+            running.insert(key, Running { spec, task });
+        }
+        let mut hb = self.heartbeats.lock();
+        hb.retain(|k, slot| running.contains_key(k) || slot.created.elapsed() < PENDING_HEARTBEAT);
+    }
+
+    fn heartbeat_slot(&self, key: &CheckKey) -> Arc<Notify> {
+        self.heartbeats
+            .lock()
+            .entry(key.clone())
+            .or_insert_with(|| HeartbeatSlot {
+                notify: Arc::new(Notify::new()),
+                created: Instant::now(),
+            })
+            .notify
+            .clone()
+    }
+
+    /// A heartbeat for a TTL check that ownership puts on this node. If its task is not running
+    /// yet, the heartbeat waits for it.
+    pub fn heartbeat(&self, key: &CheckKey) {
+        self.heartbeat_slot(key).notify_one();
+    }
+
+    /// The committed status of a check, or `None` when the check (or its instance) is gone.
+    fn committed(&self, key: &CheckKey) -> Option<HealthStatus> {
+        let svc = self.cluster.registry().service(&key.service)?;
+        let inst = svc.instances.get(&key.instance)?;
+        inst.check(&key.check).map(|(_, st)| st.status)
+    }
+
+    /// Proposes a new status; answers whether it was committed.
+    async fn propose(&self, key: &CheckKey, status: HealthStatus, output: String) -> bool {
+        let op = Op::SetCheckStatus {
+            service: key.service.clone(),
+            id: key.instance.clone(),
+            check: key.check.clone(),
+            status,
+            output,
+        };
+        match self.cluster.write(op).await {
+            Ok(_) => {
+                tracing::info!(check = %key.hash_key(), %status, "check status changed");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(check = %key.hash_key(), "cannot record check status: {e}");
+                false
+            }
+        }
+    }
+
+    /// Removes the instance once its check has been critical for `deregister_after`.
+    async fn maybe_deregister(
+        &self,
+        key: &CheckKey,
+        spec: &CheckSpec,
+        critical_since: &mut Option<Instant>,
+        committed: Option<HealthStatus>,
+    ) -> bool {
+        let Some(after) = spec.deregister_after_ms.map(Duration::from_millis) else {
+            return false;
+        };
+        if committed != Some(HealthStatus::Critical) {
+            *critical_since = None;
+            return false;
+        }
+        let since = *critical_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < after {
+            return false;
+        }
+        let op = Op::Deregister {
+            service: key.service.clone(),
+            id: key.instance.clone(),
+        };
+        match self.cluster.write(op).await {
+            Ok(_) => {
+                tracing::info!(check = %key.hash_key(), "critical past deregister_after; instance removed");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(check = %key.hash_key(), "cannot deregister: {e}");
+                false
+            }
+        }
+    }
+
+    async fn run_active(self: Arc<Self>, key: CheckKey, spec: CheckSpec) {
+        let interval = Duration::from_millis(spec.interval_ms);
+        let timeout = Duration::from_millis(spec.timeout_ms);
+        // Spread first probes over the interval so that checks registered together do not fire
+        // together, and keep a little jitter on every round.
+        let first = rand::thread_rng().gen_range(0..=spec.interval_ms.max(1));
+        tokio::time::sleep(Duration::from_millis(first)).await;
+        // The last result and how many times in a row it came: a status changes after `rise`
+        // passing results in a row, or `fall` warning or critical ones in a row.
+        let mut streak: Option<(HealthStatus, u32)> = None;
+        let mut critical_since = None;
+        loop {
+            let started = Instant::now();
+            let Some(committed) = self.committed(&key) else {
+                return;
+            };
+            let (result, output) = {
+                let Ok(_permit) = self.probes.acquire().await else {
+                    return;
+                };
+                self.probe(&spec.kind, timeout).await
+            };
+            let committed = self.committed(&key).unwrap_or(committed);
+            let count = match streak {
+                Some((last, n)) if last == result => n.saturating_add(1),
+                _ => 1,
+            };
+            streak = Some((result, count));
+            let needed = if result == HealthStatus::Passing {
+                spec.rise
+            } else {
+                spec.fall
+            };
+            if committed != result && count >= needed {
+                self.propose(&key, result, output).await;
+            }
+            if self
+                .maybe_deregister(&key, &spec, &mut critical_since, self.committed(&key))
+                .await
+            {
+                return;
+            }
+            let jitter = rand::thread_rng().gen_range(0..=spec.interval_ms / 10);
+            let next = started + interval + Duration::from_millis(jitter);
+            tokio::time::sleep_until(next).await;
+        }
+    }
+
+    async fn run_ttl(
+        self: Arc<Self>,
+        key: CheckKey,
+        spec: CheckSpec,
+        ttl: Duration,
+        heartbeat: Arc<Notify>,
+    ) {
+        // A full TTL from takeover: the previous owner's heartbeats are not known here.
+        let mut deadline = Instant::now() + ttl;
+        let mut expired = false;
+        let mut critical_since = None;
+        // Wake at least this often to check deregister_after.
+        let tick = spec
+            .deregister_after_ms
+            .map_or(ttl, |d| Duration::from_millis(d).min(ttl))
+            .min(Duration::from_secs(1));
+        loop {
+            let Some(committed) = self.committed(&key) else {
+                return;
+            };
+            tokio::select! {
+                _ = heartbeat.notified() => {
+                    deadline = Instant::now() + ttl;
+                    expired = false;
+                    if self.committed(&key) != Some(HealthStatus::Passing) {
+                        self.propose(&key, HealthStatus::Passing, "TTL heartbeat received".into()).await;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline), if !expired => {
+                    expired = true;
+                    if committed != HealthStatus::Critical {
+                        let output = format!("TTL of {} expired without a heartbeat",
+                            cairn_client::format_duration(ttl));
+                        self.propose(&key, HealthStatus::Critical, output).await;
+                    }
+                }
+                _ = tokio::time::sleep(tick) => {}
+            }
+            if self
+                .maybe_deregister(&key, &spec, &mut critical_since, self.committed(&key))
+                .await
+            {
+                return;
+            }
+        }
+    }
+
+    async fn probe(&self, kind: &CheckKindSpec, timeout: Duration) -> (HealthStatus, String) {
+        match kind {
+            CheckKindSpec::Http {
+                url,
+                method,
+                headers,
+                tls_skip_verify,
+            } => {
+                let client = if *tls_skip_verify {
+                    &self.http_insecure
+                } else {
+                    &self.http
+                };
+                let Ok(method) = reqwest::Method::from_bytes(method.as_bytes()) else {
+                    return (HealthStatus::Critical, format!("bad method {method}"));
+                };
+                let mut req = client.request(method.clone(), url).timeout(timeout);
+                for (k, v) in headers {
+                    req = req.header(k, v);
+                }
+                let work = async {
+                    let res = req.send().await?;
+                    let status = res.status();
+                    let mut body = Vec::new();
+                    let mut res = res;
+                    while body.len() < MAX_OUTPUT_LEN {
+                        match res.chunk().await? {
+                            Some(chunk) => body.extend_from_slice(&chunk),
+                            None => break,
+                        }
+                    }
+                    Ok::<_, reqwest::Error>((status, body))
+                };
+                match tokio::time::timeout(timeout, work).await {
+                    Ok(Ok((status, body))) => {
+                        let health = if status.is_success() {
+                            HealthStatus::Passing
+                        } else if status.as_u16() == 429 {
+                            HealthStatus::Warning
+                        } else {
+                            HealthStatus::Critical
+                        };
+                        let text = String::from_utf8_lossy(&body);
+                        (
+                            health,
+                            cut(format!("HTTP {method} {url}: {status}\n{text}")),
+                        )
+                    }
+                    Ok(Err(e)) if e.is_timeout() => (
+                        HealthStatus::Critical,
+                        format!("HTTP {method} {url}: timed out after {timeout:?}"),
+                    ),
+                    Ok(Err(e)) => (
+                        HealthStatus::Critical,
+                        cut(format!("HTTP {method} {url}: {e}")),
+                    ),
+                    Err(_) => (
+                        HealthStatus::Critical,
+                        format!("HTTP {method} {url}: timed out after {timeout:?}"),
+                    ),
+                }
+            }
+            CheckKindSpec::Tcp { target } => {
+                match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(target.as_str()))
+                    .await
+                {
+                    Ok(Ok(_)) => (
+                        HealthStatus::Passing,
+                        format!("TCP connect {target}: success"),
+                    ),
+                    Ok(Err(e)) => (
+                        HealthStatus::Critical,
+                        cut(format!("TCP connect {target}: {e}")),
+                    ),
+                    Err(_) => (
+                        HealthStatus::Critical,
+                        format!("TCP connect {target}: timed out after {timeout:?}"),
+                    ),
+                }
+            }
+            CheckKindSpec::Ttl { .. } => (HealthStatus::Critical, "not an active check".into()),
+        }
+    }
+}
+
+/// Output is kept to [`MAX_OUTPUT_LEN`] bytes, cut on a character boundary.
+fn cut(mut s: String) -> String {
+    if s.len() > MAX_OUTPUT_LEN {
+        let mut end = MAX_OUTPUT_LEN;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
