@@ -19,6 +19,8 @@ pub enum ErrorCode {
     Unavailable,
     /// The request conflicts with the cluster's state, e.g. removing the last voter (HTTP 409).
     Conflict,
+    /// This client has too many requests waiting (blocking queries, streams) (HTTP 429).
+    TooManyRequests,
     /// An unexpected fault on the server (HTTP 500).
     Internal,
 }
@@ -31,6 +33,7 @@ impl ErrorCode {
             ErrorCode::BodyTooLarge => 413,
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict => 409,
+            ErrorCode::TooManyRequests => 429,
             ErrorCode::NoLeader | ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
         }
@@ -40,7 +43,7 @@ impl ErrorCode {
     /// place a client decides to retry.
     pub fn is_retryable(self) -> bool {
         match self {
-            ErrorCode::NoLeader | ErrorCode::Unavailable => true,
+            ErrorCode::NoLeader | ErrorCode::Unavailable | ErrorCode::TooManyRequests => true,
             ErrorCode::InvalidArgument
             | ErrorCode::BodyTooLarge
             | ErrorCode::NotFound
@@ -58,6 +61,7 @@ impl ErrorCode {
             ErrorCode::NoLeader => "no_leader",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::TooManyRequests => "too_many_requests",
             ErrorCode::Internal => "internal",
         }
     }
@@ -93,6 +97,7 @@ mod tests {
             ErrorCode::NoLeader,
             ErrorCode::Unavailable,
             ErrorCode::Conflict,
+            ErrorCode::TooManyRequests,
             ErrorCode::Internal,
         ] {
             let json = serde_json::to_string(&code).unwrap();

@@ -168,10 +168,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let http_stop = shutdown.child_token();
     let checks_stop = CancellationToken::new();
     let checker = crate::checks::Checker::new(cluster.clone()).map_err(AgentError::Checker)?;
+    let state = api::AppState {
+        cluster: cluster.clone(),
+        checker: checker.clone(),
+        limiter: crate::reads::WaitLimiter::new(config.max_waiting_per_client),
+        shutdown: http_stop.clone(),
+    };
     let mut servers = JoinSet::new();
     {
-        let app = cairn_raft::transport::router(cluster.clone())
-            .merge(api::rpc_routes(cluster.clone(), checker.clone()));
+        let app =
+            cairn_raft::transport::router(cluster.clone()).merge(api::rpc_routes(state.clone()));
         let stop = rpc_stop.clone();
         servers.spawn(async move {
             axum::serve(rpc_listener.tap_io(no_delay), app)
@@ -180,12 +186,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         });
     }
     let http_server = {
-        let app = api::router(cluster.clone(), checker.clone(), config.max_body_bytes);
+        let app = api::router(state, config.max_body_bytes);
         let stop = http_stop.clone();
         tokio::spawn(async move {
-            axum::serve(http_listener.tap_io(no_delay), app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
+            axum::serve(
+                http_listener.tap_io(no_delay),
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
         })
     };
 

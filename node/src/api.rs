@@ -4,12 +4,17 @@
 //! forwards them to the leader. Every error leaves through [`Failure`], the one place that maps
 //! error codes to statuses.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequest, Path, Query, RawQuery, Request, State,
+};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
@@ -26,22 +31,28 @@ use serde::Deserialize;
 
 use crate::checks::{CheckKey, Checker};
 use crate::metrics;
+use crate::reads::{self, ReadOptions, WaitLimiter};
 
 /// What every handler sees.
 #[derive(Clone)]
 pub struct AppState {
     pub cluster: Arc<Cluster>,
     pub checker: Arc<Checker>,
+    /// Waiting requests per client address.
+    pub limiter: Arc<WaitLimiter>,
+    /// Cancelled when the agent shuts down: waiting reads return, streams end.
+    pub shutdown: CancellationToken,
 }
 
 /// How long relaying a heartbeat to the check's owner may take.
 const HEARTBEAT_RELAY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Builds the API router. `max_body` bounds every request body (413 beyond it).
-pub fn router(cluster: Arc<Cluster>, checker: Arc<Checker>, max_body: usize) -> Router {
+pub fn router(state: AppState, max_body: usize) -> Router {
     Router::new()
         .route("/v1/services", get(list_services))
         .route("/v1/services/{service}", get(get_service))
+        .route("/v1/services/{service}/watch", get(watch_service))
         .route(
             "/v1/services/{service}/instances/{id}",
             put(register).delete(deregister),
@@ -70,14 +81,14 @@ pub fn router(cluster: Arc<Cluster>, checker: Arc<Checker>, max_body: usize) -> 
         .route("/metrics", get(metrics::render))
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(max_body))
-        .with_state(AppState { cluster, checker })
+        .with_state(state)
 }
 
 /// Routes added to the cluster RPC listener: TTL heartbeats relayed to a check's owner.
-pub fn rpc_routes(cluster: Arc<Cluster>, checker: Arc<Checker>) -> Router {
+pub fn rpc_routes(state: AppState) -> Router {
     Router::new()
         .route("/raft/heartbeat", axum::routing::post(relayed_heartbeat))
-        .with_state(AppState { cluster, checker })
+        .with_state(state)
 }
 
 /// A TTL heartbeat relayed between nodes.
@@ -230,7 +241,7 @@ impl IntoResponse for Failure {
         let status = StatusCode::from_u16(self.0.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut res = (status, Json(self.0)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
@@ -379,31 +390,73 @@ async fn get_settings(
     Ok(read_response(&s.cluster, index, body))
 }
 
-async fn list_services(State(s): State<AppState>) -> Response {
-    let (index, services) = s.cluster.registry().services();
-    let body = ServiceList {
-        index,
-        services: services.iter().map(|e| e.summary()).collect(),
-    };
-    read_response(&s.cluster, index, body)
+impl AppState {
+    /// Applies `?consistent` and `?max_stale` before a read is served.
+    async fn freshness(&self, opts: &ReadOptions) -> Result<(), Failure> {
+        if opts.consistent {
+            self.cluster.read_barrier().await?;
+        }
+        if let Some(max) = opts.max_stale {
+            if self.cluster.leader() != Some(self.cluster.id()) {
+                let contact = self.cluster.last_contact_ms();
+                if contact.is_none_or(|ms| u128::from(ms) > max.as_millis()) {
+                    return Err(Failure(ApiError::new(
+                        ErrorCode::Unavailable,
+                        match contact {
+                            Some(ms) => format!(
+                                "this node last heard from the leader {ms} ms ago, more than max_stale"
+                            ),
+                            None => "this node has not heard from a leader".into(),
+                        },
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// For `?index=`: waits (holding one of the client's waiting slots) until `rx` moves.
+    async fn wait_for_change(
+        &self,
+        peer: SocketAddr,
+        opts: &ReadOptions,
+        rx: tokio::sync::watch::Receiver<u64>,
+    ) -> Result<(), Failure> {
+        if let Some(index) = opts.index {
+            let _slot = self.limiter.acquire(peer.ip())?;
+            reads::block(rx, index, opts.wait, &self.shutdown).await;
+        }
+        Ok(())
+    }
 }
 
-/// `?health=passing|any&tag=...` on a service read.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ServiceQuery {
-    health: Option<String>,
-    tag: Option<String>,
+async fn list_services(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    let opts = ReadOptions::parse(raw.as_deref(), &[])?;
+    let registry = s.cluster.registry();
+    s.wait_for_change(peer, &opts, registry.watches().subscribe_list())
+        .await?;
+    s.freshness(&opts).await?;
+    let (index, services) = registry.services();
+    let body = ServiceList {
+        index: index.max(1),
+        services: services.iter().map(|e| e.summary()).collect(),
+    };
+    Ok(read_response(&s.cluster, index, body))
 }
 
 async fn get_service(
     State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(service): Path<String>,
-    query: Result<Query<ServiceQuery>, axum::extract::rejection::QueryRejection>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    let Query(q) = query.map_err(|e| invalid(e.body_text()))?;
+    let opts = ReadOptions::parse(raw.as_deref(), &["health", "tag"])?;
     let name = model::validate_service_name(&service)?;
-    let passing_only = match q.health.as_deref() {
+    let passing_only = match opts.rest.get("health").map(String::as_str) {
         None | Some("any") => false,
         Some("passing") => true,
         Some(other) => {
@@ -412,32 +465,90 @@ async fn get_service(
             )))
         }
     };
-    let tag = q.tag.map(|t| t.to_ascii_lowercase());
-    let entry = s.cluster.registry().service(&name).ok_or_else(|| {
-        Failure(ApiError::new(
+    let tag = opts.rest.get("tag").map(|t| t.to_ascii_lowercase());
+    let registry = s.cluster.registry();
+    let rx = registry
+        .watches()
+        .subscribe_service(&name, registry.service_index(&name));
+    s.wait_for_change(peer, &opts, rx).await?;
+    s.freshness(&opts).await?;
+    let index = registry.service_index(&name);
+    let Some(entry) = registry.service(&name) else {
+        // Still carries the index, so a watcher can wait for the service to appear.
+        let mut res = Failure(ApiError::new(
             ErrorCode::NotFound,
             format!("service {name:?} has no instances"),
         ))
-    })?;
-    let instances = entry
+        .into_response();
+        set_header(res.headers_mut(), INDEX_HEADER, index.to_string());
+        return Ok(res);
+    };
+    let body = ServiceInstances {
+        name,
+        index,
+        instances: instance_infos(&entry, passing_only, tag.as_deref()),
+    };
+    Ok(read_response(&s.cluster, index, body))
+}
+
+fn instance_infos(
+    entry: &cairn_raft::ServiceEntry,
+    passing_only: bool,
+    tag: Option<&str>,
+) -> Vec<cairn_client::InstanceInfo> {
+    entry
         .instances
         .values()
         .filter(|i| !passing_only || i.health() == HealthStatus::Passing)
-        .filter(|i| tag.as_ref().is_none_or(|t| i.spec.tags.contains(t)))
+        .filter(|i| tag.is_none_or(|t| i.spec.tags.contains(t)))
         .map(|i| i.to_info())
-        .collect();
-    let body = ServiceInstances {
-        name,
-        index: entry.modify_index,
-        instances,
-    };
-    Ok(read_response(&s.cluster, entry.modify_index, body))
+        .collect()
 }
 
-async fn cluster_status(State(s): State<AppState>) -> Response {
+/// `GET /v1/services/{service}/watch`: the service as Server-Sent Events. The first event
+/// (`state`) is the whole service; then each change is a `change` event whose id is its index.
+/// A client reconnecting with `Last-Event-ID` (or `?index=`) is replayed every change after it,
+/// or sent a `state` event when that index is too old to replay.
+async fn watch_service(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    let opts = ReadOptions::parse(raw.as_deref(), &[])?;
+    let name = model::validate_service_name(&service)?;
+    let resume = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        Some(v) => Some(
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| invalid(format!("Last-Event-ID: {v:?} is not an index")))?,
+        ),
+        None => opts.index,
+    };
+    let slot = s.limiter.acquire(peer.ip())?;
+    let registry = s.cluster.registry().clone();
+    let rx = registry
+        .watches()
+        .subscribe_service(&name, registry.service_index(&name));
+    let stream = reads::service_events(registry, name, resume, rx, s.shutdown.clone(), slot);
+    Ok(axum::response::sse::Sse::new(stream)
+        .keep_alive(axum::response::sse::KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+async fn cluster_status(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    let opts = ReadOptions::parse(raw.as_deref(), &[])?;
+    s.wait_for_change(peer, &opts, s.cluster.registry().subscribe())
+        .await?;
+    s.freshness(&opts).await?;
     let status = s.cluster.status();
     let index = status.applied_index;
-    read_response(&s.cluster, index, status)
+    Ok(read_response(&s.cluster, index, status))
 }
 
 async fn join(

@@ -108,6 +108,10 @@ pub struct AgentArgs {
     #[arg(long, env = "CAIRN_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,
 
+    /// Most blocking queries and watch streams one client address may hold open [default: 1024].
+    #[arg(long, env = "CAIRN_MAX_WAITING_PER_CLIENT", value_name = "N")]
+    pub max_waiting_per_client: Option<usize>,
+
     /// Take a snapshot and purge the log after this many entries [default: 100000].
     #[arg(long, env = "CAIRN_SNAPSHOT_THRESHOLD", value_name = "ENTRIES")]
     pub snapshot_threshold: Option<u64>,
@@ -149,6 +153,7 @@ pub struct FileConfig {
     pub join: Option<String>,
     pub cluster: Option<String>,
     pub max_body_bytes: Option<usize>,
+    pub max_waiting_per_client: Option<usize>,
     pub snapshot_threshold: Option<u64>,
     pub snapshot_keep_logs: Option<u64>,
     pub write_timeout: Option<String>,
@@ -218,6 +223,7 @@ pub struct AgentConfig {
     pub membership: Membership,
     pub cluster: String,
     pub max_body_bytes: usize,
+    pub max_waiting_per_client: usize,
     pub snapshot_threshold: u64,
     pub snapshot_keep_logs: u64,
     pub write_timeout: Duration,
@@ -518,6 +524,16 @@ fn resolve(a: &AgentArgs, f: FileConfig) -> Result<AgentConfig, ConfigError> {
             format!("must be between 1024 and {MAX_MAX_BODY}"),
         ));
     }
+    let max_waiting_per_client = a
+        .max_waiting_per_client
+        .or(f.max_waiting_per_client)
+        .unwrap_or(crate::reads::DEFAULT_MAX_WAITING_PER_CLIENT);
+    if !(1..=1_000_000).contains(&max_waiting_per_client) {
+        return Err(bad(
+            "--max-waiting-per-client",
+            "must be between 1 and 1000000",
+        ));
+    }
     let snapshot_threshold = a
         .snapshot_threshold
         .or(f.snapshot_threshold)
@@ -561,6 +577,7 @@ fn resolve(a: &AgentArgs, f: FileConfig) -> Result<AgentConfig, ConfigError> {
         membership,
         cluster,
         max_body_bytes,
+        max_waiting_per_client,
         snapshot_threshold,
         snapshot_keep_logs,
         write_timeout,

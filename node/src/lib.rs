@@ -7,3 +7,4 @@ pub mod api;
 pub mod checks;
 pub mod config;
 pub mod metrics;
+pub mod reads;

@@ -31,6 +31,7 @@ pub mod model;
 pub mod registry;
 pub mod store;
 pub mod transport;
+pub mod watch;
 
 use std::fmt;
 use std::io::Cursor;

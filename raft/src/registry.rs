@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, Op, OpResult};
 use crate::model::{Instance, SettingsSpec};
+use crate::watch::Watches;
 
 /// A service and its instances at one point in the log.
 ///
@@ -190,6 +191,8 @@ pub struct Registry {
     applied_index: AtomicU64,
     /// The applied index, published after each applied batch, for whoever waits on changes.
     changes: tokio::sync::watch::Sender<u64>,
+    /// Per-service and service-list change channels, with replay history.
+    watches: Watches,
 }
 
 impl Default for Registry {
@@ -201,6 +204,7 @@ impl Default for Registry {
             list_index: AtomicU64::new(0),
             applied_index: AtomicU64::new(0),
             changes: tokio::sync::watch::Sender::new(0),
+            watches: Watches::default(),
         }
     }
 }
@@ -220,6 +224,20 @@ impl Registry {
     /// A receiver that sees the applied index move after every applied batch.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// Change channels and replay history, for blocking reads and watch streams.
+    pub fn watches(&self) -> &Watches {
+        &self.watches
+    }
+
+    /// The index a read of `name` reflects: its last change, or where it was removed; at least 1.
+    pub fn service_index(&self, name: &str) -> u64 {
+        match self.service(name) {
+            Some(s) => s.modify_index,
+            None => self.watches.last_index(name),
+        }
+        .max(1)
     }
 
     /// Members currently marked down.
@@ -283,6 +301,10 @@ impl Registry {
         self.list_index.store(data.list_index, Ordering::Release);
         self.applied_index.store(applied_index, Ordering::Release);
         drop(guard);
+        self.watches.reset(
+            |name| self.service(name).map(|s| s.modify_index),
+            data.list_index,
+        );
         self.changes.send_replace(applied_index);
     }
 
@@ -454,12 +476,15 @@ impl Registry {
         dirty.services.insert(name.to_owned());
         dirty.instances.insert((name.to_owned(), changed_id));
         let appeared_or_gone = old.is_none() || entry.instances.is_empty();
-        if appeared_or_gone || tags_changed {
+        let list_changed = appeared_or_gone || tags_changed;
+        let entry = (!entry.instances.is_empty()).then_some(entry);
+        let published = self.swap(name, entry);
+        self.watches.service_changed(name, index, published);
+        if list_changed {
             self.list_index.store(index, Ordering::Release);
             dirty.list_index = true;
+            self.watches.list_changed(index);
         }
-        let entry = (!entry.instances.is_empty()).then_some(entry);
-        self.swap(name, entry);
         OpResult::Ok
     }
 
@@ -493,16 +518,18 @@ impl Registry {
         }
     }
 
-    fn swap(&self, name: &str, entry: Option<ServiceEntry>) {
+    fn swap(&self, name: &str, entry: Option<ServiceEntry>) -> Option<Arc<ServiceEntry>> {
+        let entry = entry.map(Arc::new);
         let mut guard = self.services.write();
-        match entry {
+        match &entry {
             Some(e) => {
-                guard.insert(name.to_owned(), Arc::new(e));
+                guard.insert(name.to_owned(), e.clone());
             }
             None => {
                 guard.remove(name);
             }
         }
+        entry
     }
 }
 

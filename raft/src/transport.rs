@@ -252,6 +252,7 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         .route("/raft/snapshot", post(snapshot))
         .route("/raft/forward", post(forward))
         .route("/raft/alive", post(alive))
+        .route("/raft/read_index", post(read_index))
         .layer(DefaultBodyLimit::max(MAX_RPC_BODY))
         .with_state(cluster)
 }
@@ -338,6 +339,14 @@ async fn alive(State(cluster): State<Arc<Cluster>>, headers: HeaderMap) -> Respo
         }
         Err(r) => *r,
     }
+}
+
+async fn read_index(State(cluster): State<Arc<Cluster>>, headers: HeaderMap) -> Response {
+    if let Err(r) = admit(&cluster, &headers) {
+        return *r;
+    }
+    let reply: Result<u64, ApiError> = cluster.local_read_index().await.map_err(ApiError::from);
+    Json(reply).into_response()
 }
 
 async fn forward(
