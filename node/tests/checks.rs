@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harness::{eventually, Cluster};
-use hickory_proto::op::{Message, Query, ResponseCode};
-use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -69,22 +69,6 @@ impl Target {
         self.mode.store(mode, Ordering::SeqCst);
         self.hits.load(Ordering::SeqCst)
     }
-}
-
-async fn dns_a(server: SocketAddr, name: &str) -> Message {
-    let mut m = Message::query();
-    m.add_query(Query::query(
-        std::str::FromStr::from_str(name).map(|n: Name| n).unwrap(),
-        RecordType::A,
-    ));
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    sock.send_to(&m.to_vec().unwrap(), server).await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(3), sock.recv(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    Message::from_vec(&buf[..n]).unwrap()
 }
 
 async fn instance(c: &Cluster, node: u64, service: &str, id: &str) -> Option<Value> {
@@ -414,7 +398,7 @@ async fn t60_checks_move_off_a_killed_node_and_keep_tracking_health() {
     for n in [leader, survivor] {
         let (_, body) = c.get(n, "/v1/services/pool?health=passing").await;
         assert_eq!(body["instances"].as_array().unwrap().len(), 0);
-        let answer = dns_a(c.node(n).dns, "pool.service.cairn.").await;
+        let answer = harness::dns::udp(c.node(n).dns, "pool.service.cairn.", RecordType::A).await;
         assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
         assert!(
             answer.answers.is_empty(),

@@ -9,57 +9,13 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use harness::dns::{query, tcp, udp, udp_raw};
 use harness::{eventually, Cluster, Node};
-use hickory_proto::op::{Edns, Message, Query, ResponseCode};
+use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
-
-fn query(name: &str, rtype: RecordType, edns: Option<u16>) -> Vec<u8> {
-    let mut m = Message::query();
-    m.add_query(Query::query(Name::from_str(name).unwrap(), rtype));
-    m.metadata.recursion_desired = true;
-    if let Some(p) = edns {
-        let mut e = Edns::new();
-        e.set_max_payload(p);
-        m.set_edns(e);
-    }
-    m.to_vec().unwrap()
-}
-
-async fn udp_raw(server: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
-    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    sock.send_to(bytes, server).await.unwrap();
-    let mut buf = vec![0u8; 65535];
-    match tokio::time::timeout(Duration::from_secs(3), sock.recv(&mut buf)).await {
-        Ok(Ok(n)) => Some(buf[..n].to_vec()),
-        _ => None,
-    }
-}
-
-async fn udp(server: SocketAddr, name: &str, rtype: RecordType) -> Message {
-    let bytes = udp_raw(server, &query(name, rtype, None))
-        .await
-        .expect("an answer");
-    Message::from_vec(&bytes).unwrap()
-}
-
-async fn tcp_raw(server: SocketAddr, bytes: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect(server).await.unwrap();
-    s.write_all(&(bytes.len() as u16).to_be_bytes())
-        .await
-        .unwrap();
-    s.write_all(bytes).await.unwrap();
-    let len = s.read_u16().await.unwrap();
-    let mut buf = vec![0u8; usize::from(len)];
-    s.read_exact(&mut buf).await.unwrap();
-    buf
-}
-
-async fn tcp(server: SocketAddr, name: &str, rtype: RecordType) -> Message {
-    Message::from_vec(&tcp_raw(server, &query(name, rtype, None)).await).unwrap()
-}
 
 fn addresses(m: &Message) -> BTreeSet<String> {
     m.answers

@@ -13,6 +13,24 @@ async fn register(c: &Cluster, node: u64, service: &str, id: &str) -> u64 {
     c.register(node, service, id).await
 }
 
+/// Starts a (blocking) GET; it yields how long it took, the index header and the body.
+fn spawn_blocking_read(
+    c: &Cluster,
+    url: String,
+) -> tokio::task::JoinHandle<(Duration, u64, Value)> {
+    let http = c.http.clone();
+    tokio::spawn(async move {
+        let t = Instant::now();
+        let res = http.get(url).send().await.unwrap();
+        let idx: u64 = res.headers()["x-cairn-index"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        (t.elapsed(), idx, res.json().await.unwrap_or(Value::Null))
+    })
+}
+
 /// GET with the index header parsed.
 async fn get_indexed(c: &Cluster, node: u64, path: &str) -> (u16, u64, Value) {
     let res = c
@@ -44,22 +62,10 @@ async fn t10_a_blocking_read_wakes_on_its_service_only_and_times_out_unchanged()
     let url = c
         .node(1)
         .url(&format!("/v1/services/web?index={index}&wait=1s"));
-    let waiter = tokio::spawn({
-        let http = c.http.clone();
-        async move {
-            let t = Instant::now();
-            let res = http.get(url).send().await.unwrap();
-            let idx: u64 = res.headers()["x-cairn-index"]
-                .to_str()
-                .unwrap()
-                .parse()
-                .unwrap();
-            (t.elapsed(), idx)
-        }
-    });
+    let waiter = spawn_blocking_read(&c, url);
     tokio::time::sleep(Duration::from_millis(200)).await;
     register(&c, 1, "db", "y").await;
-    let (elapsed, same) = waiter.await.unwrap();
+    let (elapsed, same, _) = waiter.await.unwrap();
     assert_eq!(same, index);
     assert!(
         elapsed >= Duration::from_millis(1000),
@@ -107,19 +113,7 @@ async fn t20_a_health_flip_does_not_wake_a_service_list_watcher() {
     let url = c
         .node(1)
         .url(&format!("/v1/services?index={list_index}&wait=1s"));
-    let waiter = tokio::spawn({
-        let http = c.http.clone();
-        async move {
-            let t = Instant::now();
-            let res = http.get(url).send().await.unwrap();
-            let idx: u64 = res.headers()["x-cairn-index"]
-                .to_str()
-                .unwrap()
-                .parse()
-                .unwrap();
-            (t.elapsed(), idx)
-        }
-    });
+    let waiter = spawn_blocking_read(&c, url);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (s, _) = c
         .put(
@@ -129,7 +123,7 @@ async fn t20_a_health_flip_does_not_wake_a_service_list_watcher() {
         )
         .await;
     assert_eq!(s, 200);
-    let (elapsed, idx) = waiter.await.unwrap();
+    let (elapsed, idx, _) = waiter.await.unwrap();
     assert_eq!(idx, list_index, "the service list did not change");
     assert!(
         elapsed >= Duration::from_millis(1000),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cairn_client::{ApiError, ClusterStatus, ErrorCode, MemberInfo};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
-use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
+use openraft::{ChangeMembers, Config, Membership, ServerState, SnapshotPolicy};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -304,28 +304,35 @@ impl Cluster {
 
     /// Whether this node holds any cluster membership yet.
     pub fn has_membership(&self) -> bool {
+        self.with_membership(|m| m.nodes().next().is_some())
+    }
+
+    /// Runs `f` on the membership this node knows (the metrics' copy; held only during `f`).
+    fn with_membership<T>(&self, f: impl FnOnce(&Membership<NodeId, Member>) -> T) -> T {
         let m = self.raft.metrics();
         let m = m.borrow();
-        let any = m.membership_config.membership().nodes().next().is_some();
-        any
+        f(m.membership_config.membership())
+    }
+
+    /// Member `id`'s cluster RPC address.
+    fn member_addr(&self, id: NodeId) -> Option<String> {
+        self.with_membership(|m| m.get_node(&id).map(|n| n.rpc_addr.clone()))
+    }
+
+    /// Every member's id, voters and learners.
+    fn member_ids(&self) -> Vec<NodeId> {
+        self.with_membership(|m| m.nodes().map(|(id, _)| *id).collect())
     }
 
     /// Whether this node is a voter in the membership it knows.
     pub fn is_voter(&self) -> bool {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
-        voters.contains(&self.id)
+        self.with_membership(|m| m.voter_ids().any(|v| v == self.id))
     }
 
     /// Whether an RPC from `from` is admitted: it is a member, or we have no membership yet
     /// (a node waiting to be added accepts the leader that adds it).
     pub fn admits(&self, from: NodeId) -> bool {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        let membership = m.membership_config.membership();
-        let mut nodes = membership.nodes().peekable();
-        nodes.peek().is_none() || membership.nodes().any(|(id, _)| *id == from)
+        self.with_membership(|m| m.nodes().next().is_none() || m.nodes().any(|(id, _)| *id == from))
     }
 
     pub(crate) fn heard_from_leader(&self, _leader: NodeId) {
@@ -342,15 +349,8 @@ impl Cluster {
     /// on every node once applied, because it comes from the log.
     pub fn up_members(&self) -> Vec<NodeId> {
         let down = self.registry.down_nodes();
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        let up: Vec<NodeId> = m
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, _)| *id)
-            .filter(|id| !down.contains(id))
-            .collect();
+        let mut up = self.member_ids();
+        up.retain(|id| !down.contains(id));
         up
     }
 
@@ -368,15 +368,9 @@ impl Cluster {
         body: &Req,
         timeout: Duration,
     ) -> Result<Resp, String> {
-        let addr = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            m.membership_config
-                .membership()
-                .get_node(&node)
-                .map(|n| n.rpc_addr.clone())
-        };
-        let addr = addr.ok_or_else(|| format!("node {node} is not a member"))?;
+        let addr = self
+            .member_addr(node)
+            .ok_or_else(|| format!("node {node} is not a member"))?;
         self.transport
             .post(&addr, path, body, timeout)
             .await
@@ -528,15 +522,7 @@ impl Cluster {
         req: &Forward,
         deadline: Instant,
     ) -> Result<ForwardReply, WriteError> {
-        let addr = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            m.membership_config
-                .membership()
-                .get_node(&leader)
-                .map(|n| n.rpc_addr.clone())
-        };
-        let Some(addr) = addr else {
+        let Some(addr) = self.member_addr(leader) else {
             return Err(WriteError::NoLeader(format!(
                 "leader {leader} is not in this node's membership yet"
             )));
@@ -597,13 +583,8 @@ impl Cluster {
 
     async fn execute_join(&self, id: NodeId, rpc_addr: String) -> Result<ForwardReply, WriteError> {
         let _guard = self.membership_lock.lock().await;
-        let (voter, known_addr) = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            let membership = m.membership_config.membership();
-            let voter = membership.voter_ids().any(|v| v == id);
-            (voter, membership.get_node(&id).map(|n| n.rpc_addr.clone()))
-        };
+        let voter = self.with_membership(|m| m.voter_ids().any(|v| v == id));
+        let known_addr = self.member_addr(id);
         if let Some(known) = &known_addr {
             if *known != rpc_addr {
                 return Err(WriteError::Conflict(format!(
@@ -642,13 +623,8 @@ impl Cluster {
 
     async fn execute_remove(&self, id: NodeId) -> Result<ForwardReply, WriteError> {
         let _guard = self.membership_lock.lock().await;
-        let (voters, known) = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            let membership = m.membership_config.membership();
-            let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-            (voters, membership.get_node(&id).is_some())
-        };
+        let voters: BTreeSet<NodeId> = self.with_membership(|m| m.voter_ids().collect());
+        let known = self.member_addr(id).is_some();
         if !known {
             return Err(WriteError::NotFound(format!("node {id} is not a member")));
         }
@@ -794,17 +770,7 @@ async fn watch_liveness(cluster: std::sync::Weak<Cluster>) {
             continue;
         }
         let since = *leading_since.get_or_insert_with(Instant::now);
-        let members: Vec<NodeId> = {
-            let m = c.raft.metrics();
-            let m = m.borrow();
-            let ids: Vec<NodeId> = m
-                .membership_config
-                .membership()
-                .nodes()
-                .map(|(id, _)| *id)
-                .collect();
-            ids
-        };
+        let members = c.member_ids();
         let down = c.registry.down_nodes();
         let now = Instant::now();
         let alive = c.alive.lock().clone();

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod dns;
+
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
