@@ -287,7 +287,7 @@ async fn enter_cluster(
             if cluster.bootstrap().await? {
                 tracing::info!("initialised a new cluster");
             } else {
-                tracing::info!("cluster state found in the data folder; not initialising");
+                tracing::info!("cluster already initialised (from the data folder or by a peer)");
             }
             Ok(())
         }

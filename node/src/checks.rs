@@ -34,6 +34,9 @@ const RECONCILE_DELAY: Duration = Duration::from_millis(100);
 /// Ownership is also re-decided this often (membership changes do not pass through apply).
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// A node runs checks only while it has heard from the leader within this many milliseconds.
+const IN_TOUCH_MS: u64 = 3_000;
+
 /// Identifies a check: service, instance, check id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CheckKey {
@@ -80,7 +83,9 @@ impl Checker {
             reqwest::Client::builder()
                 .danger_accept_invalid_certs(insecure)
                 .redirect(reqwest::redirect::Policy::none())
-                .pool_max_idle_per_host(0)
+                // Keep-alive: a probe every few seconds reuses its connection instead of paying
+                // a TCP (and TLS) handshake each time; a dead target still fails the next probe.
+                .pool_idle_timeout(Duration::from_secs(90))
                 .user_agent(concat!("cairn-health-check/", env!("CARGO_PKG_VERSION")))
                 .build()
         };
@@ -121,7 +126,13 @@ impl Checker {
         let members = self.cluster.up_members();
         let me = self.cluster.id();
         let mut out = HashMap::new();
-        if !members.contains(&me) {
+        // A node that has not heard from a leader lately may hold a stale view of who is up
+        // (it may just have restarted): it runs nothing until it is in touch again.
+        let in_touch = self
+            .cluster
+            .last_contact_ms()
+            .is_some_and(|ms| ms < IN_TOUCH_MS);
+        if !members.contains(&me) || !in_touch {
             return out;
         }
         let (_, services) = self.cluster.registry().services();
@@ -257,15 +268,16 @@ impl Checker {
         let interval = Duration::from_millis(spec.interval_ms);
         let timeout = Duration::from_millis(spec.timeout_ms);
         // Spread first probes over the interval so that checks registered together do not fire
-        // together, and keep a little jitter on every round.
+        // together; after that the period is exact, so that `fall` failures are noticed within
+        // `fall` intervals (per-round jitter would stretch that bound).
         let first = rand::thread_rng().gen_range(0..=spec.interval_ms.max(1));
-        tokio::time::sleep(Duration::from_millis(first)).await;
+        let mut next = Instant::now() + Duration::from_millis(first);
+        tokio::time::sleep_until(next).await;
         // The last result and how many times in a row it came: a status changes after `rise`
         // passing results in a row, or `fall` warning or critical ones in a row.
         let mut streak: Option<(HealthStatus, u32)> = None;
         let mut critical_since = None;
         loop {
-            let started = Instant::now();
             let Some(committed) = self.committed(&key) else {
                 return;
             };
@@ -295,8 +307,11 @@ impl Checker {
             {
                 return;
             }
-            let jitter = rand::thread_rng().gen_range(0..=spec.interval_ms / 10);
-            let next = started + interval + Duration::from_millis(jitter);
+            next += interval;
+            if next < Instant::now() {
+                // A probe overran its slot (waiting for a permit): start the next one now.
+                next = Instant::now();
+            }
             tokio::time::sleep_until(next).await;
         }
     }

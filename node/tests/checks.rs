@@ -494,3 +494,45 @@ async fn t80_bad_check_definitions_are_refused_naming_the_field() {
         "nothing was registered"
     );
 }
+
+#[tokio::test]
+async fn t35_a_heartbeated_ttl_check_never_expires_across_leader_and_owner_changes() {
+    let mut c = Cluster::start(3, &[]).await;
+    register(
+        &c,
+        1,
+        "job",
+        "j",
+        json!({
+            "address": "10.0.0.1", "port": 80, "checks": [{"kind": "ttl", "ttl": "4s"}]
+        }),
+    )
+    .await;
+    eventually(Duration::from_secs(5), "first heartbeat", || async {
+        heartbeat(&c, 1, "job", "j").await == 200
+    })
+    .await;
+    wait_status(&c, 1, "job", "j", "passing", Duration::from_secs(5)).await;
+
+    // Kill the leader, bring it back, kill the next leader: every node has been leader or gone,
+    // and the check's owner has moved at least once. Heartbeats go on through any live node.
+    for round in 0..2 {
+        let leader = c.leader().await;
+        c.node_mut(leader).kill();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(8) {
+            for n in (1..=3).filter(|n| c.node(*n).is_running()) {
+                let _ = heartbeat(&c, n, "job", "j").await;
+                let status = check_status(&c, n, "job", "j").await;
+                assert_ne!(
+                    status.as_deref(),
+                    Some("critical"),
+                    "expired early (round {round}, node {n})"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        c.node_mut(leader).restart();
+        c.wait_voters(3).await;
+    }
+}

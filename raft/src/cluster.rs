@@ -148,6 +148,10 @@ impl From<ApiError> for WriteError {
 /// The message a leader answers with when it is no longer the leader: the sender retries.
 const NOT_LEADER: &str = "this node is not the leader";
 
+/// How long a `--peers` node other than the lowest id waits for that one to initialise the
+/// cluster before doing it itself.
+const BOOTSTRAP_GRACE: Duration = Duration::from_secs(3);
+
 /// Pause between attempts while a leader is being elected.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
@@ -276,6 +280,18 @@ impl Cluster {
             .map_err(|e| StartError::Raft(e.to_string()))?;
         if initialized {
             return Ok(false);
+        }
+        // The lowest id initialises at once; the others give it a moment. Then a normal start
+        // has a single initialiser (openraft logs an error for every redundant one), and a
+        // cluster still forms when that node is down.
+        if members.keys().next() != Some(&self.id) {
+            let until = Instant::now() + BOOTSTRAP_GRACE;
+            while Instant::now() < until {
+                if self.has_membership() {
+                    return Ok(false);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
         match self.raft.initialize(members).await {
             Ok(()) => Ok(true),

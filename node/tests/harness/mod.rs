@@ -179,7 +179,14 @@ impl Node {
     }
 
     pub fn log_contains(&self, needle: &str) -> bool {
-        std::fs::read_to_string(&self.log_path).is_ok_and(|t| t.contains(needle))
+        self.log_count(needle) > 0
+    }
+
+    /// Lines of this node's log (across restarts) that contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        std::fs::read_to_string(&self.log_path)
+            .map(|t| t.lines().filter(|l| l.contains(needle)).count())
+            .unwrap_or(0)
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
