@@ -1,0 +1,480 @@
+#!/usr/bin/env bash
+# Health checks: what 10,000 HTTP checks cost the agent that runs them, and how long a failed
+# target takes to leave the DNS answers of every node. Everything runs on this machine's
+# loopback interface against a local HTTP target (bench/checks_tool.py target).
+#
+#   bench/checks.sh [--help]
+#   bench/checks.sh --report-only bench/results/checks-<time>   re-render a finished run's section
+#
+# Phase 1, agent cost: a single-node cluster (--bootstrap), so that node runs every check;
+#   BENCH_CHECKS instances with one HTTP check each, every BENCH_INTERVAL. Once all are
+#   passing (and BENCH_SETTLE more seconds), the agent's CPU (utime+stime from /proc) and RSS
+#   are sampled for BENCH_CPU_SECONDS; the target's CPU is reported separately.
+# Phase 2, failure detection: a three-node cluster (--peers) with BENCH_DETECT_CHECKS services of
+#   one instance each; BENCH_DETECT_SAMPLES instances are switched to failing one at a time, and
+#   each is timed from the switch until its A answer is empty on all three nodes (polled every
+#   BENCH_POLL_MS). Goal: p99 <= fall x interval + 100 ms.
+#
+# Before starting it waits (up to BENCH_WAIT_MAX seconds) while another benchmark runs
+# (processes named in BENCH_WAIT_FOR, or bench/dns.sh / bench/registrations.sh), and it notes in
+# the report if it had to measure under load.
+#
+# Environment (defaults in brackets):
+#   CAIRN_BIN                cairn binary [${CARGO_TARGET_DIR:-<repo>/target}/release/cairn]
+#   BENCH_CHECKS             checks on the single node in phase 1 [10000]
+#   BENCH_PER_SERVICE        instances per service in phase 1 [100]
+#   BENCH_INTERVAL           check interval in phase 1 [10s]
+#   BENCH_TIMEOUT            check time-out in phase 1 [2s]
+#   BENCH_FALL               fall in phase 1 [3]
+#   BENCH_SETTLE             seconds to wait after every instance passes, before measuring [5]
+#   BENCH_CPU_SECONDS        length of the CPU/RSS window [60]
+#   BENCH_DETECT_CHECKS      checks (= services) in the phase-2 cluster [1000]
+#   BENCH_DETECT_INTERVAL    check interval in phase 2 [1s]
+#   BENCH_DETECT_TIMEOUT     check time-out in phase 2 [1s]
+#   BENCH_DETECT_FALL        fall in phase 2 [2]
+#   BENCH_DETECT_SAMPLES     instances switched to failing in phase 2 [50]
+#   BENCH_POLL_MS            DNS poll period per node in phase 2 [10]
+#   BENCH_REG_CONNECTIONS    concurrent connections used to register [64]
+#   BENCH_PORT_BASE          first of the loopback ports used (base+1 .. base+33) [23000]
+#   BENCH_CAIRN_LOG          the agents' log filter (CAIRN_LOG) [warn]
+#   BENCH_WAIT_FOR           process names that mean another benchmark runs ["dnsperf knotd wrk etcd hickory-dns"]
+#   BENCH_WAIT_MAX           longest wait for them, in seconds [1200]
+#   BENCH_OUTPUT             Markdown file whose checks section is replaced [<repo>/BENCHMARKS.md]
+#   BENCH_WRITE              0 = only print the section, leave BENCH_OUTPUT alone [1]
+#
+# Raw output and the agents' logs stay in bench/results/checks-<UTC time>/ (git-ignored).
+set -euo pipefail
+
+SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd -- "$SCRIPT_DIR/.." && pwd)
+
+KNOBS=(CAIRN_BIN BENCH_CHECKS BENCH_PER_SERVICE BENCH_INTERVAL BENCH_TIMEOUT BENCH_FALL BENCH_SETTLE
+  BENCH_CPU_SECONDS BENCH_DETECT_CHECKS BENCH_DETECT_INTERVAL BENCH_DETECT_TIMEOUT BENCH_DETECT_FALL
+  BENCH_DETECT_SAMPLES BENCH_POLL_MS BENCH_REG_CONNECTIONS BENCH_PORT_BASE BENCH_CAIRN_LOG
+  BENCH_WAIT_FOR BENCH_WAIT_MAX BENCH_OUTPUT BENCH_WRITE)
+COMMAND_LINE=""
+for var in "${KNOBS[@]}"; do
+  if [[ -n ${!var+set} ]]; then COMMAND_LINE+="$var=$(printf '%q' "${!var}") "; fi
+done
+COMMAND_LINE+="bench/checks.sh"
+for arg in "$@"; do COMMAND_LINE+=" $(printf '%q' "$arg")"; done
+
+usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
+log() { printf '[checks %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() {
+  log "error: $*"
+  exit 1
+}
+
+REPORT_ONLY=""
+while (($# > 0)); do
+  case $1 in
+    -h | --help) usage; exit 0 ;;
+    --report-only)
+      (($# >= 2)) || die "--report-only needs a results directory"
+      REPORT_ONLY=$2
+      shift
+      ;;
+    *) usage >&2; die "unknown argument: $1" ;;
+  esac
+  shift
+done
+
+# --- Settings. ---
+BENCH_CHECKS=${BENCH_CHECKS:-10000}
+BENCH_PER_SERVICE=${BENCH_PER_SERVICE:-100}
+BENCH_INTERVAL=${BENCH_INTERVAL:-10s}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-2s}
+BENCH_FALL=${BENCH_FALL:-3}
+BENCH_SETTLE=${BENCH_SETTLE:-5}
+BENCH_CPU_SECONDS=${BENCH_CPU_SECONDS:-60}
+BENCH_DETECT_CHECKS=${BENCH_DETECT_CHECKS:-1000}
+BENCH_DETECT_INTERVAL=${BENCH_DETECT_INTERVAL:-1s}
+BENCH_DETECT_TIMEOUT=${BENCH_DETECT_TIMEOUT:-1s}
+BENCH_DETECT_FALL=${BENCH_DETECT_FALL:-2}
+BENCH_DETECT_SAMPLES=${BENCH_DETECT_SAMPLES:-50}
+BENCH_POLL_MS=${BENCH_POLL_MS:-10}
+BENCH_REG_CONNECTIONS=${BENCH_REG_CONNECTIONS:-64}
+BENCH_PORT_BASE=${BENCH_PORT_BASE:-23000}
+BENCH_CAIRN_LOG=${BENCH_CAIRN_LOG:-warn}
+BENCH_WAIT_FOR=${BENCH_WAIT_FOR:-dnsperf knotd wrk etcd hickory-dns}
+BENCH_WAIT_MAX=${BENCH_WAIT_MAX:-1200}
+BENCH_OUTPUT=${BENCH_OUTPUT:-$REPO_ROOT/BENCHMARKS.md}
+BENCH_WRITE=${BENCH_WRITE:-1}
+CAIRN_BIN=${CAIRN_BIN:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/cairn}
+
+is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+# dur_ms DURATION: milliseconds of "250ms", "10s" or "2m" (whole numbers only).
+dur_ms() {
+  case $1 in
+    *ms) is_uint "${1%ms}" && echo "${1%ms}" ;;
+    *s) is_uint "${1%s}" && echo $((${1%s} * 1000)) ;;
+    *m) is_uint "${1%m}" && echo $((${1%m} * 60000)) ;;
+    *) return 1 ;;
+  esac
+}
+for var in BENCH_CHECKS BENCH_PER_SERVICE BENCH_FALL BENCH_SETTLE BENCH_CPU_SECONDS BENCH_DETECT_CHECKS \
+  BENCH_DETECT_FALL BENCH_DETECT_SAMPLES BENCH_POLL_MS BENCH_REG_CONNECTIONS BENCH_PORT_BASE BENCH_WAIT_MAX; do
+  is_uint "${!var}" || die "$var must be a whole number, got '${!var}'"
+done
+for var in BENCH_INTERVAL BENCH_TIMEOUT BENCH_DETECT_INTERVAL BENCH_DETECT_TIMEOUT; do
+  dur_ms "${!var}" >/dev/null || die "$var must be a duration like 500ms, 10s or 2m, got '${!var}'"
+done
+INTERVAL_MS=$(dur_ms "$BENCH_INTERVAL")
+DETECT_INTERVAL_MS=$(dur_ms "$BENCH_DETECT_INTERVAL")
+((BENCH_CHECKS >= 1 && BENCH_PER_SERVICE >= 1 && BENCH_CPU_SECONDS >= 2)) ||
+  die "BENCH_CHECKS and BENCH_PER_SERVICE must be at least 1, BENCH_CPU_SECONDS at least 2"
+((BENCH_DETECT_CHECKS >= 1 && BENCH_DETECT_SAMPLES >= 1 && BENCH_DETECT_SAMPLES <= BENCH_DETECT_CHECKS)) ||
+  die "need 1 <= BENCH_DETECT_SAMPLES <= BENCH_DETECT_CHECKS"
+((BENCH_FALL >= 1 && BENCH_DETECT_FALL >= 1 && BENCH_POLL_MS >= 1 && BENCH_REG_CONNECTIONS >= 1)) ||
+  die "fall, BENCH_POLL_MS and BENCH_REG_CONNECTIONS must be at least 1"
+((BENCH_PORT_BASE >= 1024 && BENCH_PORT_BASE + 33 < 32768)) || die "BENCH_PORT_BASE must be between 1024 and 32734"
+[[ $BENCH_WRITE == [01] ]] || die "BENCH_WRITE must be 0 or 1, got '$BENCH_WRITE'"
+
+# Ports: target base+1; the phase-1 node http/rpc/dns base+10/20/30; the phase-2 nodes
+# base+11..13 / base+21..23 / base+31..33.
+TARGET_PORT=$((BENCH_PORT_BASE + 1))
+SOLO_HTTP=$((BENCH_PORT_BASE + 10))
+SOLO_RPC=$((BENCH_PORT_BASE + 20))
+SOLO_DNS=$((BENCH_PORT_BASE + 30))
+HTTP_PORTS=($((BENCH_PORT_BASE + 11)) $((BENCH_PORT_BASE + 12)) $((BENCH_PORT_BASE + 13)))
+RPC_PORTS=($((BENCH_PORT_BASE + 21)) $((BENCH_PORT_BASE + 22)) $((BENCH_PORT_BASE + 23)))
+DNS_PORTS=($((BENCH_PORT_BASE + 31)) $((BENCH_PORT_BASE + 32)) $((BENCH_PORT_BASE + 33)))
+
+# --- Process and temp-dir bookkeeping: only PIDs started here are ever signalled. ---
+CAIRN_PIDS=()
+TARGET_PID=""
+WORK_DIR=""
+RESULTS_DIR=""
+
+# stop_pids PID...: SIGTERM, up to 10 s for a clean exit, then SIGKILL; reaps them.
+stop_pids() {
+  local pid deadline
+  (($# > 0)) || return 0
+  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+  deadline=$((SECONDS + 10))
+  for pid in "$@"; do
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "pid $pid ignored SIGTERM for 10 s; sending SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+  done
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  stop_pids ${CAIRN_PIDS[@]+"${CAIRN_PIDS[@]}"} ${TARGET_PID:+"$TARGET_PID"}
+  if [[ -n $WORK_DIR && -d $WORK_DIR ]]; then rm -rf -- "$WORK_DIR"; fi
+  ((rc == 0)) || log "failed (exit $rc); logs and raw output are in ${RESULTS_DIR:-<none yet>}"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- Tools. ---
+ensure_tools() {
+  local -A pkg_of=([curl]=curl [python3]=python3)
+  local cmd missing=()
+  for cmd in "${!pkg_of[@]}"; do
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_of[$cmd]}")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  ((EUID == 0)) || die "missing packages: ${missing[*]}; run: sudo apt-get install -y ${missing[*]}"
+  log "installing ${missing[*]} with apt-get"
+  timeout 600 apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+ensure_tools
+[[ -x $CAIRN_BIN ]] || die "no cairn binary at $CAIRN_BIN; build it (cargo build --release -p cairn-node) or set CAIRN_BIN"
+CAIRN_BIN=$(cd -- "$(dirname -- "$CAIRN_BIN")" && pwd)/$(basename -- "$CAIRN_BIN")
+# The real interpreter (not a pyenv shim), so the target's PID is the process that does the work.
+PYTHON=$(python3 -c 'import sys; print(sys.executable)')
+TOOL=("$PYTHON" "$SCRIPT_DIR/checks_tool.py")
+
+# report DIR [--meta K=V ...]: renders DIR's section (and writes BENCH_OUTPUT unless BENCH_WRITE=0).
+# The meta data is kept in DIR/meta.json, so --report-only can re-render a run later.
+report() {
+  local dir=$1 output_args=()
+  shift
+  ((BENCH_WRITE)) && output_args=(--output "$BENCH_OUTPUT")
+  "${TOOL[@]}" report --cpu "$dir/cpu.json" --reg "$dir/register-solo.json" \
+    --detect "$dir/detect.jsonl" --detect-reg "$dir/register-cluster.json" \
+    --section-out "$dir/section.md" --meta-file "$dir/meta.json" ${output_args[@]+"${output_args[@]}"} "$@"
+}
+if [[ -n $REPORT_ONLY ]]; then
+  [[ -f $REPORT_ONLY/meta.json ]] || die "$REPORT_ONLY/meta.json not found: not a finished bench/checks.sh run"
+  report "$REPORT_ONLY"
+  exit 0
+fi
+
+port_in_use() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+check_ports_free() {
+  local p
+  for p in "$@"; do
+    ! port_in_use "$p" || die "127.0.0.1:$p is already in use; pick other ports with BENCH_PORT_BASE"
+  done
+}
+assert_alive() {
+  kill -0 "$2" 2>/dev/null && return 0
+  log "$1 (pid $2) exited; last lines of $3:"
+  tail -n 30 "$3" >&2 || true
+  die "$1 did not stay up"
+}
+
+# --- Other benchmarks on this machine. ---
+# Prints "name(pid) ..." for running processes that belong to another benchmark; empty if none.
+other_benchmarks() {
+  local name pid found=()
+  for name in $BENCH_WAIT_FOR; do
+    while read -r pid; do
+      [[ -n $pid ]] && found+=("$name($pid)")
+    done < <(pgrep -x -- "$name" 2>/dev/null || true)
+  done
+  while read -r pid name; do
+    [[ -n $pid ]] && found+=("$name($pid)")
+  done < <(pgrep -af -- 'bench/(dns|registrations)\.sh' 2>/dev/null | awk '{ print $1, $NF }' || true)
+  printf '%s' "${found[*]:-}"
+}
+
+UNDER_LOAD=""
+wait_for_quiet() {
+  local busy start=$SECONDS
+  busy=$(other_benchmarks)
+  [[ -z $busy ]] && return 0
+  log "another benchmark is running ($busy); waiting up to $BENCH_WAIT_MAX s for it to finish"
+  while [[ -n $busy ]] && ((SECONDS - start < BENCH_WAIT_MAX)); do
+    sleep 10
+    busy=$(other_benchmarks)
+  done
+  if [[ -n $busy ]]; then
+    log "warning: still running after $BENCH_WAIT_MAX s ($busy); measuring anyway"
+    UNDER_LOAD+="another benchmark was still running after waiting $BENCH_WAIT_MAX s ($busy). "
+  else
+    log "the other benchmark finished after $((SECONDS - start)) s; waiting 10 s more for the machine to settle"
+    WAITED="waited $((SECONDS - start)) s for another benchmark to finish"
+    sleep 10
+  fi
+}
+# note_load WHAT: records in the report when another benchmark runs while we measure.
+note_load() {
+  local busy
+  busy=$(other_benchmarks)
+  if [[ -n $busy ]]; then
+    log "warning: another benchmark is running during $1: $busy"
+    UNDER_LOAD+="another benchmark ran during $1 ($busy). "
+  fi
+}
+
+# --- Cairn. ---
+# wait_node ID PID HTTP DNS RPC OUT LOG: the node printed its listening line and is ready.
+wait_node() {
+  local id=$1 pid=$2 http=$3 dns=$4 rpc=$5 out=$6 errlog=$7 deadline
+  local want="cairn listening node_id=$id http=127.0.0.1:$http dns=127.0.0.1:$dns rpc=127.0.0.1:$rpc"
+  deadline=$((SECONDS + 30))
+  until grep -qxF -- "$want" "$out"; do
+    assert_alive "cairn$id" "$pid" "$errlog"
+    ((SECONDS < deadline)) || die "cairn$id did not print '$want' within 30 s; see $out"
+    sleep 0.2
+  done
+  deadline=$((SECONDS + 60))
+  until [[ $(curl -s --max-time 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$http/v1/ready") == 200 ]]; do
+    assert_alive "cairn$id" "$pid" "$errlog"
+    ((SECONDS < deadline)) || die "cairn$id not ready (GET /v1/ready != 200) after 60 s"
+    sleep 0.2
+  done
+}
+
+# leader_http: the HTTP port of the phase-2 leader, per /v1/ready on the nodes.
+leader_http() {
+  local deadline=$((SECONDS + 30)) i leader
+  while ((SECONDS < deadline)); do
+    for i in 0 1 2; do
+      leader=$(curl -sf --max-time 2 "http://127.0.0.1:${HTTP_PORTS[i]}/v1/ready" |
+        "$PYTHON" -c 'import json,sys; l=json.load(sys.stdin).get("leader"); print(l if isinstance(l,int) else "")' 2>/dev/null) || continue
+      if [[ $leader =~ ^[123]$ ]]; then
+        echo "${HTTP_PORTS[leader - 1]}"
+        return 0
+      fi
+    done
+    sleep 0.5
+  done
+  die "no leader known within 30 s"
+}
+
+# rss_kib PID
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+
+# log_counts FILE...: "N warnings, M errors" over the agents' stderr (ANSI colours stripped),
+# then the most common messages (numbers replaced by N), so the report says what they were.
+log_counts() {
+  local w e top
+  w=$(cat "$@" | sed 's/\x1b\[[0-9;]*m//g' | grep -c ' WARN ' || true)
+  e=$(cat "$@" | sed 's/\x1b\[[0-9;]*m//g' | grep -c ' ERROR ' || true)
+  printf '%s warnings, %s errors' "$w" "$e"
+  top=$(cat "$@" | sed 's/\x1b\[[0-9;]*m//g' | grep -E ' (WARN|ERROR) ' | sed -E 's/^[^ ]+ +//; s/[0-9]+/N/g; s/`//g' |
+    cut -c1-110 | sort | uniq -c | sort -rn | head -n 3 | awk '{ n = $1; $1 = ""; sub(/^ /, ""); printf "%s`%s` ×%d", (NR > 1 ? ", " : ""), $0, n }')
+  [[ -z $top ]] || printf ' (%s)' "$top"
+}
+
+# --- Main. ---
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+RESULTS_DIR=$REPO_ROOT/bench/results/checks-$STAMP
+LOG_DIR=$RESULTS_DIR/logs
+mkdir -p "$LOG_DIR"
+WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/cairn-checks-bench.XXXXXX")
+ulimit -n 65536 2>/dev/null || true
+WAITED=""
+
+# What the binary contains, taken before the run (the repo may move on while it runs): the newest
+# commit older than the binary, and HEAD now.
+bin_mtime=$(stat -c %Y "$CAIRN_BIN")
+if head_commit=$(git -C "$REPO_ROOT" rev-parse --short=12 HEAD 2>/dev/null); then
+  [[ -z $(git -C "$REPO_ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]] ||
+    head_commit+=" with uncommitted changes"
+  built_after=$(git -C "$REPO_ROOT" log -1 --format='%h (%s)' --before="@$bin_mtime" 2>/dev/null || true)
+  CAIRN_BUILD="built $(date -u -d "@$bin_mtime" '+%Y-%m-%d %H:%M UTC')${built_after:+, after commit $built_after}; HEAD at the start of the run: $head_commit"
+else
+  CAIRN_BUILD="built $(date -u -d "@$bin_mtime" '+%Y-%m-%d %H:%M UTC'); not a git checkout"
+fi
+
+wait_for_quiet
+LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
+log "results in $RESULTS_DIR; data in $WORK_DIR; load average $LOAD_AT_START"
+check_ports_free "$TARGET_PORT" "$SOLO_HTTP" "$SOLO_RPC" "$SOLO_DNS" "${HTTP_PORTS[@]}" "${RPC_PORTS[@]}" "${DNS_PORTS[@]}"
+
+# The target, shared by both phases (it keeps per-id state, and the ids of the phases differ).
+"${TOOL[@]}" target --port "$TARGET_PORT" --max-seconds 7200 >"$LOG_DIR/target.out" 2>"$LOG_DIR/target.log" &
+TARGET_PID=$!
+deadline=$((SECONDS + 15))
+until grep -q '^target listening' "$LOG_DIR/target.out"; do
+  assert_alive target "$TARGET_PID" "$LOG_DIR/target.log"
+  ((SECONDS < deadline)) || die "the target did not start within 15 s"
+  sleep 0.1
+done
+[[ $(curl -s --max-time 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$TARGET_PORT/health/x") == 200 ]] ||
+  die "the target does not answer 200 on /health/x"
+log "target up (pid $TARGET_PID) on 127.0.0.1:$TARGET_PORT"
+
+# --- Phase 1: one node runs every check. ---
+mkdir -p "$WORK_DIR/solo"
+CAIRN_LOG=$BENCH_CAIRN_LOG "$CAIRN_BIN" agent --node-id 1 --data-dir "$WORK_DIR/solo" --bootstrap \
+  --http-addr "127.0.0.1:$SOLO_HTTP" --rpc-addr "127.0.0.1:$SOLO_RPC" --dns-addr "127.0.0.1:$SOLO_DNS" \
+  >"$LOG_DIR/solo.out" 2>"$LOG_DIR/solo.log" &
+SOLO_PID=$!
+CAIRN_PIDS+=("$SOLO_PID")
+wait_node 1 "$SOLO_PID" "$SOLO_HTTP" "$SOLO_DNS" "$SOLO_RPC" "$LOG_DIR/solo.out" "$LOG_DIR/solo.log"
+sleep 2
+IDLE_RSS=$(rss_kib "$SOLO_PID")
+log "phase 1: single node up (pid $SOLO_PID, RSS $((IDLE_RSS / 1024)) MiB); registering $BENCH_CHECKS checks every $BENCH_INTERVAL"
+
+"${TOOL[@]}" register --url "127.0.0.1:$SOLO_HTTP" --count "$BENCH_CHECKS" --per-service "$BENCH_PER_SERVICE" \
+  --prefix c --target-port "$TARGET_PORT" --interval "$BENCH_INTERVAL" --timeout "$BENCH_TIMEOUT" \
+  --fall "$BENCH_FALL" --rise 1 --connections "$BENCH_REG_CONNECTIONS" --max-seconds 600 \
+  --out "$RESULTS_DIR/register-solo.json" || die "registration failed; see $RESULTS_DIR/register-solo.json"
+assert_alive cairn1 "$SOLO_PID" "$LOG_DIR/solo.log"
+
+# First probes are spread over one interval: wait until every instance has passed once.
+"${TOOL[@]}" wait-passing --url "127.0.0.1:$SOLO_HTTP" --want "$BENCH_CHECKS" \
+  --timeout $((INTERVAL_MS * 3 / 1000 + 60)) >/dev/null || die "not every instance became passing"
+log "all $BENCH_CHECKS passing; settling $BENCH_SETTLE s, then measuring for $BENCH_CPU_SECONDS s"
+sleep "$BENCH_SETTLE"
+note_load "the CPU window"
+LOAD_CPU=$(cut -d' ' -f1-3 /proc/loadavg)
+"${TOOL[@]}" measure --pid "agent=$SOLO_PID" --pid "target=$TARGET_PID" --seconds "$BENCH_CPU_SECONDS" \
+  --node "127.0.0.1:$SOLO_HTTP" --target "127.0.0.1:$TARGET_PORT" --out "$RESULTS_DIR/cpu.json" ||
+  die "measurement failed"
+note_load "the end of the CPU window"
+curl -sf --max-time 5 "http://127.0.0.1:$SOLO_HTTP/metrics" >"$RESULTS_DIR/metrics-solo.txt" || true
+stop_pids "$SOLO_PID"
+CAIRN_PIDS=()
+SOLO_LOGS=$(log_counts "$LOG_DIR/solo.log")
+log "phase 1 done; agent log: $SOLO_LOGS"
+
+# --- Phase 2: three nodes, failure detection through DNS. ---
+PEERS=""
+for i in 0 1 2; do PEERS+="$((i + 1))=127.0.0.1:${RPC_PORTS[i]},"; done
+PEERS=${PEERS%,}
+for i in 0 1 2; do
+  id=$((i + 1))
+  mkdir -p "$WORK_DIR/node$id"
+  CAIRN_LOG=$BENCH_CAIRN_LOG "$CAIRN_BIN" agent --node-id "$id" --data-dir "$WORK_DIR/node$id" --peers "$PEERS" \
+    --http-addr "127.0.0.1:${HTTP_PORTS[i]}" --rpc-addr "127.0.0.1:${RPC_PORTS[i]}" --dns-addr "127.0.0.1:${DNS_PORTS[i]}" \
+    >"$LOG_DIR/node$id.out" 2>"$LOG_DIR/node$id.log" &
+  CAIRN_PIDS+=($!)
+done
+for i in 0 1 2; do
+  wait_node $((i + 1)) "${CAIRN_PIDS[i]}" "${HTTP_PORTS[i]}" "${DNS_PORTS[i]}" "${RPC_PORTS[i]}" \
+    "$LOG_DIR/node$((i + 1)).out" "$LOG_DIR/node$((i + 1)).log"
+done
+LEADER_HTTP=$(leader_http)
+log "phase 2: three nodes up (pids ${CAIRN_PIDS[*]}), leader http 127.0.0.1:$LEADER_HTTP; registering $BENCH_DETECT_CHECKS checks every $BENCH_DETECT_INTERVAL"
+"${TOOL[@]}" register --url "127.0.0.1:$LEADER_HTTP" --count "$BENCH_DETECT_CHECKS" --per-service 1 \
+  --prefix s --target-port "$TARGET_PORT" --interval "$BENCH_DETECT_INTERVAL" --timeout "$BENCH_DETECT_TIMEOUT" \
+  --fall "$BENCH_DETECT_FALL" --rise 1 --connections "$BENCH_REG_CONNECTIONS" --max-seconds 600 \
+  --out "$RESULTS_DIR/register-cluster.json" || die "registration failed; see $RESULTS_DIR/register-cluster.json"
+wait_urls=()
+for p in "${HTTP_PORTS[@]}"; do wait_urls+=(--url "127.0.0.1:$p"); done
+"${TOOL[@]}" wait-passing "${wait_urls[@]}" --want "$BENCH_DETECT_CHECKS" \
+  --timeout $((DETECT_INTERVAL_MS * 3 / 1000 + 60)) >/dev/null || die "not every instance became passing on every node"
+sleep 2
+note_load "the detection runs"
+LOAD_DETECT=$(cut -d' ' -f1-3 /proc/loadavg)
+# Per sample: give up after three times the expected detection time plus 5 s.
+SAMPLE_TIMEOUT=$(((BENCH_DETECT_FALL * DETECT_INTERVAL_MS * 3 + 5000) / 1000))
+DNS_CSV=$(IFS=,; echo "${DNS_PORTS[*]}")
+"${TOOL[@]}" detect --target "127.0.0.1:$TARGET_PORT" --dns-ports "$DNS_CSV" --prefix s \
+  --count "$BENCH_DETECT_CHECKS" --samples "$BENCH_DETECT_SAMPLES" --fall "$BENCH_DETECT_FALL" \
+  --poll "$(awk -v ms="$BENCH_POLL_MS" 'BEGIN { print ms / 1000 }')" --sample-timeout "$SAMPLE_TIMEOUT" \
+  --max-seconds 1800 --out "$RESULTS_DIR/detect.jsonl" || die "detection runs failed; see $RESULTS_DIR/detect.jsonl"
+note_load "the end of the detection runs"
+for i in 0 1 2; do
+  curl -sf --max-time 5 "http://127.0.0.1:${HTTP_PORTS[i]}/metrics" >"$RESULTS_DIR/metrics-node$((i + 1)).txt" || true
+done
+stop_pids "${CAIRN_PIDS[@]}"
+CAIRN_PIDS=()
+stop_pids "$TARGET_PID"
+TARGET_PID=""
+CLUSTER_LOGS=$(log_counts "$LOG_DIR"/node?.log)
+log "phase 2 done; cluster logs: $CLUSTER_LOGS"
+
+# --- Report. ---
+# shellcheck disable=SC1091 # a system file, not part of this repo
+os_name=$(. /etc/os-release 2>/dev/null && printf '%s' "${PRETTY_NAME:-unknown}") || os_name=unknown
+cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+bin_display=$CAIRN_BIN
+[[ $bin_display == "$REPO_ROOT"/* ]] && bin_display=${bin_display#"$REPO_ROOT"/}
+
+printf '\n'
+report "$RESULTS_DIR" \
+  --meta "date=$(date -u '+%Y-%m-%d %H:%M UTC')" \
+  --meta "nproc=$(nproc)" \
+  --meta "cpu=${cpu_model:-unknown}" \
+  --meta "kernel=$(uname -r)" \
+  --meta "os=$os_name" \
+  --meta "fs=$(findmnt -no FSTYPE -T "$WORK_DIR" 2>/dev/null || stat -f -c %T "$WORK_DIR")" \
+  --meta "load=$LOAD_AT_START (before the CPU window $LOAD_CPU, before detection $LOAD_DETECT)" \
+  --meta "cairn_bin=$bin_display" \
+  --meta "cairn_build=$CAIRN_BUILD" \
+  --meta "cairn_log=$BENCH_CAIRN_LOG" \
+  --meta "logs=single node: $SOLO_LOGS; three nodes: $CLUSTER_LOGS" \
+  --meta "python=$("$PYTHON" -c 'import platform; print(platform.python_version())')" \
+  --meta "command=$COMMAND_LINE" \
+  --meta "checks=$BENCH_CHECKS" \
+  --meta "interval=$BENCH_INTERVAL" \
+  --meta "timeout=$BENCH_TIMEOUT" \
+  --meta "fall=$BENCH_FALL" \
+  --meta "window=10" \
+  --meta "settle=$BENCH_SETTLE" \
+  --meta "idle_rss_kib=$IDLE_RSS" \
+  --meta "detect_checks=$BENCH_DETECT_CHECKS" \
+  --meta "detect_interval=$BENCH_DETECT_INTERVAL" \
+  --meta "detect_timeout=$BENCH_DETECT_TIMEOUT" \
+  --meta "detect_fall=$BENCH_DETECT_FALL" \
+  --meta "poll_ms=$BENCH_POLL_MS" \
+  --meta "under_load=$UNDER_LOAD" \
+  --meta "waited=$WAITED" \
+  --meta "results_dir=${RESULTS_DIR#"$REPO_ROOT"/}/"

@@ -1,0 +1,508 @@
+#!/usr/bin/env bash
+# Blocking queries and watches: watch fan-out on one node, and read throughput of one service
+# against etcd's serializable range reads. Everything runs on this machine's loopback interface.
+#
+#   bench/reads.sh [--help]
+#
+# Fan-out: for each W in BENCH_WATCHERS, BENCH_RUNS times, a fresh single node (--bootstrap)
+#   with a service of BENCH_INSTANCES instances; W blocking GETs (?index=N&wait=) from one Python
+#   asyncio process; once all are parked, one registration; the time from that write's 200 until
+#   the last watcher has its response, and the node's RSS per waiting watcher. Goal: < 1 s at
+#   10,000 watchers.
+# Reads: a single node with the same service, then a single-member etcd with the same number of
+#   records under a prefix; wrk at each of BENCH_CONNECTIONS against Cairn's
+#   GET /v1/services/<svc> and etcd's gateway POST /v3/kv/range (serializable). Goal: >= 5x etcd.
+#
+# Before starting it waits (up to BENCH_WAIT_MAX seconds) while another benchmark runs
+# (processes named in BENCH_WAIT_FOR, or bench/{dns,registrations,checks}.sh), and notes in the
+# report if it had to measure under load.
+#
+# Environment (defaults in brackets):
+#   CAIRN_BIN          cairn binary [${CARGO_TARGET_DIR:-<repo>/target}/release/cairn]
+#   BENCH_ONLY         run only "fanout" or only "reads" [both]
+#   BENCH_WATCHERS     space-separated watcher counts for the fan-out ["1000 10000"]
+#   BENCH_RUNS         runs per fan-out size and per (system, connections); medians reported [3]
+#   BENCH_DURATION     seconds per wrk run [10]
+#   BENCH_CONNECTIONS  space-separated wrk connection counts ["1 64 256"]
+#   BENCH_WARMUP       seconds of unrecorded wrk load per system before measuring; 0 = none [3]
+#   BENCH_INSTANCES    instances of the service (records in etcd) [10]
+#   BENCH_SETTLE       seconds to wait after all watchers are parked, before RSS and the change [2]
+#   BENCH_WATCH_WAIT   the watchers' wait= (longer than opening them takes) [300s]
+#   BENCH_PIN          1 = pin the server to CPU 0 and wrk / the fan-out client to CPU 1 [0]
+#   BENCH_TIMEOUT      wrk per-request timeout in seconds; slower responses count as errors [10]
+#   BENCH_PORT_BASE    first of the loopback ports used (base+1 .. base+5) [24000]
+#   BENCH_CAIRN_LOG    the node's log filter (CAIRN_LOG) [warn]
+#   BENCH_WAIT_FOR     process names that mean another benchmark runs ["dnsperf knotd wrk etcd hickory-dns"]
+#   BENCH_WAIT_MAX     longest wait for them, in seconds; 0 = do not wait [1200]
+#   BENCH_OUTPUT       Markdown file whose reads section is replaced [<repo>/BENCHMARKS.md]
+#   BENCH_WRITE        0 = only print the section, leave BENCH_OUTPUT alone [1]
+#
+# Raises its open-file limit (65536, or the hard limit if lower: 10,000 watchers need 10,000
+# sockets in the node and as many in the client). Installs etcd-server, wrk, curl and python3
+# with apt-get when they are missing. Raw output and logs stay in bench/results/reads-<UTC time>/
+# (git-ignored).
+set -euo pipefail
+
+SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd -- "$SCRIPT_DIR/.." && pwd)
+
+KNOBS=(CAIRN_BIN BENCH_ONLY BENCH_WATCHERS BENCH_RUNS BENCH_DURATION BENCH_CONNECTIONS BENCH_WARMUP
+  BENCH_INSTANCES BENCH_SETTLE BENCH_WATCH_WAIT BENCH_PIN BENCH_TIMEOUT BENCH_PORT_BASE BENCH_CAIRN_LOG
+  BENCH_WAIT_FOR BENCH_WAIT_MAX BENCH_OUTPUT BENCH_WRITE)
+COMMAND_LINE=""
+for var in "${KNOBS[@]}"; do
+  if [[ -n ${!var+set} ]]; then COMMAND_LINE+="$var=$(printf '%q' "${!var}") "; fi
+done
+COMMAND_LINE+="bench/reads.sh"
+for arg in "$@"; do COMMAND_LINE+=" $(printf '%q' "$arg")"; done
+
+usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
+log() { printf '[reads %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() {
+  log "error: $*"
+  exit 1
+}
+
+for arg in "$@"; do
+  case $arg in
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument: $arg" ;;
+  esac
+done
+
+# --- Settings. ---
+BENCH_ONLY=${BENCH_ONLY:-}
+BENCH_WATCHERS=${BENCH_WATCHERS:-1000 10000}
+BENCH_RUNS=${BENCH_RUNS:-3}
+BENCH_DURATION=${BENCH_DURATION:-10}
+BENCH_CONNECTIONS=${BENCH_CONNECTIONS:-1 64 256}
+BENCH_WARMUP=${BENCH_WARMUP:-3}
+BENCH_INSTANCES=${BENCH_INSTANCES:-10}
+BENCH_SETTLE=${BENCH_SETTLE:-2}
+BENCH_WATCH_WAIT=${BENCH_WATCH_WAIT:-300s}
+BENCH_PIN=${BENCH_PIN:-0}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-10}
+BENCH_PORT_BASE=${BENCH_PORT_BASE:-24000}
+BENCH_CAIRN_LOG=${BENCH_CAIRN_LOG:-warn}
+BENCH_WAIT_FOR=${BENCH_WAIT_FOR:-dnsperf knotd wrk etcd hickory-dns}
+BENCH_WAIT_MAX=${BENCH_WAIT_MAX:-1200}
+BENCH_OUTPUT=${BENCH_OUTPUT:-$REPO_ROOT/BENCHMARKS.md}
+BENCH_WRITE=${BENCH_WRITE:-1}
+CAIRN_BIN=${CAIRN_BIN:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/cairn}
+SERVICE=web
+ETCD_PREFIX=/cairn-bench/services/$SERVICE/instances/
+
+is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+for var in BENCH_RUNS BENCH_DURATION BENCH_WARMUP BENCH_INSTANCES BENCH_SETTLE BENCH_TIMEOUT \
+  BENCH_PORT_BASE BENCH_WAIT_MAX; do
+  is_uint "${!var}" || die "$var must be a whole number, got '${!var}'"
+done
+((BENCH_RUNS >= 1 && BENCH_DURATION >= 1 && BENCH_TIMEOUT >= 1)) ||
+  die "BENCH_RUNS, BENCH_DURATION and BENCH_TIMEOUT must be at least 1"
+((BENCH_INSTANCES >= 1 && BENCH_INSTANCES <= 250)) || die "BENCH_INSTANCES must be 1..250"
+if ! [[ $BENCH_WATCH_WAIT =~ ^[0-9]+s$ ]] || ((${BENCH_WATCH_WAIT%s} < 30 || ${BENCH_WATCH_WAIT%s} > 600)); then
+  die "BENCH_WATCH_WAIT must be 30s..600s, got '$BENCH_WATCH_WAIT'"
+fi
+[[ $BENCH_WRITE == [01] ]] || die "BENCH_WRITE must be 0 or 1, got '$BENCH_WRITE'"
+[[ $BENCH_PIN == [01] ]] || die "BENCH_PIN must be 0 or 1, got '$BENCH_PIN'"
+# Stay below Linux's ephemeral range (32768+) so no outgoing socket can take our ports.
+((BENCH_PORT_BASE >= 1024 && BENCH_PORT_BASE + 5 < 32768)) || die "BENCH_PORT_BASE must be between 1024 and 32762"
+read -r -a WATCHERS <<<"$BENCH_WATCHERS"
+read -r -a CONNECTIONS <<<"$BENCH_CONNECTIONS"
+case $BENCH_ONLY in
+  "") PHASES=(fanout reads) ;;
+  fanout | reads) PHASES=("$BENCH_ONLY") ;;
+  *) die "BENCH_ONLY must be 'fanout', 'reads' or empty, got '$BENCH_ONLY'" ;;
+esac
+wants() { [[ " ${PHASES[*]} " == *" $1 "* ]]; }
+MAX_W=0
+if wants fanout; then
+  ((${#WATCHERS[@]} > 0)) || die "BENCH_WATCHERS is empty"
+  for w in "${WATCHERS[@]}"; do
+    if ! is_uint "$w" || ((w < 1 || w > 100000)); then die "bad watcher count '$w' in BENCH_WATCHERS"; fi
+    ((w > MAX_W)) && MAX_W=$w
+  done
+fi
+if wants reads; then
+  ((${#CONNECTIONS[@]} > 0)) || die "BENCH_CONNECTIONS is empty"
+  for c in "${CONNECTIONS[@]}"; do
+    if ! is_uint "$c" || ((c < 1 || c > 10000)); then die "bad connection count '$c' in BENCH_CONNECTIONS"; fi
+  done
+fi
+
+# Ports: Cairn http/rpc/dns base+1..3, etcd client base+4, etcd peer base+5.
+CAIRN_HTTP=$((BENCH_PORT_BASE + 1))
+CAIRN_RPC=$((BENCH_PORT_BASE + 2))
+CAIRN_DNS=$((BENCH_PORT_BASE + 3))
+ETCD_CLIENT=$((BENCH_PORT_BASE + 4))
+ETCD_PEER=$((BENCH_PORT_BASE + 5))
+
+# --- Process and temp-dir bookkeeping: only PIDs started here are ever signalled. ---
+CAIRN_PID=""
+ETCD_PID=""
+WORK_DIR=""
+RESULTS_DIR=""
+
+# stop_pids PID...: SIGTERM, up to 10 s for a clean exit, then SIGKILL; reaps them.
+stop_pids() {
+  local pid deadline
+  (($# > 0)) || return 0
+  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+  deadline=$((SECONDS + 10))
+  for pid in "$@"; do
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "pid $pid ignored SIGTERM for 10 s; sending SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+  done
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  stop_pids ${CAIRN_PID:+"$CAIRN_PID"} ${ETCD_PID:+"$ETCD_PID"}
+  if [[ -n $WORK_DIR && -d $WORK_DIR ]]; then rm -rf -- "$WORK_DIR"; fi
+  ((rc == 0)) || log "failed (exit $rc); logs and raw output are in ${RESULTS_DIR:-<none yet>}"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- Tools. ---
+ensure_tools() {
+  local -A pkg_of=([curl]=curl [python3]=python3)
+  if wants reads; then pkg_of+=([etcd]=etcd-server [wrk]=wrk); fi
+  local cmd missing=()
+  for cmd in "${!pkg_of[@]}"; do
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_of[$cmd]}")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  ((EUID == 0)) || die "missing packages: ${missing[*]}; run: sudo apt-get install -y ${missing[*]}"
+  log "installing ${missing[*]} with apt-get"
+  timeout 600 apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq "${missing[@]}" >/dev/null
+  for cmd in "${!pkg_of[@]}"; do
+    command -v "$cmd" >/dev/null 2>&1 || die "$cmd still missing after installing ${pkg_of[$cmd]}"
+  done
+}
+ensure_tools
+[[ -x $CAIRN_BIN ]] || die "no cairn binary at $CAIRN_BIN; build it (cargo build --release -p cairn-node) or set CAIRN_BIN"
+CAIRN_BIN=$(cd -- "$(dirname -- "$CAIRN_BIN")" && pwd)/$(basename -- "$CAIRN_BIN")
+if wants fanout && ! "$CAIRN_BIN" agent --help 2>/dev/null | grep -q -- '--max-waiting-per-client'; then
+  die "$CAIRN_BIN has no --max-waiting-per-client: it was built before blocking queries; rebuild it
+  (cargo build --release -p cairn-node), or run only the read benchmark with BENCH_ONLY=reads"
+fi
+# The real interpreter (not a pyenv shim), so that what we time and pin is the process doing the work.
+PYTHON=$(python3 -c 'import sys; print(sys.executable)')
+TOOL=("$PYTHON" "$SCRIPT_DIR/reads_tool.py")
+
+# Pinning: the server on CPU 0, the load (wrk, the fan-out client) on CPU 1.
+SERVER_PIN=()
+CLIENT_PIN=()
+if ((BENCH_PIN)); then
+  (($(nproc) >= 2)) || die "BENCH_PIN=1 needs at least 2 CPUs"
+  command -v taskset >/dev/null || die "BENCH_PIN=1 needs taskset (util-linux)"
+  SERVER_PIN=(taskset -c 0)
+  CLIENT_PIN=(taskset -c 1)
+fi
+
+port_in_use() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+check_ports_free() {
+  local p
+  for p in "$@"; do
+    ! port_in_use "$p" || die "127.0.0.1:$p is already in use; pick other ports with BENCH_PORT_BASE"
+  done
+}
+assert_alive() {
+  kill -0 "$2" 2>/dev/null && return 0
+  log "$1 (pid $2) exited; last lines of $3:"
+  tail -n 30 "$3" >&2 || true
+  die "$1 did not stay up"
+}
+
+# --- Other benchmarks on this machine (never our own children: we check before starting any). ---
+other_benchmarks() {
+  local name pid found=()
+  for name in $BENCH_WAIT_FOR; do
+    while read -r pid; do
+      [[ -n $pid && $pid != "$CAIRN_PID" && $pid != "$ETCD_PID" ]] && found+=("$name($pid)")
+    done < <(pgrep -x -- "$name" 2>/dev/null || true)
+  done
+  while read -r pid name; do
+    [[ -n $pid ]] && found+=("$name($pid)")
+  done < <(pgrep -af -- 'bench/(dns|registrations|checks)\.sh' 2>/dev/null | awk '{ print $1, $NF }' || true)
+  printf '%s' "${found[*]:-}"
+}
+
+UNDER_LOAD=""
+WAITED=""
+wait_for_quiet() {
+  local busy start=$SECONDS
+  busy=$(other_benchmarks)
+  [[ -z $busy ]] && return 0
+  if ((BENCH_WAIT_MAX == 0)); then
+    log "warning: another benchmark is running ($busy); BENCH_WAIT_MAX=0, measuring anyway"
+    UNDER_LOAD+="another benchmark was running at the start ($busy). "
+    return 0
+  fi
+  log "another benchmark is running ($busy); waiting up to $BENCH_WAIT_MAX s for it to finish"
+  while [[ -n $busy ]] && ((SECONDS - start < BENCH_WAIT_MAX)); do
+    sleep 10
+    busy=$(other_benchmarks)
+  done
+  if [[ -n $busy ]]; then
+    log "warning: still running after $BENCH_WAIT_MAX s ($busy); measuring anyway"
+    UNDER_LOAD+="another benchmark was still running after waiting $BENCH_WAIT_MAX s ($busy). "
+  else
+    log "the other benchmark finished after $((SECONDS - start)) s; waiting 10 s more for the machine to settle"
+    WAITED="waited $((SECONDS - start)) s for another benchmark to finish"
+    sleep 10
+  fi
+}
+# note_load WHAT: records in the report when another benchmark runs while we measure.
+note_load() {
+  local busy
+  busy=$(other_benchmarks)
+  if [[ -n $busy ]]; then
+    log "warning: another benchmark is running during $1: $busy"
+    UNDER_LOAD+="another benchmark ran during $1 ($busy). "
+  fi
+}
+
+# --- Cairn. ---
+# start_cairn NAME [EXTRA ARGS...]: a fresh single node in WORK_DIR/NAME; sets CAIRN_PID.
+start_cairn() {
+  local name=$1 deadline
+  shift
+  local out=$LOG_DIR/$name.out errlog=$LOG_DIR/$name.log
+  local want="cairn listening node_id=1 http=127.0.0.1:$CAIRN_HTTP dns=127.0.0.1:$CAIRN_DNS rpc=127.0.0.1:$CAIRN_RPC"
+  check_ports_free "$CAIRN_HTTP" "$CAIRN_RPC" "$CAIRN_DNS"
+  rm -rf -- "${WORK_DIR:?}/$name"
+  mkdir -p "$WORK_DIR/$name"
+  CAIRN_LOG=$BENCH_CAIRN_LOG ${SERVER_PIN[@]+"${SERVER_PIN[@]}"} "$CAIRN_BIN" agent --node-id 1 \
+    --data-dir "$WORK_DIR/$name" --bootstrap --http-addr "127.0.0.1:$CAIRN_HTTP" \
+    --rpc-addr "127.0.0.1:$CAIRN_RPC" --dns-addr "127.0.0.1:$CAIRN_DNS" "$@" >"$out" 2>"$errlog" &
+  CAIRN_PID=$!
+  deadline=$((SECONDS + 30))
+  until grep -qxF -- "$want" "$out"; do
+    assert_alive "cairn ($name)" "$CAIRN_PID" "$errlog"
+    ((SECONDS < deadline)) || die "cairn ($name) did not print '$want' within 30 s; see $out"
+    sleep 0.1
+  done
+  deadline=$((SECONDS + 60))
+  until [[ $(curl -s --max-time 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$CAIRN_HTTP/v1/ready") == 200 ]]; do
+    assert_alive "cairn ($name)" "$CAIRN_PID" "$errlog"
+    ((SECONDS < deadline)) || die "cairn ($name) not ready (GET /v1/ready != 200) after 60 s"
+    sleep 0.1
+  done
+  local limit
+  limit=$(awk '/^Max open files/ { print $4 }' "/proc/$CAIRN_PID/limits")
+  log "cairn ($name) ready, pid $CAIRN_PID, open-file limit $limit"
+}
+
+stop_cairn() {
+  stop_pids "$CAIRN_PID"
+  CAIRN_PID=""
+}
+
+# log_counts FILE...: "N warnings, M errors" over the servers' stderr (ANSI colours stripped).
+log_counts() {
+  local w e
+  w=$(cat "$@" 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' | grep -ciE '( WARN |"level":"warn")' || true)
+  e=$(cat "$@" 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' | grep -ciE '( ERROR |"level":"error")' || true)
+  printf '%s warnings, %s errors' "$w" "$e"
+}
+
+# --- etcd. ---
+start_etcd() {
+  local deadline
+  check_ports_free "$ETCD_CLIENT" "$ETCD_PEER"
+  ${SERVER_PIN[@]+"${SERVER_PIN[@]}"} etcd --name bench --data-dir "$WORK_DIR/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_CLIENT" --advertise-client-urls "http://127.0.0.1:$ETCD_CLIENT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER" \
+    --initial-cluster "bench=http://127.0.0.1:$ETCD_PEER" --initial-cluster-state new \
+    --initial-cluster-token "cairn-reads-bench-$$" \
+    --logger zap --log-outputs stderr --log-level warn >"$LOG_DIR/etcd.log" 2>&1 &
+  ETCD_PID=$!
+  deadline=$((SECONDS + 60))
+  until [[ $(curl -s --max-time 2 "http://127.0.0.1:$ETCD_CLIENT/health" 2>/dev/null) == *'"health":"true"'* ]]; do
+    assert_alive etcd "$ETCD_PID" "$LOG_DIR/etcd.log"
+    ((SECONDS < deadline)) || die "etcd not healthy after 60 s; see $LOG_DIR/etcd.log"
+    sleep 0.2
+  done
+  log "etcd ready, pid $ETCD_PID, client http://127.0.0.1:$ETCD_CLIENT"
+}
+
+# --- wrk. ---
+# run_wrk SYSTEM URL CONNS DURATION LABEL RUN RUNS_FILE [LUA ARGS...]
+run_wrk() {
+  local system=$1 url=$2 conns=$3 duration=$4 label=$5 run=$6 runs_file=$7
+  shift 7
+  local threads=$((conns < 2 ? conns : 2))
+  local out="$RESULTS_DIR/wrk-$system-c$conns-$label.txt"
+  # wrk stops itself after -d; the extra minute only guards against a wedged wrk.
+  if ! timeout --kill-after=10 $((duration + 60)) ${CLIENT_PIN[@]+"${CLIENT_PIN[@]}"} \
+    wrk --latency -t "$threads" -c "$conns" -d "${duration}s" --timeout "${BENCH_TIMEOUT}s" \
+    -s "$SCRIPT_DIR/reads.lua" "$url" -- "$system" "$@" >"$out" 2>&1; then
+    tail -n 20 "$out" >&2 || true
+    die "wrk failed for $system c=$conns $label (output in $out)"
+  fi
+  "${TOOL[@]}" record-wrk --runs "$runs_file" --wrk-output "$out" --system "$system" \
+    --connections "$conns" --threads "$threads" --run "$run" --label "$label"
+}
+
+# bench_reads SYSTEM URL [LUA ARGS...]: warm-up, then BENCH_RUNS rounds over the connection
+# counts (rounds outside, so slow drift is spread over all rows rather than hitting one).
+bench_reads() {
+  local system=$1 url=$2 run c
+  shift 2
+  if ((BENCH_WARMUP > 0)); then
+    log "$system warm-up: ${BENCH_WARMUP} s at 64 connections (not recorded)"
+    run_wrk "$system" "$url" 64 "$BENCH_WARMUP" warmup 0 "$RESULTS_DIR/warmup.jsonl" "$@"
+  fi
+  for ((run = 1; run <= BENCH_RUNS; run++)); do
+    for c in "${CONNECTIONS[@]}"; do
+      run_wrk "$system" "$url" "$c" "$BENCH_DURATION" "r$run" "$run" "$RESULTS_DIR/reads.jsonl" "$@"
+    done
+  done
+}
+
+# --- Main. ---
+# Open files: W sockets in the node and W in the client (separate processes, one limit each),
+# plus listeners, RocksDB and the like. Inherited by everything started below.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+if wants fanout && [[ $NOFILE != unlimited ]] && ((NOFILE < MAX_W + 512)); then
+  die "open-file limit is $NOFILE (hard $(ulimit -Hn)), too low for $MAX_W watchers; need at least $((MAX_W + 512))"
+fi
+
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+RESULTS_DIR=$REPO_ROOT/bench/results/reads-$STAMP
+LOG_DIR=$RESULTS_DIR/logs
+mkdir -p "$LOG_DIR"
+# Data dirs on the default temp filesystem (recorded in the report).
+WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/cairn-reads-bench.XXXXXX")
+
+
+wait_for_quiet
+LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
+log "results in $RESULTS_DIR; data in $WORK_DIR; load average $LOAD_AT_START; open-file limit $NOFILE"
+
+CAIRN_BODY="?"
+ETCD_BODY="?"
+LOG_FILES=()
+if wants fanout; then
+  note_load "the fan-out runs"
+  # Rounds outside, sizes inside: every run of every size on its own fresh node, so one run's
+  # freed-but-kept allocator memory does not hide the next run's per-watcher cost.
+  for ((run = 1; run <= BENCH_RUNS; run++)); do
+    for w in "${WATCHERS[@]}"; do
+      start_cairn "fanout-w$w-r$run" --max-waiting-per-client "$w"
+      LOG_FILES+=("$LOG_DIR/fanout-w$w-r$run.log")
+      "${TOOL[@]}" seed-cairn --port "$CAIRN_HTTP" --service "$SERVICE" --count "$BENCH_INSTANCES" \
+        >"$RESULTS_DIR/seed-fanout-w$w-r$run.json" || die "seeding the fan-out node failed"
+      # A few plain reads first, so lazy initialisation is not counted as watcher memory.
+      for _ in 1 2 3; do curl -sf --max-time 5 -o /dev/null "http://127.0.0.1:$CAIRN_HTTP/v1/services/$SERVICE"; done
+      # Bound: opening W watchers, the parked probe, the settle time and their return.
+      ${CLIENT_PIN[@]+"${CLIENT_PIN[@]}"} timeout --kill-after=10 $((w / 50 + BENCH_SETTLE + 240)) \
+        "${TOOL[@]}" fanout --port "$CAIRN_HTTP" --pid "$CAIRN_PID" --service "$SERVICE" --watchers "$w" \
+        --run "$run" --wait "$BENCH_WATCH_WAIT" --settle "$BENCH_SETTLE" \
+        --max-seconds $((w / 100 + BENCH_SETTLE + 120)) --out "$RESULTS_DIR/fanout.jsonl" ||
+        die "fan-out run W=$w #$run failed (node log: $LOG_DIR/fanout-w$w-r$run.log)"
+      assert_alive cairn "$CAIRN_PID" "$LOG_DIR/fanout-w$w-r$run.log"
+      stop_cairn
+    done
+  done
+  note_load "the end of the fan-out runs"
+fi
+
+if wants reads; then
+  note_load "the read runs"
+  start_cairn reads-cairn
+  LOG_FILES+=("$LOG_DIR/reads-cairn.log")
+  "${TOOL[@]}" seed-cairn --port "$CAIRN_HTTP" --service "$SERVICE" --count "$BENCH_INSTANCES" \
+    >"$RESULTS_DIR/seed-reads-cairn.json" || die "seeding cairn failed"
+  CAIRN_BODY=$("$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["body_bytes"])' <"$RESULTS_DIR/seed-reads-cairn.json")
+  bench_reads cairn "http://127.0.0.1:$CAIRN_HTTP/v1/services/$SERVICE" "$BENCH_INSTANCES"
+  assert_alive cairn "$CAIRN_PID" "$LOG_DIR/reads-cairn.log"
+  curl -sf --max-time 5 "http://127.0.0.1:$CAIRN_HTTP/metrics" >"$RESULTS_DIR/metrics-reads-cairn.txt" || true
+  # One server at a time: stop Cairn before etcd starts.
+  stop_cairn
+
+  start_etcd
+  LOG_FILES+=("$LOG_DIR/etcd.log")
+  "${TOOL[@]}" seed-etcd --port "$ETCD_CLIENT" --service "$SERVICE" --prefix "$ETCD_PREFIX" \
+    --count "$BENCH_INSTANCES" --body-out "$RESULTS_DIR/etcd-range-body.json" \
+    >"$RESULTS_DIR/seed-reads-etcd.json" || die "seeding etcd failed"
+  ETCD_BODY=$("$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["body_bytes"])' <"$RESULTS_DIR/seed-reads-etcd.json")
+  bench_reads etcd "http://127.0.0.1:$ETCD_CLIENT/v3/kv/range" "$BENCH_INSTANCES" "$(cat "$RESULTS_DIR/etcd-range-body.json")"
+  assert_alive etcd "$ETCD_PID" "$LOG_DIR/etcd.log"
+  stop_pids "$ETCD_PID"
+  ETCD_PID=""
+  note_load "the end of the read runs"
+fi
+
+# --- Report. ---
+if cairn_commit=$(git -C "$REPO_ROOT" rev-parse --short=12 HEAD 2>/dev/null); then
+  [[ -z $(git -C "$REPO_ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]] ||
+    cairn_commit+=" (with uncommitted changes)"
+else
+  cairn_commit="unknown (no git commit)"
+fi
+# shellcheck disable=SC1091 # a system file, not part of this repo
+os_name=$(. /etc/os-release 2>/dev/null && printf '%s' "${PRETTY_NAME:-unknown}") || os_name=unknown
+cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+bin_display=$CAIRN_BIN
+[[ $bin_display == "$REPO_ROOT"/* ]] && bin_display=${bin_display#"$REPO_ROOT"/}
+[[ -n $WAITED ]] && UNDER_LOAD="${UNDER_LOAD}(Before starting: $WAITED.) "
+pin_note=""
+((BENCH_PIN)) && pin_note=", each pinned to CPU 0 with wrk pinned to CPU 1"
+output_args=()
+((BENCH_WRITE)) && output_args=(--output "$BENCH_OUTPUT")
+etcd_version=n/a
+wrk_version=n/a
+if wants reads; then
+  # `wrk -v` exits non-zero after printing its version.
+  etcd_version=$(etcd --version 2>/dev/null | awk '/^etcd Version:/ { print $3 }') || true
+  wrk_version=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }') || true
+fi
+logs_summary=""
+((${#LOG_FILES[@]} > 0)) && logs_summary=$(log_counts "${LOG_FILES[@]}")
+
+printf '\n'
+"${TOOL[@]}" report --fanout "$RESULTS_DIR/fanout.jsonl" --reads "$RESULTS_DIR/reads.jsonl" \
+  --section-out "$RESULTS_DIR/section.md" ${output_args[@]+"${output_args[@]}"} \
+  --meta "date=$(date -u '+%Y-%m-%d %H:%M UTC')" \
+  --meta "nproc=$(nproc)" \
+  --meta "cpu=${cpu_model:-unknown}" \
+  --meta "kernel=$(uname -r)" \
+  --meta "os=$os_name" \
+  --meta "fs=$(findmnt -no FSTYPE -T "$WORK_DIR" 2>/dev/null || stat -f -c %T "$WORK_DIR")" \
+  --meta "load=$LOAD_AT_START" \
+  --meta "cairn_commit=$cairn_commit" \
+  --meta "cairn_bin=$bin_display" \
+  --meta "cairn_bin_mtime=built $(date -u -r "$CAIRN_BIN" '+%Y-%m-%d %H:%M UTC')" \
+  --meta "cairn_log=$BENCH_CAIRN_LOG" \
+  --meta "etcd_version=$etcd_version" \
+  --meta "wrk_version=$wrk_version" \
+  --meta "python=$("$PYTHON" -c 'import platform; print(platform.python_version())')" \
+  --meta "nofile=$NOFILE" \
+  --meta "service=$SERVICE" \
+  --meta "instances=$BENCH_INSTANCES" \
+  --meta "watchers=${WATCHERS[*]}" \
+  --meta "watchers_max=$MAX_W" \
+  --meta "wait=$BENCH_WATCH_WAIT" \
+  --meta "settle=$BENCH_SETTLE" \
+  --meta "duration=$BENCH_DURATION" \
+  --meta "runs=$BENCH_RUNS" \
+  --meta "warmup=$BENCH_WARMUP" \
+  --meta "pin_note=$pin_note" \
+  --meta "cairn_body=$CAIRN_BODY" \
+  --meta "etcd_body=$ETCD_BODY" \
+  --meta "logs=$logs_summary" \
+  --meta "under_load=$UNDER_LOAD" \
+  --meta "command=$COMMAND_LINE" \
+  --meta "results_dir=${RESULTS_DIR#"$REPO_ROOT"/}/"
