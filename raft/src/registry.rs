@@ -37,6 +37,9 @@ pub struct ServiceEntry {
     /// Instances by health: passing, warning, critical.
     #[serde(skip_serializing)]
     health_counts: [u32; 3],
+    /// Instances with at least one check, so the checker can skip services without any.
+    #[serde(skip_serializing)]
+    checked: u32,
 }
 
 /// What a service looks like serialized: the derived counts are rebuilt on the way in.
@@ -77,6 +80,7 @@ impl ServiceEntry {
             instances: OrdMap::new(),
             tag_counts: OrdMap::new(),
             health_counts: [0; 3],
+            checked: 0,
         }
     }
 
@@ -96,6 +100,9 @@ impl ServiceEntry {
         }
         let slot = &mut self.health_counts[health_slot(inst.health())];
         *slot = slot.saturating_add_signed(delta);
+        if !inst.spec.checks.is_empty() {
+            self.checked = self.checked.saturating_add_signed(delta);
+        }
         tags_changed
     }
 
@@ -128,6 +135,11 @@ impl ServiceEntry {
         let old = self.instances.remove(id)?;
         let changed = self.count(&old, -1);
         Some((old, changed))
+    }
+
+    /// How many instances have at least one check.
+    pub fn checked_instances(&self) -> u32 {
+        self.checked
     }
 
     /// The union of the instances' tags, sorted.
@@ -650,6 +662,32 @@ mod tests {
         let json = serde_json::to_string(&*r.service("web").unwrap()).unwrap();
         let back: ServiceEntry = serde_json::from_str(&json).unwrap();
         assert_eq!(back, *r.service("web").unwrap());
+    }
+
+    #[test]
+    fn instances_with_checks_are_counted() {
+        let r = Registry::default();
+        let mut d = Dirty::default();
+        let body = serde_json::json!({"address": "10.0.0.1", "port": 80, "checks": [{"kind": "ttl", "ttl": "5s"}]});
+        let spec = validate_registration("c", &serde_json::from_value(body).unwrap()).unwrap();
+        let with_check = Command {
+            time_ms: 0,
+            ops: vec![Op::Register {
+                service: "web".into(),
+                instance: spec,
+            }],
+        };
+        r.apply(1, &register("web", "plain", &[]), &mut d);
+        assert_eq!(r.service("web").unwrap().checked_instances(), 0);
+        r.apply(2, &with_check, &mut d);
+        r.apply(3, &with_check, &mut d);
+        assert_eq!(
+            r.service("web").unwrap().checked_instances(),
+            1,
+            "a replace counts once"
+        );
+        r.apply(4, &deregister("web", "c"), &mut d);
+        assert_eq!(r.service("web").unwrap().checked_instances(), 0);
     }
 
     #[test]
