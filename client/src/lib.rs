@@ -1,10 +1,39 @@
-//! Types of Cairn's native HTTP API (`/v1`), shared by the server and by programs that call it.
+//! A client of Cairn's native HTTP API (`/v1`), and the API's types.
 //!
 //! This crate has no server dependencies: a program that registers itself or looks up a service
-//! depends on it alone. The request bodies ([`InstanceRegistration`], [`HealthUpdate`],
-//! [`JoinRequest`]), the responses ([`ServiceList`], [`ServiceInstances`], [`ClusterStatus`],
-//! [`WriteResult`]) and the error body ([`ApiError`] with its stable [`ErrorCode`]) are exactly what
-//! goes over the wire as JSON.
+//! depends on it alone.
+//!
+//! - [`Client`]: typed calls for every endpoint, over several node addresses with failover;
+//!   only errors that [`ClientError::is_retryable`] says are worth it are retried, with backoff
+//!   and a bound ([`RetryPolicy`]).
+//! - [`Registration`]: registers an instance, heartbeats its TTL checks in the background, and
+//!   deregisters on [`Registration::deregister`] or drop.
+//! - [`watch`]: a service's instance sets as a `Stream`, surviving node failover.
+//! - [`Balancer`]: pick a healthy instance of a watched service (weighted random, or power of
+//!   two choices); [`Resolver`]: a `reqwest` resolver so `http://web.service.cairn/` reaches one.
+//! - The wire types: request bodies ([`InstanceRegistration`], [`HealthUpdate`], ...), responses
+//!   ([`ServiceList`], [`ServiceInstances`], [`ClusterStatus`], [`WriteResult`]) and the error
+//!   body ([`ApiError`] with its stable [`ErrorCode`]).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), cairn_client::ClientError> {
+//! use cairn_client::{Client, InstanceRegistration, Registration};
+//!
+//! let client = Client::new(["10.0.0.1:8500", "10.0.0.2:8500", "10.0.0.3:8500"])?;
+//! let me: InstanceRegistration = serde_json::from_value(serde_json::json!({
+//!     "address": "10.0.0.7", "port": 8080,
+//!     "checks": [{"kind": "ttl", "ttl": "10s"}]
+//! })).expect("valid JSON");
+//! let registration = Registration::start(client.clone(), "web", "web-7", me).await?;
+//! let balancer = cairn_client::Balancer::start(client, "db");
+//! if let Some(db) = balancer.pick() {
+//!     println!("talking to {}:{}", db.address, db.port);
+//! }
+//! registration.deregister().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The wire types alone, for programs with their own HTTP stack:
 //!
 //! ```
 //! use cairn_client::{InstanceRegistration, ErrorCode};
@@ -16,12 +45,16 @@
 //! assert!(!ErrorCode::InvalidArgument.is_retryable());
 //! ```
 
+mod client;
 mod duration;
 mod error;
+mod live;
 mod types;
 
+pub use client::{Client, ClientError, Indexed, ReadOptions, RetryPolicy};
 pub use duration::{format_duration, parse_duration, DurationError};
 pub use error::{ApiError, ErrorCode};
+pub use live::{watch, Balancer, Registration, Resolver, WatchOptions};
 pub use types::*;
 
 /// Header carrying the registry index a read reflects, or the index a write committed at.

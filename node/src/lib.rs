@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod api;
 pub mod checks;
+pub mod cli;
 pub mod config;
 pub mod metrics;
 pub mod reads;

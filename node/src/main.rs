@@ -1,47 +1,94 @@
-//! `cairn`: the agent and its command line.
+//! `cairn`: the agent and the operator commands.
 
 use std::process::ExitCode;
 
-use cairn_node::agent;
 use cairn_node::config::AgentArgs;
+use cairn_node::{agent, cli};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for bad usage or configuration (BSD's EX_USAGE), before any port is bound.
 const EXIT_USAGE: u8 = 64;
 
+/// `cairn agent ...`: parsed on its own, because its `--http-addr` is a listen address while the
+/// operator commands' `--http-addr` is where to connect.
+#[derive(Parser)]
+#[command(name = "cairn", version)]
+struct AgentCli {
+    #[command(subcommand)]
+    command: AgentCommand,
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Run a Cairn server node.
+    Agent(AgentArgs),
+}
+
+/// Every other command.
 #[derive(Parser)]
 #[command(
     name = "cairn",
     version,
     about = "Service discovery and DNS registry cluster"
 )]
-struct Cli {
+struct OperatorCli {
+    #[command(flatten)]
+    target: cli::Target,
     #[command(subcommand)]
-    command: Command,
+    command: Operator,
 }
 
 #[derive(Subcommand)]
-enum Command {
-    /// Run a Cairn server node.
-    Agent(AgentArgs),
+enum Operator {
+    /// Run a Cairn server node (`cairn agent --help` lists its flags).
+    Agent,
+    #[command(flatten)]
+    Command(Box<cli::Command>),
+}
+
+/// Prints a parse error (or help) and picks the exit code.
+fn parse_failed(e: clap::Error) -> ExitCode {
+    let _ = e.print();
+    if e.use_stderr() {
+        ExitCode::from(EXIT_USAGE)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(EXIT_USAGE)
-            } else {
-                ExitCode::SUCCESS
-            };
+    if std::env::args().nth(1).as_deref() == Some("agent") {
+        return match AgentCli::try_parse() {
+            Ok(AgentCli {
+                command: AgentCommand::Agent(args),
+            }) => agent_main(args),
+            Err(e) => parse_failed(e),
+        };
+    }
+    let parsed = match OperatorCli::try_parse() {
+        Ok(p) => p,
+        Err(e) => return parse_failed(e),
+    };
+    let command = match parsed.command {
+        Operator::Command(c) => *c,
+        // Only reached with flags before `agent`, e.g. `cairn --json agent`.
+        Operator::Agent => {
+            eprintln!("cairn: put `agent` first: cairn agent [FLAGS]");
+            return ExitCode::from(EXIT_USAGE);
         }
     };
-    match cli.command {
-        Command::Agent(args) => agent_main(args),
-    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cairn: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(cli::run(parsed.target, command))
 }
 
 fn agent_main(args: AgentArgs) -> ExitCode {

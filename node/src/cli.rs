@@ -1,0 +1,450 @@
+//! The operator subcommands: `cairn members`, `services`, `instances`, `register`, `deregister`,
+//! `health set`, `watch`. Aligned tables by default, `--json` for programs; exit 0 on success,
+//! 1 on an error, 64 on bad usage.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use cairn_client::{
+    CheckKind, CheckRegistration, Client, ClientError, ErrorCode, HealthStatus,
+    InstanceRegistration, ReadOptions, WatchOptions,
+};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+/// Where to find the cluster, and how to print.
+#[derive(Debug, Clone, Args)]
+pub struct Target {
+    /// HTTP address of one or more nodes, comma-separated; tried in turn.
+    #[arg(
+        long,
+        env = "CAIRN_HTTP_ADDR",
+        default_value = "127.0.0.1:8500",
+        global = true
+    )]
+    pub http_addr: String,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MembersAction {
+    /// Remove a node from the cluster.
+    Remove { id: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HealthAction {
+    /// Set an instance's custom health.
+    Set {
+        service: String,
+        id: String,
+        /// passing, warning or critical.
+        status: String,
+        #[arg(long)]
+        output: Option<String>,
+    },
+}
+
+/// `cairn register` flags.
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    pub service: String,
+    pub id: String,
+    #[arg(long)]
+    pub address: String,
+    #[arg(long)]
+    pub port: u32,
+    /// A tag; repeat for several.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// `key=value`; repeat for several.
+    #[arg(long = "meta")]
+    pub meta: Vec<String>,
+    #[arg(long)]
+    pub weight: Option<u32>,
+    /// An HTTP check of this URL.
+    #[arg(long)]
+    pub http_check: Option<String>,
+    /// A TCP check of the instance's address and port.
+    #[arg(long)]
+    pub tcp_check: bool,
+    /// A TTL check with this TTL (e.g. 30s); pass it with heartbeats.
+    #[arg(long)]
+    pub ttl_check: Option<String>,
+    /// Interval of the HTTP or TCP check.
+    #[arg(long)]
+    pub interval: Option<String>,
+    /// Time-out of the HTTP or TCP check.
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// Remove the instance after its check has been critical this long.
+    #[arg(long)]
+    pub deregister_after: Option<String>,
+}
+
+/// The operator commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the cluster's members (or remove one).
+    Members {
+        #[command(subcommand)]
+        action: Option<MembersAction>,
+    },
+    /// List services with instance counts by health.
+    Services,
+    /// List a service's instances.
+    Instances {
+        service: String,
+        /// Only passing instances.
+        #[arg(long)]
+        passing: bool,
+        #[arg(long)]
+        tag: Option<String>,
+    },
+    /// Register (or replace) an instance.
+    Register(RegisterArgs),
+    /// Deregister an instance.
+    Deregister { service: String, id: String },
+    /// Set an instance's health.
+    Health {
+        #[command(subcommand)]
+        action: HealthAction,
+    },
+    /// Print a service's instances on every change, until interrupted.
+    Watch {
+        service: String,
+        #[arg(long)]
+        passing: bool,
+    },
+}
+
+/// Exit code for bad usage, as for the agent.
+const EXIT_USAGE: u8 = 64;
+
+/// A failure, with the exit code it maps to.
+struct Failed {
+    code: u8,
+    message: String,
+}
+
+impl From<ClientError> for Failed {
+    fn from(e: ClientError) -> Self {
+        let code = match e.code() {
+            Some(ErrorCode::InvalidArgument) => EXIT_USAGE,
+            _ => 1,
+        };
+        let message = match &e {
+            ClientError::Unreachable { tried, last } => format!(
+                "no Cairn node reachable at {tried} (set --http-addr or CAIRN_HTTP_ADDR): {last}"
+            ),
+            other => other.to_string(),
+        };
+        Failed { code, message }
+    }
+}
+
+fn usage(message: impl Into<String>) -> Failed {
+    Failed {
+        code: EXIT_USAGE,
+        message: message.into(),
+    }
+}
+
+/// Runs one command; prints its output or its error.
+pub async fn run(target: Target, cmd: Command) -> ExitCode {
+    let client = match Client::new(target.http_addr.split(',')) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cairn: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match execute(&client, &target, cmd).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("cairn: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn print_json<T: Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    );
+}
+
+/// Columns padded to their widest cell.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        padded.join("  ").trim_end().to_owned()
+    };
+    let mut out = vec![line(headers.iter().map(|h| h.to_string()).collect())];
+    out.extend(rows.iter().map(|r| line(r.clone())));
+    out.join("\n")
+}
+
+async fn execute(client: &Client, target: &Target, cmd: Command) -> Result<(), Failed> {
+    match cmd {
+        Command::Members { action: None } => {
+            let status = client.cluster().await?;
+            if target.json {
+                print_json(&status);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = status
+                .members
+                .iter()
+                .map(|m| {
+                    let role = if status.leader == Some(m.id) {
+                        "leader"
+                    } else if m.voter {
+                        "voter"
+                    } else {
+                        "learner"
+                    };
+                    vec![m.id.to_string(), m.rpc_addr.clone(), role.to_owned()]
+                })
+                .collect();
+            println!("{}", table(&["ID", "RPC ADDRESS", "ROLE"], &rows));
+        }
+        Command::Members {
+            action: Some(MembersAction::Remove { id }),
+        } => {
+            let w = client.remove_member(id).await?;
+            report_write(target, &w, &format!("removed node {id}"));
+        }
+        Command::Services => {
+            let list = client.services(&ReadOptions::default()).await?.value;
+            if target.json {
+                print_json(&list);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = list
+                .services
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.name.clone(),
+                        s.instances.to_string(),
+                        s.passing.to_string(),
+                        s.warning.to_string(),
+                        s.critical.to_string(),
+                        s.tags.join(","),
+                    ]
+                })
+                .collect();
+            println!(
+                "{}",
+                table(
+                    &[
+                        "SERVICE",
+                        "INSTANCES",
+                        "PASSING",
+                        "WARNING",
+                        "CRITICAL",
+                        "TAGS"
+                    ],
+                    &rows
+                )
+            );
+        }
+        Command::Instances {
+            service,
+            passing,
+            tag,
+        } => {
+            let opts = ReadOptions {
+                passing_only: passing,
+                tag,
+                ..ReadOptions::default()
+            };
+            let s = client.service(&service, &opts).await?.value;
+            print_instances(target, &s);
+        }
+        Command::Register(args) => {
+            let body = registration(&args)?;
+            let w = client.register(&args.service, &args.id, &body).await?;
+            report_write(
+                target,
+                &w,
+                &format!("registered {}/{}", args.service, args.id),
+            );
+        }
+        Command::Deregister { service, id } => {
+            let w = client.deregister(&service, &id).await?;
+            report_write(target, &w, &format!("deregistered {service}/{id}"));
+        }
+        Command::Health {
+            action:
+                HealthAction::Set {
+                    service,
+                    id,
+                    status,
+                    output,
+                },
+        } => {
+            let status: HealthStatus = serde_json::from_value(serde_json::Value::String(
+                status.clone(),
+            ))
+            .map_err(|_| usage(format!("{status:?} is not passing, warning or critical")))?;
+            let w = client.set_health(&service, &id, status, output).await?;
+            report_write(target, &w, &format!("{service}/{id} is {status}"));
+        }
+        Command::Watch { service, passing } => {
+            use futures::StreamExt;
+            let stream = cairn_client::watch(
+                client.clone(),
+                service,
+                WatchOptions {
+                    passing_only: passing,
+                    tag: None,
+                },
+            );
+            futures::pin_mut!(stream);
+            loop {
+                tokio::select! {
+                    item = stream.next() => match item {
+                        Some(Ok(s)) => {
+                            if target.json {
+                                println!("{}", serde_json::to_string(&s).unwrap_or_default());
+                            } else {
+                                println!("index {}", s.index);
+                                print_instances(target, &s);
+                                println!();
+                            }
+                        }
+                        Some(Err(e)) => return Err(e.into()),
+                        None => return Ok(()),
+                    },
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_instances(target: &Target, s: &cairn_client::ServiceInstances) {
+    if target.json {
+        print_json(s);
+        return;
+    }
+    let rows: Vec<Vec<String>> = s
+        .instances
+        .iter()
+        .map(|i| {
+            vec![
+                i.id.clone(),
+                i.address.clone(),
+                i.port.to_string(),
+                i.health.to_string(),
+                i.weight.to_string(),
+                i.tags.join(","),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table(
+            &["ID", "ADDRESS", "PORT", "HEALTH", "WEIGHT", "TAGS"],
+            &rows
+        )
+    );
+}
+
+fn report_write(target: &Target, w: &cairn_client::WriteResult, what: &str) {
+    if target.json {
+        print_json(w);
+    } else {
+        println!("{what} (index {})", w.index);
+    }
+}
+
+fn registration(a: &RegisterArgs) -> Result<InstanceRegistration, Failed> {
+    let mut meta = BTreeMap::new();
+    for m in &a.meta {
+        let (k, v) = m
+            .split_once('=')
+            .ok_or_else(|| usage(format!("--meta {m:?} is not key=value")))?;
+        meta.insert(k.to_owned(), v.to_owned());
+    }
+    let check = |kind: CheckKind| CheckRegistration {
+        id: None,
+        kind,
+        url: None,
+        method: None,
+        headers: BTreeMap::new(),
+        tls_skip_verify: false,
+        target: None,
+        ttl: None,
+        interval: a.interval.clone(),
+        timeout: a.timeout.clone(),
+        rise: None,
+        fall: None,
+        initial_status: None,
+        deregister_after: a.deregister_after.clone(),
+    };
+    let mut checks = Vec::new();
+    if let Some(url) = &a.http_check {
+        checks.push(CheckRegistration {
+            url: Some(url.clone()),
+            ..check(CheckKind::Http)
+        });
+    }
+    if a.tcp_check {
+        checks.push(check(CheckKind::Tcp));
+    }
+    if let Some(ttl) = &a.ttl_check {
+        checks.push(CheckRegistration {
+            ttl: Some(ttl.clone()),
+            interval: None,
+            timeout: None,
+            ..check(CheckKind::Ttl)
+        });
+    }
+    if checks.is_empty() && (a.interval.is_some() || a.timeout.is_some()) {
+        return Err(usage(
+            "--interval and --timeout need --http-check or --tcp-check",
+        ));
+    }
+    Ok(InstanceRegistration {
+        address: a.address.clone(),
+        port: a.port,
+        tags: a.tags.clone(),
+        meta,
+        weight: a.weight,
+        checks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let t = table(
+            &["ID", "NAME"],
+            &[
+                vec!["1".into(), "alpha".into()],
+                vec!["22".into(), "b".into()],
+            ],
+        );
+        assert_eq!(t, "ID  NAME\n1   alpha\n22  b");
+    }
+}
