@@ -466,6 +466,104 @@ pub fn error_response(id: u16, opcode: u8, rcode: u8) -> Vec<u8> {
     })
 }
 
+/// A record of a response, in presentation form (for `cairn lookup` and tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub name: String,
+    pub rtype: u16,
+    pub ttl: u32,
+    /// `10.0.0.1`, `db.example.com.`, `1 5 8080 0a000001.addr.cairn.`, ...
+    pub data: String,
+}
+
+/// Reads a possibly compressed name at `pos`; returns it and the position after it.
+fn read_name(buf: &[u8], mut pos: usize) -> Result<(String, usize), String> {
+    let mut name = String::new();
+    let mut end = None;
+    for _ in 0..128 {
+        let len = *buf.get(pos).ok_or("name runs past the message")?;
+        match len {
+            0 => {
+                if name.is_empty() {
+                    name.push('.');
+                }
+                return Ok((name, end.unwrap_or(pos + 1)));
+            }
+            1..=63 => {
+                let label = buf
+                    .get(pos + 1..pos + 1 + usize::from(len))
+                    .ok_or("label runs past the message")?;
+                name.push_str(&String::from_utf8_lossy(label));
+                name.push('.');
+                pos += 1 + usize::from(len);
+            }
+            0xC0..=0xFF => {
+                let lo = *buf.get(pos + 1).ok_or("pointer runs past the message")?;
+                end.get_or_insert(pos + 2);
+                pos = (usize::from(len & 0x3F) << 8) | usize::from(lo);
+            }
+            _ => return Err("bad label type".into()),
+        }
+    }
+    Err("name has too many labels or a pointer loop".into())
+}
+
+/// Reads a response: its RCODE, TC flag and the records of all sections (OPT left out).
+pub fn read_response(buf: &[u8]) -> Result<(u8, bool, Vec<Answer>), String> {
+    if buf.len() < HEADER_LEN {
+        return Err("shorter than a header".into());
+    }
+    let rcode = buf[3] & 0x0F;
+    let truncated = buf[2] & 0x02 != 0;
+    let count = |i: usize| usize::from(u16::from_be_bytes([buf[i], buf[i + 1]]));
+    let (qd, records) = (count(4), count(6) + count(8) + count(10));
+    let mut pos = HEADER_LEN;
+    for _ in 0..qd {
+        pos = read_name(buf, pos)?.1 + 4;
+    }
+    let mut out = Vec::new();
+    for _ in 0..records {
+        let (name, p) = read_name(buf, pos)?;
+        let fixed = buf.get(p..p + 10).ok_or("record runs past the message")?;
+        let rtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+        let ttl = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
+        let len = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
+        let start = p + 10;
+        let rdata = buf
+            .get(start..start + len)
+            .ok_or("rdata runs past the message")?;
+        pos = start + len;
+        let data = match rtype {
+            TYPE_A if len == 4 => Ipv4Addr::new(rdata[0], rdata[1], rdata[2], rdata[3]).to_string(),
+            TYPE_AAAA if len == 16 => {
+                let octets: [u8; 16] = rdata.try_into().map_err(|_| "bad AAAA")?;
+                Ipv6Addr::from(octets).to_string()
+            }
+            TYPE_CNAME | TYPE_NS => read_name(buf, start)?.0,
+            TYPE_SRV if len > 6 => {
+                let f = |i: usize| u16::from_be_bytes([rdata[i], rdata[i + 1]]);
+                format!(
+                    "{} {} {} {}",
+                    f(0),
+                    f(2),
+                    f(4),
+                    read_name(buf, start + 6)?.0
+                )
+            }
+            TYPE_SOA => read_name(buf, start)?.0,
+            TYPE_OPT => continue,
+            _ => format!("({len} bytes)"),
+        };
+        out.push(Answer {
+            name,
+            rtype,
+            ttl,
+            data,
+        });
+    }
+    Ok((rcode, truncated, out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -579,6 +677,41 @@ mod tests {
             garbage[i] = 0xFF;
             let _ = parse_query(&garbage);
         }
+    }
+
+    #[test]
+    fn responses_read_back_with_compressed_names() {
+        let q = query("web.service.cairn.", TYPE_SRV, None);
+        let p = parse_query(&q).unwrap();
+        let mut r = Response::new(p.id, p.question, 512);
+        let srv = encode_rr(
+            &QNAME_POINTER,
+            TYPE_SRV,
+            5,
+            &srv_rdata(1, 3, 8080, "0a000001.addr.cairn."),
+        );
+        r.answer(&srv, 512, 0);
+        let mut owner = Vec::new();
+        push_name(&mut owner, "0a000001.addr.cairn.");
+        r.additional(
+            &encode_rr(&owner, TYPE_A, 5, &a_rdata(Ipv4Addr::new(10, 0, 0, 1))),
+            512,
+            0,
+        );
+        let bytes = r.finish(Flags {
+            opcode: 0,
+            authoritative: true,
+            truncated: false,
+            recursion_desired: false,
+            recursion_available: false,
+            rcode: RCODE_NOERROR,
+        });
+        let (rcode, tc, answers) = read_response(&bytes).unwrap();
+        assert_eq!((rcode, tc), (RCODE_NOERROR, false));
+        assert_eq!(answers[0].name, "web.service.cairn.");
+        assert_eq!(answers[0].data, "1 3 8080 0a000001.addr.cairn.");
+        assert_eq!(answers[1].data, "10.0.0.1");
+        assert!(read_response(&bytes[..bytes.len() - 2]).is_err());
     }
 
     #[test]

@@ -112,6 +112,16 @@ pub enum Command {
         #[command(subcommand)]
         action: HealthAction,
     },
+    /// Ask a node's DNS interface (UDP) and print the records.
+    Lookup {
+        /// e.g. web.service.cairn
+        name: String,
+        /// A, AAAA or SRV.
+        #[arg(long = "type", default_value = "A")]
+        rtype: String,
+        #[arg(long, env = "CAIRN_DNS_ADDR", default_value = "127.0.0.1:8600")]
+        dns_addr: String,
+    },
     /// Print a service's instances on every change, until interrupted.
     Watch {
         service: String,
@@ -154,7 +164,14 @@ fn usage(message: impl Into<String>) -> Failed {
 
 /// Runs one command; prints its output or its error.
 pub async fn run(target: Target, cmd: Command) -> ExitCode {
-    let client = match Client::new(target.http_addr.split(',')) {
+    let addrs: Vec<&str> = target.http_addr.split(',').collect();
+    // A person is waiting: try each node once more than there are nodes, not the library's
+    // default budget (a write refused for want of a leader already took the write time-out).
+    let policy = cairn_client::RetryPolicy {
+        attempts: addrs.len() as u32 + 1,
+        ..cairn_client::RetryPolicy::default()
+    };
+    let client = match Client::with_policy(addrs, policy) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cairn: {e}");
@@ -305,6 +322,11 @@ async fn execute(client: &Client, target: &Target, cmd: Command) -> Result<(), F
             let w = client.set_health(&service, &id, status, output).await?;
             report_write(target, &w, &format!("{service}/{id} is {status}"));
         }
+        Command::Lookup {
+            name,
+            rtype,
+            dns_addr,
+        } => lookup(target, &name, &rtype, &dns_addr).await?,
         Command::Watch { service, passing } => {
             use futures::StreamExt;
             let stream = cairn_client::watch(
@@ -337,6 +359,97 @@ async fn execute(client: &Client, target: &Target, cmd: Command) -> Result<(), F
         }
     }
     Ok(())
+}
+
+async fn lookup(target: &Target, name: &str, rtype: &str, server: &str) -> Result<(), Failed> {
+    use cairn_dns::wire;
+    let qtype = match rtype.to_ascii_uppercase().as_str() {
+        "A" => wire::TYPE_A,
+        "AAAA" => wire::TYPE_AAAA,
+        "SRV" => wire::TYPE_SRV,
+        other => return Err(usage(format!("--type {other}: use A, AAAA or SRV"))),
+    };
+    let server: std::net::SocketAddr = server
+        .parse()
+        .map_err(|_| usage(format!("--dns-addr {server:?} is not IP:PORT")))?;
+    let mut q = vec![0x1c, 0x2b, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    let fqdn = format!("{}.", name.trim_end_matches('.'));
+    wire::push_name(&mut q, &fqdn);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&wire::CLASS_IN.to_be_bytes());
+    let failed = |m: String| Failed {
+        code: 1,
+        message: m,
+    };
+    let local = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let sock = tokio::net::UdpSocket::bind(local)
+        .await
+        .map_err(|e| failed(format!("cannot open a UDP socket: {e}")))?;
+    sock.send_to(&q, server)
+        .await
+        .map_err(|e| failed(format!("cannot send to {server}: {e}")))?;
+    let mut buf = vec![0u8; 65_535];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(3), sock.recv(&mut buf))
+        .await
+        .map_err(|_| failed(format!("no answer from {server} within 3 s")))?
+        .map_err(|e| failed(format!("reading the answer from {server}: {e}")))?;
+    let (rcode, truncated, answers) =
+        wire::read_response(&buf[..n]).map_err(|e| failed(format!("bad answer: {e}")))?;
+    let rcode_name = match rcode {
+        0 => "NOERROR",
+        1 => "FORMERR",
+        2 => "SERVFAIL",
+        3 => "NXDOMAIN",
+        4 => "NOTIMP",
+        5 => "REFUSED",
+        _ => "OTHER",
+    };
+    let type_name = |t: u16| match t {
+        wire::TYPE_A => "A",
+        wire::TYPE_AAAA => "AAAA",
+        wire::TYPE_SRV => "SRV",
+        wire::TYPE_CNAME => "CNAME",
+        wire::TYPE_SOA => "SOA",
+        wire::TYPE_NS => "NS",
+        _ => "?",
+    };
+    if target.json {
+        let records: Vec<serde_json::Value> = answers
+            .iter()
+            .map(|a| serde_json::json!({"name": a.name, "type": type_name(a.rtype), "ttl": a.ttl, "data": a.data}))
+            .collect();
+        print_json(
+            &serde_json::json!({"rcode": rcode_name, "truncated": truncated, "records": records}),
+        );
+    } else {
+        println!(
+            "{rcode_name}{}",
+            if truncated { " (truncated)" } else { "" }
+        );
+        let rows: Vec<Vec<String>> = answers
+            .iter()
+            .map(|a| {
+                vec![
+                    a.name.clone(),
+                    a.ttl.to_string(),
+                    type_name(a.rtype).into(),
+                    a.data.clone(),
+                ]
+            })
+            .collect();
+        if !rows.is_empty() {
+            println!("{}", table(&["NAME", "TTL", "TYPE", "DATA"], &rows));
+        }
+    }
+    if rcode == 0 {
+        Ok(())
+    } else {
+        Err(failed(format!("{name}: {rcode_name}")))
+    }
 }
 
 fn print_instances(target: &Target, s: &cairn_client::ServiceInstances) {

@@ -41,6 +41,11 @@ pub struct AgentArgs {
     #[arg(long, env = "CAIRN_NODE_ID")]
     pub node_id: Option<u64>,
 
+    /// Take the node id from the host name's ordinal suffix, plus one: `cairn-0` is node 1
+    /// (for Kubernetes StatefulSets).
+    #[arg(long, env = "CAIRN_NODE_ID_FROM_ORDINAL", conflicts_with = "node_id")]
+    pub node_id_from_ordinal: bool,
+
     /// Folder for the Raft log and the registry (RocksDB).
     #[arg(long, env = "CAIRN_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -298,6 +303,30 @@ pub fn parse_peers(list: &[String]) -> Result<BTreeMap<u64, String>, ConfigError
     Ok(peers)
 }
 
+/// This machine's host name (as Kubernetes sets it for a pod: the pod's name).
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// `cairn-2` → node 3.
+pub fn ordinal_node_id(host: &str) -> Result<u64, ConfigError> {
+    host.rsplit_once('-')
+        .and_then(|(_, n)| n.parse::<u64>().ok())
+        .and_then(|n| n.checked_add(1))
+        .ok_or_else(|| {
+            bad(
+                "--node-id-from-ordinal",
+                format!("host name {host:?} does not end in -<ordinal>"),
+            )
+        })
+}
+
 /// A DNS TTL: whole seconds, at most a day.
 fn ttl_setting(setting: &str, value: Option<&str>, default: u32) -> Result<u32, ConfigError> {
     let Some(v) = value else {
@@ -409,6 +438,11 @@ fn resolve(a: &AgentArgs, f: FileConfig) -> Result<AgentConfig, ConfigError> {
         ));
     }
 
+    let node_id = if a.node_id_from_ordinal {
+        Some(ordinal_node_id(&hostname())?)
+    } else {
+        node_id
+    };
     let node_id = match (node_id, dev) {
         (Some(0), _) => return Err(bad("--node-id", "must be a positive integer")),
         (Some(id), _) => id,
@@ -702,6 +736,14 @@ mod tests {
             })),
             "--dev"
         );
+    }
+
+    #[test]
+    fn ordinals_become_node_ids() {
+        assert_eq!(ordinal_node_id("cairn-0").unwrap(), 1);
+        assert_eq!(ordinal_node_id("my-cairn-12").unwrap(), 13);
+        assert!(ordinal_node_id("cairn").is_err());
+        assert!(ordinal_node_id("cairn-x").is_err());
     }
 
     #[test]

@@ -1,0 +1,507 @@
+//! The shipped deployment files: every agent command line in them passes the binary's
+//! validation, and the compose cluster, built from this tree's image, survives leader loss, a
+//! network cut and a rolling restart (Docker).
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
+mod harness;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use harness::eventually;
+use hickory_proto::rr::RecordType;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// Runs `cairn agent <args> --check` with `env`; panics with the output unless it is valid.
+fn check_agent(what: &str, args: &[String], env: &BTreeMap<String, String>) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(args)
+        .arg("--check")
+        .env_clear()
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: `cairn {}` was refused: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn strings(v: &serde_yaml::Value) -> Vec<String> {
+    v.as_sequence()
+        .map(|s| s.iter().map(|x| x.as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn t10_every_shipped_agent_command_line_passes_validation() {
+    // Compose: each service's command with the shared environment.
+    let mut compose: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("deploy/docker-compose.yml")).unwrap(),
+    )
+    .unwrap();
+    compose.apply_merge().unwrap(); // the services share `<<: *node`
+    let services = compose["services"].as_mapping().unwrap();
+    assert_eq!(services.len(), 3);
+    for (name, svc) in services {
+        let mut env = BTreeMap::new();
+        for (k, v) in svc["environment"].as_mapping().unwrap() {
+            env.insert(
+                k.as_str().unwrap().to_owned(),
+                v.as_str().unwrap().to_owned(),
+            );
+        }
+        check_agent(
+            &format!("compose {}", name.as_str().unwrap()),
+            &strings(&svc["command"]),
+            &env,
+        );
+    }
+
+    // Kubernetes: the StatefulSet's container arguments, as pod cairn-1 runs them.
+    let text = std::fs::read_to_string(repo().join("deploy/kubernetes/cairn.yaml")).unwrap();
+    let mut checked = 0;
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let doc = serde_yaml::Value::deserialize(doc).unwrap();
+        if doc["kind"] == "StatefulSet" {
+            let args = strings(&doc["spec"]["template"]["spec"]["containers"][0]["args"]);
+            let env = BTreeMap::from([("HOSTNAME".to_owned(), "cairn-1".to_owned())]);
+            check_agent("kubernetes StatefulSet", &args, &env);
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 1);
+
+    // systemd: the unit's ExecStart, with the sample configuration file in its place.
+    let unit = std::fs::read_to_string(repo().join("deploy/systemd/cairn.service")).unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap();
+    let sample = repo().join("deploy/systemd/cairn.toml");
+    let args: Vec<String> = exec
+        .split_whitespace()
+        .skip(1)
+        .map(|a| a.replace("/etc/cairn/cairn.toml", sample.to_str().unwrap()))
+        .collect();
+    check_agent("systemd unit", &args, &BTreeMap::new());
+
+    // The image's default command.
+    let dockerfile = std::fs::read_to_string(repo().join("deploy/Dockerfile")).unwrap();
+    let cmd = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("CMD "))
+        .unwrap();
+    let cmd: Vec<String> = serde_json::from_str(cmd).unwrap();
+    check_agent("Dockerfile CMD", &cmd, &BTreeMap::new());
+}
+
+use serde::Deserialize;
+
+/// `docker compose` or `docker-compose`, whichever this machine has.
+fn compose_program() -> Vec<String> {
+    let v2 = Command::new("docker").args(["compose", "version"]).output();
+    if v2.is_ok_and(|o| o.status.success()) {
+        vec!["docker".into(), "compose".into()]
+    } else {
+        vec!["docker-compose".into()]
+    }
+}
+
+/// A compose project of this test run: image, containers, network and volumes, all removed on
+/// drop, also when the test fails.
+struct Deployment {
+    project: String,
+    image: String,
+    program: Vec<String>,
+}
+
+impl Deployment {
+    fn up() -> Deployment {
+        let project = format!("cairntest{}", std::process::id());
+        let image = format!("cairn-test:{project}");
+        let out = Command::new(repo().join("deploy/build-image.sh"))
+            .arg(env!("CARGO_BIN_EXE_cairn"))
+            .env("CAIRN_IMAGE", &image)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "image build: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let d = Deployment {
+            project,
+            image,
+            program: compose_program(),
+        };
+        d.compose_ok(&["up", "-d"]);
+        d
+    }
+
+    fn compose(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(&self.program[0]);
+        cmd.args(&self.program[1..])
+            .args(["-p", &self.project, "-f"])
+            .arg(repo().join("deploy/docker-compose.yml"))
+            .args(args)
+            .env("CAIRN_IMAGE", &self.image);
+        // Free host ports, on loopback only.
+        for n in 1..=3 {
+            cmd.env(format!("CAIRN{n}_HTTP_PORT"), "");
+            cmd.env(format!("CAIRN{n}_DNS_PORT"), "");
+        }
+        cmd.output().unwrap()
+    }
+
+    fn compose_ok(&self, args: &[&str]) -> String {
+        let out = self.compose(args);
+        assert!(
+            out.status.success(),
+            "compose {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn port(&self, node: u64, port: u16, udp: bool) -> Option<SocketAddr> {
+        let service = format!("cairn{node}");
+        let port = port.to_string();
+        let mut args = vec!["port"];
+        if udp {
+            args.push("--protocol=udp");
+        }
+        args.extend([service.as_str(), port.as_str()]);
+        let out = self.compose(&args);
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    }
+
+    fn container(&self, node: u64) -> String {
+        self.compose_ok(&["ps", "-q", &format!("cairn{node}")])
+    }
+
+    fn network(&self) -> String {
+        format!("{}_cairn", self.project)
+    }
+
+    /// Runs the CLI inside node `n`'s container.
+    fn exec(&self, node: u64, args: &[&str]) -> Output {
+        Command::new("docker")
+            .args(["exec", &self.container(node), "/cairn"])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        let _ = self.compose(&["down", "-v", "--remove-orphans", "-t", "5"]);
+        let _ = Command::new("docker")
+            .args(["image", "rm", "-f", &self.image])
+            .output();
+    }
+}
+
+/// Where each node's HTTP and DNS are published right now (they move when a container restarts).
+#[derive(Default)]
+struct Ports(Mutex<HashMap<u64, (SocketAddr, SocketAddr)>>);
+
+impl Ports {
+    fn refresh(&self, d: &Deployment, node: u64) -> bool {
+        match (d.port(node, 8500, false), d.port(node, 8600, true)) {
+            (Some(h), Some(u)) => {
+                self.0.lock().insert(node, (h, u));
+                true
+            }
+            _ => false,
+        }
+    }
+    fn http(&self, node: u64) -> SocketAddr {
+        self.0.lock()[&node].0
+    }
+    fn dns(&self, node: u64) -> SocketAddr {
+        self.0.lock()[&node].1
+    }
+}
+
+async fn ready(http: &reqwest::Client, d: &Deployment, ports: &Ports, node: u64) {
+    eventually(
+        Duration::from_secs(60),
+        &format!("node {node} ready"),
+        || async {
+            ports.refresh(d, node)
+                && http
+                    .get(format!("http://{}/v1/ready", ports.http(node)))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+        },
+    )
+    .await;
+}
+
+async fn register(http: &reqwest::Client, addr: SocketAddr, id: &str) -> u16 {
+    let res = http
+        .put(format!("http://{addr}/v1/services/web/instances/{id}"))
+        .json(&json!({"address": "10.9.0.1", "port": 80}))
+        .send()
+        .await;
+    res.map_or(0, |r| r.status().as_u16())
+}
+
+async fn leader(http: &reqwest::Client, addr: SocketAddr) -> Option<u64> {
+    let body: Value = http
+        .get(format!("http://{addr}/v1/cluster"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    body["leader"].as_u64()
+}
+
+async fn a_records(dns: SocketAddr) -> Option<usize> {
+    let bytes = harness::dns::udp_raw(
+        dns,
+        &harness::dns::query("web.service.cairn.", RecordType::A, None),
+    )
+    .await?;
+    let m = hickory_proto::op::Message::from_vec(&bytes).ok()?;
+    (m.metadata.response_code == hickory_proto::op::ResponseCode::NoError)
+        .then_some(m.answers.len())
+}
+
+#[tokio::test]
+async fn t20_compose_cluster_survives_leader_loss_a_network_cut_and_a_rolling_restart() {
+    let d = Deployment::up();
+    let http = harness::client();
+    let ports = Ports::default();
+    for n in 1..=3 {
+        ready(&http, &d, &ports, n).await;
+    }
+
+    // Register through node 1, resolve through node 3.
+    assert_eq!(register(&http, ports.http(1), "first").await, 200);
+    eventually(Duration::from_secs(10), "node 3 answers DNS", || async {
+        a_records(ports.dns(3)).await == Some(1)
+    })
+    .await;
+
+    // Stop the leader's container: writes go on through the others, DNS keeps answering.
+    let old = leader(&http, ports.http(1)).await.unwrap();
+    d.compose_ok(&["stop", "-t", "5", &format!("cairn{old}")]);
+    let others: Vec<u64> = (1..=3).filter(|n| *n != old).collect();
+    eventually(
+        Duration::from_secs(20),
+        "a write after leader loss",
+        || async { register(&http, ports.http(others[0]), "after-leader-loss").await == 200 },
+    )
+    .await;
+    for n in &others {
+        eventually(Duration::from_secs(10), "DNS after leader loss", || async {
+            a_records(ports.dns(*n)).await == Some(2)
+        })
+        .await;
+    }
+    d.compose_ok(&["start", &format!("cairn{old}")]);
+    ready(&http, &d, &ports, old).await;
+
+    // Cut a follower off the network: the majority writes on; the cut-off node answers DNS from
+    // its replica and refuses writes with 503; reconnected, it catches up.
+    let leader_now = leader(&http, ports.http(others[0])).await.unwrap();
+    let cut = (1..=3).find(|n| *n != leader_now).unwrap();
+    let container = d.container(cut);
+    let net = d.network();
+    let out = Command::new("docker")
+        .args(["network", "disconnect", &net, &container])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let majority: Vec<u64> = (1..=3).filter(|n| *n != cut).collect();
+    assert_eq!(
+        register(&http, ports.http(majority[0]), "during-cut").await,
+        200
+    );
+    let lookup = d.exec(
+        cut,
+        &[
+            "lookup",
+            "web.service.cairn",
+            "--dns-addr",
+            "127.0.0.1:8600",
+        ],
+    );
+    assert!(
+        lookup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lookup.stderr)
+    );
+    assert!(String::from_utf8_lossy(&lookup.stdout).contains("10.9.0.1"));
+    let refused = d.exec(
+        cut,
+        &[
+            "register",
+            "web",
+            "x",
+            "--address",
+            "10.9.0.2",
+            "--port",
+            "80",
+            "--http-addr",
+            "127.0.0.1:8500",
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("503"),
+        "the cut-off node refuses writes with 503: {err}"
+    );
+    let out = Command::new("docker")
+        .args(["network", "connect", &net, &container])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ready(&http, &d, &ports, cut).await;
+    eventually(
+        Duration::from_secs(20),
+        "the reconnected node caught up",
+        || async { a_records(ports.dns(cut)).await == Some(3) },
+    )
+    .await;
+
+    // Rolling restart of all three under continuous registrations and DNS queries.
+    let ports = Arc::new(ports);
+    let up: Arc<Mutex<BTreeSet<u64>>> = Arc::new(Mutex::new((1..=3).collect()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let dns_failures = Arc::new(AtomicU64::new(0));
+    let dns_queries = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (ports, up, stop, acked, http) = (
+            ports.clone(),
+            up.clone(),
+            stop.clone(),
+            acked.clone(),
+            http.clone(),
+        );
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let nodes: Vec<u64> = up.lock().iter().copied().collect();
+                let node = nodes[(i as usize) % nodes.len()];
+                let id = format!("roll-{i}");
+                if register(&http, ports.http(node), &id).await == 200 {
+                    acked.lock().push(id);
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let resolver = {
+        let (ports, up, stop, failures, queries) = (
+            ports.clone(),
+            up.clone(),
+            stop.clone(),
+            dns_failures.clone(),
+            dns_queries.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let nodes: Vec<u64> = up.lock().iter().copied().collect();
+                for n in nodes {
+                    let addr = ports.dns(n);
+                    let answered = a_records(addr).await.is_some_and(|c| c > 0);
+                    // Count only failures of nodes that were up for the whole query.
+                    if !answered && up.lock().contains(&n) {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    queries.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    for n in 1..=3 {
+        up.lock().remove(&n);
+        tokio::time::sleep(Duration::from_millis(200)).await; // let in-flight queries finish
+        d.compose_ok(&["restart", "-t", "5", &format!("cairn{n}")]);
+        ready(&http, &d, &ports, n).await;
+        // Its DNS answers from a caught-up replica before it counts as up again.
+        let dns = ports.dns(n);
+        eventually(
+            Duration::from_secs(20),
+            "restarted node answers",
+            || async { a_records(dns).await.is_some_and(|c| c > 0) },
+        )
+        .await;
+        up.lock().insert(n);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    resolver.await.unwrap();
+
+    let acked = acked.lock().clone();
+    assert!(
+        acked.len() > 50,
+        "registrations kept being acknowledged: {}",
+        acked.len()
+    );
+    for n in 1..=3 {
+        let addr = ports.http(n);
+        eventually(
+            Duration::from_secs(20),
+            "every acknowledged registration on every node",
+            || async {
+                let body: Value = match http
+                    .get(format!("http://{addr}/v1/services/web"))
+                    .send()
+                    .await
+                {
+                    Ok(r) => r.json().await.unwrap_or(Value::Null),
+                    Err(_) => return false,
+                };
+                let have: BTreeSet<&str> = body["instances"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|i| i["id"].as_str()).collect())
+                    .unwrap_or_default();
+                acked.iter().all(|id| have.contains(id.as_str()))
+            },
+        )
+        .await;
+    }
+    assert_eq!(
+        dns_failures.load(Ordering::Relaxed),
+        0,
+        "failed DNS queries to nodes that were up (of {})",
+        dns_queries.load(Ordering::Relaxed)
+    );
+}
