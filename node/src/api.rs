@@ -79,6 +79,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .route("/v1/live", get(live))
         .route("/v1/ready", get(ready))
         .route("/metrics", get(metrics::render))
+        .merge(crate::consul::routes())
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
@@ -174,37 +175,41 @@ async fn heartbeat(
             instance: id.clone(),
             check: check.clone(),
         };
-        let owner = s.cluster.owner_of(&key.hash_key()).ok_or_else(|| {
-            Failure(ApiError::new(
-                ErrorCode::NoLeader,
-                "no member is up to run checks",
-            ))
-        })?;
-        if owner == s.cluster.id() {
-            s.checker.heartbeat(&key);
-        } else {
-            let relay = HeartbeatRelay {
-                service: service.clone(),
-                instance: id.clone(),
-                check: check.clone(),
-            };
-            let res: Result<Result<(), ApiError>, String> = s
-                .cluster
-                .call_member(owner, "/raft/heartbeat", &relay, HEARTBEAT_RELAY_TIMEOUT)
-                .await;
-            match res {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(Failure(e)),
-                Err(e) => {
-                    return Err(Failure(ApiError::new(
-                        ErrorCode::Unavailable,
-                        format!("cannot reach node {owner}, which runs the check: {e}"),
-                    )))
-                }
-            }
-        }
+        relay_heartbeat(&s, key).await?;
     }
     Ok(Json(serde_json::json!({"checks": ttl_checks})).into_response())
+}
+
+/// Hands a TTL heartbeat to the node that runs the check (this one, or another over the
+/// cluster RPC).
+pub(crate) async fn relay_heartbeat(s: &AppState, key: CheckKey) -> Result<(), Failure> {
+    let owner = s.cluster.owner_of(&key.hash_key()).ok_or_else(|| {
+        Failure(ApiError::new(
+            ErrorCode::NoLeader,
+            "no member is up to run checks",
+        ))
+    })?;
+    if owner == s.cluster.id() {
+        s.checker.heartbeat(&key);
+        return Ok(());
+    }
+    let relay = HeartbeatRelay {
+        service: key.service,
+        instance: key.instance,
+        check: key.check,
+    };
+    let res: Result<Result<(), ApiError>, String> = s
+        .cluster
+        .call_member(owner, "/raft/heartbeat", &relay, HEARTBEAT_RELAY_TIMEOUT)
+        .await;
+    match res {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Failure(e)),
+        Err(e) => Err(Failure(ApiError::new(
+            ErrorCode::Unavailable,
+            format!("cannot reach node {owner}, which runs the check: {e}"),
+        ))),
+    }
 }
 
 async fn maintenance(

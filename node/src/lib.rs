@@ -7,5 +7,6 @@ pub mod api;
 pub mod checks;
 pub mod cli;
 pub mod config;
+pub mod consul;
 pub mod metrics;
 pub mod reads;

@@ -55,6 +55,27 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ValidationEr
     }
 }
 
+/// Validates a check id: like an instance id, and `:` is allowed too, so that Consul's
+/// `service:<id>` check ids keep their form.
+pub fn validate_check_id(field: &str, id: &str) -> Result<(), ValidationError> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!(
+                "{:?} is not a valid check id (1-{MAX_ID_LEN} of A-Z, a-z, 0-9, '_', '.', '-', ':')",
+                truncate_for_message(id)
+            ),
+        ))
+    }
+}
+
 /// Whether `s` is a DNS label: 1-63 of `a-z`, `0-9`, `-` (any case), not starting or ending with `-`.
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
@@ -347,7 +368,7 @@ fn validate_check(
     let f = |name: &str| format!("checks[{index}].{name}");
     let id = match &c.id {
         Some(id) => {
-            validate_id(&f("id"), id)?;
+            validate_check_id(&f("id"), id)?;
             id.clone()
         }
         None => {

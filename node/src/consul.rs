@@ -1,0 +1,819 @@
+//! The part of Consul's HTTP API that service discovery uses, mapped onto the native registry:
+//! no second copy of the data, nothing the native API cannot do.
+//!
+//! Cairn has no per-machine agents: `/v1/agent/*` acts on the cluster's catalog, a Consul
+//! "node" is the registering instance's address, a service ID is the instance id, and a check
+//! registered without a `CheckID` is named `service:<id>` (`service:<id>:<n>` when there are
+//! several), as Consul names them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use cairn_client::{parse_duration, ApiError, ErrorCode, HealthStatus, INDEX_HEADER};
+use cairn_raft::model::{self, CheckKindSpec, Instance};
+use cairn_raft::{Op, ServiceEntry};
+use serde_json::{json, Map, Value};
+
+use crate::api::{AppState, Failure};
+use crate::checks::CheckKey;
+use crate::reads;
+
+/// The datacenter Cairn reports: one cluster is one datacenter.
+pub const DATACENTER: &str = "dc1";
+/// Consul caps blocking waits at 10 minutes.
+const MAX_WAIT: Duration = Duration::from_secs(600);
+const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/agent/self", get(agent_self))
+        .route("/v1/status/leader", get(status_leader))
+        .route("/v1/status/peers", get(status_peers))
+        .route("/v1/catalog/datacenters", get(datacenters))
+        .route("/v1/catalog/services", get(catalog_services))
+        .route("/v1/catalog/service/{service}", get(catalog_service))
+        .route("/v1/catalog/nodes", get(catalog_nodes))
+        .route("/v1/health/service/{service}", get(health_service))
+        .route("/v1/health/checks/{service}", get(health_checks))
+        .route("/v1/health/state/{state}", get(health_state))
+        .route("/v1/agent/services", get(agent_services))
+        .route("/v1/agent/checks", get(agent_checks))
+        .route("/v1/agent/service/{id}", get(agent_service))
+        .route("/v1/agent/service/register", put(register))
+        .route("/v1/agent/service/deregister/{id}", put(deregister))
+        .route("/v1/agent/check/pass/{check}", put(check_pass))
+        .route("/v1/agent/check/warn/{check}", put(check_warn))
+        .route("/v1/agent/check/fail/{check}", put(check_fail))
+        .route("/v1/agent/service/maintenance/{id}", put(maintenance))
+}
+
+/// Consul's query parameters. Flags count whatever their value (`stale`, `stale=`, `stale=1`).
+#[derive(Debug, Default)]
+struct Query {
+    index: Option<u64>,
+    wait: Option<Duration>,
+    consistent: bool,
+    passing: bool,
+    tags: Vec<String>,
+    node_meta: Vec<(String, String)>,
+    params: BTreeMap<String, String>,
+}
+
+fn bad(message: impl Into<String>) -> Failure {
+    Failure(ApiError::new(ErrorCode::InvalidArgument, message))
+}
+
+fn decode(s: &str) -> String {
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => match s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                Some(v) => {
+                    out.push(v);
+                    i += 2;
+                }
+                None => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Query {
+    fn parse(raw: Option<&str>) -> Result<Query, Failure> {
+        let mut q = Query::default();
+        let Some(raw) = raw else { return Ok(q) };
+        if raw.len() > 4096 {
+            return Err(bad("query string longer than 4096 bytes"));
+        }
+        for pair in raw.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let (k, v) = (decode(k), decode(v));
+            match k.as_str() {
+                "index" => {
+                    q.index = Some(
+                        v.parse()
+                            .map_err(|_| bad(format!("index: {v:?} is not a number")))?,
+                    )
+                }
+                "wait" => {
+                    let d = parse_duration(&v).map_err(|e| bad(format!("wait: {e}")))?;
+                    q.wait = Some(d.min(MAX_WAIT));
+                }
+                "consistent" => q.consistent = true,
+                "passing" => q.passing = !matches!(v.as_str(), "0" | "false"),
+                "tag" => q.tags.push(v.to_ascii_lowercase()),
+                "node-meta" => {
+                    let (mk, mv) = v.split_once(':').unwrap_or((v.as_str(), ""));
+                    q.node_meta.push((mk.to_owned(), mv.to_owned()));
+                }
+                // stale is the default; tokens are accepted until ACLs exist; the rest is ignored
+                // as Consul ignores what an endpoint does not use.
+                _ => {
+                    q.params.insert(k, v);
+                }
+            }
+        }
+        Ok(q)
+    }
+}
+
+/// Waits as a blocking query, then applies `?consistent`.
+async fn prepare(
+    s: &AppState,
+    peer: SocketAddr,
+    q: &Query,
+    rx: tokio::sync::watch::Receiver<u64>,
+) -> Result<(), Failure> {
+    if let Some(index) = q.index {
+        let _slot = s.limiter.acquire(peer.ip())?;
+        reads::block(rx, index, q.wait.unwrap_or(DEFAULT_WAIT), &s.shutdown).await;
+    }
+    if q.consistent {
+        s.cluster.read_barrier().await?;
+    }
+    Ok(())
+}
+
+/// A read's response with Consul's headers.
+fn respond(s: &AppState, index: u64, body: Value) -> Response {
+    let mut res = Json(body).into_response();
+    let h = res.headers_mut();
+    let mut set = |name: &'static str, v: String| {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(HeaderName::from_static(name), v);
+        }
+    };
+    set("x-consul-index", index.max(1).to_string());
+    set(INDEX_HEADER, index.max(1).to_string());
+    set(
+        "x-consul-knownleader",
+        s.cluster.leader().is_some().to_string(),
+    );
+    set(
+        "x-consul-lastcontact",
+        s.cluster.last_contact_ms().unwrap_or(0).to_string(),
+    );
+    res
+}
+
+fn tags(inst: &Instance) -> Vec<String> {
+    inst.spec.tags.iter().cloned().collect()
+}
+
+fn service_obj(svc: &ServiceEntry, inst: &Instance) -> Value {
+    json!({
+        "ID": inst.spec.id,
+        "Service": svc.name,
+        "Tags": tags(inst),
+        "Meta": inst.spec.meta,
+        "Port": inst.spec.port,
+        "Address": inst.spec.address,
+        "Weights": {"Passing": inst.spec.weight, "Warning": 1},
+        "EnableTagOverride": false,
+        "Datacenter": DATACENTER,
+        "CreateIndex": inst.create_index,
+        "ModifyIndex": inst.modify_index,
+    })
+}
+
+fn node_obj(address: &str) -> Value {
+    json!({
+        "ID": "",
+        "Node": address,
+        "Address": address,
+        "Datacenter": DATACENTER,
+        "TaggedAddresses": {"lan": address, "wan": address},
+        "Meta": {},
+        "CreateIndex": 1,
+        "ModifyIndex": 1,
+    })
+}
+
+fn catalog_entry(svc: &ServiceEntry, inst: &Instance) -> Value {
+    json!({
+        "ID": "",
+        "Node": inst.spec.address,
+        "Address": inst.spec.address,
+        "Datacenter": DATACENTER,
+        "TaggedAddresses": {"lan": inst.spec.address, "wan": inst.spec.address},
+        "NodeMeta": {},
+        "ServiceKind": "",
+        "ServiceID": inst.spec.id,
+        "ServiceName": svc.name,
+        "ServiceTags": tags(inst),
+        "ServiceAddress": inst.spec.address,
+        "ServiceTaggedAddresses": {},
+        "ServiceWeights": {"Passing": inst.spec.weight, "Warning": 1},
+        "ServiceMeta": inst.spec.meta,
+        "ServicePort": inst.spec.port,
+        "ServiceEnableTagOverride": false,
+        "ServiceProxy": {},
+        "ServiceConnect": {},
+        "CreateIndex": inst.create_index,
+        "ModifyIndex": inst.modify_index,
+    })
+}
+
+/// The instance's checks in Consul's form, maintenance and custom health included.
+fn check_objs(svc: &ServiceEntry, inst: &Instance) -> Vec<Value> {
+    let one =
+        |id: &str, name: &str, kind: &str, status: HealthStatus, output: &str, notes: &str| {
+            json!({
+                "Node": inst.spec.address,
+                "CheckID": id,
+                "Name": name,
+                "Status": status.as_str(),
+                "Notes": notes,
+                "Output": output,
+                "ServiceID": inst.spec.id,
+                "ServiceName": svc.name,
+                "ServiceTags": tags(inst),
+                "Type": kind,
+                "Definition": {},
+                "CreateIndex": inst.create_index,
+                "ModifyIndex": inst.modify_index,
+            })
+        };
+    let mut out: Vec<Value> = inst
+        .spec
+        .checks
+        .iter()
+        .zip(&inst.checks)
+        .map(|(spec, st)| {
+            let kind = match spec.kind {
+                CheckKindSpec::Http { .. } => "http",
+                CheckKindSpec::Tcp { .. } => "tcp",
+                CheckKindSpec::Ttl { .. } => "ttl",
+            };
+            let name = format!("Service '{}' check", svc.name);
+            one(&spec.id, &name, kind, st.status, &st.output, "")
+        })
+        .collect();
+    if let Some(c) = &inst.custom_health {
+        let id = format!("service:{}:health", inst.spec.id);
+        out.push(one(&id, "Custom health", "", c.status, &c.output, ""));
+    }
+    if let Some(m) = &inst.maintenance {
+        let id = format!("_service_maintenance:{}", inst.spec.id);
+        out.push(one(
+            &id,
+            "Service Maintenance Mode",
+            "maintenance",
+            m.status,
+            "",
+            &m.output,
+        ));
+    }
+    out
+}
+
+fn filtered<'a>(
+    svc: &'a ServiceEntry,
+    q: &'a Query,
+) -> impl Iterator<Item = &'a Arc<Instance>> + 'a {
+    svc.instances.values().filter(move |i| {
+        q.tags.iter().all(|t| i.spec.tags.contains(t))
+            && (!q.passing || i.health() == HealthStatus::Passing)
+            && q.node_meta.is_empty()
+    })
+}
+
+async fn agent_self(State(s): State<AppState>) -> Response {
+    let status = s.cluster.status();
+    let name = format!("cairn-{}", status.node_id);
+    let body = json!({
+        "Config": {
+            "Datacenter": DATACENTER,
+            "NodeName": name,
+            "NodeID": format!("{:08x}-0000-0000-0000-000000000000", status.node_id),
+            "Server": true,
+            "Revision": "cairn",
+            "Version": "1.16.0",
+        },
+        "DebugConfig": {},
+        "Coord": {},
+        "Member": {"Name": name, "Addr": "", "Port": 0, "Tags": {}, "Status": 1},
+        "Stats": {},
+        "Meta": {},
+        "xDS": {},
+    });
+    respond(&s, status.applied_index, body)
+}
+
+async fn status_leader(State(s): State<AppState>) -> Response {
+    let status = s.cluster.status();
+    let leader = status
+        .leader
+        .and_then(|l| status.members.iter().find(|m| m.id == l))
+        .map_or(String::new(), |m| m.rpc_addr.clone());
+    Json(Value::String(leader)).into_response()
+}
+
+async fn status_peers(State(s): State<AppState>) -> Response {
+    let peers: Vec<String> = s
+        .cluster
+        .status()
+        .members
+        .into_iter()
+        .filter(|m| m.voter)
+        .map(|m| m.rpc_addr)
+        .collect();
+    Json(peers).into_response()
+}
+
+async fn datacenters(State(s): State<AppState>) -> Response {
+    respond(
+        &s,
+        s.cluster.registry().applied_index(),
+        json!([DATACENTER]),
+    )
+}
+
+async fn catalog_services(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    let q = Query::parse(raw.as_deref())?;
+    let registry = s.cluster.registry();
+    prepare(&s, peer, &q, registry.watches().subscribe_list()).await?;
+    let (index, services) = registry.services();
+    let body: Map<String, Value> = services
+        .iter()
+        .map(|svc| {
+            let tags: Vec<Value> = svc.tags().map(|t| Value::String(t.to_owned())).collect();
+            (svc.name.clone(), Value::Array(tags))
+        })
+        .collect();
+    Ok(respond(&s, index, Value::Object(body)))
+}
+
+/// The service named in a path, lower-cased; an invalid name is simply an empty service.
+async fn service_read(
+    s: &AppState,
+    peer: SocketAddr,
+    service: &str,
+    q: &Query,
+) -> Result<(u64, Option<Arc<ServiceEntry>>), Failure> {
+    let name = service.to_ascii_lowercase();
+    let registry = s.cluster.registry();
+    let rx = registry
+        .watches()
+        .subscribe_service(&name, registry.service_index(&name));
+    prepare(s, peer, q, rx).await?;
+    Ok((registry.service_index(&name), registry.service(&name)))
+}
+
+async fn catalog_service(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(service): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    let q = Query::parse(raw.as_deref())?;
+    let (index, svc) = service_read(&s, peer, &service, &q).await?;
+    let q = Query {
+        passing: false,
+        ..q
+    };
+    let body: Vec<Value> = svc
+        .as_deref()
+        .map(|svc| filtered(svc, &q).map(|i| catalog_entry(svc, i)).collect())
+        .unwrap_or_default();
+    Ok(respond(&s, index, Value::Array(body)))
+}
+
+async fn health_service(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(service): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    let q = Query::parse(raw.as_deref())?;
+    let (index, svc) = service_read(&s, peer, &service, &q).await?;
+    let body: Vec<Value> = svc
+        .as_deref()
+        .map(|svc| {
+            filtered(svc, &q)
+                .map(|i| {
+                    json!({
+                        "Node": node_obj(&i.spec.address),
+                        "Service": service_obj(svc, i),
+                        "Checks": check_objs(svc, i),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(respond(&s, index, Value::Array(body)))
+}
+
+async fn health_checks(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(service): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    let q = Query::parse(raw.as_deref())?;
+    let (index, svc) = service_read(&s, peer, &service, &q).await?;
+    let body: Vec<Value> = svc
+        .as_deref()
+        .map(|svc| {
+            svc.instances
+                .values()
+                .flat_map(|i| check_objs(svc, i))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(respond(&s, index, Value::Array(body)))
+}
+
+/// Reads over the whole catalog block on any applied change.
+async fn whole_catalog(s: &AppState, peer: SocketAddr, q: &Query) -> Result<u64, Failure> {
+    prepare(s, peer, q, s.cluster.registry().subscribe()).await?;
+    Ok(s.cluster.registry().applied_index())
+}
+
+async fn health_state(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(state): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    let q = Query::parse(raw.as_deref())?;
+    let want = match state.as_str() {
+        "any" => None,
+        "passing" | "warning" | "critical" => Some(state.clone()),
+        other => return Err(bad(format!("unknown health state {other:?}"))),
+    };
+    let index = whole_catalog(&s, peer, &q).await?;
+    let (_, services) = s.cluster.registry().services();
+    let body: Vec<Value> = services
+        .iter()
+        .flat_map(|svc| svc.instances.values().flat_map(|i| check_objs(svc, i)))
+        .filter(|c| want.as_deref().is_none_or(|w| c["Status"] == w))
+        .collect();
+    Ok(respond(&s, index, Value::Array(body)))
+}
+
+async fn catalog_nodes(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    let q = Query::parse(raw.as_deref())?;
+    let index = whole_catalog(&s, peer, &q).await?;
+    let (_, services) = s.cluster.registry().services();
+    let addrs: BTreeSet<String> = services
+        .iter()
+        .flat_map(|svc| svc.instances.values().map(|i| i.spec.address.clone()))
+        .collect();
+    let body: Vec<Value> = addrs.iter().map(|a| node_obj(a)).collect();
+    Ok(respond(&s, index, Value::Array(body)))
+}
+
+async fn agent_services(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    let q = Query::parse(raw.as_deref())?;
+    let index = whole_catalog(&s, peer, &q).await?;
+    let (_, services) = s.cluster.registry().services();
+    let mut body = Map::new();
+    for svc in &services {
+        for i in svc.instances.values() {
+            body.insert(i.spec.id.clone(), service_obj(svc, i));
+        }
+    }
+    Ok(respond(&s, index, Value::Object(body)))
+}
+
+async fn agent_checks(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    let q = Query::parse(raw.as_deref())?;
+    let index = whole_catalog(&s, peer, &q).await?;
+    let (_, services) = s.cluster.registry().services();
+    let mut body = Map::new();
+    for svc in &services {
+        for i in svc.instances.values() {
+            for c in check_objs(svc, i) {
+                let id = c["CheckID"].as_str().unwrap_or_default().to_owned();
+                body.insert(id, c);
+            }
+        }
+    }
+    Ok(respond(&s, index, Value::Object(body)))
+}
+
+/// The instance with Consul service ID `id`, wherever it is registered.
+fn find_instance(s: &AppState, id: &str) -> Option<(Arc<ServiceEntry>, Arc<Instance>)> {
+    let (_, services) = s.cluster.registry().services();
+    services.into_iter().find_map(|svc| {
+        let inst = svc.instances.get(id).cloned()?;
+        Some((svc, inst))
+    })
+}
+
+fn unknown_service(id: &str) -> Failure {
+    Failure(ApiError::new(
+        ErrorCode::NotFound,
+        format!("Unknown service ID {id:?}"),
+    ))
+}
+
+async fn agent_service(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Failure> {
+    let (svc, inst) = find_instance(&s, &id).ok_or_else(|| unknown_service(&id))?;
+    Ok(respond(&s, inst.modify_index, service_obj(&svc, &inst)))
+}
+
+/// Consul accepts `CamelCase`, `lowercase` and `snake_case` keys: compare them folded.
+fn fold(key: &str) -> String {
+    key.chars()
+        .filter(|c| *c != '_')
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    obj.iter()
+        .find(|(k, _)| fold(k) == name)
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_null())
+}
+
+fn field_str(obj: &Map<String, Value>, name: &str) -> Option<String> {
+    field(obj, name)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .filter(|s| !s.is_empty())
+}
+
+/// Consul durations are strings like `10s`; some clients send nanoseconds as numbers.
+fn field_duration(obj: &Map<String, Value>, name: &str) -> Option<String> {
+    match field(obj, name)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => n.as_u64().map(|ns| format!("{}ms", ns / 1_000_000)),
+        _ => None,
+    }
+}
+
+/// A Consul check definition as a native one.
+fn check_from_consul(c: &Map<String, Value>, default_id: String) -> Result<Value, Failure> {
+    let id = field_str(c, "checkid")
+        .or_else(|| field_str(c, "id"))
+        .unwrap_or(default_id);
+    let mut out = json!({"id": id});
+    let o = out.as_object_mut().ok_or_else(|| bad("internal"))?;
+    if let Some(url) = field_str(c, "http") {
+        o.insert("kind".into(), json!("http"));
+        o.insert("url".into(), json!(url));
+        if let Some(m) = field_str(c, "method") {
+            o.insert("method".into(), json!(m));
+        }
+        if let Some(Value::Object(h)) = field(c, "header") {
+            let headers: Map<String, Value> = h
+                .iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        Value::Array(a) => a.first().cloned().unwrap_or(Value::Null),
+                        other => other.clone(),
+                    };
+                    (k.clone(), v)
+                })
+                .collect();
+            o.insert("headers".into(), Value::Object(headers));
+        }
+        if field(c, "tlsskipverify").and_then(Value::as_bool) == Some(true) {
+            o.insert("tls_skip_verify".into(), json!(true));
+        }
+    } else if let Some(target) = field_str(c, "tcp") {
+        o.insert("kind".into(), json!("tcp"));
+        o.insert("target".into(), json!(target));
+    } else if let Some(ttl) = field_duration(c, "ttl") {
+        o.insert("kind".into(), json!("ttl"));
+        o.insert("ttl".into(), json!(ttl));
+    } else {
+        return Err(bad(
+            "unsupported check: Cairn runs HTTP, TCP and TTL checks (no Args, GRPC, Docker, alias, H2PING or UDP checks)",
+        ));
+    }
+    let active = o.get("kind") != Some(&json!("ttl"));
+    if active {
+        if let Some(i) = field_duration(c, "interval") {
+            o.insert("interval".into(), json!(i));
+        }
+        if let Some(t) = field_duration(c, "timeout") {
+            o.insert("timeout".into(), json!(t));
+        }
+    }
+    if let Some(d) = field_duration(c, "deregistercriticalserviceafter") {
+        o.insert("deregister_after".into(), json!(d));
+    }
+    if let Some(n) = field(c, "successbeforepassing").and_then(Value::as_u64) {
+        o.insert("rise".into(), json!(n.max(1)));
+    }
+    if let Some(n) = field(c, "failuresbeforecritical").and_then(Value::as_u64) {
+        o.insert("fall".into(), json!(n.max(1)));
+    }
+    if let Some(st) = field_str(c, "status") {
+        o.insert("initial_status".into(), json!(st));
+    }
+    Ok(out)
+}
+
+async fn register(State(s): State<AppState>, body: Bytes) -> Result<Response, Failure> {
+    let v: Value =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON body: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad("the body must be a JSON object"))?;
+    let name = field_str(obj, "name").ok_or_else(|| bad("Name: required"))?;
+    let id = field_str(obj, "id").unwrap_or_else(|| name.clone());
+    let address = field_str(obj, "address")
+        .ok_or_else(|| bad("Address: required (Cairn has no per-machine agent to take it from)"))?;
+    let port = field(obj, "port").and_then(Value::as_u64).unwrap_or(0);
+    let tags = field(obj, "tags").cloned().unwrap_or(json!([]));
+    let meta = field(obj, "meta").cloned().unwrap_or(json!({}));
+    let weight = field(obj, "weights")
+        .and_then(Value::as_object)
+        .and_then(|w| field(w, "passing"))
+        .and_then(Value::as_u64);
+    let mut defs: Vec<&Map<String, Value>> = Vec::new();
+    if let Some(Value::Object(c)) = field(obj, "check") {
+        defs.push(c);
+    }
+    if let Some(Value::Array(cs)) = field(obj, "checks") {
+        defs.extend(cs.iter().filter_map(Value::as_object));
+    }
+    let many = defs.len() > 1;
+    let checks = defs
+        .iter()
+        .enumerate()
+        .map(|(n, c)| {
+            let default = if many {
+                format!("service:{id}:{}", n + 1)
+            } else {
+                format!("service:{id}")
+            };
+            check_from_consul(c, default)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut native =
+        json!({"address": address, "port": port, "tags": tags, "meta": meta, "checks": checks});
+    if let Some(w) = weight {
+        native["weight"] = json!(w);
+    }
+    let registration: cairn_client::InstanceRegistration =
+        serde_json::from_value(native).map_err(|e| bad(format!("invalid registration: {e}")))?;
+    let service = model::validate_service_name(&name)?;
+    let instance = model::validate_registration(&id, &registration)?;
+    s.cluster.write(Op::Register { service, instance }).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn deregister(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Failure> {
+    let (svc, _) = find_instance(&s, &id).ok_or_else(|| unknown_service(&id))?;
+    s.cluster
+        .write(Op::Deregister {
+            service: svc.name.clone(),
+            id,
+        })
+        .await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// The instance that owns check `check`, with the check's kind.
+fn find_check(
+    s: &AppState,
+    check: &str,
+) -> Option<(Arc<ServiceEntry>, Arc<Instance>, CheckKindSpec)> {
+    let (_, services) = s.cluster.registry().services();
+    services.into_iter().find_map(|svc| {
+        svc.instances.values().find_map(|inst| {
+            let (spec, _) = inst.check(check)?;
+            Some((svc.clone(), inst.clone(), spec.kind.clone()))
+        })
+    })
+}
+
+async fn update_check(
+    s: AppState,
+    check: String,
+    status: HealthStatus,
+    raw: Option<String>,
+) -> Result<Response, Failure> {
+    let q = Query::parse(raw.as_deref())?;
+    let note = q.params.get("note").cloned().unwrap_or_default();
+    model::validate_output(&note)?;
+    let (svc, inst, kind) = find_check(&s, &check).ok_or_else(|| {
+        Failure(ApiError::new(
+            ErrorCode::NotFound,
+            format!("Unknown check ID {check:?}"),
+        ))
+    })?;
+    if !matches!(kind, CheckKindSpec::Ttl { .. }) {
+        return Err(bad(format!("check {check:?} is not a TTL check")));
+    }
+    if status == HealthStatus::Passing {
+        // A pass is a heartbeat: the owner resets the TTL and records passing if it was not.
+        let key = CheckKey {
+            service: svc.name.clone(),
+            instance: inst.spec.id.clone(),
+            check: check.clone(),
+        };
+        crate::api::relay_heartbeat(&s, key).await?;
+        return Ok(StatusCode::OK.into_response());
+    }
+    s.cluster
+        .write(Op::SetCheckStatus {
+            service: svc.name.clone(),
+            id: inst.spec.id.clone(),
+            check,
+            status,
+            output: note,
+        })
+        .await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn check_pass(
+    State(s): State<AppState>,
+    Path(check): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    update_check(s, check, HealthStatus::Passing, raw).await
+}
+
+async fn check_warn(
+    State(s): State<AppState>,
+    Path(check): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    update_check(s, check, HealthStatus::Warning, raw).await
+}
+
+async fn check_fail(
+    State(s): State<AppState>,
+    Path(check): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    update_check(s, check, HealthStatus::Critical, raw).await
+}
+
+async fn maintenance(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    let q = Query::parse(raw.as_deref())?;
+    let enable = match q.params.get("enable").map(String::as_str) {
+        Some("true") => true,
+        Some("false") => false,
+        _ => return Err(bad("enable: required, true or false")),
+    };
+    let (svc, _) = find_instance(&s, &id).ok_or_else(|| unknown_service(&id))?;
+    let reason = enable.then(|| {
+        q.params
+            .get("reason")
+            .cloned()
+            .unwrap_or_else(|| "Maintenance mode is enabled for this service".into())
+    });
+    if let Some(r) = &reason {
+        model::validate_output(r)?;
+    }
+    s.cluster
+        .write(Op::SetMaintenance {
+            service: svc.name.clone(),
+            id,
+            reason,
+        })
+        .await?;
+    Ok(StatusCode::OK.into_response())
+}
