@@ -49,9 +49,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/agent/service/{id}", get(agent_service))
         .route("/v1/agent/service/register", put(register))
         .route("/v1/agent/service/deregister/{id}", put(deregister))
-        .route("/v1/agent/check/pass/{check}", put(check_pass))
-        .route("/v1/agent/check/warn/{check}", put(check_warn))
-        .route("/v1/agent/check/fail/{check}", put(check_fail))
+        .route("/v1/agent/check/{action}/{check}", put(check_update))
         .route("/v1/agent/service/maintenance/{id}", put(maintenance))
 }
 
@@ -763,28 +761,24 @@ async fn update_check(
     Ok(StatusCode::OK.into_response())
 }
 
-async fn check_pass(
+/// `PUT /v1/agent/check/{pass,warn,fail}/{id}`.
+async fn check_update(
     State(s): State<AppState>,
-    Path(check): Path<String>,
+    Path((action, check)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    update_check(s, check, HealthStatus::Passing, raw).await
-}
-
-async fn check_warn(
-    State(s): State<AppState>,
-    Path(check): Path<String>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, Failure> {
-    update_check(s, check, HealthStatus::Warning, raw).await
-}
-
-async fn check_fail(
-    State(s): State<AppState>,
-    Path(check): Path<String>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, Failure> {
-    update_check(s, check, HealthStatus::Critical, raw).await
+    let status = match action.as_str() {
+        "pass" => HealthStatus::Passing,
+        "warn" => HealthStatus::Warning,
+        "fail" => HealthStatus::Critical,
+        _ => {
+            return Err(Failure(ApiError::new(
+                ErrorCode::NotFound,
+                "no such endpoint",
+            )))
+        }
+    };
+    update_check(s, check, status, raw).await
 }
 
 async fn maintenance(

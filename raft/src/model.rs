@@ -55,27 +55,6 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ValidationEr
     }
 }
 
-/// Validates a check id: like an instance id, and `:` is allowed too, so that Consul's
-/// `service:<id>` check ids keep their form.
-pub fn validate_check_id(field: &str, id: &str) -> Result<(), ValidationError> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b':'));
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(
-            field,
-            format!(
-                "{:?} is not a valid check id (1-{MAX_ID_LEN} of A-Z, a-z, 0-9, '_', '.', '-', ':')",
-                truncate_for_message(id)
-            ),
-        ))
-    }
-}
-
 /// Whether `s` is a DNS label: 1-63 of `a-z`, `0-9`, `-` (any case), not starting or ending with `-`.
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
@@ -100,24 +79,40 @@ pub fn validate_service_name(name: &str) -> Result<String, ValidationError> {
     }
 }
 
-/// Validates an instance (or check) id: 1-128 of `A-Za-z0-9_.-`.
+/// Validates an instance id: 1-128 of `A-Za-z0-9_.-`.
 pub fn validate_id(field: &str, id: &str) -> Result<(), ValidationError> {
+    validate_id_chars(field, id, b"_.-", "id")
+}
+
+/// Validates a check id: like an instance id, and `:` is allowed too, so that Consul's
+/// `service:<id>` check ids keep their form.
+pub fn validate_check_id(field: &str, id: &str) -> Result<(), ValidationError> {
+    validate_id_chars(field, id, b"_.-:", "check id")
+}
+
+fn validate_id_chars(
+    field: &str,
+    id: &str,
+    extra: &[u8],
+    what: &str,
+) -> Result<(), ValidationError> {
     let ok = !id.is_empty()
         && id.len() <= MAX_ID_LEN
         && id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+            .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b));
     if ok {
-        Ok(())
-    } else {
-        Err(invalid(
-            field,
-            format!(
-                "{:?} is not a valid id (1-{MAX_ID_LEN} of A-Z, a-z, 0-9, '_', '.', '-')",
-                truncate_for_message(id)
-            ),
-        ))
+        return Ok(());
     }
+    let allowed: Vec<String> = extra.iter().map(|c| format!("'{}'", *c as char)).collect();
+    Err(invalid(
+        field,
+        format!(
+            "{:?} is not a valid {what} (1-{MAX_ID_LEN} of A-Z, a-z, 0-9, {})",
+            truncate_for_message(id),
+            allowed.join(", ")
+        ),
+    ))
 }
 
 fn truncate_for_message(s: &str) -> String {
