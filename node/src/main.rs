@@ -129,12 +129,13 @@ fn agent_main(args: AgentArgs) -> ExitCode {
     })
 }
 
-/// openraft logs every election and replication hiccup at info; keep it at warn unless the
-/// filter names it.
+/// openraft logs every election step at info, and while a member is down an error and three
+/// warnings twice a second from replication; Cairn reports a member's going down and coming
+/// back itself ("member liveness changed"). Unless the filter names openraft, keep it quiet.
 fn quiet_dependencies(filter: &str) -> tracing_subscriber::EnvFilter {
     let mut f = filter.to_owned();
     if !filter.contains("openraft") {
-        f.push_str(",openraft=warn");
+        f.push_str(",openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=off");
     }
     tracing_subscriber::EnvFilter::try_new(&f)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
