@@ -47,24 +47,17 @@ set -euo pipefail
 
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd -- "$SCRIPT_DIR/.." && pwd)
+BENCH_LOG_TAG=checks
+# log, die, usage, settings checks, process cleanup (exit trap), ports, Cairn start-up waits,
+# waiting for other benchmarks.
+# shellcheck source=lib.sh
+source "$SCRIPT_DIR/lib.sh"
 
 KNOBS=(CAIRN_BIN BENCH_CHECKS BENCH_PER_SERVICE BENCH_INTERVAL BENCH_TIMEOUT BENCH_FALL BENCH_SETTLE
   BENCH_CPU_SECONDS BENCH_DETECT_CHECKS BENCH_DETECT_INTERVAL BENCH_DETECT_TIMEOUT BENCH_DETECT_FALL
   BENCH_DETECT_SAMPLES BENCH_POLL_MS BENCH_REG_CONNECTIONS BENCH_PORT_BASE BENCH_CAIRN_LOG
   BENCH_WAIT_FOR BENCH_WAIT_MAX BENCH_OUTPUT BENCH_WRITE)
-COMMAND_LINE=""
-for var in "${KNOBS[@]}"; do
-  if [[ -n ${!var+set} ]]; then COMMAND_LINE+="$var=$(printf '%q' "${!var}") "; fi
-done
-COMMAND_LINE+="bench/checks.sh"
-for arg in "$@"; do COMMAND_LINE+=" $(printf '%q' "$arg")"; done
-
-usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
-log() { printf '[checks %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+capture_command_line checks.sh "${KNOBS[@]}" -- "$@"
 
 REPORT_ONLY=""
 while (($# > 0)); do
@@ -103,7 +96,6 @@ BENCH_OUTPUT=${BENCH_OUTPUT:-$REPO_ROOT/BENCHMARKS.md}
 BENCH_WRITE=${BENCH_WRITE:-1}
 CAIRN_BIN=${CAIRN_BIN:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/cairn}
 
-is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 # dur_ms DURATION: milliseconds of "250ms", "10s" or "2m" (whole numbers only).
 dur_ms() {
   case $1 in
@@ -113,10 +105,8 @@ dur_ms() {
     *) return 1 ;;
   esac
 }
-for var in BENCH_CHECKS BENCH_PER_SERVICE BENCH_FALL BENCH_SETTLE BENCH_CPU_SECONDS BENCH_DETECT_CHECKS \
-  BENCH_DETECT_FALL BENCH_DETECT_SAMPLES BENCH_POLL_MS BENCH_REG_CONNECTIONS BENCH_PORT_BASE BENCH_WAIT_MAX; do
-  is_uint "${!var}" || die "$var must be a whole number, got '${!var}'"
-done
+require_uint BENCH_CHECKS BENCH_PER_SERVICE BENCH_FALL BENCH_SETTLE BENCH_CPU_SECONDS BENCH_DETECT_CHECKS \
+  BENCH_DETECT_FALL BENCH_DETECT_SAMPLES BENCH_POLL_MS BENCH_REG_CONNECTIONS BENCH_PORT_BASE BENCH_WAIT_MAX
 for var in BENCH_INTERVAL BENCH_TIMEOUT BENCH_DETECT_INTERVAL BENCH_DETECT_TIMEOUT; do
   dur_ms "${!var}" >/dev/null || die "$var must be a duration like 500ms, 10s or 2m, got '${!var}'"
 done
@@ -129,7 +119,7 @@ DETECT_INTERVAL_MS=$(dur_ms "$BENCH_DETECT_INTERVAL")
 ((BENCH_FALL >= 1 && BENCH_DETECT_FALL >= 1 && BENCH_POLL_MS >= 1 && BENCH_REG_CONNECTIONS >= 1)) ||
   die "fall, BENCH_POLL_MS and BENCH_REG_CONNECTIONS must be at least 1"
 ((BENCH_PORT_BASE >= 1024 && BENCH_PORT_BASE + 33 < 32768)) || die "BENCH_PORT_BASE must be between 1024 and 32734"
-[[ $BENCH_WRITE == [01] ]] || die "BENCH_WRITE must be 0 or 1, got '$BENCH_WRITE'"
+require_flag BENCH_WRITE
 
 # Ports: target base+1; the phase-1 node http/rpc/dns base+10/20/30; the phase-2 nodes
 # base+11..13 / base+21..23 / base+31..33.
@@ -141,56 +131,15 @@ HTTP_PORTS=($((BENCH_PORT_BASE + 11)) $((BENCH_PORT_BASE + 12)) $((BENCH_PORT_BA
 RPC_PORTS=($((BENCH_PORT_BASE + 21)) $((BENCH_PORT_BASE + 22)) $((BENCH_PORT_BASE + 23)))
 DNS_PORTS=($((BENCH_PORT_BASE + 31)) $((BENCH_PORT_BASE + 32)) $((BENCH_PORT_BASE + 33)))
 
-# --- Process and temp-dir bookkeeping: only PIDs started here are ever signalled. ---
+# --- Process bookkeeping: only PIDs started here are ever signalled. ---
 CAIRN_PIDS=()
 TARGET_PID=""
-WORK_DIR=""
-RESULTS_DIR=""
-
-# stop_pids PID...: SIGTERM, up to 10 s for a clean exit, then SIGKILL; reaps them.
-stop_pids() {
-  local pid deadline
-  (($# > 0)) || return 0
-  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
-  deadline=$((SECONDS + 10))
-  for pid in "$@"; do
-    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "pid $pid ignored SIGTERM for 10 s; sending SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-  done
-}
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  stop_pids ${CAIRN_PIDS[@]+"${CAIRN_PIDS[@]}"} ${TARGET_PID:+"$TARGET_PID"}
-  if [[ -n $WORK_DIR && -d $WORK_DIR ]]; then rm -rf -- "$WORK_DIR"; fi
-  ((rc == 0)) || log "failed (exit $rc); logs and raw output are in ${RESULTS_DIR:-<none yet>}"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# For lib.sh's exit trap: what is still running.
+owned_pids() { echo ${CAIRN_PIDS[@]+"${CAIRN_PIDS[@]}"} ${TARGET_PID:+"$TARGET_PID"}; }
 
 # --- Tools. ---
-ensure_tools() {
-  local -A pkg_of=([curl]=curl [python3]=python3)
-  local cmd missing=()
-  for cmd in "${!pkg_of[@]}"; do
-    command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_of[$cmd]}")
-  done
-  ((${#missing[@]} == 0)) && return 0
-  ((EUID == 0)) || die "missing packages: ${missing[*]}; run: sudo apt-get install -y ${missing[*]}"
-  log "installing ${missing[*]} with apt-get"
-  timeout 600 apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq "${missing[@]}" >/dev/null
-}
-ensure_tools
-[[ -x $CAIRN_BIN ]] || die "no cairn binary at $CAIRN_BIN; build it (cargo build --release -p cairn-node) or set CAIRN_BIN"
-CAIRN_BIN=$(cd -- "$(dirname -- "$CAIRN_BIN")" && pwd)/$(basename -- "$CAIRN_BIN")
+ensure_packages curl=curl python3=python3
+require_cairn_bin "no cairn binary at $CAIRN_BIN; build it (cargo build --release -p cairn-node) or set CAIRN_BIN"
 # The real interpreter (not a pyenv shim), so the target's PID is the process that does the work.
 PYTHON=$(python3 -c 'import sys; print(sys.executable)')
 TOOL=("$PYTHON" "$SCRIPT_DIR/checks_tool.py")
@@ -211,81 +160,15 @@ if [[ -n $REPORT_ONLY ]]; then
   exit 0
 fi
 
-port_in_use() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
-check_ports_free() {
-  local p
-  for p in "$@"; do
-    ! port_in_use "$p" || die "127.0.0.1:$p is already in use; pick other ports with BENCH_PORT_BASE"
-  done
-}
-assert_alive() {
-  kill -0 "$2" 2>/dev/null && return 0
-  log "$1 (pid $2) exited; last lines of $3:"
-  tail -n 30 "$3" >&2 || true
-  die "$1 did not stay up"
-}
-
-# --- Other benchmarks on this machine. ---
-# Prints "name(pid) ..." for running processes that belong to another benchmark; empty if none.
-other_benchmarks() {
-  local name pid found=()
-  for name in $BENCH_WAIT_FOR; do
-    while read -r pid; do
-      [[ -n $pid ]] && found+=("$name($pid)")
-    done < <(pgrep -x -- "$name" 2>/dev/null || true)
-  done
-  while read -r pid name; do
-    [[ -n $pid ]] && found+=("$name($pid)")
-  done < <(pgrep -af -- 'bench/(dns|registrations)\.sh' 2>/dev/null | awk '{ print $1, $NF }' || true)
-  printf '%s' "${found[*]:-}"
-}
-
-UNDER_LOAD=""
-wait_for_quiet() {
-  local busy start=$SECONDS
-  busy=$(other_benchmarks)
-  [[ -z $busy ]] && return 0
-  log "another benchmark is running ($busy); waiting up to $BENCH_WAIT_MAX s for it to finish"
-  while [[ -n $busy ]] && ((SECONDS - start < BENCH_WAIT_MAX)); do
-    sleep 10
-    busy=$(other_benchmarks)
-  done
-  if [[ -n $busy ]]; then
-    log "warning: still running after $BENCH_WAIT_MAX s ($busy); measuring anyway"
-    UNDER_LOAD+="another benchmark was still running after waiting $BENCH_WAIT_MAX s ($busy). "
-  else
-    log "the other benchmark finished after $((SECONDS - start)) s; waiting 10 s more for the machine to settle"
-    WAITED="waited $((SECONDS - start)) s for another benchmark to finish"
-    sleep 10
-  fi
-}
-# note_load WHAT: records in the report when another benchmark runs while we measure.
-note_load() {
-  local busy
-  busy=$(other_benchmarks)
-  if [[ -n $busy ]]; then
-    log "warning: another benchmark is running during $1: $busy"
-    UNDER_LOAD+="another benchmark ran during $1 ($busy). "
-  fi
-}
+# --- Other benchmarks on this machine (lib.sh's wait_for_quiet and note_load). ---
+OTHER_SCRIPTS='bench/(dns|registrations)\.sh'
 
 # --- Cairn. ---
 # wait_node ID PID HTTP DNS RPC OUT LOG: the node printed its listening line and is ready.
 wait_node() {
-  local id=$1 pid=$2 http=$3 dns=$4 rpc=$5 out=$6 errlog=$7 deadline
-  local want="cairn listening node_id=$id http=127.0.0.1:$http dns=127.0.0.1:$dns rpc=127.0.0.1:$rpc"
-  deadline=$((SECONDS + 30))
-  until grep -qxF -- "$want" "$out"; do
-    assert_alive "cairn$id" "$pid" "$errlog"
-    ((SECONDS < deadline)) || die "cairn$id did not print '$want' within 30 s; see $out"
-    sleep 0.2
-  done
-  deadline=$((SECONDS + 60))
-  until [[ $(curl -s --max-time 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$http/v1/ready") == 200 ]]; do
-    assert_alive "cairn$id" "$pid" "$errlog"
-    ((SECONDS < deadline)) || die "cairn$id not ready (GET /v1/ready != 200) after 60 s"
-    sleep 0.2
-  done
+  local id=$1 pid=$2 http=$3 dns=$4 rpc=$5 out=$6 errlog=$7
+  wait_cairn_listening "cairn$id" "$pid" "$out" "$errlog" $((SECONDS + 30)) 0.2 "$id" "$http" "$dns" "$rpc"
+  wait_cairn_ready "cairn$id" "$pid" "$errlog" $((SECONDS + 60)) 0.2 "$http"
 }
 
 # leader_http: the HTTP port of the phase-2 leader, per /v1/ready on the nodes.
@@ -327,7 +210,6 @@ LOG_DIR=$RESULTS_DIR/logs
 mkdir -p "$LOG_DIR"
 WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/cairn-checks-bench.XXXXXX")
 ulimit -n 65536 2>/dev/null || true
-WAITED=""
 
 # What the binary contains, taken before the run (the repo may move on while it runs): the newest
 # commit older than the binary, and HEAD now.
@@ -342,7 +224,7 @@ else
 fi
 
 wait_for_quiet
-LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD_AT_START=$(load_average)
 log "results in $RESULTS_DIR; data in $WORK_DIR; load average $LOAD_AT_START"
 check_ports_free "$TARGET_PORT" "$SOLO_HTTP" "$SOLO_RPC" "$SOLO_DNS" "${HTTP_PORTS[@]}" "${RPC_PORTS[@]}" "${DNS_PORTS[@]}"
 
@@ -383,7 +265,7 @@ assert_alive cairn1 "$SOLO_PID" "$LOG_DIR/solo.log"
 log "all $BENCH_CHECKS passing; settling $BENCH_SETTLE s, then measuring for $BENCH_CPU_SECONDS s"
 sleep "$BENCH_SETTLE"
 note_load "the CPU window"
-LOAD_CPU=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD_CPU=$(load_average)
 "${TOOL[@]}" measure --pid "agent=$SOLO_PID" --pid "target=$TARGET_PID" --seconds "$BENCH_CPU_SECONDS" \
   --node "127.0.0.1:$SOLO_HTTP" --target "127.0.0.1:$TARGET_PORT" --out "$RESULTS_DIR/cpu.json" ||
   die "measurement failed"
@@ -422,7 +304,7 @@ for p in "${HTTP_PORTS[@]}"; do wait_urls+=(--url "127.0.0.1:$p"); done
   --timeout $((DETECT_INTERVAL_MS * 3 / 1000 + 60)) >/dev/null || die "not every instance became passing on every node"
 sleep 2
 note_load "the detection runs"
-LOAD_DETECT=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD_DETECT=$(load_average)
 # Per sample: give up after three times the expected detection time plus 5 s.
 SAMPLE_TIMEOUT=$(((BENCH_DETECT_FALL * DETECT_INTERVAL_MS * 3 + 5000) / 1000))
 DNS_CSV=$(IFS=,; echo "${DNS_PORTS[*]}")
@@ -442,22 +324,16 @@ CLUSTER_LOGS=$(log_counts "$LOG_DIR"/node?.log)
 log "phase 2 done; cluster logs: $CLUSTER_LOGS"
 
 # --- Report. ---
-# shellcheck disable=SC1091 # a system file, not part of this repo
-os_name=$(. /etc/os-release 2>/dev/null && printf '%s' "${PRETTY_NAME:-unknown}") || os_name=unknown
-cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
-bin_display=$CAIRN_BIN
-[[ $bin_display == "$REPO_ROOT"/* ]] && bin_display=${bin_display#"$REPO_ROOT"/}
-
 printf '\n'
 report "$RESULTS_DIR" \
   --meta "date=$(date -u '+%Y-%m-%d %H:%M UTC')" \
   --meta "nproc=$(nproc)" \
-  --meta "cpu=${cpu_model:-unknown}" \
+  --meta "cpu=$(cpu_model)" \
   --meta "kernel=$(uname -r)" \
-  --meta "os=$os_name" \
-  --meta "fs=$(findmnt -no FSTYPE -T "$WORK_DIR" 2>/dev/null || stat -f -c %T "$WORK_DIR")" \
+  --meta "os=$(os_name)" \
+  --meta "fs=$(fs_type "$WORK_DIR")" \
   --meta "load=$LOAD_AT_START (before the CPU window $LOAD_CPU, before detection $LOAD_DETECT)" \
-  --meta "cairn_bin=$bin_display" \
+  --meta "cairn_bin=$(repo_relative "$CAIRN_BIN")" \
   --meta "cairn_build=$CAIRN_BUILD" \
   --meta "cairn_log=$BENCH_CAIRN_LOG" \
   --meta "logs=single node: $SOLO_LOGS; three nodes: $CLUSTER_LOGS" \

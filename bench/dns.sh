@@ -49,27 +49,16 @@ set -euo pipefail
 # --- Command line, captured before defaults are filled in so the report shows what was typed. ---
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd -- "$SCRIPT_DIR/.." && pwd)
+BENCH_LOG_TAG=dns-bench
+# log, die, usage, settings checks, process cleanup (exit trap), ports, Cairn start-up waits.
+# shellcheck source=lib.sh
+source "$SCRIPT_DIR/lib.sh"
 
 ENV_VARS=(CAIRN_BIN HICKORY_BIN HICKORY_VERSION BENCH_ONLY BENCH_SERVICES BENCH_INSTANCES_PER_SERVICE
   BENCH_TAGS BENCH_QUERIES BENCH_MIX BENCH_DURATION BENCH_RUNS BENCH_WARMUP BENCH_CLIENTS
   BENCH_OUTSTANDING BENCH_LATENCY BENCH_BY_TYPE BENCH_CHURN BENCH_CHURN_RATE BENCH_SERVER_CPU BENCH_CLIENT_CPU
   BENCH_REGISTER_CONCURRENCY BENCH_PORT_BASE BENCH_OUTPUT BENCH_WRITE)
-COMMAND_LINE=""
-for var in "${ENV_VARS[@]}"; do
-  if [[ -n ${!var+set} ]]; then
-    COMMAND_LINE+="$var=$(printf '%q' "${!var}") "
-  fi
-done
-COMMAND_LINE+="bench/dns.sh"
-for arg in "$@"; do COMMAND_LINE+=" $(printf '%q' "$arg")"; done
-
-usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
-
-log() { printf '[dns-bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+capture_command_line dns.sh "${ENV_VARS[@]}" -- "$@"
 
 DO_BUILD=0
 for arg in "$@"; do
@@ -107,15 +96,10 @@ TOOLS_DIR=$REPO_ROOT/bench/.tools
 HICKORY_BIN=${HICKORY_BIN:-$TOOLS_DIR/bin/hickory-dns}
 HICKORY_VERSION=${HICKORY_VERSION:-0.26.3}
 
-is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
-for var in BENCH_SERVICES BENCH_INSTANCES_PER_SERVICE BENCH_QUERIES BENCH_DURATION BENCH_RUNS \
+require_uint BENCH_SERVICES BENCH_INSTANCES_PER_SERVICE BENCH_QUERIES BENCH_DURATION BENCH_RUNS \
   BENCH_WARMUP BENCH_CLIENTS BENCH_OUTSTANDING BENCH_CHURN_RATE BENCH_SERVER_CPU BENCH_CLIENT_CPU \
-  BENCH_REGISTER_CONCURRENCY BENCH_PORT_BASE; do
-  is_uint "${!var}" || die "$var must be a whole number, got '${!var}'"
-done
-[[ $BENCH_WRITE == [01] ]] || die "BENCH_WRITE must be 0 or 1, got '$BENCH_WRITE'"
-[[ $BENCH_CHURN == [01] ]] || die "BENCH_CHURN must be 0 or 1, got '$BENCH_CHURN'"
-[[ $BENCH_BY_TYPE == [01] ]] || die "BENCH_BY_TYPE must be 0 or 1, got '$BENCH_BY_TYPE'"
+  BENCH_REGISTER_CONCURRENCY BENCH_PORT_BASE
+require_flag BENCH_WRITE BENCH_CHURN BENCH_BY_TYPE
 [[ $BENCH_LATENCY == half ]] || is_uint "$BENCH_LATENCY" ||
   die "BENCH_LATENCY must be 'half', a QPS number or 0, got '$BENCH_LATENCY'"
 ((BENCH_SERVICES >= 1 && BENCH_INSTANCES_PER_SERVICE >= 1 && BENCH_QUERIES >= 1)) ||
@@ -161,26 +145,11 @@ HICKORY_PORT=$((BENCH_PORT_BASE + 5))
 CAIRN_URL=http://127.0.0.1:$CAIRN_HTTP_PORT
 declare -A DNS_PORT=([cairn]=$CAIRN_DNS_PORT [knot]=$KNOT_PORT [hickory]=$HICKORY_PORT)
 
-# --- Process and temp-dir bookkeeping: we only ever signal PIDs we started ourselves. ---
+# --- Process bookkeeping: we only ever signal PIDs we started ourselves. ---
 declare -A SERVER_PID=()
 CHURN_PID=""
-WORK_DIR=""
-
-# stop_pids PID...: SIGTERM, up to 10 s for a clean exit, then SIGKILL; reaps them.
-stop_pids() {
-  local pid deadline
-  (($# > 0)) || return 0
-  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
-  deadline=$((SECONDS + 10))
-  for pid in "$@"; do
-    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "pid $pid ignored SIGTERM for 10 s; sending SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-  done
-}
+# For lib.sh's exit trap: what is still running.
+owned_pids() { echo ${CHURN_PID:+"$CHURN_PID"} ${SERVER_PID[@]+"${SERVER_PID[@]}"}; }
 
 stop_server() {
   local pid=${SERVER_PID[$1]:-}
@@ -189,38 +158,12 @@ stop_server() {
   unset "SERVER_PID[$1]"
 }
 
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  [[ -n $CHURN_PID ]] && stop_pids "$CHURN_PID"
-  stop_pids ${SERVER_PID[@]+"${SERVER_PID[@]}"}
-  if [[ -n $WORK_DIR && -d $WORK_DIR ]]; then rm -rf -- "$WORK_DIR"; fi
-  ((rc == 0)) || log "failed (exit $rc); logs and raw output are in ${RESULTS_DIR:-<none yet>}"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
 # --- Tools. ---
 ensure_tools() {
   # command -> Debian package providing it
-  local -A pkg_of=([dnsperf]=dnsperf [knotd]=knot [dig]=bind9-dnsutils [curl]=curl
-    [python3]=python3 [taskset]=util-linux)
-  local cmd missing=()
-  wants knot || unset 'pkg_of[knotd]'
-  for cmd in "${!pkg_of[@]}"; do
-    command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_of[$cmd]}")
-  done
-  ((${#missing[@]} == 0)) && return 0
-  ((EUID == 0)) || die "missing packages: ${missing[*]}; run: sudo apt-get install -y ${missing[*]}"
-  log "installing ${missing[*]} with apt-get"
-  # Bounded: a stuck mirror must not hang the benchmark forever.
-  timeout 600 apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq "${missing[@]}" >/dev/null
-  for cmd in "${!pkg_of[@]}"; do
-    command -v "$cmd" >/dev/null 2>&1 || die "$cmd still missing after installing ${pkg_of[$cmd]}"
-  done
+  local pkgs=(dnsperf=dnsperf dig=bind9-dnsutils curl=curl python3=python3 taskset=util-linux)
+  wants knot && pkgs+=(knotd=knot)
+  ensure_packages "${pkgs[@]}"
 }
 
 # wait_for_other_builds: on a small machine two Rust builds at once take longer than one after
@@ -240,11 +183,10 @@ ensure_cairn_bin() {
     log "building cairn: cargo build --release -p cairn-node"
     (cd "$REPO_ROOT" && cargo build --release -p cairn-node)
   fi
-  [[ -x $CAIRN_BIN ]] || die "no cairn binary at $CAIRN_BIN.
+  require_cairn_bin "no cairn binary at $CAIRN_BIN.
   Build it first:   (cd $REPO_ROOT && cargo build --release -p cairn-node)
   or let this script do it:  bench/dns.sh --build
   or point CAIRN_BIN at an existing binary, or leave Cairn out with BENCH_ONLY=knot,hickory."
-  CAIRN_BIN=$(cd -- "$(dirname -- "$CAIRN_BIN")" && pwd)/$(basename -- "$CAIRN_BIN")
 }
 
 ensure_hickory_bin() {
@@ -261,28 +203,11 @@ ensure_hickory_bin() {
   [[ -x $HICKORY_BIN ]] || die "cargo install finished but $HICKORY_BIN is missing"
 }
 
-# port_in_use PORT: something answers on 127.0.0.1:PORT, over TCP or (for DNS) UDP.
-port_in_use() {
-  timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null && return 0
-  ss -Hlun "sport = :$1" 2>/dev/null | grep -q . && return 0
-  return 1
-}
+# DNS servers listen on UDP: lib.sh's check_ports_free must look for UDP listeners too.
+PORT_CHECK_UDP=1
 
-check_ports_free() {
-  local p
-  for p in "$@"; do
-    ! port_in_use "$p" || die "127.0.0.1:$p is already in use; pick other ports with BENCH_PORT_BASE"
-  done
-}
-
-# assert_alive NAME: fail early, with the log tail, if a server died.
-assert_alive() {
-  local pid=${SERVER_PID[$1]}
-  kill -0 "$pid" 2>/dev/null && return 0
-  log "$1 (pid $pid) exited; last lines of $LOG_DIR/$1.log:"
-  tail -n 30 "$LOG_DIR/$1.log" >&2 || true
-  die "$1 did not stay up"
-}
+# server_alive NAME: fail early, with the log tail, if the server NAME died.
+server_alive() { assert_alive "$1" "${SERVER_PID[$1]}" "$LOG_DIR/$1.log"; }
 
 # wait_dns NAME PORT TIMEOUT: until the server answers the zone's SOA authoritatively.
 wait_dns() {
@@ -292,7 +217,7 @@ wait_dns() {
     if [[ $out == *"status: NOERROR"* && $out == *" aa"* && $out == *"IN"*"SOA"* ]]; then
       return 0
     fi
-    assert_alive "$name"
+    server_alive "$name"
     ((SECONDS < deadline)) || die "$name did not answer cairn. SOA on port $port within $3 s"
     sleep 0.5
   done
@@ -312,7 +237,7 @@ wait_quiet() {
     b=$(cpu_ticks "$pid")
     if (((b - a) * 100 < 5 * hz)); then calm=$((calm + 1)); else calm=0; fi
     a=$b
-    assert_alive "$1"
+    server_alive "$1"
     if ((SECONDS >= deadline)); then
       log "warning: $1 still busy after 120 s; measuring anyway"
       return 0
@@ -392,8 +317,8 @@ EOF
   wait_dns hickory "$HICKORY_PORT" 300
 }
 
-# The CLI, output line and HTTP endpoints below are the contract agreed for `cairn agent`;
-# if the binary changes them, this is the only place to adapt.
+# The CLI below is the contract agreed for `cairn agent` (lib.sh waits for its output line and
+# /v1/ready); if the binary changes them, adapt here and in lib.sh.
 start_cairn() {
   local dir=$WORK_DIR/cairn
   mkdir -p "$dir"
@@ -404,19 +329,9 @@ start_cairn() {
   SERVER_PID[cairn]=$!
   log "cairn started (pid ${SERVER_PID[cairn]}), http $CAIRN_URL, dns 127.0.0.1:$CAIRN_DNS_PORT"
 
-  local deadline=$((SECONDS + 30))
-  local want="cairn listening node_id=1 http=127.0.0.1:$CAIRN_HTTP_PORT dns=127.0.0.1:$CAIRN_DNS_PORT rpc=127.0.0.1:$CAIRN_RPC_PORT"
-  until grep -qxF -- "$want" "$LOG_DIR/cairn.out"; do
-    assert_alive cairn
-    ((SECONDS < deadline)) || die "cairn did not print '$want' within 30 s; see $LOG_DIR/cairn.{out,log}"
-    sleep 0.2
-  done
-  deadline=$((SECONDS + 60))
-  until [[ $(curl -s --max-time 2 -o /dev/null -w '%{http_code}' "$CAIRN_URL/v1/ready") == 200 ]]; do
-    assert_alive cairn
-    ((SECONDS < deadline)) || die "cairn not ready (GET /v1/ready != 200) after 60 s"
-    sleep 0.2
-  done
+  wait_cairn_listening cairn "${SERVER_PID[cairn]}" "$LOG_DIR/cairn.out" "$LOG_DIR/cairn.log" \
+    $((SECONDS + 30)) 0.2 1 "$CAIRN_HTTP_PORT" "$CAIRN_DNS_PORT" "$CAIRN_RPC_PORT"
+  wait_cairn_ready cairn "${SERVER_PID[cairn]}" "$LOG_DIR/cairn.log" $((SECONDS + 60)) 0.2 "$CAIRN_HTTP_PORT"
   log "cairn ready; registering $((BENCH_SERVICES * BENCH_INSTANCES_PER_SERVICE)) instances"
   # Bounded by --deadline; the client runs on the load CPU like dnsperf will.
   taskset -c "$BENCH_CLIENT_CPU" "${TOOL[@]}" register "${DATA_ARGS[@]}" --url "$CAIRN_URL" \
@@ -489,7 +404,7 @@ run_dnsperf() {
     --run "$run" --clients "$BENCH_CLIENTS" --target-qps "$qps" --mix "$DATA_DIR/queries.json" \
     ${extra[@]+"${extra[@]}"} >&2
   [[ -n $verbose ]] && rm -f -- "$verbose"
-  assert_alive "$server"
+  server_alive "$server"
 }
 
 # bench_server SERVER: warm-up, peak runs, latency runs, (Cairn) churn runs.
@@ -549,10 +464,8 @@ WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/cairn-dns-bench.XXXXXX")
 DATA_DIR=$WORK_DIR/data
 ulimit -n 65536 2>/dev/null || true
 
-LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
-if awk -v l="${LOAD_AT_START%% *}" -v n="$NCPU" 'BEGIN { exit !(l > n / 2) }'; then
-  log "warning: load average is $LOAD_AT_START on $NCPU CPUs; other work will skew the results"
-fi
+LOAD_AT_START=$(load_average)
+warn_if_loaded "$LOAD_AT_START"
 log "results in $RESULTS_DIR; servers: ${SYSTEMS[*]}; $BENCH_RUNS runs x ${BENCH_DURATION} s"
 
 "${TOOL[@]}" dataset "${DATA_ARGS[@]}" --out-dir "$DATA_DIR" --queries "$BENCH_QUERIES" \
@@ -593,17 +506,7 @@ done
 
 # --- Report. ---
 cairn_commit=n/a
-if wants cairn; then
-  if cairn_commit=$(git -C "$REPO_ROOT" rev-parse --short=12 HEAD 2>/dev/null); then
-    [[ -z $(git -C "$REPO_ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]] ||
-      cairn_commit+=" (with uncommitted changes)"
-  else
-    cairn_commit="unknown (no git commit)"
-  fi
-fi
-# shellcheck disable=SC1091 # a system file, not part of this repo
-os_name=$(. /etc/os-release 2>/dev/null && printf '%s' "${PRETTY_NAME:-unknown}") || os_name=unknown
-cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+wants cairn && cairn_commit=$(git_commit)
 knot_version=n/a
 wants knot && knot_version=$(knotd --version | sed 's/knotd (Knot DNS), version /Knot DNS /')
 hickory_version=n/a
@@ -620,9 +523,9 @@ printf '\n'
 "${TOOL[@]}" report --runs "$RESULTS_DIR/runs.jsonl" ${output_args[@]+"${output_args[@]}"} \
   --meta "date=$(date -u '+%Y-%m-%d %H:%M UTC')" \
   --meta "nproc=$NCPU" \
-  --meta "cpu=${cpu_model:-unknown}" \
+  --meta "cpu=$(cpu_model)" \
   --meta "kernel=$(uname -r)" \
-  --meta "os=$os_name" \
+  --meta "os=$(os_name)" \
   --meta "load=$LOAD_AT_START" \
   --meta "cairn_commit=$cairn_commit" \
   --meta "knot_version=$knot_version" \

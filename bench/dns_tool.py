@@ -37,14 +37,16 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-START = "<!-- bench:dns:start -->"
-END = "<!-- bench:dns:end -->"
+# Run as a script from any directory: find benchlib.py next to this file.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402
+
+START, END = benchlib.markers("dns")
 SERVERS = ("cairn", "knot", "hickory")
 QTYPES = ("a", "srv", "tag", "nx")
 QTYPE_LABEL = {"a": "A", "srv": "SRV", "tag": "tag A", "nx": "NXDOMAIN"}
@@ -825,25 +827,6 @@ def build_section(runs: list[dict], meta: dict[str, str]) -> tuple[str, str]:
     return "\n".join(lines), table_all
 
 
-def replace_section(path: Path, section: str) -> None:
-    if path.exists():
-        text = path.read_text()
-        s, e = text.find(START), text.find(END)
-        if (s == -1) != (e == -1) or (s != -1 and e < s) or text.count(START) > 1 or text.count(END) > 1:
-            raise SystemExit(f"error: {path} has unbalanced {START} / {END} markers; fix by hand")
-        if s == -1:
-            new = text.rstrip("\n") + "\n\n" + section + "\n"
-        else:
-            new = text[:s] + section + text[e + len(END):]
-    else:
-        new = "# Benchmarks\n\n" + section + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".BENCHMARKS.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(new)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def cmd_report(args: argparse.Namespace) -> int:
     runs = load_runs(args.runs)
     if not runs:
@@ -853,7 +836,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     section, table = build_section(runs, meta)
     print(table)
     if args.output:
-        replace_section(Path(args.output), section)
+        benchlib.replace_section(Path(args.output), "dns", section)
         print(f"\nwrote section to {args.output}", file=sys.stderr)
     return 0
 

@@ -45,23 +45,16 @@ set -euo pipefail
 
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd -- "$SCRIPT_DIR/.." && pwd)
+BENCH_LOG_TAG=reads
+# log, die, usage, settings checks, process cleanup (exit trap), ports, Cairn start-up waits,
+# waiting for other benchmarks.
+# shellcheck source=lib.sh
+source "$SCRIPT_DIR/lib.sh"
 
 KNOBS=(CAIRN_BIN BENCH_ONLY BENCH_WATCHERS BENCH_RUNS BENCH_DURATION BENCH_CONNECTIONS BENCH_WARMUP
   BENCH_INSTANCES BENCH_SETTLE BENCH_WATCH_WAIT BENCH_PIN BENCH_TIMEOUT BENCH_PORT_BASE BENCH_CAIRN_LOG
   BENCH_WAIT_FOR BENCH_WAIT_MAX BENCH_OUTPUT BENCH_WRITE)
-COMMAND_LINE=""
-for var in "${KNOBS[@]}"; do
-  if [[ -n ${!var+set} ]]; then COMMAND_LINE+="$var=$(printf '%q' "${!var}") "; fi
-done
-COMMAND_LINE+="bench/reads.sh"
-for arg in "$@"; do COMMAND_LINE+=" $(printf '%q' "$arg")"; done
-
-usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
-log() { printf '[reads %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+capture_command_line reads.sh "${KNOBS[@]}" -- "$@"
 
 for arg in "$@"; do
   case $arg in
@@ -92,19 +85,15 @@ CAIRN_BIN=${CAIRN_BIN:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/cairn}
 SERVICE=web
 ETCD_PREFIX=/cairn-bench/services/$SERVICE/instances/
 
-is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
-for var in BENCH_RUNS BENCH_DURATION BENCH_WARMUP BENCH_INSTANCES BENCH_SETTLE BENCH_TIMEOUT \
-  BENCH_PORT_BASE BENCH_WAIT_MAX; do
-  is_uint "${!var}" || die "$var must be a whole number, got '${!var}'"
-done
+require_uint BENCH_RUNS BENCH_DURATION BENCH_WARMUP BENCH_INSTANCES BENCH_SETTLE BENCH_TIMEOUT \
+  BENCH_PORT_BASE BENCH_WAIT_MAX
 ((BENCH_RUNS >= 1 && BENCH_DURATION >= 1 && BENCH_TIMEOUT >= 1)) ||
   die "BENCH_RUNS, BENCH_DURATION and BENCH_TIMEOUT must be at least 1"
 ((BENCH_INSTANCES >= 1 && BENCH_INSTANCES <= 250)) || die "BENCH_INSTANCES must be 1..250"
 if ! [[ $BENCH_WATCH_WAIT =~ ^[0-9]+s$ ]] || ((${BENCH_WATCH_WAIT%s} < 30 || ${BENCH_WATCH_WAIT%s} > 600)); then
   die "BENCH_WATCH_WAIT must be 30s..600s, got '$BENCH_WATCH_WAIT'"
 fi
-[[ $BENCH_WRITE == [01] ]] || die "BENCH_WRITE must be 0 or 1, got '$BENCH_WRITE'"
-[[ $BENCH_PIN == [01] ]] || die "BENCH_PIN must be 0 or 1, got '$BENCH_PIN'"
+require_flag BENCH_WRITE BENCH_PIN
 # Stay below Linux's ephemeral range (32768+) so no outgoing socket can take our ports.
 ((BENCH_PORT_BASE >= 1024 && BENCH_PORT_BASE + 5 < 32768)) || die "BENCH_PORT_BASE must be between 1024 and 32762"
 read -r -a WATCHERS <<<"$BENCH_WATCHERS"
@@ -137,60 +126,20 @@ CAIRN_DNS=$((BENCH_PORT_BASE + 3))
 ETCD_CLIENT=$((BENCH_PORT_BASE + 4))
 ETCD_PEER=$((BENCH_PORT_BASE + 5))
 
-# --- Process and temp-dir bookkeeping: only PIDs started here are ever signalled. ---
+# --- Process bookkeeping: only PIDs started here are ever signalled. ---
 CAIRN_PID=""
 ETCD_PID=""
-WORK_DIR=""
-RESULTS_DIR=""
-
-# stop_pids PID...: SIGTERM, up to 10 s for a clean exit, then SIGKILL; reaps them.
-stop_pids() {
-  local pid deadline
-  (($# > 0)) || return 0
-  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
-  deadline=$((SECONDS + 10))
-  for pid in "$@"; do
-    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "pid $pid ignored SIGTERM for 10 s; sending SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-  done
-}
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  stop_pids ${CAIRN_PID:+"$CAIRN_PID"} ${ETCD_PID:+"$ETCD_PID"}
-  if [[ -n $WORK_DIR && -d $WORK_DIR ]]; then rm -rf -- "$WORK_DIR"; fi
-  ((rc == 0)) || log "failed (exit $rc); logs and raw output are in ${RESULTS_DIR:-<none yet>}"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# For lib.sh's exit trap (what is still running) and other_benchmarks (never our own etcd).
+owned_pids() { echo ${CAIRN_PID:+"$CAIRN_PID"} ${ETCD_PID:+"$ETCD_PID"}; }
 
 # --- Tools. ---
 ensure_tools() {
-  local -A pkg_of=([curl]=curl [python3]=python3)
-  if wants reads; then pkg_of+=([etcd]=etcd-server [wrk]=wrk); fi
-  local cmd missing=()
-  for cmd in "${!pkg_of[@]}"; do
-    command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_of[$cmd]}")
-  done
-  ((${#missing[@]} == 0)) && return 0
-  ((EUID == 0)) || die "missing packages: ${missing[*]}; run: sudo apt-get install -y ${missing[*]}"
-  log "installing ${missing[*]} with apt-get"
-  timeout 600 apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq "${missing[@]}" >/dev/null
-  for cmd in "${!pkg_of[@]}"; do
-    command -v "$cmd" >/dev/null 2>&1 || die "$cmd still missing after installing ${pkg_of[$cmd]}"
-  done
+  local pkgs=(curl=curl python3=python3)
+  if wants reads; then pkgs+=(etcd=etcd-server wrk=wrk); fi
+  ensure_packages "${pkgs[@]}"
 }
 ensure_tools
-[[ -x $CAIRN_BIN ]] || die "no cairn binary at $CAIRN_BIN; build it (cargo build --release -p cairn-node) or set CAIRN_BIN"
-CAIRN_BIN=$(cd -- "$(dirname -- "$CAIRN_BIN")" && pwd)/$(basename -- "$CAIRN_BIN")
+require_cairn_bin "no cairn binary at $CAIRN_BIN; build it (cargo build --release -p cairn-node) or set CAIRN_BIN"
 if wants fanout && ! "$CAIRN_BIN" agent --help 2>/dev/null | grep -q -- '--max-waiting-per-client'; then
   die "$CAIRN_BIN has no --max-waiting-per-client: it was built before blocking queries; rebuild it
   (cargo build --release -p cairn-node), or run only the read benchmark with BENCH_ONLY=reads"
@@ -209,76 +158,17 @@ if ((BENCH_PIN)); then
   CLIENT_PIN=(taskset -c 1)
 fi
 
-port_in_use() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
-check_ports_free() {
-  local p
-  for p in "$@"; do
-    ! port_in_use "$p" || die "127.0.0.1:$p is already in use; pick other ports with BENCH_PORT_BASE"
-  done
-}
-assert_alive() {
-  kill -0 "$2" 2>/dev/null && return 0
-  log "$1 (pid $2) exited; last lines of $3:"
-  tail -n 30 "$3" >&2 || true
-  die "$1 did not stay up"
-}
-
-# --- Other benchmarks on this machine (never our own children: we check before starting any). ---
-other_benchmarks() {
-  local name pid found=()
-  for name in $BENCH_WAIT_FOR; do
-    while read -r pid; do
-      [[ -n $pid && $pid != "$CAIRN_PID" && $pid != "$ETCD_PID" ]] && found+=("$name($pid)")
-    done < <(pgrep -x -- "$name" 2>/dev/null || true)
-  done
-  while read -r pid name; do
-    [[ -n $pid ]] && found+=("$name($pid)")
-  done < <(pgrep -af -- 'bench/(dns|registrations|checks)\.sh' 2>/dev/null | awk '{ print $1, $NF }' || true)
-  printf '%s' "${found[*]:-}"
-}
-
-UNDER_LOAD=""
-WAITED=""
-wait_for_quiet() {
-  local busy start=$SECONDS
-  busy=$(other_benchmarks)
-  [[ -z $busy ]] && return 0
-  if ((BENCH_WAIT_MAX == 0)); then
-    log "warning: another benchmark is running ($busy); BENCH_WAIT_MAX=0, measuring anyway"
-    UNDER_LOAD+="another benchmark was running at the start ($busy). "
-    return 0
-  fi
-  log "another benchmark is running ($busy); waiting up to $BENCH_WAIT_MAX s for it to finish"
-  while [[ -n $busy ]] && ((SECONDS - start < BENCH_WAIT_MAX)); do
-    sleep 10
-    busy=$(other_benchmarks)
-  done
-  if [[ -n $busy ]]; then
-    log "warning: still running after $BENCH_WAIT_MAX s ($busy); measuring anyway"
-    UNDER_LOAD+="another benchmark was still running after waiting $BENCH_WAIT_MAX s ($busy). "
-  else
-    log "the other benchmark finished after $((SECONDS - start)) s; waiting 10 s more for the machine to settle"
-    WAITED="waited $((SECONDS - start)) s for another benchmark to finish"
-    sleep 10
-  fi
-}
-# note_load WHAT: records in the report when another benchmark runs while we measure.
-note_load() {
-  local busy
-  busy=$(other_benchmarks)
-  if [[ -n $busy ]]; then
-    log "warning: another benchmark is running during $1: $busy"
-    UNDER_LOAD+="another benchmark ran during $1 ($busy). "
-  fi
-}
+# --- Other benchmarks on this machine (lib.sh's wait_for_quiet and note_load; never our own
+# children, see owned_pids). BENCH_WAIT_MAX=0 means "do not wait", as the help says. ---
+OTHER_SCRIPTS='bench/(dns|registrations|checks)\.sh'
+WAIT_MAX_ZERO_SKIPS=1
 
 # --- Cairn. ---
 # start_cairn NAME [EXTRA ARGS...]: a fresh single node in WORK_DIR/NAME; sets CAIRN_PID.
 start_cairn() {
-  local name=$1 deadline
+  local name=$1
   shift
   local out=$LOG_DIR/$name.out errlog=$LOG_DIR/$name.log
-  local want="cairn listening node_id=1 http=127.0.0.1:$CAIRN_HTTP dns=127.0.0.1:$CAIRN_DNS rpc=127.0.0.1:$CAIRN_RPC"
   check_ports_free "$CAIRN_HTTP" "$CAIRN_RPC" "$CAIRN_DNS"
   rm -rf -- "${WORK_DIR:?}/$name"
   mkdir -p "$WORK_DIR/$name"
@@ -286,18 +176,9 @@ start_cairn() {
     --data-dir "$WORK_DIR/$name" --bootstrap --http-addr "127.0.0.1:$CAIRN_HTTP" \
     --rpc-addr "127.0.0.1:$CAIRN_RPC" --dns-addr "127.0.0.1:$CAIRN_DNS" "$@" >"$out" 2>"$errlog" &
   CAIRN_PID=$!
-  deadline=$((SECONDS + 30))
-  until grep -qxF -- "$want" "$out"; do
-    assert_alive "cairn ($name)" "$CAIRN_PID" "$errlog"
-    ((SECONDS < deadline)) || die "cairn ($name) did not print '$want' within 30 s; see $out"
-    sleep 0.1
-  done
-  deadline=$((SECONDS + 60))
-  until [[ $(curl -s --max-time 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$CAIRN_HTTP/v1/ready") == 200 ]]; do
-    assert_alive "cairn ($name)" "$CAIRN_PID" "$errlog"
-    ((SECONDS < deadline)) || die "cairn ($name) not ready (GET /v1/ready != 200) after 60 s"
-    sleep 0.1
-  done
+  wait_cairn_listening "cairn ($name)" "$CAIRN_PID" "$out" "$errlog" $((SECONDS + 30)) 0.1 \
+    1 "$CAIRN_HTTP" "$CAIRN_DNS" "$CAIRN_RPC"
+  wait_cairn_ready "cairn ($name)" "$CAIRN_PID" "$errlog" $((SECONDS + 60)) 0.1 "$CAIRN_HTTP"
   local limit
   limit=$(awk '/^Max open files/ { print $4 }' "/proc/$CAIRN_PID/limits")
   log "cairn ($name) ready, pid $CAIRN_PID, open-file limit $limit"
@@ -388,7 +269,7 @@ WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/cairn-reads-bench.XXXXXX")
 
 
 wait_for_quiet
-LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD_AT_START=$(load_average)
 log "results in $RESULTS_DIR; data in $WORK_DIR; load average $LOAD_AT_START; open-file limit $NOFILE"
 
 CAIRN_BODY="?"
@@ -446,17 +327,6 @@ if wants reads; then
 fi
 
 # --- Report. ---
-if cairn_commit=$(git -C "$REPO_ROOT" rev-parse --short=12 HEAD 2>/dev/null); then
-  [[ -z $(git -C "$REPO_ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]] ||
-    cairn_commit+=" (with uncommitted changes)"
-else
-  cairn_commit="unknown (no git commit)"
-fi
-# shellcheck disable=SC1091 # a system file, not part of this repo
-os_name=$(. /etc/os-release 2>/dev/null && printf '%s' "${PRETTY_NAME:-unknown}") || os_name=unknown
-cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
-bin_display=$CAIRN_BIN
-[[ $bin_display == "$REPO_ROOT"/* ]] && bin_display=${bin_display#"$REPO_ROOT"/}
 [[ -n $WAITED ]] && UNDER_LOAD="${UNDER_LOAD}(Before starting: $WAITED.) "
 pin_note=""
 ((BENCH_PIN)) && pin_note=", each pinned to CPU 0 with wrk pinned to CPU 1"
@@ -477,13 +347,13 @@ printf '\n'
   --section-out "$RESULTS_DIR/section.md" ${output_args[@]+"${output_args[@]}"} \
   --meta "date=$(date -u '+%Y-%m-%d %H:%M UTC')" \
   --meta "nproc=$(nproc)" \
-  --meta "cpu=${cpu_model:-unknown}" \
+  --meta "cpu=$(cpu_model)" \
   --meta "kernel=$(uname -r)" \
-  --meta "os=$os_name" \
-  --meta "fs=$(findmnt -no FSTYPE -T "$WORK_DIR" 2>/dev/null || stat -f -c %T "$WORK_DIR")" \
+  --meta "os=$(os_name)" \
+  --meta "fs=$(fs_type "$WORK_DIR")" \
   --meta "load=$LOAD_AT_START" \
-  --meta "cairn_commit=$cairn_commit" \
-  --meta "cairn_bin=$bin_display" \
+  --meta "cairn_commit=$(git_commit)" \
+  --meta "cairn_bin=$(repo_relative "$CAIRN_BIN")" \
   --meta "cairn_bin_mtime=built $(date -u -r "$CAIRN_BIN" '+%Y-%m-%d %H:%M UTC')" \
   --meta "cairn_log=$BENCH_CAIRN_LOG" \
   --meta "etcd_version=$etcd_version" \

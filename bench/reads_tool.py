@@ -24,12 +24,14 @@ import re
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-START = "<!-- bench:reads:start -->"
-END = "<!-- bench:reads:end -->"
+# Run as a script from any directory: find benchlib.py next to this file.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402
+
+START, END = benchlib.markers("reads")
 
 
 def log(msg: str) -> None:
@@ -624,25 +626,6 @@ def build_section(meta: dict, fan: list[dict], reads: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def replace_section(path: Path, section: str) -> None:
-    if path.exists():
-        text = path.read_text()
-        s, e = text.find(START), text.find(END)
-        if (s == -1) != (e == -1) or (s != -1 and e < s) or text.count(START) > 1 or text.count(END) > 1:
-            raise SystemExit(f"error: {path} has unbalanced {START} / {END} markers; fix by hand")
-        if s == -1:
-            new = text.rstrip("\n") + "\n\n" + section + "\n"
-        else:
-            new = text[:s] + section + text[e + len(END):]
-    else:
-        new = "# Benchmarks\n\n" + section + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".BENCHMARKS.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(new)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def cmd_report(a: argparse.Namespace) -> int:
     meta = dict(kv.split("=", 1) for kv in a.meta)
     fan = load_jsonl(a.fanout)
@@ -651,7 +634,7 @@ def cmd_report(a: argparse.Namespace) -> int:
     Path(a.section_out).write_text(section + "\n")
     print(section)
     if a.output:
-        replace_section(Path(a.output), section)
+        benchlib.replace_section(Path(a.output), "reads", section)
         log(f"wrote the section to {a.output}")
     return 0
 

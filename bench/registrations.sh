@@ -23,24 +23,13 @@ set -euo pipefail
 # --- Command line, captured before defaults are filled in so the report shows what was typed. ---
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd -- "$SCRIPT_DIR/.." && pwd)
+BENCH_LOG_TAG=bench
+# log, die, usage, settings checks, process cleanup (exit trap), ports, Cairn start-up waits.
+# shellcheck source=lib.sh
+source "$SCRIPT_DIR/lib.sh"
 
-COMMAND_LINE=""
-for var in CAIRN_BIN BENCH_ONLY BENCH_DURATION BENCH_RUNS BENCH_CONNECTIONS BENCH_WARMUP \
-  BENCH_TIMEOUT BENCH_PORT_BASE BENCH_OUTPUT BENCH_WRITE; do
-  if [[ -n ${!var+set} ]]; then
-    COMMAND_LINE+="$var=$(printf '%q' "${!var}") "
-  fi
-done
-COMMAND_LINE+="bench/registrations.sh"
-for arg in "$@"; do COMMAND_LINE+=" $(printf '%q' "$arg")"; done
-
-usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
-
-log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+capture_command_line registrations.sh CAIRN_BIN BENCH_ONLY BENCH_DURATION BENCH_RUNS \
+  BENCH_CONNECTIONS BENCH_WARMUP BENCH_TIMEOUT BENCH_PORT_BASE BENCH_OUTPUT BENCH_WRITE -- "$@"
 
 DO_BUILD=0
 for arg in "$@"; do
@@ -63,11 +52,8 @@ BENCH_OUTPUT=${BENCH_OUTPUT:-$REPO_ROOT/BENCHMARKS.md}
 BENCH_WRITE=${BENCH_WRITE:-1}
 CAIRN_BIN=${CAIRN_BIN:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/cairn}
 
-is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
-for var in BENCH_DURATION BENCH_RUNS BENCH_WARMUP BENCH_TIMEOUT BENCH_PORT_BASE; do
-  is_uint "${!var}" || die "$var must be a whole number, got '${!var}'"
-done
-[[ $BENCH_WRITE == [01] ]] || die "BENCH_WRITE must be 0 or 1, got '$BENCH_WRITE'"
+require_uint BENCH_DURATION BENCH_RUNS BENCH_WARMUP BENCH_TIMEOUT BENCH_PORT_BASE
+require_flag BENCH_WRITE
 ((BENCH_DURATION >= 1 && BENCH_RUNS >= 1 && BENCH_TIMEOUT >= 1)) ||
   die "BENCH_DURATION, BENCH_RUNS and BENCH_TIMEOUT must be at least 1"
 # Stay below Linux's ephemeral range (32768+) so no outgoing wrk socket can take our ports.
@@ -106,56 +92,15 @@ CAIRN_DNS_PORTS=($((BENCH_PORT_BASE + 51)) $((BENCH_PORT_BASE + 52)) $((BENCH_PO
 ETCD_ENDPOINTS=$(printf 'http://127.0.0.1:%s,' "${ETCD_CLIENT_PORTS[@]}")
 ETCD_ENDPOINTS=${ETCD_ENDPOINTS%,}
 
-# --- Process and temp-dir bookkeeping: we only ever signal PIDs we started ourselves. ---
+# --- Process bookkeeping: we only ever signal PIDs we started ourselves. ---
 ETCD_PIDS=()
 CAIRN_PIDS=()
-WORK_DIR=""
-
-# stop_pids PID...: SIGTERM, up to 10 s for a clean exit, then SIGKILL; reaps them.
-stop_pids() {
-  local pid deadline
-  (($# > 0)) || return 0
-  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
-  deadline=$((SECONDS + 10))
-  for pid in "$@"; do
-    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "pid $pid ignored SIGTERM for 10 s; sending SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-  done
-}
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  stop_pids ${CAIRN_PIDS[@]+"${CAIRN_PIDS[@]}"} ${ETCD_PIDS[@]+"${ETCD_PIDS[@]}"}
-  if [[ -n $WORK_DIR && -d $WORK_DIR ]]; then rm -rf -- "$WORK_DIR"; fi
-  ((rc == 0)) || log "failed (exit $rc); logs and raw output are in ${RESULTS_DIR:-<none yet>}"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# For lib.sh's exit trap: what is still running.
+owned_pids() { echo ${CAIRN_PIDS[@]+"${CAIRN_PIDS[@]}"} ${ETCD_PIDS[@]+"${ETCD_PIDS[@]}"}; }
 
 # --- Tools. ---
 ensure_tools() {
-  # command -> Debian package providing it
-  local -A pkg_of=([etcd]=etcd-server [etcdctl]=etcd-client [wrk]=wrk [curl]=curl [python3]=python3)
-  local cmd missing=()
-  for cmd in "${!pkg_of[@]}"; do
-    command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_of[$cmd]}")
-  done
-  ((${#missing[@]} == 0)) && return 0
-  ((EUID == 0)) || die "missing packages: ${missing[*]}; run: sudo apt-get install -y ${missing[*]}"
-  log "installing ${missing[*]} with apt-get"
-  # Bounded: a stuck mirror must not hang the benchmark forever.
-  timeout 600 apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq "${missing[@]}" >/dev/null
-  for cmd in "${!pkg_of[@]}"; do
-    command -v "$cmd" >/dev/null 2>&1 || die "$cmd still missing after installing ${pkg_of[$cmd]}"
-  done
+  ensure_packages etcd=etcd-server etcdctl=etcd-client wrk=wrk curl=curl python3=python3
 }
 
 ensure_cairn_bin() {
@@ -163,29 +108,10 @@ ensure_cairn_bin() {
     log "building cairn: cargo build --release -p cairn-node"
     (cd "$REPO_ROOT" && cargo build --release -p cairn-node)
   fi
-  [[ -x $CAIRN_BIN ]] || die "no cairn binary at $CAIRN_BIN.
+  require_cairn_bin "no cairn binary at $CAIRN_BIN.
   Build it first:   (cd $REPO_ROOT && cargo build --release -p cairn-node)
   or let this script do it:  bench/registrations.sh --build
   or point CAIRN_BIN at an existing binary, or run only etcd with BENCH_ONLY=etcd."
-  CAIRN_BIN=$(cd -- "$(dirname -- "$CAIRN_BIN")" && pwd)/$(basename -- "$CAIRN_BIN")
-}
-
-# port_in_use PORT: something accepts connections on 127.0.0.1:PORT.
-port_in_use() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
-
-check_ports_free() {
-  local p
-  for p in "$@"; do
-    ! port_in_use "$p" || die "127.0.0.1:$p is already in use; pick other ports with BENCH_PORT_BASE"
-  done
-}
-
-# assert_alive NAME PID LOG: fail early, with the log tail, if a server died during start-up.
-assert_alive() {
-  kill -0 "$2" 2>/dev/null && return 0
-  log "$1 (pid $2) exited; last lines of $3:"
-  tail -n 30 "$3" >&2 || true
-  die "$1 did not stay up"
 }
 
 # --- etcd. ---
@@ -286,8 +212,8 @@ etcd_verify() {
 }
 
 # --- Cairn. ---
-# The CLI, output line and HTTP endpoints below are the contract agreed for `cairn agent`;
-# if the binary changes them, this is the only place to adapt.
+# The CLI below is the contract agreed for `cairn agent` (lib.sh waits for its output line and
+# /v1/ready); if the binary changes them, adapt here and in lib.sh.
 start_cairn_cluster() {
   local i peers=""
   for i in 0 1 2; do peers+="$((i + 1))=127.0.0.1:${CAIRN_RPC_PORTS[i]},"; done
@@ -303,25 +229,19 @@ start_cairn_cluster() {
   done
   log "cairn started (pids ${CAIRN_PIDS[*]}), http ports ${CAIRN_HTTP_PORTS[*]}"
 
-  # Each node announces itself with exactly this line on stdout once it is listening.
-  local deadline=$((SECONDS + 30)) want
+  # Each node announces itself with its listening line on stdout; one 30 s deadline for all.
+  local deadline=$((SECONDS + 30))
   for i in 0 1 2; do
-    want="cairn listening node_id=$((i + 1)) http=127.0.0.1:${CAIRN_HTTP_PORTS[i]} dns=127.0.0.1:${CAIRN_DNS_PORTS[i]} rpc=127.0.0.1:${CAIRN_RPC_PORTS[i]}"
-    until grep -qxF -- "$want" "$LOG_DIR/cairn$((i + 1)).out"; do
-      assert_alive "cairn$((i + 1))" "${CAIRN_PIDS[i]}" "$LOG_DIR/cairn$((i + 1)).log"
-      ((SECONDS < deadline)) || die "cairn$((i + 1)) did not print '$want' within 30 s; see $LOG_DIR/cairn$((i + 1)).{out,log}"
-      sleep 0.2
-    done
+    wait_cairn_listening "cairn$((i + 1))" "${CAIRN_PIDS[i]}" "$LOG_DIR/cairn$((i + 1)).out" \
+      "$LOG_DIR/cairn$((i + 1)).log" "$deadline" 0.2 \
+      $((i + 1)) "${CAIRN_HTTP_PORTS[i]}" "${CAIRN_DNS_PORTS[i]}" "${CAIRN_RPC_PORTS[i]}"
   done
 
   # /v1/ready is 200 once a node knows a leader; wait for all three so the cluster is settled.
   deadline=$((SECONDS + 60))
   for i in 0 1 2; do
-    until [[ $(curl -s --max-time 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:${CAIRN_HTTP_PORTS[i]}/v1/ready") == 200 ]]; do
-      assert_alive "cairn$((i + 1))" "${CAIRN_PIDS[i]}" "$LOG_DIR/cairn$((i + 1)).log"
-      ((SECONDS < deadline)) || die "cairn$((i + 1)) not ready (GET /v1/ready != 200) after 60 s"
-      sleep 0.2
-    done
+    wait_cairn_ready "cairn$((i + 1))" "${CAIRN_PIDS[i]}" "$LOG_DIR/cairn$((i + 1)).log" "$deadline" 0.2 \
+      "${CAIRN_HTTP_PORTS[i]}"
   done
   log "cairn ready"
 }
@@ -413,10 +333,8 @@ mkdir -p "$LOG_DIR"
 WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/cairn-bench.XXXXXX")
 ulimit -n 65536 2>/dev/null || true # 256 connections plus three servers' files
 
-LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
-if awk -v l="${LOAD_AT_START%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
-  log "warning: load average is $LOAD_AT_START on $(nproc) CPUs; other work will skew the results"
-fi
+LOAD_AT_START=$(load_average)
+warn_if_loaded "$LOAD_AT_START"
 log "results in $RESULTS_DIR; data in $WORK_DIR; $BENCH_RUNS runs x ${BENCH_DURATION} s at connections ${CONNECTIONS[*]}"
 
 if wants etcd; then
@@ -436,17 +354,7 @@ fi
 
 # --- Report. ---
 cairn_commit=n/a
-if wants cairn; then
-  if cairn_commit=$(git -C "$REPO_ROOT" rev-parse --short=12 HEAD 2>/dev/null); then
-    [[ -z $(git -C "$REPO_ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]] ||
-      cairn_commit+=" (with uncommitted changes)"
-  else
-    cairn_commit="unknown (no git commit)"
-  fi
-fi
-# shellcheck disable=SC1091 # a system file, not part of this repo
-os_name=$(. /etc/os-release 2>/dev/null && printf '%s' "${PRETTY_NAME:-unknown}") || os_name=unknown
-cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+wants cairn && cairn_commit=$(git_commit)
 output_args=()
 ((BENCH_WRITE)) && output_args=(--output "$BENCH_OUTPUT")
 
@@ -454,10 +362,10 @@ printf '\n'
 "${SUMMARISE[@]}" report --runs "$RESULTS_DIR/runs.jsonl" ${output_args[@]+"${output_args[@]}"} \
   --meta "date=$(date -u '+%Y-%m-%d %H:%M UTC')" \
   --meta "nproc=$(nproc)" \
-  --meta "cpu=${cpu_model:-unknown}" \
+  --meta "cpu=$(cpu_model)" \
   --meta "kernel=$(uname -r)" \
-  --meta "os=$os_name" \
-  --meta "fs=$(findmnt -no FSTYPE -T "$WORK_DIR" 2>/dev/null || stat -f -c %T "$WORK_DIR")" \
+  --meta "os=$(os_name)" \
+  --meta "fs=$(fs_type "$WORK_DIR")" \
   --meta "load=$LOAD_AT_START" \
   --meta "etcd_version=$(etcd --version | awk '/^etcd Version:/ { print $3 }')" \
   --meta "wrk_version=$(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }')" \

@@ -18,11 +18,13 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
-START = "<!-- bench:registrations:start -->"
-END = "<!-- bench:registrations:end -->"
+# Run as a script from any directory: find benchlib.py next to this file.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402
+
+START, END = benchlib.markers("registrations")
 SYSTEMS = ("cairn", "etcd")
 
 
@@ -184,26 +186,6 @@ def build_section(runs: list[dict], meta: dict[str, str]) -> tuple[str, str]:
     return "\n".join(lines), table_all
 
 
-def replace_section(path: Path, section: str) -> None:
-    if path.exists():
-        text = path.read_text()
-        s, e = text.find(START), text.find(END)
-        if (s == -1) != (e == -1) or (s != -1 and e < s) or text.count(START) > 1 or text.count(END) > 1:
-            raise SystemExit(f"error: {path} has unbalanced {START} / {END} markers; fix by hand")
-        if s == -1:
-            new = text.rstrip("\n") + "\n\n" + section + "\n"
-        else:
-            new = text[:s] + section + text[e + len(END):]
-    else:
-        new = "# Benchmarks\n\n" + section + "\n"
-    # Write to a temporary file and rename, so an interrupted run never leaves half a file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".BENCHMARKS.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(new)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def cmd_report(args: argparse.Namespace) -> int:
     runs = load_runs([args.runs])
     if not runs:
@@ -213,7 +195,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     section, table = build_section(runs, meta)
     print(table)
     if args.output:
-        replace_section(Path(args.output), section)
+        benchlib.replace_section(Path(args.output), "registrations", section)
         print(f"\nwrote section to {args.output}", file=sys.stderr)
     return 0
 
