@@ -379,23 +379,37 @@ async fn service_read(
     Ok((registry.service_index(&name), registry.service(&name)))
 }
 
+/// A read of one service's rows: blocking on the service, then `rows` over its entry.
+async fn per_service(
+    s: &AppState,
+    peer: SocketAddr,
+    service: &str,
+    raw: Option<String>,
+    rows: impl Fn(&ServiceEntry, &Query) -> Vec<Value>,
+) -> Result<Response, Failure> {
+    let q = Query::parse(raw.as_deref())?;
+    let (index, svc) = service_read(s, peer, service, &q).await?;
+    let body = svc.as_deref().map(|svc| rows(svc, &q)).unwrap_or_default();
+    Ok(respond(s, index, Value::Array(body)))
+}
+
 async fn catalog_service(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(service): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    let q = Query::parse(raw.as_deref())?;
-    let (index, svc) = service_read(&s, peer, &service, &q).await?;
-    let q = Query {
-        passing: false,
-        ..q
-    };
-    let body: Vec<Value> = svc
-        .as_deref()
-        .map(|svc| filtered(svc, &q).map(|i| catalog_entry(svc, i)).collect())
-        .unwrap_or_default();
-    Ok(respond(&s, index, Value::Array(body)))
+    per_service(&s, peer, &service, raw, |svc, q| {
+        // The catalog lists every instance; `passing` only filters health endpoints.
+        let q = Query {
+            passing: false,
+            tags: q.tags.clone(),
+            node_meta: q.node_meta.clone(),
+            ..Query::default()
+        };
+        filtered(svc, &q).map(|i| catalog_entry(svc, i)).collect()
+    })
+    .await
 }
 
 async fn health_service(
@@ -404,23 +418,18 @@ async fn health_service(
     Path(service): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    let q = Query::parse(raw.as_deref())?;
-    let (index, svc) = service_read(&s, peer, &service, &q).await?;
-    let body: Vec<Value> = svc
-        .as_deref()
-        .map(|svc| {
-            filtered(svc, &q)
-                .map(|i| {
-                    json!({
-                        "Node": node_obj(&i.spec.address),
-                        "Service": service_obj(svc, i),
-                        "Checks": check_objs(svc, i),
-                    })
+    per_service(&s, peer, &service, raw, |svc, q| {
+        filtered(svc, q)
+            .map(|i| {
+                json!({
+                    "Node": node_obj(&i.spec.address),
+                    "Service": service_obj(svc, i),
+                    "Checks": check_objs(svc, i),
                 })
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok(respond(&s, index, Value::Array(body)))
+            })
+            .collect()
+    })
+    .await
 }
 
 async fn health_checks(
@@ -429,18 +438,13 @@ async fn health_checks(
     Path(service): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    let q = Query::parse(raw.as_deref())?;
-    let (index, svc) = service_read(&s, peer, &service, &q).await?;
-    let body: Vec<Value> = svc
-        .as_deref()
-        .map(|svc| {
-            svc.instances
-                .values()
-                .flat_map(|i| check_objs(svc, i))
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok(respond(&s, index, Value::Array(body)))
+    per_service(&s, peer, &service, raw, |svc, _| {
+        svc.instances
+            .values()
+            .flat_map(|i| check_objs(svc, i))
+            .collect()
+    })
+    .await
 }
 
 /// Reads over the whole catalog block on any applied change.
