@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use harness::register_with as register;
 use harness::{eventually, Cluster};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
@@ -101,17 +102,6 @@ async fn wait_status(
         check_status(c, node, service, id).await.as_deref() == Some(want)
     })
     .await;
-}
-
-async fn register(c: &Cluster, node: u64, service: &str, id: &str, body: Value) {
-    let (status, res) = c
-        .put(
-            node,
-            &format!("/v1/services/{service}/instances/{id}"),
-            &body,
-        )
-        .await;
-    assert_eq!(status, 200, "{res}");
 }
 
 #[tokio::test]

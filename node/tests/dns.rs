@@ -10,6 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use harness::dns::{query, tcp, udp, udp_raw};
+use harness::register_with as register;
 use harness::{eventually, Cluster, Node};
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
@@ -42,17 +43,6 @@ fn has_soa_authority(m: &Message) -> bool {
     m.authorities
         .iter()
         .any(|r| matches!(r.data, RData::SOA(_)))
-}
-
-async fn register(c: &Cluster, node: u64, service: &str, id: &str, body: serde_json::Value) {
-    let (status, res) = c
-        .put(
-            node,
-            &format!("/v1/services/{service}/instances/{id}"),
-            &body,
-        )
-        .await;
-    assert_eq!(status, 200, "{res}");
 }
 
 #[tokio::test]

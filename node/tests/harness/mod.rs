@@ -373,6 +373,21 @@ pub async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
     (0, Value::Null)
 }
 
+/// Registers `service/id` with `body` through `node`; panics unless it answers 200.
+pub async fn register_with(c: &Cluster, node: u64, service: &str, id: &str, body: Value) {
+    let (status, res) = c
+        .put(
+            node,
+            &format!("/v1/services/{service}/instances/{id}"),
+            &body,
+        )
+        .await;
+    assert_eq!(
+        status, 200,
+        "register {service}/{id} via node {node}: {res}"
+    );
+}
+
 /// Polls `check` every 100 ms until it holds; panics with `what` after `timeout`.
 pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
 where
