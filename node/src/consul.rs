@@ -447,10 +447,27 @@ async fn health_checks(
     .await
 }
 
-/// Reads over the whole catalog block on any applied change.
-async fn whole_catalog(s: &AppState, peer: SocketAddr, q: &Query) -> Result<u64, Failure> {
-    prepare(s, peer, q, s.cluster.registry().subscribe()).await?;
-    Ok(s.cluster.registry().applied_index())
+/// A read over the whole catalog: blocks on any applied change, then `body` over every service.
+async fn whole_catalog(
+    s: &AppState,
+    peer: SocketAddr,
+    raw: Option<String>,
+    body: impl FnOnce(&[Arc<ServiceEntry>]) -> Value,
+) -> Result<Response, Failure> {
+    let q = Query::parse(raw.as_deref())?;
+    prepare(s, peer, &q, s.cluster.registry().subscribe()).await?;
+    let index = s.cluster.registry().applied_index();
+    let (_, services) = s.cluster.registry().services();
+    Ok(respond(s, index, body(&services)))
+}
+
+/// Every instance of every service, with its service.
+fn instances(
+    services: &[Arc<ServiceEntry>],
+) -> impl Iterator<Item = (&ServiceEntry, &Arc<Instance>)> {
+    services
+        .iter()
+        .flat_map(|svc| svc.instances.values().map(move |i| (&**svc, i)))
 }
 
 async fn health_state(
@@ -459,20 +476,18 @@ async fn health_state(
     Path(state): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    let q = Query::parse(raw.as_deref())?;
     let want = match state.as_str() {
         "any" => None,
         "passing" | "warning" | "critical" => Some(state.clone()),
         other => return Err(bad(format!("unknown health state {other:?}"))),
     };
-    let index = whole_catalog(&s, peer, &q).await?;
-    let (_, services) = s.cluster.registry().services();
-    let body: Vec<Value> = services
-        .iter()
-        .flat_map(|svc| svc.instances.values().flat_map(|i| check_objs(svc, i)))
-        .filter(|c| want.as_deref().is_none_or(|w| c["Status"] == w))
-        .collect();
-    Ok(respond(&s, index, Value::Array(body)))
+    whole_catalog(&s, peer, raw, |services| {
+        instances(services)
+            .flat_map(|(svc, i)| check_objs(svc, i))
+            .filter(|c| want.as_deref().is_none_or(|w| c["Status"] == w))
+            .collect()
+    })
+    .await
 }
 
 async fn catalog_nodes(
@@ -480,15 +495,13 @@ async fn catalog_nodes(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    let q = Query::parse(raw.as_deref())?;
-    let index = whole_catalog(&s, peer, &q).await?;
-    let (_, services) = s.cluster.registry().services();
-    let addrs: BTreeSet<String> = services
-        .iter()
-        .flat_map(|svc| svc.instances.values().map(|i| i.spec.address.clone()))
-        .collect();
-    let body: Vec<Value> = addrs.iter().map(|a| node_obj(a)).collect();
-    Ok(respond(&s, index, Value::Array(body)))
+    whole_catalog(&s, peer, raw, |services| {
+        let addrs: BTreeSet<&str> = instances(services)
+            .map(|(_, i)| i.spec.address.as_str())
+            .collect();
+        addrs.into_iter().map(node_obj).collect()
+    })
+    .await
 }
 
 async fn agent_services(
@@ -496,16 +509,13 @@ async fn agent_services(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    let q = Query::parse(raw.as_deref())?;
-    let index = whole_catalog(&s, peer, &q).await?;
-    let (_, services) = s.cluster.registry().services();
-    let mut body = Map::new();
-    for svc in &services {
-        for i in svc.instances.values() {
-            body.insert(i.spec.id.clone(), service_obj(svc, i));
-        }
-    }
-    Ok(respond(&s, index, Value::Object(body)))
+    whole_catalog(&s, peer, raw, |services| {
+        instances(services)
+            .map(|(svc, i)| (i.spec.id.clone(), service_obj(svc, i)))
+            .collect::<Map<String, Value>>()
+            .into()
+    })
+    .await
 }
 
 async fn agent_checks(
@@ -513,19 +523,14 @@ async fn agent_checks(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    let q = Query::parse(raw.as_deref())?;
-    let index = whole_catalog(&s, peer, &q).await?;
-    let (_, services) = s.cluster.registry().services();
-    let mut body = Map::new();
-    for svc in &services {
-        for i in svc.instances.values() {
-            for c in check_objs(svc, i) {
-                let id = c["CheckID"].as_str().unwrap_or_default().to_owned();
-                body.insert(id, c);
-            }
-        }
-    }
-    Ok(respond(&s, index, Value::Object(body)))
+    whole_catalog(&s, peer, raw, |services| {
+        instances(services)
+            .flat_map(|(svc, i)| check_objs(svc, i))
+            .map(|c| (c["CheckID"].as_str().unwrap_or_default().to_owned(), c))
+            .collect::<Map<String, Value>>()
+            .into()
+    })
+    .await
 }
 
 /// The instance with Consul service ID `id`, wherever it is registered.
