@@ -74,6 +74,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
             get(get_settings).put(put_settings),
         )
         .route("/v1/cluster", get(cluster_status))
+        .route("/v1/cluster/digest", get(cluster_digest))
         .route("/v1/cluster/members", axum::routing::post(join))
         .route("/v1/cluster/members/{id}", delete(remove_member))
         .route("/v1/live", get(live))
@@ -554,6 +555,20 @@ async fn cluster_status(
     let status = s.cluster.status();
     let index = status.applied_index;
     Ok(read_response(&s.cluster, index, status))
+}
+
+/// This replica's state digest at its applied index: replicas at the same index must agree.
+async fn cluster_digest(State(s): State<AppState>) -> Result<Response, Failure> {
+    let registry = s.cluster.registry().clone();
+    let (index, digest) = tokio::task::spawn_blocking(move || registry.digest())
+        .await
+        .map_err(|e| Failure(ApiError::new(ErrorCode::Internal, e.to_string())))?;
+    let body = serde_json::json!({
+        "node_id": s.cluster.id(),
+        "applied_index": index,
+        "digest": format!("{digest:016x}"),
+    });
+    Ok(read_response(&s.cluster, index, body))
 }
 
 async fn join(

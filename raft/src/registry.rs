@@ -183,6 +183,28 @@ pub struct ServiceSettings {
     pub modify_index: u64,
 }
 
+/// 64-bit FNV-1a, as an `io::Write` sink for [`Registry::digest`].
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::io::Write for Fnv1a {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for b in buf {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The keys apply touched, so the store persists exactly those.
 #[derive(Debug, Default)]
 pub(crate) struct Dirty {
@@ -201,6 +223,9 @@ pub struct Registry {
     down_nodes: RwLock<BTreeSet<u64>>,
     list_index: AtomicU64,
     applied_index: AtomicU64,
+    /// Odd while a batch is being applied (a sequence lock), so [`Registry::digest`] can read a
+    /// state that belongs to exactly one applied index without blocking apply.
+    apply_seq: AtomicU64,
     /// The applied index, published after each applied batch, for whoever waits on changes.
     changes: tokio::sync::watch::Sender<u64>,
     /// Per-service and service-list change channels, with replay history.
@@ -215,6 +240,7 @@ impl Default for Registry {
             down_nodes: RwLock::default(),
             list_index: AtomicU64::new(0),
             applied_index: AtomicU64::new(0),
+            apply_seq: AtomicU64::new(0),
             changes: tokio::sync::watch::Sender::new(0),
             watches: Watches::default(),
         }
@@ -301,6 +327,7 @@ impl Registry {
 
     /// Replaces everything (snapshot install, restart).
     pub(crate) fn replace(&self, data: RegistryData, applied_index: u64) {
+        self.apply_seq.fetch_add(1, Ordering::AcqRel);
         let map = data
             .services
             .into_iter()
@@ -313,6 +340,7 @@ impl Registry {
         self.list_index.store(data.list_index, Ordering::Release);
         self.applied_index.store(applied_index, Ordering::Release);
         drop(guard);
+        self.apply_seq.fetch_add(1, Ordering::AcqRel);
         self.watches.reset(
             |name| self.service(name).map(|s| s.modify_index),
             data.list_index,
@@ -333,10 +361,37 @@ impl Registry {
     /// Applies one command at log `index`. Deterministic: reads nothing but the view, the index
     /// and the command (including its leader-stamped time).
     pub(crate) fn apply(&self, index: u64, cmd: &Command, dirty: &mut Dirty) -> Vec<OpResult> {
-        cmd.ops
+        self.apply_seq.fetch_add(1, Ordering::AcqRel);
+        let results = cmd
+            .ops
             .iter()
             .map(|op| self.apply_op(index, cmd.time_ms, op, dirty))
-            .collect()
+            .collect();
+        self.applied_index.store(index, Ordering::Release);
+        self.apply_seq.fetch_add(1, Ordering::AcqRel);
+        results
+    }
+
+    /// A digest of the replicated state and the applied index it belongs to. Replicas at the
+    /// same applied index must report the same digest: the fault tests compare them, and an
+    /// operator can too (`GET /v1/cluster/digest`). Local-only state (watch history, caches) is
+    /// not part of it.
+    pub fn digest(&self) -> (u64, u64) {
+        loop {
+            let before = self.apply_seq.load(Ordering::Acquire);
+            if before % 2 == 1 {
+                std::thread::yield_now();
+                continue;
+            }
+            let index = self.applied_index();
+            let data = self.export();
+            if self.apply_seq.load(Ordering::Acquire) == before && self.applied_index() == index {
+                let mut hash = Fnv1a::default();
+                // Serialising plain data into a hasher cannot fail.
+                let _ = serde_json::to_writer(&mut hash, &data);
+                return (index, hash.0);
+            }
+        }
     }
 
     fn apply_op(&self, index: u64, time_ms: u64, op: &Op, dirty: &mut Dirty) -> OpResult {

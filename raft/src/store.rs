@@ -653,6 +653,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.registry.replace(file.data, last_index);
+        tracing::info!(index = last_index, "installed a snapshot from the leader");
         Ok(())
     }
 
