@@ -126,8 +126,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             .get(&config.node_id)
             .cloned()
             .unwrap_or_else(|| bound.rpc.to_string()),
-        (_, Some(host)) if host.contains(':') => format!("[{host}]:{}", bound.rpc.port()),
-        (_, Some(host)) => format!("{host}:{}", bound.rpc.port()),
+        (_, Some(advertise)) => advertise.rpc_addr(bound.rpc.port()),
         (_, None) => bound.rpc.to_string(),
     };
     let bootstrap = match &config.membership {
@@ -160,6 +159,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         snapshot_threshold: config.snapshot_threshold,
         keep_logs: config.snapshot_keep_logs,
         write_timeout: config.write_timeout,
+        clock_offset_ms: config.clock_offset_ms,
         ..ClusterOptions::default()
     };
     let cluster = Cluster::start(options).await?;

@@ -87,9 +87,9 @@ pub struct AgentArgs {
     #[arg(long, env = "CAIRN_RPC_ADDR", value_name = "IP:PORT")]
     pub rpc_addr: Option<String>,
 
-    /// Host or IP the other nodes reach this node's RPC listener at, when it differs from the
-    /// listen address (e.g. when listening on 0.0.0.0).
-    #[arg(long, env = "CAIRN_ADVERTISE", value_name = "HOST")]
+    /// Host or IP (and optionally port) the other nodes reach this node's RPC listener at, when
+    /// it differs from the listen address: listening on 0.0.0.0, or behind a port mapping.
+    #[arg(long, env = "CAIRN_ADVERTISE", value_name = "HOST[:PORT]")]
     pub advertise: Option<String>,
 
     /// Voters of a new cluster, the same list on every node: `1=host:8300,2=host:8300,3=host:8300`.
@@ -132,6 +132,16 @@ pub struct AgentArgs {
     /// Log filter, e.g. `info` or `debug,openraft=info` [default: info].
     #[arg(long, env = "CAIRN_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+
+    /// Test only: shifts this node's wall clock, e.g. `30s` or `-30s`, so the fault tests can
+    /// show that no replicated decision depends on a node's clock. Not for production.
+    #[arg(
+        long,
+        hide = true,
+        value_name = "[-]DURATION",
+        allow_hyphen_values = true
+    )]
+    pub test_clock_offset: Option<String>,
 }
 
 /// The same settings in a TOML file, spelled in snake_case.
@@ -224,7 +234,7 @@ pub struct AgentConfig {
     pub http_addr: SocketAddr,
     pub dns: DnsConfig,
     pub rpc_addr: SocketAddr,
-    pub advertise: Option<String>,
+    pub advertise: Option<Advertise>,
     pub membership: Membership,
     pub cluster: String,
     pub max_body_bytes: usize,
@@ -233,6 +243,58 @@ pub struct AgentConfig {
     pub snapshot_keep_logs: u64,
     pub write_timeout: Duration,
     pub log: String,
+    /// Milliseconds added to this node's wall clock (`--test-clock-offset`).
+    pub clock_offset_ms: i64,
+}
+
+/// Where the other nodes reach this node's RPC listener (`--advertise`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advertise {
+    host: String,
+    /// `None`: the port the RPC listener is bound to.
+    port: Option<u16>,
+}
+
+impl Advertise {
+    fn parse(s: &str) -> Option<Advertise> {
+        let valid_host = |h: &str| {
+            !h.is_empty()
+                && h.len() <= 253
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
+        };
+        let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0);
+        if s.parse::<std::net::Ipv6Addr>().is_ok() {
+            return Some(Advertise {
+                host: format!("[{s}]"),
+                port: None,
+            });
+        }
+        if let Some(rest) = s.strip_prefix('[') {
+            let (ip, p) = rest.split_once("]:")?;
+            ip.parse::<std::net::Ipv6Addr>().ok()?;
+            return Some(Advertise {
+                host: format!("[{ip}]"),
+                port: Some(port(p)?),
+            });
+        }
+        match s.split_once(':') {
+            Some((h, p)) if valid_host(h) => Some(Advertise {
+                host: h.to_owned(),
+                port: Some(port(p)?),
+            }),
+            None if valid_host(s) => Some(Advertise {
+                host: s.to_owned(),
+                port: None,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The address to advertise, given the port the RPC listener is bound to.
+    pub fn rpc_addr(&self, bound_port: u16) -> String {
+        format!("{}:{}", self.host, self.port.unwrap_or(bound_port))
+    }
 }
 
 impl AgentArgs {
@@ -521,22 +583,15 @@ fn resolve(a: &AgentArgs, f: FileConfig) -> Result<AgentConfig, ConfigError> {
             parse_addr("--rpc-addr", &format!("{default_ip}:{port}"))?
         }
     };
-    let advertise = a.advertise.clone().or(f.advertise);
-    if let Some(adv) = &advertise {
-        let ok = !adv.is_empty()
-            && adv.len() <= 253
-            && !adv.contains(':')
-            && adv
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
-        let ipv6 = adv.parse::<std::net::Ipv6Addr>().is_ok();
-        if !ok && !ipv6 {
-            return Err(bad(
+    let advertise = match a.advertise.clone().or(f.advertise) {
+        None => None,
+        Some(adv) => Some(Advertise::parse(&adv).ok_or_else(|| {
+            bad(
                 "--advertise",
-                format!("{adv:?} is not a host name or IP"),
-            ));
-        }
-    }
+                format!("{adv:?} is not HOST, IP, HOST:PORT or [IPv6]:PORT"),
+            )
+        })?),
+    };
     let self_addressed = matches!(membership, Membership::Join(_) | Membership::BootstrapSelf);
     if self_addressed && advertise.is_none() && rpc_addr.ip().is_unspecified() {
         return Err(bad(
@@ -595,6 +650,21 @@ fn resolve(a: &AgentArgs, f: FileConfig) -> Result<AgentConfig, ConfigError> {
             d
         }
     };
+    let clock_offset_ms = match &a.test_clock_offset {
+        None => 0,
+        Some(s) => {
+            let (sign, magnitude) = match s.strip_prefix('-') {
+                Some(rest) => (-1, rest),
+                None => (1, s.as_str()),
+            };
+            let d =
+                parse_duration(magnitude).map_err(|e| bad("--test-clock-offset", e.to_string()))?;
+            if d > Duration::from_secs(86_400) {
+                return Err(bad("--test-clock-offset", "must be within 24h"));
+            }
+            sign * d.as_millis() as i64
+        }
+    };
     let log = a.log.clone().or(f.log).unwrap_or_else(|| "info".to_owned());
     if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
         return Err(bad("--log", format!("{log:?} is not a log filter")));
@@ -616,6 +686,7 @@ fn resolve(a: &AgentArgs, f: FileConfig) -> Result<AgentConfig, ConfigError> {
         snapshot_keep_logs,
         write_timeout,
         log,
+        clock_offset_ms,
     })
 }
 
@@ -668,6 +739,24 @@ mod tests {
             })),
             "--peers"
         );
+    }
+
+    #[test]
+    fn advertise_takes_a_host_and_an_optional_port() {
+        let parse = |s: &str| Advertise::parse(s).map(|a| a.rpc_addr(8300));
+        assert_eq!(parse("10.0.0.5").as_deref(), Some("10.0.0.5:8300"));
+        assert_eq!(
+            parse("cairn-1.local").as_deref(),
+            Some("cairn-1.local:8300")
+        );
+        assert_eq!(parse("10.0.0.5:18300").as_deref(), Some("10.0.0.5:18300"));
+        assert_eq!(parse("::1").as_deref(), Some("[::1]:8300"));
+        assert_eq!(parse("[::1]:9000").as_deref(), Some("[::1]:9000"));
+        for bad in [
+            "", "a:b", "a:0", "a:70000", "[::1]", "[x]:1", "a b", "a:1:2",
+        ] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub struct ClusterOptions {
     pub election_timeout: (Duration, Duration),
     /// How long a write may wait for a leader and a quorum before it fails with 503.
     pub write_timeout: Duration,
+    /// Added to the wall clock this node stamps on the entries it proposes. Tests only: apply
+    /// never reads a clock, so replicas agree whatever the offset (see the fault tests).
+    pub clock_offset_ms: i64,
 }
 
 impl ClusterOptions {
@@ -71,6 +74,7 @@ impl Default for ClusterOptions {
             heartbeat: Duration::from_millis(150),
             election_timeout: (Duration::from_millis(1000), Duration::from_millis(2000)),
             write_timeout: Duration::from_secs(5),
+            clock_offset_ms: 0,
         }
     }
 }
@@ -201,10 +205,12 @@ pub struct Cluster {
     shut_down: Mutex<bool>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
+/// The wall clock in Unix milliseconds, shifted by `offset_ms`.
+fn now_ms(offset_ms: i64) -> u64 {
+    let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| d.as_millis() as u64);
+    now.saturating_add_signed(offset_ms)
 }
 
 impl Cluster {
@@ -245,7 +251,7 @@ impl Cluster {
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
         let (proposals, queue) = mpsc::channel(PROPOSAL_QUEUE);
-        tokio::spawn(run_batcher(raft.clone(), queue));
+        tokio::spawn(run_batcher(raft.clone(), queue, options.clock_offset_ms));
         let cluster = Arc::new(Cluster {
             id: options.node_id,
             name: options.cluster_name.clone(),
@@ -818,7 +824,7 @@ async fn watch_liveness(cluster: std::sync::Weak<Cluster>) {
 }
 
 /// Proposes queued writes in batches (see [`MAX_BATCH_OPS`]), each as one log entry.
-async fn run_batcher(raft: Raft, mut queue: mpsc::Receiver<Proposal>) {
+async fn run_batcher(raft: Raft, mut queue: mpsc::Receiver<Proposal>, clock_offset_ms: i64) {
     let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
     loop {
         // Wait for a free slot first: while every slot is busy, writes gather in the queue.
@@ -845,7 +851,7 @@ async fn run_batcher(raft: Raft, mut queue: mpsc::Receiver<Proposal>) {
             let (ops, replies): (Vec<Op>, Vec<_>) =
                 batch.into_iter().map(|p| (p.op, p.reply)).unzip();
             let cmd = Command {
-                time_ms: now_ms(),
+                time_ms: now_ms(clock_offset_ms),
                 ops,
             };
             match raft.client_write(cmd).await {
