@@ -561,6 +561,12 @@ impl Cluster {
             Err(SendError::Unreachable(e)) => Err(WriteError::NoLeader(format!(
                 "leader {leader} at {addr} is unreachable: {e}"
             ))),
+            // The request may have reached the leader and committed: retrying could apply it
+            // twice, after later writes (found by the fault tests: see
+            // `regression_lost_forward_reply_is_not_retried`).
+            Err(SendError::Lost(e)) => Err(WriteError::Unavailable(format!(
+                "lost the connection to leader {leader}; the write may or may not have committed: {e}"
+            ))),
             Err(SendError::Timeout) => Err(WriteError::Unavailable(format!(
                 "leader {leader} did not answer in time; the write may or may not have committed"
             ))),

@@ -66,7 +66,10 @@ pub struct Transport {
 /// What went wrong sending an RPC, before openraft's or our own error types are chosen.
 #[derive(Debug)]
 pub(crate) enum SendError {
+    /// No connection: the request was never sent.
     Unreachable(reqwest::Error),
+    /// The connection failed after the request may have been sent: it may have been executed.
+    Lost(reqwest::Error),
     Timeout,
     /// The peer answered, but not with the expected body (refused, or a different program).
     Protocol(String),
@@ -76,6 +79,7 @@ impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SendError::Unreachable(e) => write!(f, "unreachable: {e}"),
+            SendError::Lost(e) => write!(f, "connection lost: {e}"),
             SendError::Timeout => f.write_str("timed out"),
             SendError::Protocol(m) => f.write_str(m),
         }
@@ -116,8 +120,10 @@ impl Transport {
             .map_err(|e| {
                 if e.is_timeout() {
                     SendError::Timeout
-                } else {
+                } else if e.is_connect() {
                     SendError::Unreachable(e)
+                } else {
+                    SendError::Lost(e)
                 }
             })?;
         let status = res.status();
@@ -179,6 +185,7 @@ impl Peer {
             .await
             .map_err(|e| match e {
                 SendError::Unreachable(e) => RPCError::Unreachable(Unreachable::new(&e)),
+                SendError::Lost(e) => RPCError::Network(NetworkError::new(&e)),
                 SendError::Timeout => RPCError::Timeout(Timeout {
                     action,
                     id: self.transport.from,
