@@ -364,3 +364,24 @@ async fn t70_shutdown_ends_open_blocking_reads_and_streams() {
     let end = tokio::time::timeout(Duration::from_secs(2), stream.chunk()).await;
     assert!(matches!(end, Ok(Ok(None)) | Ok(Err(_))), "the stream ended");
 }
+
+/// The index of a service whose last instance was deregistered came from the in-memory watch
+/// history, which a restart forgets: the same read answered the removal index, then 1 after a
+/// restart, so a blocking client went back in time. Found while writing the fault tests' index
+/// check.
+#[tokio::test]
+async fn regression_emptied_service_index_survives_a_restart() {
+    let mut c = Cluster::start(1, &[]).await;
+    register(&c, 1, "gone", "g1").await;
+    let (status, body) = c.delete(1, "/v1/services/gone/instances/g1").await;
+    assert_eq!(status, 200, "{body}");
+    let removed = body["index"].as_u64().unwrap();
+    let (status, before, _) = get_indexed(&c, 1, "/v1/services/gone").await;
+    assert_eq!((status, before), (404, removed));
+    c.node_mut(1).kill();
+    c.node_mut(1).restart();
+    c.wait_voters(1).await;
+    let (status, after, _) = get_indexed(&c, 1, "/v1/services/gone").await;
+    assert_eq!(status, 404);
+    assert!(after >= before, "index went back from {before} to {after}");
+}

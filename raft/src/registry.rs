@@ -269,11 +269,13 @@ impl Registry {
         &self.watches
     }
 
-    /// The index a read of `name` reflects: its last change, or where it was removed; at least 1.
+    /// The index a read of `name` reflects: its last change; for a service without instances,
+    /// the service list's index (which moved when it was removed, and survives restarts, unlike
+    /// the in-memory watch history); at least 1. It never goes back, even across a restart.
     pub fn service_index(&self, name: &str) -> u64 {
         match self.service(name) {
             Some(s) => s.modify_index,
-            None => self.watches.last_index(name),
+            None => self.watches.last_index(name).max(self.list_index()),
         }
         .max(1)
     }
