@@ -147,12 +147,11 @@ async fn heartbeat(
             format!("service {service:?} has no instance {id:?}"),
         ))
     };
-    let entry = s
-        .cluster
-        .registry()
-        .service(&service)
+    let registry = s.cluster.registry();
+    let inst = s
+        .lookup_fresh(|| registry.service(&service)?.instances.get(&id).cloned())
+        .await?
         .ok_or_else(not_found)?;
-    let inst = entry.instances.get(&id).ok_or_else(not_found)?;
     let ttl_checks: Vec<String> = inst
         .spec
         .checks
@@ -397,6 +396,21 @@ async fn get_settings(
 }
 
 impl AppState {
+    /// Looks something up in this replica; on a miss, waits until the replica has applied
+    /// everything the leader had committed and looks again. A client that registered through
+    /// this node (the write is acknowledged once the leader applied it, maybe before this
+    /// follower did) can so heartbeat or deregister through it at once.
+    pub(crate) async fn lookup_fresh<T>(
+        &self,
+        find: impl Fn() -> Option<T>,
+    ) -> Result<Option<T>, Failure> {
+        if let Some(found) = find() {
+            return Ok(Some(found));
+        }
+        self.cluster.read_barrier().await?;
+        Ok(find())
+    }
+
     /// Applies `?consistent` and `?max_stale` before a read is served.
     async fn freshness(&self, opts: &ReadOptions) -> Result<(), Failure> {
         if opts.consistent {

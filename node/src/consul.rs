@@ -553,7 +553,10 @@ async fn agent_service(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, Failure> {
-    let (svc, inst) = find_instance(&s, &id).ok_or_else(|| unknown_service(&id))?;
+    let (svc, inst) = s
+        .lookup_fresh(|| find_instance(&s, &id))
+        .await?
+        .ok_or_else(|| unknown_service(&id))?;
     Ok(respond(&s, inst.modify_index, service_obj(&svc, &inst)))
 }
 
@@ -706,7 +709,10 @@ async fn deregister(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, Failure> {
-    let (svc, _) = find_instance(&s, &id).ok_or_else(|| unknown_service(&id))?;
+    let (svc, _) = s
+        .lookup_fresh(|| find_instance(&s, &id))
+        .await?
+        .ok_or_else(|| unknown_service(&id))?;
     s.cluster
         .write(Op::Deregister {
             service: svc.name.clone(),
@@ -739,12 +745,15 @@ async fn update_check(
     let q = Query::parse(raw.as_deref())?;
     let note = q.params.get("note").cloned().unwrap_or_default();
     model::validate_output(&note)?;
-    let (svc, inst, kind) = find_check(&s, &check).ok_or_else(|| {
-        Failure(ApiError::new(
-            ErrorCode::NotFound,
-            format!("Unknown check ID {check:?}"),
-        ))
-    })?;
+    let (svc, inst, kind) = s
+        .lookup_fresh(|| find_check(&s, &check))
+        .await?
+        .ok_or_else(|| {
+            Failure(ApiError::new(
+                ErrorCode::NotFound,
+                format!("Unknown check ID {check:?}"),
+            ))
+        })?;
     if !matches!(kind, CheckKindSpec::Ttl { .. }) {
         return Err(bad(format!("check {check:?} is not a TTL check")));
     }
@@ -801,7 +810,10 @@ async fn maintenance(
         Some("false") => false,
         _ => return Err(bad("enable: required, true or false")),
     };
-    let (svc, _) = find_instance(&s, &id).ok_or_else(|| unknown_service(&id))?;
+    let (svc, _) = s
+        .lookup_fresh(|| find_instance(&s, &id))
+        .await?
+        .ok_or_else(|| unknown_service(&id))?;
     let reason = enable.then(|| {
         q.params
             .get("reason")

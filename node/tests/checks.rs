@@ -526,3 +526,25 @@ async fn t35_a_heartbeated_ttl_check_never_expires_across_leader_and_owner_chang
         c.wait_voters(3).await;
     }
 }
+
+/// A registration through a follower is acknowledged once the leader applied it, possibly before
+/// the follower did; a heartbeat sent through the same follower right after then got 404 (seen
+/// as a flaky py-consul `ttl_pass`). The follower now catches up before it answers "not found".
+#[tokio::test]
+async fn regression_heartbeat_right_after_registering_through_a_follower() {
+    let c = Cluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    let follower = (1..=3).find(|&n| n != leader).unwrap();
+    for i in 0..30 {
+        let id = format!("j{i}");
+        register(
+            &c,
+            follower,
+            "job",
+            &id,
+            json!({"address": "10.0.0.1", "port": 80, "checks": [{"kind": "ttl", "ttl": "30s"}]}),
+        )
+        .await;
+        assert_eq!(heartbeat(&c, follower, "job", &id).await, 200, "heartbeat {i}");
+    }
+}
