@@ -545,6 +545,10 @@ async fn regression_heartbeat_right_after_registering_through_a_follower() {
             json!({"address": "10.0.0.1", "port": 80, "checks": [{"kind": "ttl", "ttl": "30s"}]}),
         )
         .await;
-        assert_eq!(heartbeat(&c, follower, "job", &id).await, 200, "heartbeat {i}");
+        assert_eq!(
+            heartbeat(&c, follower, "job", &id).await,
+            200,
+            "heartbeat {i}"
+        );
     }
 }

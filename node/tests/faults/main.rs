@@ -66,6 +66,7 @@ macro_rules! report {
 struct Totals {
     faults: BTreeMap<&'static str, usize>,
     acked: usize,
+    reads: usize,
     unknown: usize,
     failed: usize,
     lost: usize,
@@ -104,6 +105,7 @@ async fn faults_keep_the_registry_linearizable() {
         match outcome {
             Ok(cycle) => {
                 t.acked += cycle.verdict.acked;
+                t.reads += cycle.verdict.reads;
                 t.unknown += cycle.verdict.unknown;
                 t.failed += cycle.verdict.failed;
                 t.lost += cycle.verdict.lost;
@@ -111,10 +113,11 @@ async fn faults_keep_the_registry_linearizable() {
                 t.recoveries.push(cycle.recovery);
                 let ok = cycle.verdict.violations.is_empty();
                 report!(
-                    "cycle {n:>3} {:<10} {}: acked {} unknown {} failed {}, writes again after {:.2?}, {}",
+                    "cycle {n:>3} {:<10} {}: acked {} reads {} unknown {} failed {}, writes again after {:.2?}, {}",
                     fault.class(),
                     cycle.what,
                     cycle.verdict.acked,
+                    cycle.verdict.reads,
                     cycle.verdict.unknown,
                     cycle.verdict.failed,
                     cycle.recovery,
@@ -148,12 +151,13 @@ async fn faults_keep_the_registry_linearizable() {
         .unwrap_or_default();
     let max = t.recoveries.last().copied().unwrap_or_default();
     report!(
-        "faults: profile {} seed {seed}, {:.0?}: {} cycles ({}), {} writes acknowledged, {} unknown outcomes, {} refused; {} lost writes, {} violations; writes again after a fault: median {median:.2?}, max {max:.2?}",
+        "faults: profile {} seed {seed}, {:.0?}: {} cycles ({}), {} writes acknowledged, {} consistent reads, {} unknown outcomes, {} refused; {} lost writes, {} violations; writes again after a fault: median {median:.2?}, max {max:.2?}",
         profile.name,
         started.elapsed(),
         t.passed + t.failed_cycles,
         t.faults.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
         t.acked,
+        t.reads,
         t.unknown,
         t.failed,
         t.lost,

@@ -176,11 +176,7 @@ pub async fn inject(
         Fault::Delay => {
             let delay = Duration::from_millis(rng.gen_range(20..250));
             let d = secs(rng, profile.hold_secs);
-            for &a in &ids {
-                for &b in ids.iter().filter(|&&b| b != a) {
-                    c.net.set(a, b, Link::Delay(delay));
-                }
-            }
+            c.net.set_all(&ids, Link::Delay(delay));
             tokio::time::sleep(d).await;
             c.net.heal();
             Ok(format!("{delay:?} delay on every link for {d:.1?}"))
@@ -188,11 +184,7 @@ pub async fn inject(
         Fault::Lossy => {
             let p = rng.gen_range(0.02..0.2);
             let d = secs(rng, profile.hold_secs);
-            for &a in &ids {
-                for &b in ids.iter().filter(|&&b| b != a) {
-                    c.net.set(a, b, Link::Lossy(p));
-                }
-            }
+            c.net.set_all(&ids, Link::Lossy(p));
             tokio::time::sleep(d).await;
             c.net.heal();
             Ok(format!(

@@ -48,6 +48,15 @@ impl Net {
         self.rules.lock().unwrap().insert((from, to), link);
     }
 
+    /// The same rule on every link between `nodes`.
+    pub fn set_all(&self, nodes: &[u64], link: Link) {
+        for &a in nodes {
+            for &b in nodes.iter().filter(|&&b| b != a) {
+                self.set(a, b, link);
+            }
+        }
+    }
+
     /// Every link back to normal.
     pub fn heal(&self) {
         self.rules.lock().unwrap().clear();

@@ -20,6 +20,8 @@ pub struct FinalRead {
 #[derive(Debug, Default)]
 pub struct Verdict {
     pub acked: usize,
+    /// Consistent reads that answered, each checked against every key.
+    pub reads: usize,
     pub unknown: usize,
     pub failed: usize,
     pub lost: usize,
@@ -32,7 +34,7 @@ pub fn verify(records: &[Record], finals: &[FinalRead], keys: usize, final_at: u
         match (&r.kind, &r.outcome) {
             (_, Outcome::Fail(_)) => v.failed += 1,
             (_, Outcome::Unknown(_)) => v.unknown += 1,
-            (Kind::Read, _) => {}
+            (Kind::Read, _) => v.reads += 1,
             _ => v.acked += 1,
         }
     }
