@@ -728,17 +728,15 @@ impl Cluster {
     }
 }
 
-/// FNV-1a: a hash that is the same on every node and every build, as rendezvous needs.
+/// FNV-1a over the parts, each ended by 0xff: the same on every node and every build, as
+/// rendezvous needs.
 fn stable_hash(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut fnv = crate::registry::Fnv1a::default();
     for part in parts {
-        for b in *part {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        fnv.feed(part);
+        fnv.feed(&[0xff]);
     }
+    let mut h = fnv.0;
     // FNV's low bits mix poorly for short keys; finish with a 64-bit avalanche (splitmix64).
     h ^= h >> 30;
     h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);

@@ -183,8 +183,9 @@ pub struct ServiceSettings {
     pub modify_index: u64,
 }
 
-/// 64-bit FNV-1a, as an `io::Write` sink for [`Registry::digest`].
-struct Fnv1a(u64);
+/// 64-bit FNV-1a: the same on every node and every build. [`Registry::digest`] writes into it
+/// as an `io::Write` sink; rendezvous placement hashes with it too.
+pub(crate) struct Fnv1a(pub(crate) u64);
 
 impl Default for Fnv1a {
     fn default() -> Self {
@@ -192,11 +193,17 @@ impl Default for Fnv1a {
     }
 }
 
-impl std::io::Write for Fnv1a {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        for b in buf {
+impl Fnv1a {
+    pub(crate) fn feed(&mut self, bytes: &[u8]) {
+        for b in bytes {
             self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
         }
+    }
+}
+
+impl std::io::Write for Fnv1a {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.feed(buf);
         Ok(buf.len())
     }
 
