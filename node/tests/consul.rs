@@ -30,12 +30,7 @@ async fn get(c: &Cluster, path: &str) -> (u16, u64, Value) {
         .await
         .unwrap();
     let status = res.status().as_u16();
-    let index = res
-        .headers()
-        .get("x-consul-index")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let index = harness::header_u64(&res, "x-consul-index").unwrap_or(0);
     assert!(res.headers().contains_key("x-consul-knownleader"), "{path}");
     assert!(res.headers().contains_key("x-consul-lastcontact"), "{path}");
     (status, index, res.json().await.unwrap_or(Value::Null))
@@ -161,11 +156,7 @@ async fn t10_consul_endpoints_map_onto_the_registry() {
             let res = http.get(url).send().await.unwrap();
             (
                 t.elapsed(),
-                res.headers()["x-consul-index"]
-                    .to_str()
-                    .unwrap()
-                    .parse::<u64>()
-                    .unwrap(),
+                harness::header_u64(&res, "x-consul-index").unwrap(),
             )
         })
     };

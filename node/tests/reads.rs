@@ -22,11 +22,7 @@ fn spawn_blocking_read(
     tokio::spawn(async move {
         let t = Instant::now();
         let res = http.get(url).send().await.unwrap();
-        let idx: u64 = res.headers()["x-cairn-index"]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let idx = harness::header_u64(&res, "x-cairn-index").unwrap();
         (t.elapsed(), idx, res.json().await.unwrap_or(Value::Null))
     })
 }
@@ -41,12 +37,7 @@ async fn get_indexed(c: &Cluster, node: u64, path: &str) -> (u16, u64, Value) {
         .await
         .unwrap();
     let status = res.status().as_u16();
-    let index = res
-        .headers()
-        .get("x-cairn-index")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let index = harness::header_u64(&res, "x-cairn-index").unwrap_or(0);
     (status, index, res.json().await.unwrap_or(Value::Null))
 }
 

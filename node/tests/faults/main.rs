@@ -234,10 +234,7 @@ async fn cycle(
             .await
             .map_err(|e| format!("final read on node {node}: {e}"))?;
         let status = res.status().as_u16();
-        let index = res
-            .headers()
-            .get("x-cairn-index")
-            .and_then(|v| v.to_str().ok()?.parse().ok())
+        let index = harness::header_u64(&res, "x-cairn-index")
             .ok_or(format!("final read on node {node}: no index"))?;
         let body: Value = res.json().await.map_err(|e| e.to_string())?;
         let values = match status {

@@ -185,11 +185,7 @@ async fn call(http: &reqwest::Client, url: &str, service: &str, kind: Kind) -> O
         Ok(r) => r,
     };
     let status = res.status().as_u16();
-    let index = res
-        .headers()
-        .get("x-cairn-index")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
+    let index = crate::harness::header_u64(&res, "x-cairn-index");
     let body: Value = match res.json().await {
         Ok(b) => b,
         Err(e) => return Outcome::Unknown(format!("{status}: body: {e}")),
