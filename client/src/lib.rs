@@ -1,7 +1,7 @@
-//! A client of Cairn's native HTTP API (`/v1`), and the API's types.
+//! A client of Cairn's native HTTP API (`/v1`).
 //!
 //! This crate has no server dependencies: a program that registers itself or looks up a service
-//! depends on it alone.
+//! depends on it alone. The API's wire types live in `cairn-api` and are re-exported here.
 //!
 //! - [`Client`]: typed calls for every endpoint, over several node addresses with failover;
 //!   only errors that [`ClientError::is_retryable`] says are worth it are retried, with backoff
@@ -11,7 +11,7 @@
 //! - [`watch`]: a service's instance sets as a `Stream`, surviving node failover.
 //! - [`Balancer`]: pick a healthy instance of a watched service (weighted random, or power of
 //!   two choices); [`Resolver`]: a `reqwest` resolver so `http://web.service.cairn/` reaches one.
-//! - The wire types: request bodies ([`InstanceRegistration`], [`HealthUpdate`], ...), responses
+//! - The wire types (from `cairn-api`): request bodies ([`InstanceRegistration`], [`HealthUpdate`], ...), responses
 //!   ([`ServiceList`], [`ServiceInstances`], [`ClusterStatus`], [`WriteResult`]) and the error
 //!   body ([`ApiError`] with its stable [`ErrorCode`]).
 //!
@@ -46,16 +46,8 @@
 //! ```
 
 mod client;
-mod duration;
-mod error;
 mod live;
-mod types;
 
+pub use cairn_api::*;
 pub use client::{Client, ClientError, Indexed, ReadOptions, RetryPolicy};
-pub use duration::{format_duration, parse_duration, DurationError};
-pub use error::{ApiError, ErrorCode};
 pub use live::{watch, Balancer, Registration, Resolver, WatchOptions};
-pub use types::*;
-
-/// Header carrying the registry index a read reflects, or the index a write committed at.
-pub const INDEX_HEADER: &str = "x-cairn-index";

@@ -11,9 +11,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use cairn_client::HealthStatus;
-use cairn_raft::model::{address_kind, AddressKind};
-use cairn_raft::{Registry, ServiceEntry};
+use cairn_registry::model::{address_kind, AddressKind};
+use cairn_registry::{HealthStatus, Registry, ServiceEntry};
 use parking_lot::RwLock;
 use rand::Rng;
 
@@ -447,7 +446,7 @@ impl Zone {
             .unwrap_or(self.config.ttl);
         let fail_open = settings.as_ref().is_some_and(|s| s.settings.fail_open);
         let tagged =
-            |i: &&Arc<cairn_raft::model::Instance>| tag.is_none_or(|t| i.spec.tags.contains(t));
+            |i: &&Arc<cairn_registry::model::Instance>| tag.is_none_or(|t| i.spec.tags.contains(t));
         let healthy = |h: HealthStatus| {
             h == HealthStatus::Passing || (self.config.allow_warning && h == HealthStatus::Warning)
         };

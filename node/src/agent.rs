@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
-use cairn_client::{ApiError, JoinRequest};
+use cairn_api::{ApiError, JoinRequest};
 use cairn_raft::{Cluster, ClusterOptions, Member, StartError};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -176,8 +176,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     };
     let mut servers = JoinSet::new();
     {
-        let app =
-            cairn_raft::transport::router(cluster.clone()).merge(api::rpc_routes(state.clone()));
+        let app = cairn_raft::rpc::server::router(cluster.clone(), api::rpc_routes(state.clone()));
         let stop = rpc_stop.clone();
         servers.spawn(async move {
             axum::serve(rpc_listener.tap_io(no_delay), app)

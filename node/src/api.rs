@@ -19,13 +19,15 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
 use axum::{Json, Router};
-use cairn_client::{
-    ApiError, ErrorCode, HealthStatus, HealthUpdate, InstanceRegistration, JoinRequest,
-    MaintenanceUpdate, ServiceInstances, ServiceList, ServiceSettingsBody, ServiceSettingsView,
-    WriteResult, INDEX_HEADER,
+use cairn_api::{
+    ApiError, ErrorCode, HealthUpdate, InstanceRegistration, JoinRequest, MaintenanceUpdate,
+    ServiceInstances, ServiceList, ServiceSettingsBody, ServiceSettingsView, WriteResult,
+    INDEX_HEADER,
 };
-use cairn_raft::model::{self, ValidationError};
-use cairn_raft::{Cluster, Op, WriteError, Written};
+use cairn_raft::{Cluster, WriteError, Written};
+use cairn_registry::model::{self, ValidationError};
+use cairn_registry::HealthStatus;
+use cairn_registry::Op;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
@@ -86,7 +88,8 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .with_state(state)
 }
 
-/// Routes added to the cluster RPC listener: TTL heartbeats relayed to a check's owner.
+/// Routes added to the cluster RPC listener (behind its admission layer): TTL heartbeats
+/// relayed to a check's owner.
 pub fn rpc_routes(state: AppState) -> Router {
     Router::new()
         .route("/raft/heartbeat", axum::routing::post(relayed_heartbeat))
@@ -103,12 +106,8 @@ struct HeartbeatRelay {
 
 async fn relayed_heartbeat(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Json(body): Json<HeartbeatRelay>,
 ) -> Response {
-    if let Err(refusal) = cairn_raft::transport::admit(&s.cluster, &headers) {
-        return *refusal;
-    }
     let key = CheckKey {
         service: body.service,
         instance: body.instance,
@@ -262,7 +261,15 @@ impl From<ValidationError> for Failure {
 
 impl From<WriteError> for Failure {
     fn from(e: WriteError) -> Self {
-        Failure(e.into())
+        let code = match &e {
+            WriteError::NoLeader(_) => ErrorCode::NoLeader,
+            WriteError::Unavailable(_) => ErrorCode::Unavailable,
+            WriteError::NotFound(_) => ErrorCode::NotFound,
+            WriteError::Conflict(_) => ErrorCode::Conflict,
+            WriteError::Invalid(_) => ErrorCode::InvalidArgument,
+            WriteError::Internal(_) => ErrorCode::Internal,
+        };
+        Failure(ApiError::new(code, e.to_string()))
     }
 }
 
@@ -357,7 +364,7 @@ async fn set_health(
         .write(Op::SetHealth {
             service,
             id,
-            status: body.status,
+            status: body.status.into(),
             output,
         })
         .await?;
@@ -512,10 +519,10 @@ async fn get_service(
 }
 
 fn instance_infos(
-    entry: &cairn_raft::ServiceEntry,
+    entry: &cairn_registry::ServiceEntry,
     passing_only: bool,
     tag: Option<&str>,
-) -> Vec<cairn_client::InstanceInfo> {
+) -> Vec<cairn_api::InstanceInfo> {
     entry
         .instances
         .values()
@@ -566,9 +573,34 @@ async fn cluster_status(
     s.wait_for_change(peer, &opts, s.cluster.registry().subscribe())
         .await?;
     s.freshness(&opts).await?;
-    let status = s.cluster.status();
+    let status = cluster_status_body(s.cluster.status());
     let index = status.applied_index;
     Ok(read_response(&s.cluster, index, status))
+}
+
+/// The cluster's view of itself, in the API's shape.
+pub(crate) fn cluster_status_body(st: cairn_raft::Status) -> cairn_api::ClusterStatus {
+    cairn_api::ClusterStatus {
+        cluster: st.cluster,
+        node_id: st.node_id,
+        role: st.role.to_owned(),
+        leader: st.leader,
+        term: st.term,
+        last_log_index: st.last_log_index,
+        commit_index: st.commit_index,
+        applied_index: st.applied_index,
+        snapshot_index: st.snapshot_index,
+        last_contact_ms: st.last_contact_ms,
+        members: st
+            .members
+            .into_iter()
+            .map(|m| cairn_api::MemberInfo {
+                id: m.id,
+                rpc_addr: m.rpc_addr,
+                voter: m.voter,
+            })
+            .collect(),
+    }
 }
 
 /// This replica's state digest at its applied index: replicas at the same index must agree.

@@ -16,9 +16,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_client::HealthStatus;
-use cairn_raft::model::{CheckKindSpec, CheckSpec, MAX_OUTPUT_LEN};
-use cairn_raft::{Cluster, Op};
+use cairn_raft::Cluster;
+use cairn_registry::model::{CheckKindSpec, CheckSpec, MAX_OUTPUT_LEN};
+use cairn_registry::HealthStatus;
+use cairn_registry::Op;
 use parking_lot::Mutex;
 use rand::Rng;
 use tokio::sync::{Notify, Semaphore};
@@ -145,7 +146,7 @@ impl Checker {
                         instance: inst.spec.id.clone(),
                         check: spec.id.clone(),
                     };
-                    if cairn_raft::cluster::rendezvous_owner(&key.hash_key(), &members) == Some(me)
+                    if cairn_registry::hash::rendezvous_owner(&key.hash_key(), &members) == Some(me)
                     {
                         out.insert(key, spec.clone());
                     }
@@ -349,7 +350,7 @@ impl Checker {
                     expired = true;
                     if committed != HealthStatus::Critical {
                         let output = format!("TTL of {} expired without a heartbeat",
-                            cairn_client::format_duration(ttl));
+                            cairn_api::format_duration(ttl));
                         self.propose(&key, HealthStatus::Critical, output).await;
                     }
                 }

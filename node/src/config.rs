@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cairn_client::parse_duration;
+use cairn_api::parse_duration;
 use clap::Args;
 use serde::Deserialize;
 

@@ -17,9 +17,10 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
-use cairn_client::{parse_duration, ApiError, ErrorCode, HealthStatus, INDEX_HEADER};
-use cairn_raft::model::{self, CheckKindSpec, Instance};
-use cairn_raft::{Op, ServiceEntry};
+use cairn_api::{parse_duration, ApiError, ErrorCode, INDEX_HEADER};
+use cairn_registry::model::{self, CheckKindSpec, Instance};
+use cairn_registry::HealthStatus;
+use cairn_registry::{Op, ServiceEntry};
 use serde_json::{json, Map, Value};
 
 use crate::api::{AppState, Failure};
@@ -697,7 +698,7 @@ async fn register(State(s): State<AppState>, body: Bytes) -> Result<Response, Fa
     if let Some(w) = weight {
         native["weight"] = json!(w);
     }
-    let registration: cairn_client::InstanceRegistration =
+    let registration: cairn_api::InstanceRegistration =
         serde_json::from_value(native).map_err(|e| bad(format!("invalid registration: {e}")))?;
     let service = model::validate_service_name(&name)?;
     let instance = model::validate_registration(&id, &registration)?;

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use cairn_client::HealthStatus;
+use cairn_registry::HealthStatus;
 
 use crate::api::AppState;
 

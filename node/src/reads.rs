@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_client::{parse_duration, ApiError, ErrorCode};
+use cairn_api::{parse_duration, ApiError, ErrorCode};
 use parking_lot::Mutex;
 use rand::Rng;
 use tokio::sync::watch;
@@ -202,7 +202,7 @@ pub async fn block(
 
 /// What a watch stream still has to send, and where it is.
 struct Watcher {
-    registry: Arc<cairn_raft::Registry>,
+    registry: Arc<cairn_registry::Registry>,
     name: String,
     /// The index of the last event sent; `None` before the first.
     last: Option<u64>,
@@ -216,9 +216,9 @@ fn event(
     kind: &str,
     name: &str,
     index: u64,
-    entry: Option<&cairn_raft::ServiceEntry>,
+    entry: Option<&cairn_registry::ServiceEntry>,
 ) -> axum::response::sse::Event {
-    let body = cairn_client::ServiceInstances {
+    let body = cairn_api::ServiceInstances {
         name: name.to_owned(),
         index,
         instances: entry.map_or_else(Vec::new, |e| {
@@ -268,7 +268,7 @@ impl Watcher {
 
 /// The events of one watch stream; it ends when the agent shuts down.
 pub fn service_events(
-    registry: Arc<cairn_raft::Registry>,
+    registry: Arc<cairn_registry::Registry>,
     name: String,
     resume: Option<u64>,
     rx: watch::Receiver<u64>,

@@ -37,9 +37,10 @@ use rocksdb::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::command::OpResult;
-use crate::model::{validate_id, validate_service_name, Instance};
-use crate::registry::{Dirty, Registry, RegistryData, ServiceEntry, ServiceSettings};
+use cairn_registry::format::{self, ServiceRecord, FORMAT_VERSION};
+use cairn_registry::model::Instance;
+use cairn_registry::{Dirty, OpResult, Registry, RegistryData, ServiceEntry, ServiceSettings};
+
 use crate::{NodeId, TypeConfig};
 
 const CF_LOGS: &str = "logs";
@@ -55,9 +56,8 @@ const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_LIST_INDEX: &[u8] = b"list_index";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 const KEY_DOWN_NODES: &[u8] = b"down_nodes";
-
-/// Version of the snapshot format; a snapshot of another version is refused, not misread.
-const SNAPSHOT_FORMAT: u32 = 1;
+/// The persisted format version the data folder was written in (`cairn_registry::format`).
+const KEY_FORMAT: &[u8] = b"format";
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -69,6 +69,13 @@ pub enum OpenError {
     Db {
         path: String,
         source: rocksdb::Error,
+    },
+    /// The folder was written by a build with another persisted format.
+    #[error("the data folder {path} holds format {found}; this build reads format {supported}")]
+    Format {
+        path: String,
+        found: u32,
+        supported: u32,
     },
     /// The stored state could not be read back.
     #[error("the data folder {path} holds unreadable state: {message}")]
@@ -93,6 +100,27 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), OpenError> {
         path: path.clone(),
         message: e.to_string(),
     };
+    match read_json::<u32>(&db, CF_SM, KEY_FORMAT).map_err(corrupt)? {
+        Some(FORMAT_VERSION) => {}
+        Some(found) => {
+            return Err(OpenError::Format {
+                path,
+                found,
+                supported: FORMAT_VERSION,
+            })
+        }
+        // A new folder, or one written before the version was recorded (which was version 1).
+        None => db
+            .put_cf(
+                cf(&db, CF_SM),
+                KEY_FORMAT,
+                to_json(&FORMAT_VERSION).map_err(corrupt)?,
+            )
+            .map_err(|source| OpenError::Db {
+                path: path.clone(),
+                source,
+            })?,
+    }
     let committed = read_json::<LogId<NodeId>>(&db, CF_RAFT, KEY_COMMITTED)
         .map_err(corrupt)?
         .map_or(0, |l| l.index);
@@ -302,21 +330,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// A service as stored: its own record, instances under their own keys.
-#[derive(Serialize, Deserialize)]
-struct ServiceRecord {
-    create_index: u64,
-    modify_index: u64,
-}
-
-/// What a snapshot's bytes hold.
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    format: u32,
-    #[serde(flatten)]
-    data: RegistryData,
-}
-
 /// Snapshot files live beside the database, not in it: a registry of hundreds of thousands of
 /// instances makes a snapshot of tens of MB, and writing that through RocksDB's WAL would stall
 /// every log append queued behind it. RocksDB keeps only the current snapshot's metadata.
@@ -497,47 +510,6 @@ fn load_registry(db: &DB, list_index: u64) -> StorageResult<RegistryData> {
     })
 }
 
-/// Checks a snapshot's registry before anything is replaced: names, ids and indexes.
-fn validate_snapshot(data: &RegistryData, last_index: u64) -> Result<(), String> {
-    if data.list_index > last_index {
-        return Err(format!(
-            "list index {} is past the snapshot",
-            data.list_index
-        ));
-    }
-    for (name, s) in &data.settings {
-        validate_service_name(name).map_err(|e| e.to_string())?;
-        if s.modify_index > last_index {
-            return Err(format!(
-                "settings of {name:?} have an index past the snapshot"
-            ));
-        }
-    }
-    let mut seen = std::collections::HashSet::new();
-    for s in &data.services {
-        validate_service_name(&s.name).map_err(|e| e.to_string())?;
-        if !seen.insert(&s.name) {
-            return Err(format!("service {:?} appears twice", s.name));
-        }
-        if s.instances.is_empty() {
-            return Err(format!("service {:?} has no instances", s.name));
-        }
-        if s.modify_index > last_index || s.create_index > s.modify_index {
-            return Err(format!("service {:?} has impossible indexes", s.name));
-        }
-        for (id, inst) in &s.instances {
-            validate_id("id", id).map_err(|e| e.to_string())?;
-            if *id != inst.spec.id || inst.checks.len() != inst.spec.checks.len() {
-                return Err(format!("instance {id:?} of {:?} is inconsistent", s.name));
-            }
-            if inst.modify_index > last_index {
-                return Err(format!("instance {id:?} has an index past the snapshot"));
-            }
-        }
-    }
-    Ok(())
-}
-
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
@@ -604,22 +576,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 &std::io::Error::other(m),
             ))
         };
-        let file: SnapshotFile = serde_json::from_slice(&bytes)
-            .map_err(|e| bad(format!("snapshot does not parse: {e}")))?;
-        if file.format != SNAPSHOT_FORMAT {
-            return Err(bad(format!(
-                "snapshot format {} is not {SNAPSHOT_FORMAT}",
-                file.format
-            )));
-        }
         let last_index = meta.last_log_id.map_or(0, |l| l.index);
-        validate_snapshot(&file.data, last_index).map_err(bad)?;
+        let data = format::decode_snapshot(&bytes, last_index).map_err(|e| bad(e.to_string()))?;
 
         // Replace the whole state machine in one batch: registry, applied, membership, snapshot.
         let mut batch = WriteBatch::default();
         let reg = cf(&self.db, CF_REGISTRY);
         batch.delete_range_cf(reg, [0u8].as_slice(), [0xffu8; 4].as_slice());
-        for s in &file.data.services {
+        for s in &data.services {
             let rec = ServiceRecord {
                 create_index: s.create_index,
                 modify_index: s.modify_index,
@@ -629,12 +593,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 batch.put_cf(reg, instance_key(&s.name, id), to_json(&**inst)?);
             }
         }
-        for (name, s) in &file.data.settings {
+        for (name, s) in &data.settings {
             batch.put_cf(reg, settings_key(name), to_json(&**s)?);
         }
         let sm = cf(&self.db, CF_SM);
-        batch.put_cf(sm, KEY_LIST_INDEX, to_json(&file.data.list_index)?);
-        batch.put_cf(sm, KEY_DOWN_NODES, to_json(&file.data.down_nodes)?);
+        batch.put_cf(sm, KEY_LIST_INDEX, to_json(&data.list_index)?);
+        batch.put_cf(sm, KEY_DOWN_NODES, to_json(&data.down_nodes)?);
         batch.put_cf(sm, KEY_APPLIED, to_json(&meta.last_log_id)?);
         batch.put_cf(sm, KEY_MEMBERSHIP, to_json(&meta.last_membership)?);
         batch.put_cf(sm, KEY_SNAPSHOT, to_json(meta)?);
@@ -652,7 +616,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-        self.registry.replace(file.data, last_index);
+        self.registry.replace(data, last_index);
         tracing::info!(index = last_index, "installed a snapshot from the leader");
         Ok(())
     }
@@ -684,12 +648,10 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let file = SnapshotFile {
-            format: SNAPSHOT_FORMAT,
-            data: std::mem::take(&mut self.data),
-        };
+        let registry = std::mem::take(&mut self.data);
         // Tens of MB for a large registry: serialized off the async workers' backs.
-        let data = blocking(|| to_json(&file))?;
+        let data = blocking(|| format::encode_snapshot(registry))
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         let snapshot_id = match self.applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.seq),
             None => format!("0-0-{}", self.seq),

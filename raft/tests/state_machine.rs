@@ -5,9 +5,10 @@
 
 use std::io::Cursor;
 
-use cairn_raft::model::{validate_registration, SettingsSpec};
 use cairn_raft::store::{self, StateMachine};
-use cairn_raft::{Command, Op, OpResult, TypeConfig};
+use cairn_raft::TypeConfig;
+use cairn_registry::model::{validate_registration, SettingsSpec};
+use cairn_registry::{Command, Op, OpResult};
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta};
 

@@ -9,12 +9,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use cairn_client::{CheckState, HealthStatus, ServiceSummary};
+use cairn_api::ServiceSummary;
 use imbl::OrdMap;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, Op, OpResult};
+use crate::hash::Fnv1a;
+use crate::health::{CheckState, HealthStatus};
 use crate::model::{Instance, SettingsSpec};
 use crate::watch::Watches;
 
@@ -72,7 +74,7 @@ fn health_slot(h: HealthStatus) -> usize {
 }
 
 impl ServiceEntry {
-    pub(crate) fn new(name: &str, index: u64) -> Self {
+    pub fn new(name: &str, index: u64) -> Self {
         ServiceEntry {
             name: name.to_owned(),
             create_index: index,
@@ -107,7 +109,7 @@ impl ServiceEntry {
     }
 
     /// Inserts or replaces an instance; answers whether the service's set of tags changed.
-    pub(crate) fn put(&mut self, inst: Arc<Instance>) -> bool {
+    pub fn put(&mut self, inst: Arc<Instance>) -> bool {
         let Some(old) = self.instances.get(&inst.spec.id).cloned() else {
             let changed = self.count(&inst, 1);
             self.instances.insert(inst.spec.id.clone(), inst);
@@ -183,38 +185,9 @@ pub struct ServiceSettings {
     pub modify_index: u64,
 }
 
-/// 64-bit FNV-1a: the same on every node and every build. [`Registry::digest`] writes into it
-/// as an `io::Write` sink; rendezvous placement hashes with it too.
-pub(crate) struct Fnv1a(pub(crate) u64);
-
-impl Default for Fnv1a {
-    fn default() -> Self {
-        Fnv1a(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Fnv1a {
-    pub(crate) fn feed(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-}
-
-impl std::io::Write for Fnv1a {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.feed(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The keys apply touched, so the store persists exactly those.
 #[derive(Debug, Default)]
-pub(crate) struct Dirty {
+pub struct Dirty {
     pub down_nodes: bool,
     pub services: BTreeSet<String>,
     pub settings: BTreeSet<String>,
@@ -255,7 +228,7 @@ impl Default for Registry {
 }
 
 impl Registry {
-    pub(crate) fn from_data(data: RegistryData, applied_index: u64) -> Self {
+    pub fn from_data(data: RegistryData, applied_index: u64) -> Self {
         let r = Registry::default();
         r.replace(data, applied_index);
         r
@@ -335,7 +308,7 @@ impl Registry {
     }
 
     /// Replaces everything (snapshot install, restart).
-    pub(crate) fn replace(&self, data: RegistryData, applied_index: u64) {
+    pub fn replace(&self, data: RegistryData, applied_index: u64) {
         self.apply_seq.fetch_add(1, Ordering::AcqRel);
         let map = data
             .services
@@ -357,19 +330,19 @@ impl Registry {
         self.changes.send_replace(applied_index);
     }
 
-    pub(crate) fn set_applied(&self, index: u64) {
+    pub fn set_applied(&self, index: u64) {
         self.applied_index.store(index, Ordering::Release);
     }
 
     /// Tells subscribers that a batch was applied.
-    pub(crate) fn publish(&self) {
+    pub fn publish(&self) {
         self.changes
             .send_replace(self.applied_index.load(Ordering::Acquire));
     }
 
     /// Applies one command at log `index`. Deterministic: reads nothing but the view, the index
     /// and the command (including its leader-stamped time).
-    pub(crate) fn apply(&self, index: u64, cmd: &Command, dirty: &mut Dirty) -> Vec<OpResult> {
+    pub fn apply(&self, index: u64, cmd: &Command, dirty: &mut Dirty) -> Vec<OpResult> {
         self.apply_seq.fetch_add(1, Ordering::AcqRel);
         let results = cmd
             .ops
@@ -398,82 +371,87 @@ impl Registry {
                 let mut hash = Fnv1a::default();
                 // Serialising plain data into a hasher cannot fail.
                 let _ = serde_json::to_writer(&mut hash, &data);
-                return (index, hash.0);
+                return (index, hash.finish());
             }
         }
     }
 
     fn apply_op(&self, index: u64, time_ms: u64, op: &Op, dirty: &mut Dirty) -> OpResult {
-        if let Op::SetNodeUp { node, up } = op {
-            let mut down = self.down_nodes.write();
-            let changed = if *up {
-                down.remove(node)
-            } else {
-                down.insert(*node)
-            };
-            dirty.down_nodes |= changed;
-            return OpResult::Ok;
-        }
-        let name = op.service();
-        if let Op::SetSettings { settings, .. } = op {
-            let stored = ServiceSettings {
-                settings: settings.clone(),
-                modify_index: index,
-            };
-            self.settings
-                .write()
-                .insert(name.to_owned(), Arc::new(stored));
-            dirty.settings.insert(name.to_owned());
-            return OpResult::Ok;
-        }
-        let old = self.service(name);
-        // Only apply writes the view, so nothing changes between this read and the swap below.
-        let mut entry = match &old {
-            Some(s) => ServiceEntry::clone(s),
-            None => ServiceEntry::new(name, index),
-        };
-        let (changed_id, tags_changed) = match op {
-            Op::Register { instance, .. } => {
-                let prev = entry.instances.get(&instance.id).cloned();
-                let prev = prev.as_deref();
-                let checks = instance
-                    .checks
-                    .iter()
-                    .map(|spec| {
-                        // A check that survives a re-registration keeps its committed result.
-                        prev.and_then(|p| {
-                            p.spec
-                                .checks
-                                .iter()
-                                .position(|c| c.id == spec.id && c.kind() == spec.kind())
-                                .map(|i| p.checks[i].clone())
-                        })
-                        .unwrap_or_else(|| CheckState {
-                            status: spec.initial_status,
-                            output: String::new(),
-                            changed_at_ms: time_ms,
-                        })
-                    })
-                    .collect();
-                let inst = Instance {
-                    spec: instance.clone(),
-                    checks,
-                    custom_health: prev.and_then(|p| p.custom_health.clone()),
-                    maintenance: prev.and_then(|p| p.maintenance.clone()),
-                    create_index: prev.map_or(index, |p| p.create_index),
+        match op {
+            Op::SetNodeUp { node, up } => {
+                let mut down = self.down_nodes.write();
+                let changed = if *up {
+                    down.remove(node)
+                } else {
+                    down.insert(*node)
+                };
+                dirty.down_nodes |= changed;
+                OpResult::Ok
+            }
+            Op::SetSettings { service, settings } => {
+                let stored = ServiceSettings {
+                    settings: settings.clone(),
                     modify_index: index,
                 };
-                let tags_changed = entry.put(Arc::new(inst));
-                (instance.id.clone(), tags_changed)
+                self.settings
+                    .write()
+                    .insert(service.clone(), Arc::new(stored));
+                dirty.settings.insert(service.clone());
+                OpResult::Ok
             }
-            Op::Deregister { id, .. } => match entry.take(id) {
-                Some((_, tags_changed)) => (id.clone(), tags_changed),
-                None => return not_found(name, id),
-            },
-            Op::SetSettings { .. } | Op::SetNodeUp { .. } => return OpResult::Ok,
+            Op::Register { service, instance } => {
+                self.edit_service(service, index, dirty, |entry, _| {
+                    let prev = entry.instances.get(&instance.id).cloned();
+                    let prev = prev.as_deref();
+                    let checks = instance
+                        .checks
+                        .iter()
+                        .map(|spec| {
+                            // A check that survives a re-registration keeps its committed result.
+                            prev.and_then(|p| {
+                                p.spec
+                                    .checks
+                                    .iter()
+                                    .position(|c| c.id == spec.id && c.kind() == spec.kind())
+                                    .and_then(|i| p.checks.get(i).cloned())
+                            })
+                            .unwrap_or_else(|| CheckState {
+                                status: spec.initial_status,
+                                output: String::new(),
+                                changed_at_ms: time_ms,
+                            })
+                        })
+                        .collect();
+                    let inst = Instance {
+                        spec: instance.clone(),
+                        checks,
+                        custom_health: prev.and_then(|p| p.custom_health.clone()),
+                        maintenance: prev.and_then(|p| p.maintenance.clone()),
+                        create_index: prev.map_or(index, |p| p.create_index),
+                        modify_index: index,
+                    };
+                    let tags_changed = entry.put(Arc::new(inst));
+                    Edit::Moved {
+                        id: instance.id.clone(),
+                        tags_changed,
+                    }
+                })
+            }
+            Op::Deregister { service, id } => {
+                self.edit_service(service, index, dirty, |entry, _| match entry.take(id) {
+                    Some((_, tags_changed)) => Edit::Moved {
+                        id: id.clone(),
+                        tags_changed,
+                    },
+                    None => Edit::Done(not_found(service, id)),
+                })
+            }
             Op::SetHealth {
-                id, status, output, ..
-            } => {
+                service,
+                id,
+                status,
+                output,
+            } => self.edit_service(service, index, dirty, |entry, dirty| {
                 let state = |prev: Option<&CheckState>| CheckState {
                     status: *status,
                     output: output.clone(),
@@ -482,38 +460,35 @@ impl Registry {
                         _ => time_ms,
                     },
                 };
-                let update = |inst: &mut Instance| {
+                self.update_instance(entry, service, id, index, dirty, |inst| {
                     let changed = inst.custom_health.as_ref().map(|c| c.status) != Some(*status);
                     inst.custom_health = Some(state(inst.custom_health.as_ref()));
                     changed
-                };
-                match self.update_instance(&mut entry, name, id, index, dirty, update) {
-                    Updated::Moved => (id.clone(), false),
-                    Updated::Quiet => return OpResult::Ok,
-                    Updated::Missing(r) => return r,
-                }
-            }
+                })
+            }),
             Op::SetCheckStatus {
+                service,
                 id,
                 check,
                 status,
                 output,
-                ..
-            } => {
+            } => self.edit_service(service, index, dirty, |entry, dirty| {
                 let has_check = entry
                     .instances
                     .get(id)
                     .is_some_and(|i| i.spec.checks.iter().any(|c| c.id == *check));
                 if entry.instances.contains_key(id) && !has_check {
-                    return OpResult::NotFound {
-                        message: format!("instance {id:?} of {name:?} has no check {check:?}"),
-                    };
+                    return Edit::Done(OpResult::NotFound {
+                        message: format!("instance {id:?} of {service:?} has no check {check:?}"),
+                    });
                 }
-                let update = |inst: &mut Instance| {
+                self.update_instance(entry, service, id, index, dirty, |inst| {
                     let Some(pos) = inst.spec.checks.iter().position(|c| c.id == *check) else {
                         return false;
                     };
-                    let st = &mut inst.checks[pos];
+                    let Some(st) = inst.checks.get_mut(pos) else {
+                        return false;
+                    };
                     let changed = st.status != *status;
                     st.output = output.clone();
                     if changed {
@@ -521,15 +496,14 @@ impl Registry {
                         st.changed_at_ms = time_ms;
                     }
                     changed
-                };
-                match self.update_instance(&mut entry, name, id, index, dirty, update) {
-                    Updated::Moved => (id.clone(), false),
-                    Updated::Quiet => return OpResult::Ok,
-                    Updated::Missing(r) => return r,
-                }
-            }
-            Op::SetMaintenance { id, reason, .. } => {
-                let update = |inst: &mut Instance| {
+                })
+            }),
+            Op::SetMaintenance {
+                service,
+                id,
+                reason,
+            } => self.edit_service(service, index, dirty, |entry, dirty| {
+                self.update_instance(entry, service, id, index, dirty, |inst| {
                     let was = inst.maintenance.is_some();
                     inst.maintenance = reason.as_ref().map(|r| CheckState {
                         status: HealthStatus::Critical,
@@ -540,13 +514,31 @@ impl Registry {
                             .map_or(time_ms, |m| m.changed_at_ms),
                     });
                     was != reason.is_some()
-                };
-                match self.update_instance(&mut entry, name, id, index, dirty, update) {
-                    Updated::Moved => (id.clone(), false),
-                    Updated::Quiet => return OpResult::Ok,
-                    Updated::Missing(r) => return r,
-                }
-            }
+                })
+            }),
+        }
+    }
+
+    /// Runs `edit` on a copy of service `name` (a new, empty one if it has no instances), then
+    /// publishes the copy. When the edit moved the service, its index moves too, watchers are
+    /// woken, and the service list's index moves when the service appeared, went, or changed
+    /// its set of tags.
+    fn edit_service(
+        &self,
+        name: &str,
+        index: u64,
+        dirty: &mut Dirty,
+        edit: impl FnOnce(&mut ServiceEntry, &mut Dirty) -> Edit,
+    ) -> OpResult {
+        let old = self.service(name);
+        // Only apply writes the view, so nothing changes between this read and the swap below.
+        let mut entry = match &old {
+            Some(s) => ServiceEntry::clone(s),
+            None => ServiceEntry::new(name, index),
+        };
+        let (changed_id, tags_changed) = match edit(&mut entry, dirty) {
+            Edit::Moved { id, tags_changed } => (id, tags_changed),
+            Edit::Done(result) => return result,
         };
         entry.modify_index = index;
         dirty.services.insert(name.to_owned());
@@ -575,9 +567,9 @@ impl Registry {
         index: u64,
         dirty: &mut Dirty,
         update: impl FnOnce(&mut Instance) -> bool,
-    ) -> Updated {
+    ) -> Edit {
         let Some(prev) = entry.instances.get(id) else {
-            return Updated::Missing(not_found(name, id));
+            return Edit::Done(not_found(name, id));
         };
         let mut inst = Instance::clone(prev);
         let moved = update(&mut inst);
@@ -587,10 +579,13 @@ impl Registry {
         entry.put(Arc::new(inst));
         dirty.instances.insert((name.to_owned(), id.to_owned()));
         if moved {
-            Updated::Moved
+            Edit::Moved {
+                id: id.to_owned(),
+                tags_changed: false,
+            }
         } else {
             self.swap(name, Some(entry.clone()));
-            Updated::Quiet
+            Edit::Done(OpResult::Ok)
         }
     }
 
@@ -609,14 +604,12 @@ impl Registry {
     }
 }
 
-/// What [`Registry::update_instance`] did.
-enum Updated {
-    /// Health changed: the caller moves the indexes.
-    Moved,
-    /// Stored without moving any index.
-    Quiet,
-    /// No such instance.
-    Missing(OpResult),
+/// What an edit of a service did.
+enum Edit {
+    /// Instance `id` appeared, went or changed health: the service's indexes move.
+    Moved { id: String, tags_changed: bool },
+    /// Nothing that moves an index: stored quietly (a change of output alone), or refused.
+    Done(OpResult),
 }
 
 fn not_found(service: &str, id: &str) -> OpResult {

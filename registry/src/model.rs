@@ -8,11 +8,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use cairn_client::{
-    format_duration, parse_duration, CheckInfo, CheckKind, CheckRegistration, CheckState,
-    HealthStatus, InstanceInfo, InstanceRegistration, ServiceSettingsBody,
+use cairn_api::{
+    format_duration, parse_duration, CheckInfo, CheckKind, CheckRegistration, InstanceInfo,
+    InstanceRegistration, ServiceSettingsBody,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::health::{CheckState, HealthStatus};
 
 /// Longest instance or check id: long enough for UUIDs with a prefix, short enough for keys.
 pub const MAX_ID_LEN: usize = 128;
@@ -232,7 +234,7 @@ impl CheckSpec {
             timeout: None,
             rise: Some(self.rise),
             fall: Some(self.fall),
-            initial_status: Some(self.initial_status),
+            initial_status: Some(self.initial_status.into()),
             deregister_after: self.deregister_after_ms.and_then(ms),
         };
         match &self.kind {
@@ -530,7 +532,7 @@ fn validate_check(
         timeout_ms: timeout.as_millis() as u64,
         rise: count("rise", c.rise)?,
         fall: count("fall", c.fall)?,
-        initial_status: c.initial_status.unwrap_or(HealthStatus::Critical),
+        initial_status: c.initial_status.map_or(HealthStatus::Critical, Into::into),
         deregister_after_ms: deregister_after.map(|d| d.as_millis() as u64),
     })
 }
@@ -620,7 +622,7 @@ impl Instance {
             tags: self.spec.tags.iter().cloned().collect(),
             meta: self.spec.meta.clone(),
             weight: self.spec.weight,
-            health: self.health(),
+            health: self.health().into(),
             checks: self
                 .spec
                 .checks
@@ -629,11 +631,11 @@ impl Instance {
                 .map(|(spec, state)| CheckInfo {
                     id: spec.id.clone(),
                     definition: spec.to_registration(),
-                    state: state.clone(),
+                    state: state.into(),
                 })
                 .collect(),
-            custom_health: self.custom_health.clone(),
-            maintenance: self.maintenance.clone(),
+            custom_health: self.custom_health.as_ref().map(Into::into),
+            maintenance: self.maintenance.as_ref().map(Into::into),
             create_index: self.create_index,
             modify_index: self.modify_index,
         }

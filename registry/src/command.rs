@@ -1,8 +1,8 @@
 //! What goes through the Raft log, and what applying it answers.
 
-use cairn_client::HealthStatus;
 use serde::{Deserialize, Serialize};
 
+use crate::health::HealthStatus;
 use crate::model::{InstanceSpec, SettingsSpec};
 
 /// A log entry's payload: the operations the leader batched into it, and its wall clock when it
@@ -111,16 +111,16 @@ impl Op {
         }
     }
 
-    /// The service the op touches.
-    pub fn service(&self) -> &str {
+    /// The service the op touches; `None` for ops about the cluster, not a service.
+    pub fn service(&self) -> Option<&str> {
         match self {
             Op::Register { service, .. }
             | Op::Deregister { service, .. }
             | Op::SetSettings { service, .. }
             | Op::SetCheckStatus { service, .. }
             | Op::SetMaintenance { service, .. }
-            | Op::SetHealth { service, .. } => service,
-            Op::SetNodeUp { .. } => "",
+            | Op::SetHealth { service, .. } => Some(service),
+            Op::SetNodeUp { .. } => None,
         }
     }
 }

@@ -1,0 +1,92 @@
+//! Group commit on the leader: writes that arrive while earlier batches are being committed go
+//! into one log entry together.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cairn_registry::{Command, Op};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::write::{client_write_error, WriteError};
+use crate::rpc::ForwardReply;
+use crate::Raft;
+
+/// Group commit on the leader: writes that arrive while earlier batches are being committed go
+/// into one log entry together. openraft's core handles each entry on one task, so one entry per
+/// write would cap throughput at that task's speed; batching spreads its cost over the batch.
+/// At most this many operations in one entry...
+const MAX_BATCH_OPS: usize = 256;
+/// ...and about this many bytes of them (a larger single operation still goes alone).
+const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Entries proposed and not yet applied. While all are busy, new writes queue up into the next
+/// batch; a lone write on an idle cluster is proposed at once.
+const MAX_BATCHES_IN_FLIGHT: usize = 4;
+/// Writes waiting for a batch; beyond this, writers wait (back-pressure, not memory growth).
+pub(super) const PROPOSAL_QUEUE: usize = 16 * 1024;
+
+/// One write waiting to be batched on the leader.
+pub(super) struct Proposal {
+    pub(super) op: Op,
+    pub(super) reply: oneshot::Sender<Result<ForwardReply, WriteError>>,
+}
+
+/// The wall clock in Unix milliseconds, shifted by `offset_ms`.
+fn now_ms(offset_ms: i64) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    now.saturating_add_signed(offset_ms)
+}
+
+/// Proposes queued writes in batches (see [`MAX_BATCH_OPS`]), each as one log entry.
+pub(super) async fn run_batcher(
+    raft: Raft,
+    mut queue: mpsc::Receiver<Proposal>,
+    clock_offset_ms: i64,
+) {
+    let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+    loop {
+        // Wait for a free slot first: while every slot is busy, writes gather in the queue.
+        let Ok(slot) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = queue.recv().await else {
+            return;
+        };
+        let mut bytes = first.op.approx_size();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
+            match queue.try_recv() {
+                Ok(p) => {
+                    bytes += p.op.approx_size();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let (ops, replies): (Vec<Op>, Vec<_>) =
+                batch.into_iter().map(|p| (p.op, p.reply)).unzip();
+            let cmd = Command {
+                time_ms: now_ms(clock_offset_ms),
+                ops,
+            };
+            match raft.client_write(cmd).await {
+                Ok(resp) => {
+                    let index = resp.log_id.index;
+                    for (reply, result) in replies.into_iter().zip(resp.data) {
+                        let _ = reply.send(Ok(ForwardReply { index, result }));
+                    }
+                }
+                Err(e) => {
+                    let e = client_write_error(e);
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
+}

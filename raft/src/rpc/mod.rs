@@ -1,0 +1,60 @@
+//! The cluster RPC: openraft's messages, and requests forwarded to the leader, as JSON over HTTP
+//! on each node's `--rpc-addr` listener.
+//!
+//! - [`client`]: how a node calls the others ([`client::Transport`], openraft's network); it
+//!   knows nothing of [`Cluster`](crate::Cluster);
+//! - [`server`]: the listener's router, with one admission layer in front of every route that
+//!   decides who may call before any body is read.
+//!
+//! This module holds what both sides share: paths, headers, body limits and the forwarded
+//! request and its answer.
+
+pub mod client;
+pub mod server;
+
+use cairn_registry::{Op, OpResult};
+use serde::{Deserialize, Serialize};
+
+use crate::NodeId;
+
+/// Header naming the cluster a request is for.
+pub const CLUSTER_HEADER: &str = "x-cairn-cluster";
+/// Header naming the node that sent a request.
+pub const FROM_HEADER: &str = "x-cairn-from";
+
+/// Largest body of every RPC but a snapshot chunk: an append-entries request is split by the
+/// sender to stay under it (a log entry is a batch of at most ~1 MiB of operations, see
+/// `cluster::batch`), and a forwarded write is one validated operation.
+pub const MAX_RPC_BODY: usize = 8 * 1024 * 1024;
+/// Largest snapshot chunk body: openraft sends chunks of at most 3 MiB of snapshot bytes, which
+/// JSON (an array of numbers) makes up to ~4 times larger.
+pub const MAX_SNAPSHOT_BODY: usize = 16 * 1024 * 1024;
+
+pub const PATH_APPEND: &str = "/raft/append";
+pub const PATH_VOTE: &str = "/raft/vote";
+pub const PATH_SNAPSHOT: &str = "/raft/snapshot";
+pub const PATH_FORWARD: &str = "/raft/forward";
+pub const PATH_ALIVE: &str = "/raft/alive";
+pub const PATH_READ_INDEX: &str = "/raft/read_index";
+
+/// A request a node hands to the leader because only the leader can propose it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Forward {
+    Write(Op),
+    Join { id: NodeId, rpc_addr: String },
+    Remove { id: NodeId },
+}
+
+/// The leader's answer to a [`Forward`]: the index that committed it and the apply result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardReply {
+    pub index: u64,
+    pub result: OpResult,
+}
+
+/// The body of a refused RPC (wrong cluster, unknown sender, body too large).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub message: String,
+}

@@ -1,0 +1,107 @@
+//! The registry's persisted records beyond the model itself, and the format version.
+//!
+//! What the cluster writes to disk and sends between nodes is made of this crate's types only:
+//! log entries carry a [`Command`](crate::Command); RocksDB holds [`ServiceRecord`]s,
+//! [`Instance`](crate::model::Instance)s and [`ServiceSettings`]; a snapshot is a
+//! [`SnapshotFile`]. Their JSON encodings are pinned by the golden files under `tests/golden/`,
+//! so a renamed field fails a test instead of corrupting a cluster.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{validate_id, validate_service_name};
+use crate::registry::RegistryData;
+
+/// Version of the persisted format. A data folder or snapshot of a newer version is refused,
+/// not misread. Bump it (and add a migration) whenever a golden file has to change.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A service as stored in RocksDB: its own record, instances under their own keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// What a snapshot's bytes hold: the format version and the whole registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotFile {
+    pub format: u32,
+    #[serde(flatten)]
+    pub data: RegistryData,
+}
+
+/// A snapshot that cannot be used; nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// The bytes are not a snapshot.
+    #[error("snapshot does not parse: {0}")]
+    Parse(String),
+    /// A snapshot of a format this build does not read.
+    #[error("snapshot format {0} is not {FORMAT_VERSION}")]
+    Format(u32),
+    /// The snapshot parses but breaks a rule of the model.
+    #[error("snapshot is inconsistent: {0}")]
+    Invalid(String),
+}
+
+/// Encodes the registry as a snapshot.
+pub fn encode_snapshot(data: RegistryData) -> serde_json::Result<Vec<u8>> {
+    serde_json::to_vec(&SnapshotFile {
+        format: FORMAT_VERSION,
+        data,
+    })
+}
+
+/// Decodes and checks a snapshot taken at `last_index`, before anything is replaced.
+pub fn decode_snapshot(bytes: &[u8], last_index: u64) -> Result<RegistryData, SnapshotError> {
+    let file: SnapshotFile =
+        serde_json::from_slice(bytes).map_err(|e| SnapshotError::Parse(e.to_string()))?;
+    if file.format != FORMAT_VERSION {
+        return Err(SnapshotError::Format(file.format));
+    }
+    validate(&file.data, last_index).map_err(SnapshotError::Invalid)?;
+    Ok(file.data)
+}
+
+/// Names, ids and indexes of a snapshot's registry.
+fn validate(data: &RegistryData, last_index: u64) -> Result<(), String> {
+    if data.list_index > last_index {
+        return Err(format!(
+            "list index {} is past the snapshot",
+            data.list_index
+        ));
+    }
+    for (name, s) in &data.settings {
+        validate_service_name(name).map_err(|e| e.to_string())?;
+        if s.modify_index > last_index {
+            return Err(format!(
+                "settings of {name:?} have an index past the snapshot"
+            ));
+        }
+    }
+    let mut seen = HashSet::new();
+    for s in &data.services {
+        validate_service_name(&s.name).map_err(|e| e.to_string())?;
+        if !seen.insert(&s.name) {
+            return Err(format!("service {:?} appears twice", s.name));
+        }
+        if s.instances.is_empty() {
+            return Err(format!("service {:?} has no instances", s.name));
+        }
+        if s.modify_index > last_index || s.create_index > s.modify_index {
+            return Err(format!("service {:?} has impossible indexes", s.name));
+        }
+        for (id, inst) in &s.instances {
+            validate_id("id", id).map_err(|e| e.to_string())?;
+            if *id != inst.spec.id || inst.checks.len() != inst.spec.checks.len() {
+                return Err(format!("instance {id:?} of {:?} is inconsistent", s.name));
+            }
+            if inst.modify_index > last_index {
+                return Err(format!("instance {id:?} has an index past the snapshot"));
+            }
+        }
+    }
+    Ok(())
+}

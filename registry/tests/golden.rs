@@ -1,0 +1,250 @@
+//! Golden files: the persisted encodings, byte for byte.
+//!
+//! Log entries, RocksDB records and snapshots are written by one build and read by another (a
+//! restart after an upgrade, a follower of a newer leader). Each test here encodes a fixed value
+//! that exercises every field and variant, compares the bytes with the file committed under
+//! `tests/golden/`, and decodes the file back to the same value. Renaming a field, changing a
+//! serde attribute or reordering a variant fails here, not in a cluster.
+//!
+//! A deliberate format change bumps `format::FORMAT_VERSION`, adds a migration, and rewrites the
+//! files with `CAIRN_BLESS=1 cargo test -p cairn-registry --test golden`.
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use cairn_registry::format::{self, ServiceRecord, SnapshotFile, FORMAT_VERSION};
+use cairn_registry::model::{CheckKindSpec, CheckSpec, Instance, InstanceSpec, SettingsSpec};
+use cairn_registry::{
+    CheckState, Command, Dirty, HealthStatus, Op, OpResult, Registry, ServiceSettings,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+fn path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name)
+}
+
+/// Encodes `value` as the store does (compact JSON), compares it with the golden file, and
+/// decodes the file back to `value`.
+fn check<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(name: &str, value: &T) {
+    let bytes = serde_json::to_vec(value).unwrap();
+    let file = path(name);
+    if std::env::var_os("CAIRN_BLESS").is_some() {
+        std::fs::write(&file, &bytes).unwrap();
+    }
+    let golden = std::fs::read(&file)
+        .unwrap_or_else(|e| panic!("{}: {e} (CAIRN_BLESS=1 writes it)", file.display()));
+    assert_eq!(
+        String::from_utf8_lossy(&bytes),
+        String::from_utf8_lossy(&golden),
+        "the encoding of {name} changed: a persisted format changed (see this file's docs)"
+    );
+    let back: T = serde_json::from_slice(&golden).unwrap();
+    assert_eq!(&back, value, "{name} does not decode to the value it encodes");
+}
+
+fn http_check() -> CheckSpec {
+    CheckSpec {
+        id: "http".into(),
+        kind: CheckKindSpec::Http {
+            url: "https://10.0.0.7:8443/health".into(),
+            method: "HEAD".into(),
+            headers: BTreeMap::from([("Authorization".into(), "Bearer x".into())]),
+            tls_skip_verify: true,
+        },
+        interval_ms: 10_000,
+        timeout_ms: 2_000,
+        rise: 2,
+        fall: 3,
+        initial_status: HealthStatus::Warning,
+        deregister_after_ms: Some(60_000),
+    }
+}
+
+fn instance_spec() -> InstanceSpec {
+    InstanceSpec {
+        id: "web-1".into(),
+        address: "10.0.0.7".into(),
+        port: 8080,
+        tags: BTreeSet::from(["v2".into(), "canary".into()]),
+        meta: BTreeMap::from([("zone".into(), "a".into())]),
+        weight: 3,
+        checks: vec![
+            http_check(),
+            CheckSpec {
+                id: "tcp".into(),
+                kind: CheckKindSpec::Tcp {
+                    target: "10.0.0.7:8080".into(),
+                },
+                interval_ms: 5_000,
+                timeout_ms: 1_000,
+                rise: 1,
+                fall: 1,
+                initial_status: HealthStatus::Critical,
+                deregister_after_ms: None,
+            },
+            CheckSpec {
+                id: "ttl".into(),
+                kind: CheckKindSpec::Ttl { ttl_ms: 30_000 },
+                interval_ms: 10_000,
+                timeout_ms: 5_000,
+                rise: 1,
+                fall: 1,
+                initial_status: HealthStatus::Passing,
+                deregister_after_ms: None,
+            },
+        ],
+    }
+}
+
+fn state(status: HealthStatus, output: &str, at: u64) -> CheckState {
+    CheckState {
+        status,
+        output: output.into(),
+        changed_at_ms: at,
+    }
+}
+
+fn instance() -> Instance {
+    Instance {
+        spec: instance_spec(),
+        checks: vec![
+            state(HealthStatus::Passing, "HTTP 200", 1_700_000_000_001),
+            state(HealthStatus::Warning, "", 1_700_000_000_002),
+            state(HealthStatus::Critical, "TTL expired", 1_700_000_000_003),
+        ],
+        custom_health: Some(state(HealthStatus::Passing, "ok", 1_700_000_000_004)),
+        maintenance: Some(state(HealthStatus::Critical, "upgrade", 1_700_000_000_005)),
+        create_index: 7,
+        modify_index: 9,
+    }
+}
+
+/// A log entry's payload with every operation.
+fn command() -> Command {
+    Command {
+        time_ms: 1_700_000_000_000,
+        ops: vec![
+            Op::Register {
+                service: "web".into(),
+                instance: instance_spec(),
+            },
+            Op::Deregister {
+                service: "web".into(),
+                id: "web-2".into(),
+            },
+            Op::SetSettings {
+                service: "web".into(),
+                settings: SettingsSpec {
+                    fail_open: true,
+                    dns_ttl_s: Some(30),
+                },
+            },
+            Op::SetCheckStatus {
+                service: "web".into(),
+                id: "web-1".into(),
+                check: "http".into(),
+                status: HealthStatus::Critical,
+                output: "HTTP 503".into(),
+            },
+            Op::SetMaintenance {
+                service: "web".into(),
+                id: "web-1".into(),
+                reason: Some("upgrade".into()),
+            },
+            Op::SetNodeUp { node: 3, up: false },
+            Op::SetHealth {
+                service: "web".into(),
+                id: "web-1".into(),
+                status: HealthStatus::Warning,
+                output: "slow".into(),
+            },
+        ],
+    }
+}
+
+#[test]
+fn log_entry_payload() {
+    check("command.json", &command());
+}
+
+#[test]
+fn apply_results() {
+    check(
+        "op_results.json",
+        &vec![
+            OpResult::Ok,
+            OpResult::NotFound {
+                message: "service \"web\" has no instance \"x\"".into(),
+            },
+        ],
+    );
+}
+
+#[test]
+fn rocksdb_records() {
+    check("instance.json", &instance());
+    check(
+        "service_record.json",
+        &ServiceRecord {
+            create_index: 7,
+            modify_index: 9,
+        },
+    );
+    check(
+        "service_settings.json",
+        &ServiceSettings {
+            settings: SettingsSpec {
+                fail_open: true,
+                dns_ttl_s: None,
+            },
+            modify_index: 11,
+        },
+    );
+}
+
+#[test]
+fn snapshot_file() {
+    // Built through apply, as a real snapshot is.
+    let registry = Registry::default();
+    let mut dirty = Dirty::default();
+    let mut cmd = command();
+    cmd.ops.truncate(1);
+    registry.apply(9, &cmd, &mut dirty);
+    let settings = Command {
+        time_ms: 1_700_000_000_100,
+        ops: vec![
+            Op::SetSettings {
+                service: "db".into(),
+                settings: SettingsSpec {
+                    fail_open: false,
+                    dns_ttl_s: Some(5),
+                },
+            },
+            Op::SetNodeUp { node: 2, up: false },
+        ],
+    };
+    registry.apply(10, &settings, &mut dirty);
+    let file = SnapshotFile {
+        format: FORMAT_VERSION,
+        data: registry.export(),
+    };
+    check("snapshot.json", &file);
+    // What the store writes is exactly this encoding, and it reads back through the same
+    // checks a snapshot from the network passes.
+    let bytes = format::encode_snapshot(registry.export()).unwrap();
+    assert_eq!(bytes, std::fs::read(path("snapshot.json")).unwrap());
+    let back = format::decode_snapshot(&bytes, 10).unwrap();
+    assert_eq!(back, registry.export());
+    assert_eq!(back.services[0].instances["web-1"].spec, instance_spec());
+}
+
+#[test]
+fn the_format_version_is_pinned_with_the_files() {
+    // Changing a golden file means a new format: bump the version with it.
+    assert_eq!(FORMAT_VERSION, 1);
+}
