@@ -16,7 +16,7 @@ use cairn_registry::{HealthStatus, Registry, ServiceEntry};
 use parking_lot::RwLock;
 use rand::Rng;
 
-use crate::wire::{self, Flags, Query, Response, SoaTimers};
+use crate::wire::{self, DomainName, Flags, NameError, Query, Response, SoaTimers};
 
 /// Record sets kept at most; past this the cache starts over (it only ever holds what was asked).
 const MAX_CACHED_SETS: usize = 65_536;
@@ -91,6 +91,10 @@ type SetKey = (String, Option<String>);
 pub struct Zone {
     config: ZoneConfig,
     domain_labels: Vec<Vec<u8>>,
+    /// The zone's name and the SOA's two names, checked once.
+    domain: DomainName,
+    soa_mname: DomainName,
+    soa_rname: DomainName,
     registry: Arc<Registry>,
     nameservers: Nameservers,
     cache: RwLock<HashMap<SetKey, Arc<RecordSet>>>,
@@ -141,6 +145,17 @@ fn classify<'a>(rel: &'a [Vec<u8>]) -> Name<'a> {
     }
 }
 
+/// Checks that `domain` is a domain name with room under it for every name a zone makes (an
+/// IPv6 SRV target, `<32 hex digits>.addr.<domain>`, is the longest). The agent's configuration
+/// calls it too, so a domain that cannot work is refused before any port is bound.
+pub fn check_domain(domain: &str) -> Result<DomainName, NameError> {
+    let name = DomainName::new(domain)?;
+    name.child(&format!("{}.addr", "f".repeat(32)))?;
+    name.child(&format!("node-{}.node", u64::MAX))?;
+    name.child("hostmaster")?;
+    Ok(name)
+}
+
 /// `0a000001` for 10.0.0.1; 32 hex digits for IPv6. The name an SRV target carries.
 pub fn addr_label(ip: IpAddr) -> String {
     match ip {
@@ -166,20 +181,32 @@ fn parse_addr_label(label: &[u8]) -> Option<IpAddr> {
 }
 
 impl Zone {
-    pub fn new(config: ZoneConfig, registry: Arc<Registry>, nameservers: Nameservers) -> Self {
+    /// A zone for `config.domain`. Refused when the domain leaves no room for the names the zone
+    /// makes under it (an IPv6 SRV target, `<32 hex digits>.addr.<domain>`, is the longest).
+    pub fn new(
+        config: ZoneConfig,
+        registry: Arc<Registry>,
+        nameservers: Nameservers,
+    ) -> Result<Self, NameError> {
+        let domain = check_domain(&config.domain)?;
+        let soa_mname = domain.child("ns")?;
+        let soa_rname = domain.child("hostmaster")?;
         let domain_labels = config
             .domain
             .split('.')
             .filter(|l| !l.is_empty())
             .map(|l| l.as_bytes().to_ascii_lowercase())
             .collect();
-        Zone {
+        Ok(Zone {
             config,
             domain_labels,
+            domain,
+            soa_mname,
+            soa_rname,
             registry,
             nameservers,
             cache: RwLock::new(HashMap::new()),
-        }
+        })
     }
 
     pub fn config(&self) -> &ZoneConfig {
@@ -194,30 +221,18 @@ impl Zone {
             return if self.config.recursion {
                 Outcome::Forward
             } else {
-                Outcome::Reply(
-                    self.reply(q, wire::RCODE_REFUSED, false, limit)
-                        .finish_bare(),
-                )
+                Outcome::Reply(self.reply(q, wire::RCODE_REFUSED, false, limit).finish())
             };
         }
         if q.qclass != wire::CLASS_IN {
-            return Outcome::Reply(
-                self.reply(q, wire::RCODE_REFUSED, false, limit)
-                    .finish_bare(),
-            );
+            return Outcome::Reply(self.reply(q, wire::RCODE_REFUSED, false, limit).finish());
         }
         match q.qtype {
             wire::TYPE_AXFR | wire::TYPE_IXFR => {
-                return Outcome::Reply(
-                    self.reply(q, wire::RCODE_REFUSED, false, limit)
-                        .finish_bare(),
-                )
+                return Outcome::Reply(self.reply(q, wire::RCODE_REFUSED, false, limit).finish())
             }
             wire::TYPE_ANY => {
-                return Outcome::Reply(
-                    self.reply(q, wire::RCODE_NOTIMP, false, limit)
-                        .finish_bare(),
-                )
+                return Outcome::Reply(self.reply(q, wire::RCODE_NOTIMP, false, limit).finish())
             }
             _ => {}
         }
@@ -268,11 +283,9 @@ impl Zone {
     }
 
     fn soa_rr(&self) -> Vec<u8> {
-        let mut owner = Vec::with_capacity(self.config.domain.len() + 2);
-        wire::push_name(&mut owner, &self.config.domain);
         let rdata = wire::soa_rdata(
-            &format!("ns.{}", self.config.domain),
-            &format!("hostmaster.{}", self.config.domain),
+            &self.soa_mname,
+            &self.soa_rname,
             &SoaTimers {
                 // Moves with every applied change, as a serial should; wraps after 2^32.
                 serial: self.registry.applied_index() as u32,
@@ -282,7 +295,12 @@ impl Zone {
                 minimum: self.config.negative_ttl,
             },
         );
-        wire::encode_rr(&owner, wire::TYPE_SOA, self.config.negative_ttl, &rdata)
+        wire::encode_rr(
+            self.domain.wire(),
+            wire::TYPE_SOA,
+            self.config.negative_ttl,
+            &rdata,
+        )
     }
 
     /// NXDOMAIN or NODATA, with the SOA in the authority section for negative caching.
@@ -308,7 +326,10 @@ impl Zone {
                 let reserve = d.opt_len();
                 let mut glue = Vec::new();
                 for (id, ip) in (self.nameservers)() {
-                    let host = format!("node-{id}.node.{}", self.config.domain);
+                    // Cannot fail: `new` checked that the largest node name fits.
+                    let Ok(host) = self.domain.child(&format!("node-{id}.node")) else {
+                        continue;
+                    };
                     let rr = wire::encode_rr(
                         &wire::QNAME_POINTER,
                         wire::TYPE_NS,
@@ -320,7 +341,7 @@ impl Zone {
                         break;
                     }
                     if let Some(ip) = ip {
-                        glue.push(address_rr(&name_wire(&host), ip, self.config.ttl));
+                        glue.push(address_rr(host.wire(), ip, self.config.ttl));
                     }
                 }
                 for g in glue {
@@ -461,21 +482,26 @@ impl Zone {
         }
         let instances = chosen
             .into_iter()
-            .map(|inst| {
+            .filter_map(|inst| {
                 let spec = &inst.spec;
+                // Neither can fail: `new` checked that the longest target fits under the domain,
+                // and registration only accepts host names that are domain names.
                 let (target, address, glue) = match address_kind(&spec.address) {
                     AddressKind::Ip(ip) => {
-                        let target = format!("{}.addr.{}", addr_label(ip), self.config.domain);
+                        let target = self
+                            .domain
+                            .child(&format!("{}.addr", addr_label(ip)))
+                            .ok()?;
                         let rtype = match ip {
                             IpAddr::V4(_) => wire::TYPE_A,
                             IpAddr::V6(_) => wire::TYPE_AAAA,
                         };
                         let address = (rtype, address_rr(&wire::QNAME_POINTER, ip, ttl));
-                        let glue = address_rr(&name_wire(&target), ip, ttl);
+                        let glue = address_rr(target.wire(), ip, ttl);
                         (target, Some(address), Some(glue))
                     }
                     AddressKind::Host => {
-                        let host = format!("{}.", spec.address);
+                        let host = DomainName::new(&spec.address).ok()?;
                         let cname = wire::encode_rr(
                             &wire::QNAME_POINTER,
                             wire::TYPE_CNAME,
@@ -491,12 +517,12 @@ impl Zone {
                     ttl,
                     &wire::srv_rdata(SRV_PRIORITY, spec.weight, spec.port, &target),
                 );
-                Encoded {
+                Some(Encoded {
                     weight: spec.weight,
                     address,
                     srv,
                     glue,
-                }
+                })
             })
             .collect();
         let set = Arc::new(RecordSet {
@@ -511,12 +537,6 @@ impl Zone {
         cache.insert(key, set.clone());
         set
     }
-}
-
-fn name_wire(name: &str) -> Vec<u8> {
-    let mut v = Vec::with_capacity(name.len() + 2);
-    wire::push_name(&mut v, name);
-    v
 }
 
 fn address_rr(owner: &[u8], ip: IpAddr, ttl: u32) -> Vec<u8> {
@@ -565,11 +585,6 @@ impl Draft {
             self.response.additional(&opt, self.limit, 0);
         }
         self.response.finish(self.flags)
-    }
-
-    /// An error reply (REFUSED, NOTIMP): header and question, and OPT when the query had one.
-    fn finish_bare(self) -> Vec<u8> {
-        self.finish()
     }
 }
 

@@ -17,7 +17,8 @@
 //! ```
 //! use cairn_dns::wire;
 //! let mut q = vec![0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
-//! wire::push_name(&mut q, "web.service.cairn.");
+//! let name = wire::DomainName::new("web.service.cairn.").unwrap();
+//! wire::push_name(&mut q, &name);
 //! q.extend_from_slice(&[0, 1, 0, 1]); // A, IN
 //! let parsed = wire::parse_query(&q).unwrap();
 //! assert_eq!(parsed.name(), "web.service.cairn.");
@@ -27,5 +28,5 @@ pub mod answer;
 pub mod server;
 pub mod wire;
 
-pub use answer::{Nameservers, Outcome, Zone, ZoneConfig};
+pub use answer::{check_domain, Nameservers, Outcome, Zone, ZoneConfig};
 pub use server::{Listeners, ServerConfig};

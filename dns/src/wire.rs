@@ -12,7 +12,7 @@ pub const CLASSIC_UDP_LIMIT: usize = 512;
 /// Largest UDP payload we announce and honour: the DNS flag day 2020 value, which avoids IP
 /// fragmentation on common paths.
 pub const MAX_UDP_PAYLOAD: u16 = 1232;
-/// A DNS name is at most 255 bytes on the wire.
+/// Longest name in wire form, length bytes and the root's zero included (RFC 1035 2.3.4).
 pub const MAX_NAME_LEN: usize = 255;
 
 pub const TYPE_A: u16 = 1;
@@ -265,15 +265,91 @@ pub fn parse_query(buf: &[u8]) -> Result<Query<'_>, ParseError> {
     })
 }
 
-/// Appends `name` (dotted, trailing dot optional, `"."` or `""` for the root) in wire form.
-pub fn push_name(out: &mut Vec<u8>, name: &str) {
-    for label in name.split('.').filter(|l| !l.is_empty()) {
-        let bytes = label.as_bytes();
-        let len = bytes.len().min(63);
-        out.push(len as u8);
-        out.extend_from_slice(&bytes[..len]);
+/// Longest label (RFC 1035 2.3.4).
+pub const MAX_LABEL_LEN: usize = 63;
+/// A domain name in wire form, checked when it is made: labels of 1-63 bytes, at most 255 bytes
+/// in all. Encoding one can therefore never cut a label short or overrun a message's limits; a
+/// name that does not fit is refused at [`DomainName::new`], where the caller can say so.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DomainName(Vec<u8>);
+
+/// Why a dotted name is not a domain name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameError {
+    /// A label of more than 63 bytes.
+    LabelTooLong(String),
+    /// Two dots in a row (or a leading dot).
+    EmptyLabel,
+    /// More than 255 bytes in wire form.
+    TooLong(usize),
+}
+
+impl std::fmt::Display for NameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NameError::LabelTooLong(l) => write!(
+                f,
+                "label {:?}... is longer than {MAX_LABEL_LEN} bytes",
+                l.chars().take(16).collect::<String>()
+            ),
+            NameError::EmptyLabel => f.write_str("empty label (two dots in a row)"),
+            NameError::TooLong(n) => {
+                write!(
+                    f,
+                    "name is {n} bytes in wire form, more than {MAX_NAME_LEN}"
+                )
+            }
+        }
     }
-    out.push(0);
+}
+
+impl std::error::Error for NameError {}
+
+impl DomainName {
+    /// `name` dotted, the trailing dot optional; `"."` or `""` is the root.
+    pub fn new(name: &str) -> Result<DomainName, NameError> {
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let mut wire = Vec::with_capacity(name.len() + 2);
+        if !name.is_empty() {
+            for label in name.split('.') {
+                if label.is_empty() {
+                    return Err(NameError::EmptyLabel);
+                }
+                if label.len() > MAX_LABEL_LEN {
+                    return Err(NameError::LabelTooLong(label.to_owned()));
+                }
+                wire.push(label.len() as u8);
+                wire.extend_from_slice(label.as_bytes());
+            }
+        }
+        wire.push(0);
+        if wire.len() > MAX_NAME_LEN {
+            return Err(NameError::TooLong(wire.len()));
+        }
+        Ok(DomainName(wire))
+    }
+
+    /// `labels` prepended to this name: `web.service.` under `cairn.` is `web.service.cairn.`.
+    pub fn child(&self, labels: &str) -> Result<DomainName, NameError> {
+        let prefix = DomainName::new(labels)?;
+        let mut wire = prefix.0;
+        wire.pop();
+        wire.extend_from_slice(&self.0);
+        if wire.len() > MAX_NAME_LEN {
+            return Err(NameError::TooLong(wire.len()));
+        }
+        Ok(DomainName(wire))
+    }
+
+    /// The name in wire form, ending with the root's zero byte.
+    pub fn wire(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Appends `name` in wire form.
+pub fn push_name(out: &mut Vec<u8>, name: &DomainName) {
+    out.extend_from_slice(name.wire());
 }
 
 /// A compression pointer to the question name, which always sits right after the header.
@@ -299,8 +375,8 @@ pub fn aaaa_rdata(ip: Ipv6Addr) -> [u8; 16] {
     ip.octets()
 }
 
-pub fn srv_rdata(priority: u16, weight: u16, port: u16, target: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + target.len() + 2);
+pub fn srv_rdata(priority: u16, weight: u16, port: u16, target: &DomainName) -> Vec<u8> {
+    let mut out = Vec::with_capacity(6 + target.wire().len());
     out.extend_from_slice(&priority.to_be_bytes());
     out.extend_from_slice(&weight.to_be_bytes());
     out.extend_from_slice(&port.to_be_bytes());
@@ -309,10 +385,8 @@ pub fn srv_rdata(priority: u16, weight: u16, port: u16, target: &str) -> Vec<u8>
     out
 }
 
-pub fn name_rdata(name: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(name.len() + 2);
-    push_name(&mut out, name);
-    out
+pub fn name_rdata(name: &DomainName) -> Vec<u8> {
+    name.wire().to_vec()
 }
 
 /// The SOA's fields after the two names.
@@ -324,8 +398,8 @@ pub struct SoaTimers {
     pub minimum: u32,
 }
 
-pub fn soa_rdata(mname: &str, rname: &str, t: &SoaTimers) -> Vec<u8> {
-    let mut out = Vec::with_capacity(mname.len() + rname.len() + 24);
+pub fn soa_rdata(mname: &DomainName, rname: &DomainName, t: &SoaTimers) -> Vec<u8> {
+    let mut out = Vec::with_capacity(mname.wire().len() + rname.wire().len() + 20);
     push_name(&mut out, mname);
     push_name(&mut out, rname);
     for v in [t.serial, t.refresh, t.retry, t.expire, t.minimum] {
@@ -390,14 +464,6 @@ impl Response {
             authority: 0,
             additional: 0,
         }
-    }
-
-    pub fn len(&self) -> usize {
-        self.buf.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.answers == 0 && self.authority == 0 && self.additional == 0
     }
 
     /// Appends an answer record if it fits in `limit` bytes (reserving `reserve` for later
@@ -583,7 +649,7 @@ mod tests {
             0,
             u8::from(edns.is_some()),
         ];
-        push_name(&mut b, name);
+        push_name(&mut b, &DomainName::new(name).unwrap());
         b.extend_from_slice(&qtype.to_be_bytes());
         b.extend_from_slice(&CLASS_IN.to_be_bytes());
         if let Some(p) = edns {
@@ -688,11 +754,19 @@ mod tests {
             &QNAME_POINTER,
             TYPE_SRV,
             5,
-            &srv_rdata(1, 3, 8080, "0a000001.addr.cairn."),
+            &srv_rdata(
+                1,
+                3,
+                8080,
+                &DomainName::new("0a000001.addr.cairn.").unwrap(),
+            ),
         );
         r.answer(&srv, 512, 0);
         let mut owner = Vec::new();
-        push_name(&mut owner, "0a000001.addr.cairn.");
+        push_name(
+            &mut owner,
+            &DomainName::new("0a000001.addr.cairn.").unwrap(),
+        );
         r.additional(
             &encode_rr(&owner, TYPE_A, 5, &a_rdata(Ipv4Addr::new(10, 0, 0, 1))),
             512,
@@ -717,10 +791,35 @@ mod tests {
     #[test]
     fn names_encode_in_wire_form() {
         let mut b = Vec::new();
-        push_name(&mut b, "ab.c.");
+        push_name(&mut b, &DomainName::new("ab.c.").unwrap());
         assert_eq!(b, [2, b'a', b'b', 1, b'c', 0]);
-        let mut root = Vec::new();
-        push_name(&mut root, ".");
-        assert_eq!(root, [0]);
+        assert_eq!(DomainName::new("ab.c").unwrap().wire(), b.as_slice());
+        assert_eq!(DomainName::new(".").unwrap().wire(), [0]);
+        assert_eq!(DomainName::new("").unwrap().wire(), [0]);
+        let zone = DomainName::new("cairn.").unwrap();
+        assert_eq!(
+            zone.child("web.service").unwrap(),
+            DomainName::new("web.service.cairn").unwrap()
+        );
+    }
+
+    #[test]
+    fn names_that_do_not_fit_are_refused_not_cut() {
+        // Formerly a 64-byte label was silently cut to 63 bytes.
+        let long = "a".repeat(64);
+        assert_eq!(
+            DomainName::new(&format!("{long}.cairn.")),
+            Err(NameError::LabelTooLong(long.clone()))
+        );
+        assert!(DomainName::new(&"a".repeat(63)).is_ok());
+        assert_eq!(DomainName::new("a..b"), Err(NameError::EmptyLabel));
+        assert_eq!(DomainName::new(".a"), Err(NameError::EmptyLabel));
+        // 4 labels of 63 bytes: 4 * 64 + 1 = 257 bytes in wire form.
+        let label = "b".repeat(63);
+        let four = [label.as_str(); 4].join(".");
+        assert_eq!(DomainName::new(&four), Err(NameError::TooLong(257)));
+        let three = DomainName::new(&[label.as_str(); 3].join(".")).unwrap();
+        assert_eq!(three.wire().len(), 193);
+        assert!(matches!(three.child(&label), Err(NameError::TooLong(257))));
     }
 }

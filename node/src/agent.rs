@@ -39,6 +39,8 @@ pub enum AgentError {
     Join(String),
     #[error("cannot create the health checker's HTTP client: {0}")]
     Checker(reqwest::Error),
+    #[error("cannot serve the DNS zone: {0}")]
+    Dns(String),
 }
 
 /// The addresses the agent ended up listening on (port 0 resolved).
@@ -199,18 +201,21 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
 
     let dns_stop = CancellationToken::new();
     {
-        let zone = Arc::new(cairn_dns::Zone::new(
-            cairn_dns::ZoneConfig {
-                domain: config.dns.domain.clone(),
-                ttl: config.dns.ttl,
-                negative_ttl: config.dns.negative_ttl,
-                max_answers: config.dns.max_answers,
-                allow_warning: config.dns.allow_warning,
-                recursion: !config.dns.recursors.is_empty(),
-            },
-            cluster.registry().clone(),
-            nameservers(cluster.clone()),
-        ));
+        let zone = Arc::new(
+            cairn_dns::Zone::new(
+                cairn_dns::ZoneConfig {
+                    domain: config.dns.domain.clone(),
+                    ttl: config.dns.ttl,
+                    negative_ttl: config.dns.negative_ttl,
+                    max_answers: config.dns.max_answers,
+                    allow_warning: config.dns.allow_warning,
+                    recursion: !config.dns.recursors.is_empty(),
+                },
+                cluster.registry().clone(),
+                nameservers(cluster.clone()),
+            )
+            .map_err(|e| AgentError::Dns(e.to_string()))?,
+        );
         let server_config = cairn_dns::ServerConfig {
             recursors: config.dns.recursors.clone(),
             ..cairn_dns::ServerConfig::default()

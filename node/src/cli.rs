@@ -373,7 +373,8 @@ async fn lookup(target: &Target, name: &str, rtype: &str, server: &str) -> Resul
         .parse()
         .map_err(|_| usage(format!("--dns-addr {server:?} is not IP:PORT")))?;
     let mut q = vec![0x1c, 0x2b, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    let fqdn = format!("{}.", name.trim_end_matches('.'));
+    let fqdn = wire::DomainName::new(name)
+        .map_err(|e| usage(format!("{name:?} is not a domain name: {e}")))?;
     wire::push_name(&mut q, &fqdn);
     q.extend_from_slice(&qtype.to_be_bytes());
     q.extend_from_slice(&wire::CLASS_IN.to_be_bytes());

@@ -44,7 +44,10 @@ fn check<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(name: &s
         "the encoding of {name} changed: a persisted format changed (see this file's docs)"
     );
     let back: T = serde_json::from_slice(&golden).unwrap();
-    assert_eq!(&back, value, "{name} does not decode to the value it encodes");
+    assert_eq!(
+        &back, value,
+        "{name} does not decode to the value it encodes"
+    );
 }
 
 fn http_check() -> CheckSpec {
