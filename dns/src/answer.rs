@@ -23,6 +23,12 @@ const MAX_CACHED_SETS: usize = 65_536;
 /// The priority every SRV record carries: all instances are equal, weight decides.
 const SRV_PRIORITY: u16 = 1;
 
+/// Defaults of [`ZoneConfig`]; the agent's flags default to these same values.
+pub const DEFAULT_DOMAIN: &str = "cairn";
+pub const DEFAULT_TTL: u32 = 5;
+pub const DEFAULT_NEGATIVE_TTL: u32 = 5;
+pub const DEFAULT_MAX_ANSWERS: usize = 64;
+
 /// How the zone answers.
 #[derive(Debug, Clone)]
 pub struct ZoneConfig {
@@ -43,10 +49,10 @@ pub struct ZoneConfig {
 impl Default for ZoneConfig {
     fn default() -> Self {
         ZoneConfig {
-            domain: "cairn.".into(),
-            ttl: 5,
-            negative_ttl: 5,
-            max_answers: 64,
+            domain: format!("{DEFAULT_DOMAIN}."),
+            ttl: DEFAULT_TTL,
+            negative_ttl: DEFAULT_NEGATIVE_TTL,
+            max_answers: DEFAULT_MAX_ANSWERS,
             allow_warning: false,
             recursion: false,
         }

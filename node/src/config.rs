@@ -1,15 +1,24 @@
 //! The agent's configuration: command-line flags, `CAIRN_*` environment variables and a TOML
 //! file, merged in that order of precedence, then validated into an [`AgentConfig`].
 //!
+//! Each setting is defined once, as one field of [`AgentArgs`]: its name is the TOML key, clap
+//! derives the flag from it, and the field's attributes give the environment variable and the
+//! help text; a setting with a default takes it from one `DEFAULT_*` constant, which both the
+//! help text and [`AgentArgs::resolve`] use. The flags (with the environment) and the file are
+//! read into that same struct and merged field by field, flags over file.
+//!
 //! Validation happens before any port is bound; a bad value is a [`ConfigError`] naming the flag,
 //! and the binary exits with code 64.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt::Display;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
-use cairn_api::parse_duration;
+use cairn_api::{format_duration, parse_duration};
 use clap::Args;
 use serde::Deserialize;
 
@@ -17,13 +26,47 @@ use serde::Deserialize;
 pub const DEFAULT_HTTP_PORT: u16 = 8500;
 pub const DEFAULT_DNS_PORT: u16 = 8600;
 pub const DEFAULT_RPC_PORT: u16 = 8300;
+/// Listeners bind every interface, or only loopback with `--dev`.
+const DEFAULT_IP: &str = "0.0.0.0";
+const DEFAULT_DEV_IP: &str = "127.0.0.1";
+pub const DEFAULT_DOMAIN: &str = cairn_dns::answer::DEFAULT_DOMAIN;
+/// DNS TTLs, in seconds.
+pub const DEFAULT_DNS_TTL: u32 = cairn_dns::answer::DEFAULT_TTL;
+pub const DEFAULT_DNS_NEGATIVE_TTL: u32 = cairn_dns::answer::DEFAULT_NEGATIVE_TTL;
+pub const DEFAULT_DNS_MAX_ANSWERS: usize = cairn_dns::answer::DEFAULT_MAX_ANSWERS;
+pub const DEFAULT_CLUSTER: &str = cairn_raft::cluster::DEFAULT_CLUSTER_NAME;
 /// Default limit on request bodies: far above any registration, far below memory trouble.
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 /// Largest accepted `--max-body-bytes`.
 const MAX_MAX_BODY: usize = 64 * 1024 * 1024;
+pub const DEFAULT_MAX_WAITING_PER_CLIENT: usize = crate::reads::DEFAULT_MAX_WAITING_PER_CLIENT;
+pub const DEFAULT_SNAPSHOT_THRESHOLD: u64 = cairn_raft::cluster::DEFAULT_SNAPSHOT_THRESHOLD;
+pub const DEFAULT_SNAPSHOT_KEEP_LOGS: u64 = cairn_raft::cluster::DEFAULT_KEEP_LOGS;
+pub const DEFAULT_WRITE_TIMEOUT: Duration = cairn_raft::cluster::DEFAULT_WRITE_TIMEOUT;
+pub const DEFAULT_LOG: &str = "info";
 
-/// `cairn agent` flags. Every one can also be set as `CAIRN_<NAME>` or in the `--config` file.
-#[derive(Debug, Clone, Default, Args)]
+/// A setting's help text with its default, as clap shows one: `text [default: value]`.
+fn with_default(text: &str, default: impl Display) -> String {
+    format!("{text} [default: {default}]")
+}
+
+/// The default of a listen address: `0.0.0.0:PORT; 127.0.0.1:PORT with --dev`.
+fn listen_default(port: u16) -> String {
+    format!("{DEFAULT_IP}:{port}; {DEFAULT_DEV_IP}:{port} with --dev")
+}
+
+fn ttl_default(seconds: u32) -> String {
+    format_duration(Duration::from_secs(seconds.into()))
+}
+
+/// Every `cairn agent` setting, defined once.
+///
+/// Clap reads the flags and their `CAIRN_<NAME>` environment variables into it; serde reads the
+/// `--config` file into it, one snake_case key per field (`#[serde(skip)]`: flag only). Fields
+/// are `Option`s (or `bool` flags, false when absent) with no clap `default_value`, so that an
+/// unset flag leaves the file's value in place; defaults are applied by [`AgentArgs::resolve`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AgentArgs {
     /// Run a single-node cluster on loopback with a throw-away data folder.
     #[arg(long, env = "CAIRN_DEV")]
@@ -31,10 +74,12 @@ pub struct AgentArgs {
 
     /// Validate the configuration and exit without binding any port.
     #[arg(long)]
+    #[serde(skip)]
     pub check: bool,
 
     /// TOML file with any of these settings (flags and environment variables win over it).
     #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
 
     /// This node's id: a positive integer, unique in the cluster, never reused.
@@ -44,34 +89,68 @@ pub struct AgentArgs {
     /// Take the node id from the host name's ordinal suffix, plus one: `cairn-0` is node 1
     /// (for Kubernetes StatefulSets).
     #[arg(long, env = "CAIRN_NODE_ID_FROM_ORDINAL", conflicts_with = "node_id")]
+    #[serde(skip)] // flag and environment only, as before the settings were defined once
     pub node_id_from_ordinal: bool,
 
     /// Folder for the Raft log and the registry (RocksDB).
     #[arg(long, env = "CAIRN_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// HTTP API listen address [default: 0.0.0.0:8500; 127.0.0.1:8500 with --dev].
-    #[arg(long, env = "CAIRN_HTTP_ADDR", value_name = "IP:PORT")]
+    #[arg(
+        long,
+        env = "CAIRN_HTTP_ADDR",
+        value_name = "IP:PORT",
+        help = with_default("HTTP API listen address", listen_default(DEFAULT_HTTP_PORT))
+    )]
     pub http_addr: Option<String>,
 
-    /// DNS listen address, UDP and TCP [default: 0.0.0.0:8600; 127.0.0.1:8600 with --dev].
-    #[arg(long, env = "CAIRN_DNS_ADDR", value_name = "IP:PORT")]
+    #[arg(
+        long,
+        env = "CAIRN_DNS_ADDR",
+        value_name = "IP:PORT",
+        help = with_default("DNS listen address, UDP and TCP", listen_default(DEFAULT_DNS_PORT))
+    )]
     pub dns_addr: Option<String>,
 
-    /// The DNS zone Cairn answers for [default: cairn].
-    #[arg(long, env = "CAIRN_DOMAIN", value_name = "DOMAIN")]
+    #[arg(
+        long,
+        env = "CAIRN_DOMAIN",
+        value_name = "DOMAIN",
+        help = with_default("The DNS zone Cairn answers for", DEFAULT_DOMAIN)
+    )]
     pub domain: Option<String>,
 
-    /// TTL of DNS answers for services that set none [default: 5s].
-    #[arg(long, env = "CAIRN_DNS_TTL", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "CAIRN_DNS_TTL",
+        value_name = "DURATION",
+        help = with_default(
+            "TTL of DNS answers for services that set none",
+            ttl_default(DEFAULT_DNS_TTL)
+        )
+    )]
     pub dns_ttl: Option<String>,
 
-    /// TTL of negative DNS answers, the SOA minimum [default: 5s].
-    #[arg(long, env = "CAIRN_DNS_NEGATIVE_TTL", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "CAIRN_DNS_NEGATIVE_TTL",
+        value_name = "DURATION",
+        help = with_default(
+            "TTL of negative DNS answers, the SOA minimum",
+            ttl_default(DEFAULT_DNS_NEGATIVE_TTL)
+        )
+    )]
     pub dns_negative_ttl: Option<String>,
 
-    /// Most records in one DNS answer, 0 for no limit but the message size [default: 64].
-    #[arg(long, env = "CAIRN_DNS_MAX_ANSWERS", value_name = "N")]
+    #[arg(
+        long,
+        env = "CAIRN_DNS_MAX_ANSWERS",
+        value_name = "N",
+        help = with_default(
+            "Most records in one DNS answer, 0 for no limit but the message size",
+            DEFAULT_DNS_MAX_ANSWERS
+        )
+    )]
     pub dns_max_answers: Option<usize>,
 
     /// Hand out instances whose health is `warning` along with `passing` ones.
@@ -81,10 +160,17 @@ pub struct AgentArgs {
     /// Upstream resolvers for names outside the zone, `IP:PORT`, comma-separated; without
     /// them such names are REFUSED.
     #[arg(long, env = "CAIRN_RECURSORS", value_name = "IP:PORT,...")]
-    pub recursors: Option<String>,
+    pub recursors: Option<Peers>,
 
-    /// Cluster RPC listen address [default: the port of this node in --peers, else 8300].
-    #[arg(long, env = "CAIRN_RPC_ADDR", value_name = "IP:PORT")]
+    #[arg(
+        long,
+        env = "CAIRN_RPC_ADDR",
+        value_name = "IP:PORT",
+        help = with_default(
+            "Cluster RPC listen address",
+            format!("the port of this node in --peers, else {DEFAULT_RPC_PORT}")
+        )
+    )]
     pub rpc_addr: Option<String>,
 
     /// Host or IP (and optionally port) the other nodes reach this node's RPC listener at, when
@@ -94,7 +180,7 @@ pub struct AgentArgs {
 
     /// Voters of a new cluster, the same list on every node: `1=host:8300,2=host:8300,3=host:8300`.
     #[arg(long, env = "CAIRN_PEERS", value_name = "ID=HOST:PORT,...")]
-    pub peers: Option<String>,
+    pub peers: Option<Peers>,
 
     /// Start a new cluster with this node as its only voter (others then --join it).
     #[arg(long, env = "CAIRN_BOOTSTRAP")]
@@ -105,32 +191,75 @@ pub struct AgentArgs {
     #[arg(long, env = "CAIRN_JOIN", value_name = "URL")]
     pub join: Option<String>,
 
-    /// Cluster name: nodes refuse cluster RPCs that name another one.
-    #[arg(long, env = "CAIRN_CLUSTER", value_name = "NAME")]
+    #[arg(
+        long,
+        env = "CAIRN_CLUSTER",
+        value_name = "NAME",
+        help = with_default(
+            "Cluster name: nodes refuse cluster RPCs that name another one",
+            DEFAULT_CLUSTER
+        )
+    )]
     pub cluster: Option<String>,
 
-    /// Largest accepted request body in bytes [default: 1048576].
-    #[arg(long, env = "CAIRN_MAX_BODY_BYTES", value_name = "BYTES")]
+    #[arg(
+        long,
+        env = "CAIRN_MAX_BODY_BYTES",
+        value_name = "BYTES",
+        help = with_default("Largest accepted request body in bytes", DEFAULT_MAX_BODY)
+    )]
     pub max_body_bytes: Option<usize>,
 
-    /// Most blocking queries and watch streams one client address may hold open [default: 1024].
-    #[arg(long, env = "CAIRN_MAX_WAITING_PER_CLIENT", value_name = "N")]
+    #[arg(
+        long,
+        env = "CAIRN_MAX_WAITING_PER_CLIENT",
+        value_name = "N",
+        help = with_default(
+            "Most blocking queries and watch streams one client address may hold open",
+            DEFAULT_MAX_WAITING_PER_CLIENT
+        )
+    )]
     pub max_waiting_per_client: Option<usize>,
 
-    /// Take a snapshot and purge the log after this many entries [default: 100000].
-    #[arg(long, env = "CAIRN_SNAPSHOT_THRESHOLD", value_name = "ENTRIES")]
+    #[arg(
+        long,
+        env = "CAIRN_SNAPSHOT_THRESHOLD",
+        value_name = "ENTRIES",
+        help = with_default(
+            "Take a snapshot and purge the log after this many entries",
+            DEFAULT_SNAPSHOT_THRESHOLD
+        )
+    )]
     pub snapshot_threshold: Option<u64>,
 
-    /// Log entries kept behind a snapshot for lagging followers [default: 5000].
-    #[arg(long, env = "CAIRN_SNAPSHOT_KEEP_LOGS", value_name = "ENTRIES")]
+    #[arg(
+        long,
+        env = "CAIRN_SNAPSHOT_KEEP_LOGS",
+        value_name = "ENTRIES",
+        help = with_default(
+            "Log entries kept behind a snapshot for lagging followers",
+            DEFAULT_SNAPSHOT_KEEP_LOGS
+        )
+    )]
     pub snapshot_keep_logs: Option<u64>,
 
-    /// How long a write waits for a leader and quorum before answering 503 [default: 5s].
-    #[arg(long, env = "CAIRN_WRITE_TIMEOUT", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "CAIRN_WRITE_TIMEOUT",
+        value_name = "DURATION",
+        help = with_default(
+            "How long a write waits for a leader and quorum before answering 503",
+            format_duration(DEFAULT_WRITE_TIMEOUT)
+        )
+    )]
     pub write_timeout: Option<String>,
 
-    /// Log filter, e.g. `info` or `debug,openraft=info` [default: info].
-    #[arg(long, env = "CAIRN_LOG", value_name = "FILTER")]
+    #[arg(
+        long,
+        env = "CAIRN_LOG",
+        value_name = "FILTER",
+        help = with_default("Log filter, e.g. `info` or `debug,openraft=info`", DEFAULT_LOG)
+    )]
     pub log: Option<String>,
 
     /// Test only: shifts this node's wall clock, e.g. `30s` or `-30s`, so the fault tests can
@@ -141,46 +270,58 @@ pub struct AgentArgs {
         value_name = "[-]DURATION",
         allow_hyphen_values = true
     )]
+    #[serde(skip)]
     pub test_clock_offset: Option<String>,
 }
 
-/// The same settings in a TOML file, spelled in snake_case.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub dev: Option<bool>,
-    pub node_id: Option<u64>,
-    pub data_dir: Option<PathBuf>,
-    pub http_addr: Option<String>,
-    pub dns_addr: Option<String>,
-    pub domain: Option<String>,
-    pub dns_ttl: Option<String>,
-    pub dns_negative_ttl: Option<String>,
-    pub dns_max_answers: Option<usize>,
-    pub dns_allow_warning: Option<bool>,
-    /// Either `"1.1.1.1:53,9.9.9.9:53"` or a list.
-    pub recursors: Option<Peers>,
-    pub rpc_addr: Option<String>,
-    pub advertise: Option<String>,
-    /// Either `"1=a:8300,2=b:8300"` or `["1=a:8300", "2=b:8300"]`.
-    pub peers: Option<Peers>,
-    pub bootstrap: Option<bool>,
-    pub join: Option<String>,
-    pub cluster: Option<String>,
-    pub max_body_bytes: Option<usize>,
-    pub max_waiting_per_client: Option<usize>,
-    pub snapshot_threshold: Option<u64>,
-    pub snapshot_keep_logs: Option<u64>,
-    pub write_timeout: Option<String>,
-    pub log: Option<String>,
-}
-
-/// `peers` in a file: one string or a list of them.
-#[derive(Debug, Deserialize)]
+/// A list setting (`peers`, `recursors`): one comma-separated string as a flag; in a file, one
+/// string or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
 pub enum Peers {
     One(String),
     Many(Vec<String>),
+}
+
+impl Peers {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Peers::One(s) => vec![s],
+            Peers::Many(v) => v,
+        }
+    }
+}
+
+/// The flag's value: parsed (split at commas) by validation, like the file's.
+impl FromStr for Peers {
+    type Err = Infallible;
+    fn from_str(s: &str) -> Result<Peers, Infallible> {
+        Ok(Peers::One(s.to_owned()))
+    }
+}
+
+impl From<&str> for Peers {
+    fn from(s: &str) -> Peers {
+        Peers::One(s.to_owned())
+    }
+}
+
+/// How one setting's two sources combine: the upper one where it is set.
+trait Merge {
+    fn merge(self, under: Self) -> Self;
+}
+
+impl<T> Merge for Option<T> {
+    fn merge(self, under: Self) -> Self {
+        self.or(under)
+    }
+}
+
+/// A `bool` flag can only turn a setting on.
+impl Merge for bool {
+    fn merge(self, under: Self) -> Self {
+        self || under
+    }
 }
 
 /// A configuration that cannot run, with the setting at fault.
@@ -300,15 +441,314 @@ impl Advertise {
 impl AgentArgs {
     /// Merges flags (and environment) over the file and validates the result.
     pub fn resolve(&self) -> Result<AgentConfig, ConfigError> {
+        self.resolve_with(hostname)
+    }
+
+    /// [`AgentArgs::resolve`], with the host name (for `--node-id-from-ordinal`) from `hostname`.
+    fn resolve_with(&self, hostname: impl FnOnce() -> String) -> Result<AgentConfig, ConfigError> {
         let file = match &self.config {
             Some(path) => load_file(path)?,
-            None => FileConfig::default(),
+            None => AgentArgs::default(),
         };
-        resolve(self, file)
+        self.clone().merge(file).validate(hostname)
+    }
+
+    /// Each setting from `self` where it is set, else from `under`. The struct literal names
+    /// every field, so a new setting does not compile until it is merged here too.
+    fn merge(self, under: AgentArgs) -> AgentArgs {
+        AgentArgs {
+            dev: self.dev.merge(under.dev),
+            check: self.check.merge(under.check),
+            config: self.config.merge(under.config),
+            node_id: self.node_id.merge(under.node_id),
+            node_id_from_ordinal: self.node_id_from_ordinal.merge(under.node_id_from_ordinal),
+            data_dir: self.data_dir.merge(under.data_dir),
+            http_addr: self.http_addr.merge(under.http_addr),
+            dns_addr: self.dns_addr.merge(under.dns_addr),
+            domain: self.domain.merge(under.domain),
+            dns_ttl: self.dns_ttl.merge(under.dns_ttl),
+            dns_negative_ttl: self.dns_negative_ttl.merge(under.dns_negative_ttl),
+            dns_max_answers: self.dns_max_answers.merge(under.dns_max_answers),
+            dns_allow_warning: self.dns_allow_warning.merge(under.dns_allow_warning),
+            recursors: self.recursors.merge(under.recursors),
+            rpc_addr: self.rpc_addr.merge(under.rpc_addr),
+            advertise: self.advertise.merge(under.advertise),
+            peers: self.peers.merge(under.peers),
+            bootstrap: self.bootstrap.merge(under.bootstrap),
+            join: self.join.merge(under.join),
+            cluster: self.cluster.merge(under.cluster),
+            max_body_bytes: self.max_body_bytes.merge(under.max_body_bytes),
+            max_waiting_per_client: self
+                .max_waiting_per_client
+                .merge(under.max_waiting_per_client),
+            snapshot_threshold: self.snapshot_threshold.merge(under.snapshot_threshold),
+            snapshot_keep_logs: self.snapshot_keep_logs.merge(under.snapshot_keep_logs),
+            write_timeout: self.write_timeout.merge(under.write_timeout),
+            log: self.log.merge(under.log),
+            test_clock_offset: self.test_clock_offset.merge(under.test_clock_offset),
+        }
+    }
+
+    /// Applies the defaults and checks every setting; an error names the flag.
+    fn validate(self, hostname: impl FnOnce() -> String) -> Result<AgentConfig, ConfigError> {
+        let dev = self.dev;
+        let default_ip = if dev { DEFAULT_DEV_IP } else { DEFAULT_IP };
+        let dns = self.validate_dns(default_ip)?;
+        let cluster = self.cluster.unwrap_or_else(|| DEFAULT_CLUSTER.into());
+        if cluster.is_empty()
+            || cluster.len() > 64
+            || !cluster
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(bad(
+                "--cluster",
+                "must be 1-64 of A-Z, a-z, 0-9, '-', '_', '.'",
+            ));
+        }
+
+        let node_id = if self.node_id_from_ordinal {
+            Some(ordinal_node_id(&hostname())?)
+        } else {
+            self.node_id
+        };
+        let node_id = match (node_id, dev) {
+            (Some(0), _) => return Err(bad("--node-id", "must be a positive integer")),
+            (Some(id), _) => id,
+            (None, true) => 1,
+            (None, false) => return Err(bad("--node-id", "required (or run with --dev)")),
+        };
+        let data_dir = self.data_dir;
+        if data_dir.is_none() && !dev {
+            return Err(bad("--data-dir", "required (or run with --dev)"));
+        }
+
+        let (peers, bootstrap, join) = (self.peers, self.bootstrap, self.join);
+        let chosen = [peers.is_some(), bootstrap, join.is_some()]
+            .iter()
+            .filter(|x| **x)
+            .count();
+        if chosen > 1 {
+            return Err(bad(
+                "--peers/--bootstrap/--join",
+                "choose one: --peers or --bootstrap to start a new cluster, --join to enter an existing one",
+            ));
+        }
+        if dev && chosen > 0 {
+            return Err(bad(
+                "--dev",
+                "a dev agent is a cluster of its own; it takes no --peers, --bootstrap or --join",
+            ));
+        }
+        let membership = if dev || bootstrap {
+            Membership::BootstrapSelf
+        } else if let Some(p) = peers {
+            let peers = parse_peers(&p.into_vec())?;
+            if !peers.contains_key(&node_id) {
+                return Err(bad(
+                    "--peers",
+                    format!("does not list this node (--node-id {node_id})"),
+                ));
+            }
+            Membership::Bootstrap(peers)
+        } else if let Some(j) = join {
+            let urls: Vec<String> = j
+                .split(',')
+                .map(|s| s.trim().trim_end_matches('/').to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+            if urls.is_empty() {
+                return Err(bad("--join", "no URL given"));
+            }
+            for u in &urls {
+                if !u.starts_with("http://") && !u.starts_with("https://") {
+                    return Err(bad(
+                        "--join",
+                        format!("{u:?} is not an http:// URL of a member's HTTP API"),
+                    ));
+                }
+            }
+            Membership::Join(urls)
+        } else {
+            Membership::Wait
+        };
+
+        let http_addr = match self.http_addr {
+            Some(s) => parse_addr("--http-addr", &s)?,
+            None => parse_addr("--http-addr", &format!("{default_ip}:{DEFAULT_HTTP_PORT}"))?,
+        };
+        let rpc_addr = match self.rpc_addr {
+            Some(s) => parse_addr("--rpc-addr", &s)?,
+            None => {
+                let port = match &membership {
+                    Membership::Bootstrap(p) => p
+                        .get(&node_id)
+                        .and_then(|a| a.rsplit_once(':'))
+                        .and_then(|(_, port)| port.parse().ok())
+                        .unwrap_or(DEFAULT_RPC_PORT),
+                    _ => DEFAULT_RPC_PORT,
+                };
+                parse_addr("--rpc-addr", &format!("{default_ip}:{port}"))?
+            }
+        };
+        let advertise = match self.advertise {
+            None => None,
+            Some(adv) => Some(Advertise::parse(&adv).ok_or_else(|| {
+                bad(
+                    "--advertise",
+                    format!("{adv:?} is not HOST, IP, HOST:PORT or [IPv6]:PORT"),
+                )
+            })?),
+        };
+        let self_addressed = matches!(membership, Membership::Join(_) | Membership::BootstrapSelf);
+        if self_addressed && advertise.is_none() && rpc_addr.ip().is_unspecified() {
+            return Err(bad(
+                "--advertise",
+                format!(
+                    "required with --join or --bootstrap when --rpc-addr listens on {} (the others need a reachable address)",
+                    rpc_addr.ip()
+                ),
+            ));
+        }
+
+        let max_body_bytes = self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY);
+        if !(1024..=MAX_MAX_BODY).contains(&max_body_bytes) {
+            return Err(bad(
+                "--max-body-bytes",
+                format!("must be between 1024 and {MAX_MAX_BODY}"),
+            ));
+        }
+        let max_waiting_per_client = self
+            .max_waiting_per_client
+            .unwrap_or(DEFAULT_MAX_WAITING_PER_CLIENT);
+        if !(1..=1_000_000).contains(&max_waiting_per_client) {
+            return Err(bad(
+                "--max-waiting-per-client",
+                "must be between 1 and 1000000",
+            ));
+        }
+        let snapshot_threshold = self
+            .snapshot_threshold
+            .unwrap_or(DEFAULT_SNAPSHOT_THRESHOLD);
+        if !(10..=10_000_000).contains(&snapshot_threshold) {
+            return Err(bad(
+                "--snapshot-threshold",
+                "must be between 10 and 10000000",
+            ));
+        }
+        let snapshot_keep_logs = self
+            .snapshot_keep_logs
+            .unwrap_or(DEFAULT_SNAPSHOT_KEEP_LOGS);
+        if snapshot_keep_logs > 10_000_000 {
+            return Err(bad("--snapshot-keep-logs", "must be at most 10000000"));
+        }
+        let write_timeout = match self.write_timeout {
+            None => DEFAULT_WRITE_TIMEOUT,
+            Some(s) => {
+                let d = parse_duration(&s).map_err(|e| bad("--write-timeout", e.to_string()))?;
+                if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
+                    return Err(bad("--write-timeout", "must be between 100ms and 10m"));
+                }
+                d
+            }
+        };
+        let clock_offset_ms = match &self.test_clock_offset {
+            None => 0,
+            Some(s) => {
+                let (sign, magnitude) = match s.strip_prefix('-') {
+                    Some(rest) => (-1, rest),
+                    None => (1, s.as_str()),
+                };
+                let d = parse_duration(magnitude)
+                    .map_err(|e| bad("--test-clock-offset", e.to_string()))?;
+                if d > Duration::from_secs(86_400) {
+                    return Err(bad("--test-clock-offset", "must be within 24h"));
+                }
+                sign * d.as_millis() as i64
+            }
+        };
+        let log = self.log.unwrap_or_else(|| DEFAULT_LOG.to_owned());
+        if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
+            return Err(bad("--log", format!("{log:?} is not a log filter")));
+        }
+
+        Ok(AgentConfig {
+            dev,
+            node_id,
+            data_dir,
+            http_addr,
+            dns,
+            rpc_addr,
+            advertise,
+            membership,
+            cluster,
+            max_body_bytes,
+            max_waiting_per_client,
+            snapshot_threshold,
+            snapshot_keep_logs,
+            write_timeout,
+            log,
+            clock_offset_ms,
+        })
+    }
+
+    fn validate_dns(&self, default_ip: &str) -> Result<DnsConfig, ConfigError> {
+        let addr = match &self.dns_addr {
+            Some(s) => parse_addr("--dns-addr", s)?,
+            None => parse_addr("--dns-addr", &format!("{default_ip}:{DEFAULT_DNS_PORT}"))?,
+        };
+        let domain_in = self.domain.as_deref().unwrap_or(DEFAULT_DOMAIN);
+        let trimmed = domain_in.trim_end_matches('.').to_ascii_lowercase();
+        let labels_ok =
+            !trimmed.is_empty() && trimmed.split('.').all(cairn_registry::model::is_dns_label);
+        if !labels_ok {
+            return Err(bad(
+                "--domain",
+                format!("{domain_in:?} is not a DNS name (labels of a-z, 0-9, '-')"),
+            ));
+        }
+        // Room under the domain for the longest name the zone makes.
+        cairn_dns::check_domain(&trimmed)
+            .map_err(|e| bad("--domain", format!("{domain_in:?}: {e}")))?;
+        let ttl = ttl_setting("--dns-ttl", self.dns_ttl.as_deref(), DEFAULT_DNS_TTL)?;
+        let negative_ttl = ttl_setting(
+            "--dns-negative-ttl",
+            self.dns_negative_ttl.as_deref(),
+            DEFAULT_DNS_NEGATIVE_TTL,
+        )?;
+        let max_answers = self.dns_max_answers.unwrap_or(DEFAULT_DNS_MAX_ANSWERS);
+        if max_answers > 10_000 {
+            return Err(bad("--dns-max-answers", "must be at most 10000"));
+        }
+        let recursors = self
+            .recursors
+            .clone()
+            .map(Peers::into_vec)
+            .unwrap_or_default();
+        let recursors = recursors
+            .iter()
+            .flat_map(|s| s.split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| parse_addr("--recursors", s))
+            .collect::<Result<Vec<_>, _>>()?;
+        if recursors.len() > 8 {
+            return Err(bad("--recursors", "at most 8 upstreams"));
+        }
+        Ok(DnsConfig {
+            addr,
+            domain: format!("{trimmed}."),
+            ttl,
+            negative_ttl,
+            max_answers,
+            allow_warning: self.dns_allow_warning,
+            recursors,
+        })
     }
 }
 
-fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+/// Reads a `--config` file into the settings it sets; an unknown key is an error.
+fn load_file(path: &Path) -> Result<AgentArgs, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| bad("--config", format!("cannot read {}: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| {
@@ -399,295 +839,6 @@ fn ttl_setting(setting: &str, value: Option<&str>, default: u32) -> Result<u32, 
         return Err(bad(setting, "must be whole seconds, at most 1 day"));
     }
     Ok(d.as_secs() as u32)
-}
-
-fn resolve_dns(a: &AgentArgs, f: &FileConfig, default_ip: &str) -> Result<DnsConfig, ConfigError> {
-    let addr = match a.dns_addr.clone().or(f.dns_addr.clone()) {
-        Some(s) => parse_addr("--dns-addr", &s)?,
-        None => parse_addr("--dns-addr", &format!("{default_ip}:{DEFAULT_DNS_PORT}"))?,
-    };
-    let domain_in = a
-        .domain
-        .clone()
-        .or(f.domain.clone())
-        .unwrap_or_else(|| "cairn".into());
-    let trimmed = domain_in.trim_end_matches('.').to_ascii_lowercase();
-    let labels_ok = !trimmed.is_empty()
-        && trimmed.len() <= 200
-        && trimmed.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        });
-    if !labels_ok {
-        return Err(bad(
-            "--domain",
-            format!("{domain_in:?} is not a DNS name (labels of a-z, 0-9, '-')"),
-        ));
-    }
-    let ttl = ttl_setting(
-        "--dns-ttl",
-        a.dns_ttl.as_deref().or(f.dns_ttl.as_deref()),
-        5,
-    )?;
-    let negative_ttl = ttl_setting(
-        "--dns-negative-ttl",
-        a.dns_negative_ttl
-            .as_deref()
-            .or(f.dns_negative_ttl.as_deref()),
-        5,
-    )?;
-    let max_answers = a.dns_max_answers.or(f.dns_max_answers).unwrap_or(64);
-    if max_answers > 10_000 {
-        return Err(bad("--dns-max-answers", "must be at most 10000"));
-    }
-    let recursors = match (&a.recursors, &f.recursors) {
-        (Some(r), _) => vec![r.clone()],
-        (None, Some(Peers::One(r))) => vec![r.clone()],
-        (None, Some(Peers::Many(r))) => r.clone(),
-        (None, None) => Vec::new(),
-    };
-    let recursors = recursors
-        .iter()
-        .flat_map(|s| s.split(','))
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| parse_addr("--recursors", s))
-        .collect::<Result<Vec<_>, _>>()?;
-    if recursors.len() > 8 {
-        return Err(bad("--recursors", "at most 8 upstreams"));
-    }
-    Ok(DnsConfig {
-        addr,
-        domain: format!("{trimmed}."),
-        ttl,
-        negative_ttl,
-        max_answers,
-        allow_warning: a.dns_allow_warning || f.dns_allow_warning.unwrap_or(false),
-        recursors,
-    })
-}
-
-fn resolve(a: &AgentArgs, f: FileConfig) -> Result<AgentConfig, ConfigError> {
-    let dev = a.dev || f.dev.unwrap_or(false);
-    let dns = resolve_dns(a, &f, if dev { "127.0.0.1" } else { "0.0.0.0" })?;
-    let node_id = a.node_id.or(f.node_id);
-    let data_dir = a.data_dir.clone().or(f.data_dir);
-    let peers = match (&a.peers, f.peers) {
-        (Some(p), _) => Some(vec![p.clone()]),
-        (None, Some(Peers::One(p))) => Some(vec![p]),
-        (None, Some(Peers::Many(p))) => Some(p),
-        (None, None) => None,
-    };
-    let bootstrap = a.bootstrap || f.bootstrap.unwrap_or(false);
-    let join = a.join.clone().or(f.join);
-    let cluster = a
-        .cluster
-        .clone()
-        .or(f.cluster)
-        .unwrap_or_else(|| "cairn".into());
-    if cluster.is_empty()
-        || cluster.len() > 64
-        || !cluster
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
-        return Err(bad(
-            "--cluster",
-            "must be 1-64 of A-Z, a-z, 0-9, '-', '_', '.'",
-        ));
-    }
-
-    let node_id = if a.node_id_from_ordinal {
-        Some(ordinal_node_id(&hostname())?)
-    } else {
-        node_id
-    };
-    let node_id = match (node_id, dev) {
-        (Some(0), _) => return Err(bad("--node-id", "must be a positive integer")),
-        (Some(id), _) => id,
-        (None, true) => 1,
-        (None, false) => return Err(bad("--node-id", "required (or run with --dev)")),
-    };
-    if data_dir.is_none() && !dev {
-        return Err(bad("--data-dir", "required (or run with --dev)"));
-    }
-
-    let chosen = [peers.is_some(), bootstrap, join.is_some()]
-        .iter()
-        .filter(|x| **x)
-        .count();
-    if chosen > 1 {
-        return Err(bad(
-            "--peers/--bootstrap/--join",
-            "choose one: --peers or --bootstrap to start a new cluster, --join to enter an existing one",
-        ));
-    }
-    if dev && chosen > 0 {
-        return Err(bad(
-            "--dev",
-            "a dev agent is a cluster of its own; it takes no --peers, --bootstrap or --join",
-        ));
-    }
-    let membership = if dev || bootstrap {
-        Membership::BootstrapSelf
-    } else if let Some(p) = peers {
-        let peers = parse_peers(&p)?;
-        if !peers.contains_key(&node_id) {
-            return Err(bad(
-                "--peers",
-                format!("does not list this node (--node-id {node_id})"),
-            ));
-        }
-        Membership::Bootstrap(peers)
-    } else if let Some(j) = join {
-        let urls: Vec<String> = j
-            .split(',')
-            .map(|s| s.trim().trim_end_matches('/').to_owned())
-            .filter(|s| !s.is_empty())
-            .collect();
-        if urls.is_empty() {
-            return Err(bad("--join", "no URL given"));
-        }
-        for u in &urls {
-            if !u.starts_with("http://") && !u.starts_with("https://") {
-                return Err(bad(
-                    "--join",
-                    format!("{u:?} is not an http:// URL of a member's HTTP API"),
-                ));
-            }
-        }
-        Membership::Join(urls)
-    } else {
-        Membership::Wait
-    };
-
-    let default_ip = if dev { "127.0.0.1" } else { "0.0.0.0" };
-    let http_addr = match a.http_addr.clone().or(f.http_addr) {
-        Some(s) => parse_addr("--http-addr", &s)?,
-        None => parse_addr("--http-addr", &format!("{default_ip}:{DEFAULT_HTTP_PORT}"))?,
-    };
-    let rpc_addr = match a.rpc_addr.clone().or(f.rpc_addr) {
-        Some(s) => parse_addr("--rpc-addr", &s)?,
-        None => {
-            let port = match &membership {
-                Membership::Bootstrap(p) => p
-                    .get(&node_id)
-                    .and_then(|a| a.rsplit_once(':'))
-                    .and_then(|(_, port)| port.parse().ok())
-                    .unwrap_or(DEFAULT_RPC_PORT),
-                _ => DEFAULT_RPC_PORT,
-            };
-            parse_addr("--rpc-addr", &format!("{default_ip}:{port}"))?
-        }
-    };
-    let advertise = match a.advertise.clone().or(f.advertise) {
-        None => None,
-        Some(adv) => Some(Advertise::parse(&adv).ok_or_else(|| {
-            bad(
-                "--advertise",
-                format!("{adv:?} is not HOST, IP, HOST:PORT or [IPv6]:PORT"),
-            )
-        })?),
-    };
-    let self_addressed = matches!(membership, Membership::Join(_) | Membership::BootstrapSelf);
-    if self_addressed && advertise.is_none() && rpc_addr.ip().is_unspecified() {
-        return Err(bad(
-            "--advertise",
-            format!(
-                "required with --join or --bootstrap when --rpc-addr listens on {} (the others need a reachable address)",
-                rpc_addr.ip()
-            ),
-        ));
-    }
-
-    let max_body_bytes = a
-        .max_body_bytes
-        .or(f.max_body_bytes)
-        .unwrap_or(DEFAULT_MAX_BODY);
-    if !(1024..=MAX_MAX_BODY).contains(&max_body_bytes) {
-        return Err(bad(
-            "--max-body-bytes",
-            format!("must be between 1024 and {MAX_MAX_BODY}"),
-        ));
-    }
-    let max_waiting_per_client = a
-        .max_waiting_per_client
-        .or(f.max_waiting_per_client)
-        .unwrap_or(crate::reads::DEFAULT_MAX_WAITING_PER_CLIENT);
-    if !(1..=1_000_000).contains(&max_waiting_per_client) {
-        return Err(bad(
-            "--max-waiting-per-client",
-            "must be between 1 and 1000000",
-        ));
-    }
-    let snapshot_threshold = a
-        .snapshot_threshold
-        .or(f.snapshot_threshold)
-        .unwrap_or(100_000);
-    if !(10..=10_000_000).contains(&snapshot_threshold) {
-        return Err(bad(
-            "--snapshot-threshold",
-            "must be between 10 and 10000000",
-        ));
-    }
-    let snapshot_keep_logs = a
-        .snapshot_keep_logs
-        .or(f.snapshot_keep_logs)
-        .unwrap_or(5_000);
-    if snapshot_keep_logs > 10_000_000 {
-        return Err(bad("--snapshot-keep-logs", "must be at most 10000000"));
-    }
-    let write_timeout = match a.write_timeout.clone().or(f.write_timeout) {
-        None => Duration::from_secs(5),
-        Some(s) => {
-            let d = parse_duration(&s).map_err(|e| bad("--write-timeout", e.to_string()))?;
-            if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
-                return Err(bad("--write-timeout", "must be between 100ms and 10m"));
-            }
-            d
-        }
-    };
-    let clock_offset_ms = match &a.test_clock_offset {
-        None => 0,
-        Some(s) => {
-            let (sign, magnitude) = match s.strip_prefix('-') {
-                Some(rest) => (-1, rest),
-                None => (1, s.as_str()),
-            };
-            let d =
-                parse_duration(magnitude).map_err(|e| bad("--test-clock-offset", e.to_string()))?;
-            if d > Duration::from_secs(86_400) {
-                return Err(bad("--test-clock-offset", "must be within 24h"));
-            }
-            sign * d.as_millis() as i64
-        }
-    };
-    let log = a.log.clone().or(f.log).unwrap_or_else(|| "info".to_owned());
-    if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
-        return Err(bad("--log", format!("{log:?} is not a log filter")));
-    }
-
-    Ok(AgentConfig {
-        dev,
-        node_id,
-        data_dir,
-        http_addr,
-        dns,
-        rpc_addr,
-        advertise,
-        membership,
-        cluster,
-        max_body_bytes,
-        max_waiting_per_client,
-        snapshot_threshold,
-        snapshot_keep_logs,
-        write_timeout,
-        log,
-        clock_offset_ms,
-    })
 }
 
 #[cfg(test)]
@@ -828,6 +979,23 @@ mod tests {
     }
 
     #[test]
+    fn a_domain_without_room_for_the_zones_names_is_refused() {
+        let with_domain = |d: String| {
+            args(|a| {
+                a.node_id = Some(1);
+                a.data_dir = Some("/tmp/x".into());
+                a.domain = Some(d);
+            })
+        };
+        // Valid labels, 63 * 3 + 3 = 192 bytes: an IPv6 SRV target under it still fits.
+        let label = "a".repeat(63);
+        assert!(with_domain([label.as_str(); 3].join(".")).resolve().is_ok());
+        // 229 bytes: `<32 hex>.addr.<domain>` would pass DNS's 255 bytes.
+        let long = format!("{}.{}", [label.as_str(); 3].join("."), "b".repeat(36));
+        assert_eq!(err(with_domain(long)), "--domain");
+    }
+
+    #[test]
     fn ordinals_become_node_ids() {
         assert_eq!(ordinal_node_id("cairn-0").unwrap(), 1);
         assert_eq!(ordinal_node_id("my-cairn-12").unwrap(), 13);
@@ -865,5 +1033,511 @@ peers = ["1=a:8300", "2=b:8300", "3=c:8300"]
             .unwrap_err();
         assert_eq!(e.setting, "--config");
         assert!(e.message.contains("node_idd"), "{}", e.message);
+    }
+
+    use clap::parser::ValueSource;
+    use clap::{Command, FromArgMatches};
+
+    /// `cairn agent` as the binary parses it, but blind to the environment: the tests must not
+    /// depend on the `CAIRN_*` variables of whoever runs them.
+    fn command() -> Command {
+        AgentArgs::augment_args(Command::new("agent")).mut_args(|a| a.env(None::<&'static str>))
+    }
+
+    /// Each setting's environment variable, by flag id.
+    fn env_vars() -> BTreeMap<String, String> {
+        AgentArgs::augment_args(Command::new("agent"))
+            .get_arguments()
+            .filter_map(|a| {
+                let var = a.get_env()?.to_str()?.to_owned();
+                Some((a.get_id().to_string(), var))
+            })
+            .collect()
+    }
+
+    /// `cairn agent <argv>` with no environment.
+    fn from_flags(argv: &[String]) -> Result<AgentArgs, clap::Error> {
+        let argv = std::iter::once("agent").chain(argv.iter().map(String::as_str));
+        AgentArgs::from_arg_matches(&command().try_get_matches_from(argv)?)
+    }
+
+    fn strings(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    /// The keys a `--config` file may hold: the fields serde's derive declares for [`AgentArgs`].
+    fn file_keys() -> Vec<&'static str> {
+        struct Fields(&'static [&'static str]);
+        impl<'de> serde::Deserializer<'de> for &mut Fields {
+            type Error = serde::de::value::Error;
+            fn deserialize_any<V: serde::de::Visitor<'de>>(
+                self,
+                _: V,
+            ) -> Result<V::Value, Self::Error> {
+                Err(serde::de::Error::custom("expected a struct"))
+            }
+            fn deserialize_struct<V: serde::de::Visitor<'de>>(
+                self,
+                _: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Self::Error> {
+                self.0 = fields;
+                Err(serde::de::Error::custom("fields recorded"))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+                byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+                identifier ignored_any
+            }
+        }
+        let mut fields = Fields(&[]);
+        let _ = AgentArgs::deserialize(&mut fields);
+        fields.0.to_vec()
+    }
+
+    /// A value for every file key, as its flag takes it (`None`: a flag without a value).
+    const SAMPLES: &[(&str, Option<&str>)] = &[
+        ("dev", None),
+        ("node_id", Some("7")),
+        ("data_dir", Some("/srv/cairn")),
+        ("http_addr", Some("127.0.0.1:9500")),
+        ("dns_addr", Some("[::1]:9600")),
+        ("domain", Some("Example.Internal.")),
+        ("dns_ttl", Some("30s")),
+        ("dns_negative_ttl", Some("1m")),
+        ("dns_max_answers", Some("12")),
+        ("dns_allow_warning", None),
+        ("recursors", Some("1.1.1.1:53,9.9.9.9:53")),
+        ("rpc_addr", Some("127.0.0.1:9300")),
+        ("advertise", Some("cairn-7.example:9300")),
+        ("peers", Some("7=a:8300,8=b:8300")),
+        ("bootstrap", None),
+        ("join", Some("http://a:8500,http://b:8500")),
+        ("cluster", Some("prod-eu")),
+        ("max_body_bytes", Some("4096")),
+        ("max_waiting_per_client", Some("16")),
+        ("snapshot_threshold", Some("500")),
+        ("snapshot_keep_logs", Some("50")),
+        ("write_timeout", Some("2s")),
+        ("log", Some("debug,openraft=info")),
+    ];
+
+    #[test]
+    fn every_file_key_means_what_its_flag_means() {
+        let keys = file_keys();
+        let sampled: Vec<&str> = SAMPLES.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, sampled, "a sample for every file key");
+        let vars = env_vars();
+        let cmd = command();
+        for (key, value) in SAMPLES {
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_id() == *key)
+                .unwrap_or_else(|| panic!("file key {key} has no flag"));
+            let long = arg.get_long().unwrap();
+            assert_eq!(long, key.replace('_', "-"));
+            let var = format!("CAIRN_{}", key.to_ascii_uppercase());
+            assert_eq!(vars.get(*key), Some(&var), "--{long}");
+            let (argv, toml) = match value {
+                None => {
+                    assert!(!arg.get_action().takes_values(), "--{long} takes a value");
+                    (vec![format!("--{long}")], format!("{key} = true"))
+                }
+                Some(v) => {
+                    let literal = match v.parse::<i64>() {
+                        Ok(n) => toml::Value::Integer(n),
+                        Err(_) => toml::Value::String((*v).to_owned()),
+                    };
+                    (vec![format!("--{long}={v}")], format!("{key} = {literal}"))
+                }
+            };
+            let flagged = from_flags(&argv).unwrap();
+            let filed: AgentArgs = toml::from_str(&toml).unwrap();
+            assert_ne!(filed, AgentArgs::default(), "`{toml}` sets something");
+            assert_eq!(flagged, filed, "--{long} and `{toml}`");
+        }
+
+        // The rest are flags only.
+        let flag_only: Vec<String> = cmd
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .filter(|id| !keys.contains(&id.as_str()))
+            .collect();
+        assert_eq!(
+            flag_only,
+            [
+                "check",
+                "config",
+                "node_id_from_ordinal",
+                "test_clock_offset"
+            ]
+        );
+
+        // A file's list means the flag's comma-separated string.
+        let flagged = from_flags(&strings(&[
+            "--node-id=7",
+            "--data-dir=/srv/cairn",
+            "--peers=7=a:8300,8=b:8300",
+            "--recursors=1.1.1.1:53,9.9.9.9:53",
+        ]))
+        .unwrap()
+        .resolve()
+        .unwrap();
+        let filed: AgentArgs = toml::from_str(
+            r#"
+node_id = 7
+data_dir = "/srv/cairn"
+peers = ["7=a:8300", "8=b:8300"]
+recursors = ["1.1.1.1:53", "9.9.9.9:53"]
+"#,
+        )
+        .unwrap();
+        let filed = filed.resolve().unwrap();
+        assert_eq!(format!("{flagged:?}"), format!("{filed:?}"));
+        assert_eq!(filed.dns.recursors.len(), 2);
+    }
+
+    #[test]
+    fn flags_win_over_the_file_setting_by_setting() {
+        let file: AgentArgs = toml::from_str(
+            "node_id = 1\ndata_dir = \"/a\"\ndns_allow_warning = true\nlog = \"debug\"\n",
+        )
+        .unwrap();
+        let flags = from_flags(&strings(&["--node-id=2", "--log=warn"])).unwrap();
+        let merged = flags.merge(file);
+        assert_eq!(merged.node_id, Some(2));
+        assert_eq!(merged.log.as_deref(), Some("warn"));
+        assert_eq!(
+            merged.data_dir,
+            Some("/a".into()),
+            "unset flags leave the file's value"
+        );
+        assert!(
+            merged.dns_allow_warning,
+            "an absent bool flag does not clear the file's true"
+        );
+    }
+
+    /// The settings whose help shows a default: each flag with a default value.
+    const WITH_DEFAULTS: &[&str] = &[
+        "http_addr",
+        "dns_addr",
+        "domain",
+        "dns_ttl",
+        "dns_negative_ttl",
+        "dns_max_answers",
+        "rpc_addr",
+        "cluster",
+        "max_body_bytes",
+        "max_waiting_per_client",
+        "snapshot_threshold",
+        "snapshot_keep_logs",
+        "write_timeout",
+        "log",
+    ];
+
+    #[test]
+    fn help_shows_each_flag_with_its_env_var_and_the_default_it_applies() {
+        let mut cmd = AgentArgs::augment_args(Command::new("agent"));
+        let help = cmd.render_long_help().to_string();
+        let vars = env_vars();
+        let dev = strings(&["--dev"]);
+        let node = strings(&["--node-id=1", "--data-dir=/srv/cairn"]);
+        let resolved = |argv: &[String]| format!("{:?}", from_flags(argv).unwrap().resolve());
+        let mut shown = Vec::new();
+        for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+            let id = arg.get_id().as_str();
+            if id == "help" {
+                continue;
+            }
+            let long = arg.get_long().unwrap();
+            let text = arg.get_help().unwrap().to_string();
+            assert!(help.contains(&format!("--{long}")), "--{long} in the help");
+            assert!(help.contains(text.as_str()), "--{long}'s text in the help");
+            if id != "check" {
+                let var = format!("CAIRN_{}", id.to_ascii_uppercase());
+                assert_eq!(vars.get(id), Some(&var), "--{long}");
+                assert!(help.contains(&format!("[env: {var}=")), "{var} in the help");
+            }
+            let Some((_, default)) = text.split_once("[default: ") else {
+                continue;
+            };
+            let default = default.trim_end_matches(']');
+            shown.push(id);
+            // The value shown is the value used: giving it changes nothing.
+            let (normal, in_dev) = match default.split_once("; ") {
+                Some((normal, d)) => (normal, d.strip_suffix(" with --dev").unwrap()),
+                None => (default, default),
+            };
+            if normal.contains(' ') {
+                assert_eq!(id, "rpc_addr", "only --rpc-addr's default is a description");
+                continue;
+            }
+            for (base, value) in [(&node, normal), (&dev, in_dev)] {
+                let mut given = base.clone();
+                given.push(format!("--{long}={value}"));
+                assert_eq!(resolved(&given), resolved(base), "--{long}={value}");
+            }
+        }
+        assert_eq!(shown, WITH_DEFAULTS);
+    }
+
+    fn repo() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// `cairn agent <argv>` with `env` as its whole environment, the way the binary reads it:
+    /// clap takes the flags, then the `CAIRN_*` variables of the flags not given; then
+    /// [`AgentArgs::resolve`] (reading any `--config` file).
+    fn check(argv: &[String], env: &BTreeMap<String, String>) -> Result<AgentConfig, String> {
+        let (agent, argv) = argv.split_first().ok_or("no command")?;
+        assert_eq!(agent, "agent");
+        let given = command()
+            .try_get_matches_from(std::iter::once("agent").chain(argv.iter().map(String::as_str)))
+            .map_err(|e| e.to_string())?;
+        let mut argv = argv.to_vec();
+        for (id, var) in env_vars() {
+            let Some(value) = env.get(&var) else {
+                continue;
+            };
+            if given.value_source(&id) == Some(ValueSource::CommandLine) {
+                continue;
+            }
+            let cmd = command();
+            let arg = cmd.get_arguments().find(|a| a.get_id() == &id).unwrap();
+            let long = arg.get_long().unwrap();
+            match (arg.get_action().takes_values(), value.as_str()) {
+                (true, _) => argv.push(format!("--{long}={value}")),
+                (false, "true") => argv.push(format!("--{long}")),
+                (false, "false") => {}
+                (false, _) => return Err(format!("{var}={value}: neither true nor false")),
+            }
+        }
+        let args = from_flags(&argv).map_err(|e| e.to_string())?;
+        let host = env.get("HOSTNAME").cloned().unwrap_or_default();
+        args.resolve_with(|| host).map_err(|e| e.to_string())
+    }
+
+    /// The files under `dir`, recursively.
+    fn files(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.extend(files(&path));
+            } else {
+                out.push(path);
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The `cairn agent` command lines in a Markdown text's code, `agent` first: backslash
+    /// continuations joined, `$VAR` of a `VAR=value` line and `$i` of a `for i in 1 2 3; do`
+    /// loop substituted. Mentions without a setting (`cairn agent --help`) are left out.
+    fn markdown_command_lines(text: &str) -> Vec<Vec<String>> {
+        let text = text.replace("\\\n", " ");
+        let mut vars: Vec<(String, String)> = Vec::new();
+        let mut loops: Vec<(String, Vec<String>)> = Vec::new();
+        for line in text.lines().map(str::trim) {
+            if let Some((name, value)) = line.split_once('=') {
+                let shell_var = !name.is_empty()
+                    && name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+                    && !value.contains(char::is_whitespace);
+                if shell_var {
+                    vars.push((format!("${name}"), value.to_owned()));
+                }
+            }
+            if let Some((var, values)) = line
+                .strip_prefix("for ")
+                .and_then(|l| l.strip_suffix("; do"))
+                .and_then(|l| l.split_once(" in "))
+            {
+                let values = values.split_whitespace().map(str::to_owned).collect();
+                loops.push((format!("${var}"), values));
+            }
+        }
+        vars.sort_by_key(|(name, _)| std::cmp::Reverse(name.len()));
+        let mut out = Vec::new();
+        for line in text.lines() {
+            for marker in ["cairn agent", "-- agent"] {
+                for (at, _) in line.match_indices(marker) {
+                    let rest = &line[at + marker.len()..];
+                    let mut rest = rest.split('`').next().unwrap_or("").to_owned();
+                    for (name, value) in &vars {
+                        rest = rest.replace(name.as_str(), value);
+                    }
+                    let tokens: Vec<&str> = rest.split_whitespace().filter(|t| *t != "&").collect();
+                    if tokens.iter().all(|t| matches!(*t, "--check" | "--help")) {
+                        continue;
+                    }
+                    let joined = tokens.join(" ");
+                    let expanded: Vec<String> =
+                        match loops.iter().find(|(v, _)| joined.contains(v.as_str())) {
+                            Some((var, values)) => values
+                                .iter()
+                                .map(|i| joined.replace(var.as_str(), i))
+                                .collect(),
+                            None => vec![joined],
+                        };
+                    for line in expanded {
+                        assert!(
+                            !line.contains('$'),
+                            "unknown shell variable in `cairn agent {line}`"
+                        );
+                        out.push(
+                            std::iter::once("agent".to_owned())
+                                .chain(line.split_whitespace().map(str::to_owned))
+                                .collect(),
+                        );
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_shipped_example_passes_check() {
+        let root = repo();
+        let read = |path: &Path| std::fs::read_to_string(path).unwrap();
+        let sample = root.join("deploy/systemd/cairn.toml");
+        // The sample configuration in the place the unit and the docs install it.
+        let installed = |a: &str| a.replace("/etc/cairn/cairn.toml", sample.to_str().unwrap());
+        let yaml_strings = |v: &serde_yaml::Value| -> Vec<String> {
+            v.as_sequence()
+                .map(|s| s.iter().map(|x| x.as_str().unwrap().to_owned()).collect())
+                .unwrap_or_default()
+        };
+        let no_env = BTreeMap::new();
+        let mut cases: Vec<(String, Vec<String>, BTreeMap<String, String>)> = Vec::new();
+
+        // Compose: each service's command with its environment.
+        let mut compose: serde_yaml::Value =
+            serde_yaml::from_str(&read(&root.join("deploy/docker-compose.yml"))).unwrap();
+        compose.apply_merge().unwrap();
+        for (name, service) in compose["services"].as_mapping().unwrap() {
+            let env = service["environment"]
+                .as_mapping()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().unwrap().to_owned(),
+                        v.as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect();
+            let what = format!("docker-compose.yml {}", name.as_str().unwrap());
+            cases.push((what, yaml_strings(&service["command"]), env));
+        }
+
+        // Kubernetes: the StatefulSet's arguments, in each of its pods.
+        let text = read(&root.join("deploy/kubernetes/cairn.yaml"));
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let doc = serde_yaml::Value::deserialize(doc).unwrap();
+            if doc["kind"] != "StatefulSet" {
+                continue;
+            }
+            let args = yaml_strings(&doc["spec"]["template"]["spec"]["containers"][0]["args"]);
+            for ordinal in 0..doc["spec"]["replicas"].as_u64().unwrap() {
+                let pod = format!("{}-{ordinal}", doc["metadata"]["name"].as_str().unwrap());
+                let env = BTreeMap::from([("HOSTNAME".to_owned(), pod.clone())]);
+                cases.push((format!("kubernetes pod {pod}"), args.clone(), env));
+            }
+        }
+
+        // systemd: the unit's ExecStart.
+        let unit = read(&root.join("deploy/systemd/cairn.service"));
+        let exec = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .unwrap();
+        let args = exec.split_whitespace().skip(1).map(installed).collect();
+        cases.push(("cairn.service ExecStart".into(), args, no_env.clone()));
+
+        // The image's default command.
+        let dockerfile = read(&root.join("deploy/Dockerfile"));
+        let cmd = dockerfile
+            .lines()
+            .find_map(|l| l.strip_prefix("CMD "))
+            .unwrap();
+        cases.push((
+            "Dockerfile CMD".into(),
+            serde_json::from_str(cmd).unwrap(),
+            no_env.clone(),
+        ));
+
+        // Every TOML file under deploy/, as --config, and every command line in the docs.
+        let mut docs = vec![root.join("README.md")];
+        for path in files(&root.join("deploy")) {
+            match path.extension().and_then(|e| e.to_str()) {
+                Some("toml") => {
+                    let args = strings(&["agent", "--config", path.to_str().unwrap()]);
+                    cases.push((path.display().to_string(), args, no_env.clone()));
+                }
+                Some("md") => docs.push(path),
+                _ => {}
+            }
+        }
+        for doc in &docs {
+            for args in markdown_command_lines(&read(doc)) {
+                let args = args.iter().map(|a| installed(a)).collect();
+                cases.push((doc.display().to_string(), args, no_env.clone()));
+            }
+        }
+
+        let mut failed = Vec::new();
+        for (what, args, env) in &cases {
+            match check(args, env) {
+                Ok(config) => eprintln!(
+                    "ok: {what}: cairn {} -> node {}",
+                    args.join(" "),
+                    config.node_id
+                ),
+                Err(e) => failed.push(format!("{what}: `cairn {}`: {e}", args.join(" "))),
+            }
+        }
+        assert!(failed.is_empty(), "refused:\n{}", failed.join("\n"));
+        for source in [
+            "docker-compose.yml",
+            "kubernetes",
+            "cairn.service",
+            "Dockerfile",
+            "cairn.toml",
+            "README.md",
+            "systemd/README.md",
+        ] {
+            assert!(
+                cases.iter().any(|(what, _, _)| what.contains(source)),
+                "no example found in {source}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_broken_example_would_be_caught() {
+        let env = BTreeMap::from([("CAIRN_NODE_ID".to_owned(), "9".to_owned())]);
+        let argv = strings(&["agent", "--data-dir=/d", "--peers=1=a:1,2=b:2"]);
+        assert!(check(&argv, &env).unwrap_err().contains("--peers"));
+        let env = BTreeMap::from([("CAIRN_NODE_ID".to_owned(), "2".to_owned())]);
+        assert_eq!(check(&argv, &env).unwrap().node_id, 2);
+        let env = BTreeMap::from([("CAIRN_DEV".to_owned(), "yes".to_owned())]);
+        assert!(check(&strings(&["agent"]), &env).is_err());
+        let lines = markdown_command_lines(
+            "`cairn agent` runs; `cairn agent --help` lists flags.\n```sh\nP=1=h:1\nfor i in 1 2; do\n  cairn agent --node-id $i \\\n    --peers $P &\ndone\n```\n",
+        );
+        assert_eq!(
+            lines,
+            [
+                strings(&["agent", "--node-id", "1", "--peers", "1=h:1"]),
+                strings(&["agent", "--node-id", "2", "--peers", "1=h:1"]),
+            ]
+        );
     }
 }

@@ -34,6 +34,12 @@ use liveness::{report_alive, watch_liveness};
 
 pub use write::{WriteError, Written};
 
+/// Defaults of [`ClusterOptions`]; the agent's flags default to these same values.
+pub const DEFAULT_CLUSTER_NAME: &str = "cairn";
+pub const DEFAULT_SNAPSHOT_THRESHOLD: u64 = 100_000;
+pub const DEFAULT_KEEP_LOGS: u64 = 5_000;
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How a node takes part in the cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -69,7 +75,7 @@ impl ClusterOptions {
         );
         ClusterOptions {
             node_id: 1,
-            cluster_name: "cairn".into(),
+            cluster_name: DEFAULT_CLUSTER_NAME.into(),
             data_dir: data_dir.to_owned(),
             bootstrap: Some(peers),
             ..ClusterOptions::default()
@@ -81,14 +87,14 @@ impl Default for ClusterOptions {
     fn default() -> Self {
         ClusterOptions {
             node_id: 1,
-            cluster_name: "cairn".into(),
+            cluster_name: DEFAULT_CLUSTER_NAME.into(),
             data_dir: PathBuf::from("cairn-data"),
             bootstrap: None,
-            snapshot_threshold: 100_000,
-            keep_logs: 5_000,
+            snapshot_threshold: DEFAULT_SNAPSHOT_THRESHOLD,
+            keep_logs: DEFAULT_KEEP_LOGS,
             heartbeat: Duration::from_millis(150),
             election_timeout: (Duration::from_millis(1000), Duration::from_millis(2000)),
-            write_timeout: Duration::from_secs(5),
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
             clock_offset_ms: 0,
         }
     }
