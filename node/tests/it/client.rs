@@ -1,9 +1,5 @@
 //! cairn-client against three-node clusters of real processes, and the CLI end to end.
 
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
-
-mod harness;
-
 use std::process::Command;
 use std::time::Duration;
 
@@ -12,8 +8,9 @@ use cairn_client::{
     WatchOptions,
 };
 use futures::StreamExt;
-use harness::{eventually, Cluster};
 use serde_json::{json, Value};
+
+use crate::harness::{eventually, Cluster};
 
 fn reg(body: Value) -> InstanceRegistration {
     serde_json::from_value(body).unwrap()

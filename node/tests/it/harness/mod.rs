@@ -1,8 +1,6 @@
 //! Black-box harness: runs the real `cairn` binary as child processes on port 0, reads the bound
 //! ports from its `cairn listening ...` line, and kills only the children it started.
 
-#![allow(dead_code)] // each test binary uses a different part of the harness
-
 pub mod dns;
 
 use std::fs::File;
