@@ -359,13 +359,13 @@ impl Cluster {
     }
 }
 
-/// GETs `url`; `(0, Null)` when no answer came. Tries twice, because a pooled connection to a
-/// node that was killed and restarted on the same port fails once before a new one is made.
 /// A numeric response header, such as `x-cairn-index` or `x-consul-index`.
 pub fn header_u64(res: &reqwest::Response, name: &str) -> Option<u64> {
     res.headers().get(name)?.to_str().ok()?.parse().ok()
 }
 
+/// GETs `url`; `(0, Null)` when no answer came. Tries twice, because a pooled connection to a
+/// node that was killed and restarted on the same port fails once before a new one is made.
 pub async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
     for _ in 0..2 {
         if let Ok(res) = http.get(url).send().await {
