@@ -3,9 +3,17 @@
 //! This crate has no server dependencies: a program that registers itself or looks up a service
 //! depends on it alone.
 //!
-//! - [`Client`]: typed calls for every endpoint, over several node addresses with failover;
-//!   only errors that [`ClientError::is_retryable`] says are worth it are retried, with backoff
-//!   and a bound ([`RetryPolicy`]).
+//! - [`Client`]: typed calls for every endpoint, over several node addresses with failover, with
+//!   backoff and a bound ([`RetryPolicy`]). What is retried depends on the call's [`CallKind`]
+//!   and is decided by [`ClientError::is_retryable_for`] alone: a read moves on to the next node
+//!   after any transport failure, `no_leader`, `unavailable` or `too_many_requests`; a write
+//!   only when it surely did not reach a leader (no connection was made, `no_leader`,
+//!   `too_many_requests`). A write that was sent and got no definite answer (a time-out, a
+//!   connection broken after sending, a 502/503 without the API's body, `unavailable`) fails
+//!   with [`ClientError::OutcomeUnknown`]: it may or may not have been applied, and sending it
+//!   again could apply it twice or turn a deregistration that took effect into `not_found`.
+//!   Each write opens a new connection, so a node that died since the last call fails it at
+//!   connect, where it is retried, rather than after sending.
 //! - [`Registration`]: registers an instance, heartbeats its TTL checks in the background, and
 //!   deregisters on [`Registration::deregister`] or drop.
 //! - [`watch`]: a service's instance sets as a `Stream`, surviving node failover.
@@ -51,7 +59,7 @@ mod error;
 mod live;
 mod types;
 
-pub use client::{Client, ClientError, Indexed, ReadOptions, RetryPolicy};
+pub use client::{CallKind, Client, ClientError, Indexed, ReadOptions, RetryPolicy};
 pub use duration::{format_duration, parse_duration, DurationError};
 pub use error::{ApiError, ErrorCode};
 pub use live::{watch, Balancer, Registration, Resolver, WatchOptions};

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use super::proxy::{Net, Proxy};
+use crate::harness::proxy::{Net, Proxy};
 use crate::harness::Node;
 
 pub struct FaultCluster {

@@ -19,7 +19,6 @@
 mod cluster;
 mod linearizable;
 mod nemesis;
-mod proxy;
 mod verify;
 mod workload;
 
@@ -34,6 +33,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use crate::harness;
+use crate::harness::proxy;
 use cluster::FaultCluster;
 use nemesis::{Fault, Profile};
 use verify::FinalRead;

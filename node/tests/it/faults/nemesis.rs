@@ -8,7 +8,7 @@ use rand::Rng;
 use serde_json::json;
 
 use super::cluster::FaultCluster;
-use super::proxy::Link;
+use crate::harness::proxy::Link;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Fault {

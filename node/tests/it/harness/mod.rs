@@ -2,6 +2,7 @@
 //! ports from its `cairn listening ...` line, and kills only the children it started.
 
 pub mod dns;
+pub mod proxy;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
