@@ -39,8 +39,10 @@ impl ErrorCode {
         }
     }
 
-    /// Whether the same request may succeed if sent again (to this or another node). The one
-    /// place a client decides to retry.
+    /// Whether the condition is passing: the same request may succeed later or on another node.
+    /// Whether it is *safe* to send again depends on the request: `unavailable` answers a write
+    /// whose outcome is unknown, and a write sent twice may apply twice. `cairn-client` decides
+    /// with `ClientError::is_retryable_for`, which reads this and the kind of call.
     pub fn is_retryable(self) -> bool {
         match self {
             ErrorCode::NoLeader | ErrorCode::Unavailable | ErrorCode::TooManyRequests => true,

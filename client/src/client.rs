@@ -25,9 +25,20 @@ pub enum ClientError {
         error: ApiError,
         index: u64,
     },
-    /// No node could be reached (or none answered in time) within the retry budget.
+    /// No node could be reached within the retry budget. For a read this also covers a node
+    /// that took the request and gave no usable answer (a time-out, a broken connection). A
+    /// write ends with this only when its last attempt made no connection at all, so it was
+    /// not applied.
     #[error("no Cairn node reachable (tried {tried}): {last}")]
     Unreachable { tried: String, last: String },
+    /// A write reached `node` (or may have) and no definite answer came back: it may or may not
+    /// have been applied. The request timed out or its connection broke after it was sent,
+    /// something in between answered 502/503 without the API's error body, or the node answered
+    /// `unavailable` (e.g. it forwarded the write to the leader and lost the reply). Not retried:
+    /// sending it again could apply it twice, or turn a deregistration that took effect into
+    /// `not_found`. Read the state back to learn what happened.
+    #[error("the write may or may not have been applied ({node}): {reason}")]
+    OutcomeUnknown { node: String, reason: String },
     /// The client was given no node addresses, or an unusable one.
     #[error("bad client configuration: {0}")]
     Config(String),
@@ -36,15 +47,57 @@ pub enum ClientError {
     Protocol { node: String, message: String },
 }
 
-impl ClientError {
-    /// Whether the same call may succeed later or on another node. The retry loop uses only
-    /// this.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            ClientError::Api { error, .. } => error.code.is_retryable(),
-            ClientError::Unreachable { .. } => true,
-            ClientError::Config(_) | ClientError::Protocol { .. } => false,
+/// What a call does, which decides the failures it may be retried after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CallKind {
+    /// A GET. Sending it again changes nothing, so it moves on to the next node after any
+    /// failure to get an answer, and after `no_leader`, `unavailable` and `too_many_requests`.
+    Read,
+    /// A PUT, POST or DELETE (registrations, deregistrations, heartbeats, health, maintenance,
+    /// settings, membership). Sent again only when the first copy surely did not reach a
+    /// leader: no connection was made, or the node refused it with `no_leader` or
+    /// `too_many_requests`. Anything else after sending is [`ClientError::OutcomeUnknown`].
+    Write,
+}
+
+impl CallKind {
+    /// The kind of a request with this method: GET and HEAD read, everything else writes.
+    fn of(method: &Method) -> CallKind {
+        if method == Method::GET || method == Method::HEAD {
+            CallKind::Read
+        } else {
+            CallKind::Write
         }
+    }
+}
+
+impl ClientError {
+    /// Whether a call of `kind` that failed with this error may be sent again, to the same
+    /// node or the next. The retry loop decides with this alone.
+    ///
+    /// Reads: `Unreachable` (any transport failure), `no_leader`, `unavailable`,
+    /// `too_many_requests`. Writes: `Unreachable` (which a write gets only when no connection
+    /// was made), `no_leader`, `too_many_requests`. Never `OutcomeUnknown`, a definite refusal
+    /// (`not_found`, `invalid_argument`, `conflict`, ...), `Protocol` or `Config`.
+    pub fn is_retryable_for(&self, kind: CallKind) -> bool {
+        match self {
+            ClientError::Api { error, .. } => match error.code {
+                ErrorCode::NoLeader | ErrorCode::TooManyRequests => true,
+                // The leader may have committed the write before the reply was lost.
+                ErrorCode::Unavailable => kind == CallKind::Read,
+                _ => false,
+            },
+            ClientError::Unreachable { .. } => true,
+            ClientError::OutcomeUnknown { .. }
+            | ClientError::Config(_)
+            | ClientError::Protocol { .. } => false,
+        }
+    }
+
+    /// Whether the call may be sent again whatever it was: the cautious answer,
+    /// [`is_retryable_for`](Self::is_retryable_for)`(CallKind::Write)`.
+    pub fn is_retryable(&self) -> bool {
+        self.is_retryable_for(CallKind::Write)
     }
 
     /// The API error code, when a node answered with one.
@@ -54,6 +107,99 @@ impl ClientError {
             _ => None,
         }
     }
+}
+
+/// How one attempt failed, before the call's [`CallKind`] says what that means.
+#[derive(Debug)]
+enum Failure {
+    /// No connection was made: the request never left this process.
+    NotSent(String),
+    /// The request was sent, or may have been, and no usable answer came back: a time-out, or a
+    /// connection broken before the whole answer arrived.
+    NoAnswer(String),
+    /// An answer with an error status.
+    Status {
+        status: StatusCode,
+        body: Vec<u8>,
+        index: u64,
+    },
+}
+
+impl Failure {
+    /// A failed `send`. Only a failed connect proves that nothing was sent: reqwest reports a
+    /// time-out or a connection closed after the request was written the same way whether or
+    /// not the node read it.
+    fn of_send(e: &reqwest::Error) -> Failure {
+        if e.is_connect() {
+            Failure::NotSent(error_chain(e))
+        } else {
+            Failure::NoAnswer(error_chain(e))
+        }
+    }
+
+    /// The error a `kind` call that failed this way on `node` comes to.
+    fn into_error(self, kind: CallKind, node: &str) -> ClientError {
+        let no_answer = |reason: String| match kind {
+            CallKind::Read => ClientError::Unreachable {
+                tried: node.to_owned(),
+                last: reason,
+            },
+            CallKind::Write => ClientError::OutcomeUnknown {
+                node: node.to_owned(),
+                reason,
+            },
+        };
+        match self {
+            Failure::NotSent(reason) => ClientError::Unreachable {
+                tried: node.to_owned(),
+                last: reason,
+            },
+            Failure::NoAnswer(reason) => no_answer(reason),
+            Failure::Status {
+                status,
+                body,
+                index,
+            } => match serde_json::from_slice::<ApiError>(&body) {
+                Ok(error) if kind == CallKind::Write && error.code == ErrorCode::Unavailable => {
+                    no_answer(format!("{status}: {error}"))
+                }
+                Ok(error) => ClientError::Api {
+                    status: status.as_u16(),
+                    error,
+                    index,
+                },
+                // A proxy in front of the node, or a node going away: not the API's answer.
+                Err(_)
+                    if status == StatusCode::BAD_GATEWAY
+                        || status == StatusCode::SERVICE_UNAVAILABLE =>
+                {
+                    no_answer(format!("{status} without an API error body"))
+                }
+                Err(_) => ClientError::Protocol {
+                    node: node.to_owned(),
+                    message: format!(
+                        "{status}: {}",
+                        String::from_utf8_lossy(&body)
+                            .chars()
+                            .take(200)
+                            .collect::<String>()
+                    ),
+                },
+            },
+        }
+    }
+}
+
+/// An error and its causes, `outer: inner: ...` (reqwest's own message leaves the cause out).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// A successful read: the body and the index it reflects.
@@ -95,7 +241,14 @@ pub struct Client {
 
 struct Inner {
     nodes: Vec<String>,
+    /// Reads, over pooled connections.
     http: reqwest::Client,
+    /// Writes, each over a new connection. On a pooled connection that the node has closed (it
+    /// was restarted or killed since), a request fails only once it is written, and then
+    /// nothing tells it from one the node read before it died: the write's outcome would be
+    /// unknown. On a new connection that failure is a failed connect, which proves the request
+    /// was not sent, so the write moves on to the next node.
+    writes: reqwest::Client,
     /// The node that answered last; calls start there.
     preferred: AtomicUsize,
     retry: RetryPolicy,
@@ -178,15 +331,24 @@ impl Client {
         if nodes.is_empty() {
             return Err(ClientError::Config("no node addresses given".into()));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| ClientError::Config(e.to_string()))?;
+        let build = |pooled: bool| {
+            let builder = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true);
+            let builder = if pooled {
+                builder
+            } else {
+                builder.pool_max_idle_per_host(0)
+            };
+            builder
+                .build()
+                .map_err(|e| ClientError::Config(e.to_string()))
+        };
         Ok(Client {
             inner: Arc::new(Inner {
                 nodes,
-                http,
+                http: build(true)?,
+                writes: build(false)?,
                 preferred: AtomicUsize::new(0),
                 retry,
             }),
@@ -198,8 +360,9 @@ impl Client {
         &self.inner.nodes
     }
 
-    /// Sends a request to the preferred node, moving on to the next one when the error is
-    /// retryable, with exponential backoff, within the retry policy.
+    /// Sends a request to the preferred node, moving on to the next one when
+    /// [`ClientError::is_retryable_for`] allows it for the method's [`CallKind`], with
+    /// exponential backoff, within the retry policy.
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
@@ -208,37 +371,46 @@ impl Client {
         extra_timeout: Duration,
     ) -> Result<Indexed<T>, ClientError> {
         let inner = &self.inner;
+        let kind = CallKind::of(&method);
         let mut backoff = inner.retry.backoff;
         let mut last: Option<ClientError> = None;
         let n = inner.nodes.len();
         for attempt in 0..inner.retry.attempts.max(1) {
             let i = (inner.preferred.load(Ordering::Relaxed) + attempt as usize) % n;
             let node = &inner.nodes[i];
-            let mut req = inner
-                .http
+            let http = match kind {
+                CallKind::Read => &inner.http,
+                CallKind::Write => &inner.writes,
+            };
+            let mut req = http
                 .request(method.clone(), format!("{node}{path}"))
                 .timeout(inner.retry.request_timeout + extra_timeout);
             if let Some(b) = body {
                 req = req.json(b);
             }
             let result = match req.send().await {
-                Err(e) => Err(ClientError::Unreachable {
-                    tried: node.clone(),
-                    last: e.to_string(),
-                }),
-                Ok(res) => decode(node, res).await,
+                Err(e) if e.is_builder() => Err(ClientError::Config(error_chain(&e))),
+                Err(e) => Err(Failure::of_send(&e).into_error(kind, node)),
+                Ok(res) => decode(kind, node, res).await,
             };
             match result {
                 Ok(v) => {
                     inner.preferred.store(i, Ordering::Relaxed);
                     return Ok(v);
                 }
-                Err(e) if e.is_retryable() => {
+                Err(e) if e.is_retryable_for(kind) => {
                     last = Some(e);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(inner.retry.max_backoff);
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    if let ClientError::OutcomeUnknown { .. } = e {
+                        // This node may be hung or cut off: the next call starts on the next
+                        // one (a heartbeat loop would otherwise time out on it every tick).
+                        inner.preferred.store((i + 1) % n, Ordering::Relaxed);
+                    }
+                    return Err(e);
+                }
             }
         }
         Err(match last {
@@ -414,6 +586,7 @@ impl Client {
 }
 
 async fn decode<T: DeserializeOwned>(
+    kind: CallKind,
     node: &str,
     res: reqwest::Response,
 ) -> Result<Indexed<T>, ClientError> {
@@ -424,10 +597,13 @@ async fn decode<T: DeserializeOwned>(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let bytes = res.bytes().await.map_err(|e| ClientError::Unreachable {
-        tried: node.to_owned(),
-        last: e.to_string(),
-    })?;
+    let bytes = match res.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            let reason = format!("{status}, then the answer broke off: {}", error_chain(&e));
+            return Err(Failure::NoAnswer(reason).into_error(kind, node));
+        }
+    };
     if status.is_success() {
         let value = serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
             node: node.to_owned(),
@@ -435,29 +611,420 @@ async fn decode<T: DeserializeOwned>(
         })?;
         return Ok(Indexed { index, value });
     }
-    match serde_json::from_slice::<ApiError>(&bytes) {
-        Ok(error) => Err(ClientError::Api {
-            status: status.as_u16(),
-            error,
-            index,
-        }),
-        Err(_)
-            if status == StatusCode::BAD_GATEWAY || status == StatusCode::SERVICE_UNAVAILABLE =>
-        {
-            Err(ClientError::Unreachable {
-                tried: node.to_owned(),
-                last: format!("{status}"),
-            })
-        }
-        Err(_) => Err(ClientError::Protocol {
-            node: node.to_owned(),
-            message: format!(
-                "{status}: {}",
-                String::from_utf8_lossy(&bytes)
-                    .chars()
-                    .take(200)
-                    .collect::<String>()
+    Err(Failure::Status {
+        status,
+        body: bytes.to_vec(),
+        index,
+    }
+    .into_error(kind, node))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::atomic::AtomicUsize;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    const READ: CallKind = CallKind::Read;
+    const WRITE: CallKind = CallKind::Write;
+
+    /// The error's variant, and whether a call of `kind` would send it again.
+    fn verdict(e: &ClientError, kind: CallKind) -> Verdict {
+        let name = match e {
+            ClientError::Api { .. } => "api",
+            ClientError::Unreachable { .. } => "unreachable",
+            ClientError::OutcomeUnknown { .. } => "unknown",
+            ClientError::Config(_) => "config",
+            ClientError::Protocol { .. } => "protocol",
+        };
+        (name, e.is_retryable_for(kind))
+    }
+
+    fn api_body(code: &str) -> String {
+        format!(r#"{{"code": "{code}", "message": "m"}}"#)
+    }
+
+    /// A variant's name, and whether the call is sent again.
+    type Verdict = (&'static str, bool);
+
+    #[test]
+    fn what_an_answer_means_for_a_read_and_for_a_write() {
+        // (status, body, read verdict, write verdict)
+        let cases: Vec<(u16, String, Verdict, Verdict)> = vec![
+            // Refused before the log: safe to send again, whatever the call.
+            (503, api_body("no_leader"), ("api", true), ("api", true)),
+            (
+                429,
+                api_body("too_many_requests"),
+                ("api", true),
+                ("api", true),
             ),
-        }),
+            // The node lost the leader's reply: the write may have committed.
+            (
+                503,
+                api_body("unavailable"),
+                ("api", true),
+                ("unknown", false),
+            ),
+            // Something in between, or a node going away, answered instead of the API.
+            (
+                502,
+                "Bad Gateway".into(),
+                ("unreachable", true),
+                ("unknown", false),
+            ),
+            (
+                503,
+                String::new(),
+                ("unreachable", true),
+                ("unknown", false),
+            ),
+            // Definite answers.
+            (404, api_body("not_found"), ("api", false), ("api", false)),
+            (
+                400,
+                api_body("invalid_argument"),
+                ("api", false),
+                ("api", false),
+            ),
+            (409, api_body("conflict"), ("api", false), ("api", false)),
+            (
+                413,
+                api_body("body_too_large"),
+                ("api", false),
+                ("api", false),
+            ),
+            (500, api_body("internal"), ("api", false), ("api", false)),
+            (
+                500,
+                "<html>".into(),
+                ("protocol", false),
+                ("protocol", false),
+            ),
+            (
+                504,
+                "Gateway Timeout".into(),
+                ("protocol", false),
+                ("protocol", false),
+            ),
+        ];
+        for (status, body, read, write) in cases {
+            for (kind, want) in [(READ, read), (WRITE, write)] {
+                let failure = Failure::Status {
+                    status: StatusCode::from_u16(status).unwrap(),
+                    body: body.clone().into_bytes(),
+                    index: 7,
+                };
+                let e = failure.into_error(kind, "http://n1");
+                assert_eq!(
+                    verdict(&e, kind),
+                    want,
+                    "{kind:?} answered {status} {body}: {e}"
+                );
+                if let ClientError::Api { index, .. } = e {
+                    assert_eq!(index, 7);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn what_a_transport_failure_means_for_a_read_and_for_a_write() {
+        let not_sent = || Failure::NotSent("connection refused".into());
+        let no_answer = || Failure::NoAnswer("operation timed out".into());
+        let e = not_sent().into_error(READ, "http://n1");
+        assert_eq!(verdict(&e, READ), ("unreachable", true));
+        let e = not_sent().into_error(WRITE, "http://n1");
+        assert_eq!(verdict(&e, WRITE), ("unreachable", true));
+        let e = no_answer().into_error(READ, "http://n1");
+        assert_eq!(verdict(&e, READ), ("unreachable", true));
+        let e = no_answer().into_error(WRITE, "http://n1");
+        assert_eq!(verdict(&e, WRITE), ("unknown", false));
+        assert!(e.to_string().contains("may or may not"), "{e}");
+    }
+
+    #[test]
+    fn the_cautious_answer_is_the_one_for_writes_and_methods_decide_the_kind() {
+        let unavailable = Failure::Status {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            body: api_body("unavailable").into_bytes(),
+            index: 0,
+        }
+        .into_error(READ, "http://n1");
+        assert!(unavailable.is_retryable_for(READ));
+        assert!(!unavailable.is_retryable_for(WRITE));
+        assert!(!unavailable.is_retryable());
+        assert_eq!(CallKind::of(&Method::GET), READ);
+        assert_eq!(CallKind::of(&Method::HEAD), READ);
+        for m in [Method::PUT, Method::POST, Method::DELETE, Method::PATCH] {
+            assert_eq!(CallKind::of(&m), WRITE, "{m}");
+        }
+    }
+
+    /// What a fake node does with each request, once it has read all of it.
+    #[derive(Debug, Clone, Copy)]
+    enum Behaviour {
+        /// Closes the connection without answering (FIN).
+        Close,
+        /// Resets the connection without answering (RST).
+        Reset,
+        /// Keeps the connection open and never answers.
+        Hang,
+        /// Answers with this status and JSON body.
+        Answer(u16, &'static str),
+    }
+
+    /// A one-trick HTTP server that counts the connections it accepted and the requests it read
+    /// in full.
+    struct FakeNode {
+        addr: SocketAddr,
+        connections: Arc<AtomicUsize>,
+        requests: Arc<AtomicUsize>,
+    }
+
+    /// Reads one request (its head, then a Content-Length body); false at the end of the
+    /// connection.
+    async fn read_request(conn: &mut tokio::net::TcpStream) -> bool {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        while buf.len() < head_end + length {
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        true
+    }
+
+    impl FakeNode {
+        async fn start(behaviour: Behaviour) -> FakeNode {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let connections = Arc::new(AtomicUsize::new(0));
+            let requests = Arc::new(AtomicUsize::new(0));
+            let (accepted, read) = (connections.clone(), requests.clone());
+            tokio::spawn(async move {
+                while let Ok((mut conn, _)) = listener.accept().await {
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    let read = read.clone();
+                    tokio::spawn(async move {
+                        while read_request(&mut conn).await {
+                            read.fetch_add(1, Ordering::SeqCst);
+                            match behaviour {
+                                Behaviour::Close => return,
+                                Behaviour::Reset => return conn.set_zero_linger().unwrap(),
+                                Behaviour::Hang => {
+                                    return tokio::time::sleep(Duration::from_secs(60)).await
+                                }
+                                // Keep-alive: the connection stays open for the next request.
+                                Behaviour::Answer(status, body) => {
+                                    let answer = format!(
+                                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
+                                         content-length: {}\r\n\r\n{body}",
+                                        body.len()
+                                    );
+                                    if conn.write_all(answer.as_bytes()).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    });
+                }
+            });
+            FakeNode {
+                addr,
+                connections,
+                requests,
+            }
+        }
+
+        fn requests(&self) -> usize {
+            self.requests.load(Ordering::SeqCst)
+        }
+
+        fn connections(&self) -> usize {
+            self.connections.load(Ordering::SeqCst)
+        }
+    }
+
+    /// A port nothing listens on.
+    fn closed_port() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }
+
+    #[tokio::test]
+    async fn only_a_failed_connect_proves_that_nothing_was_sent() {
+        let send = |addr: SocketAddr| async move {
+            reqwest::Client::new()
+                .put(format!("http://{addr}/v1/services/web/instances/w1"))
+                .json(&serde_json::json!({"address": "10.0.0.1", "port": 80}))
+                .timeout(Duration::from_millis(300))
+                .send()
+                .await
+                .unwrap_err()
+        };
+        let refused = Failure::of_send(&send(closed_port()).await);
+        assert!(matches!(refused, Failure::NotSent(_)), "{refused:?}");
+        assert_eq!(
+            verdict(&refused.into_error(WRITE, "n"), WRITE),
+            ("unreachable", true)
+        );
+
+        for behaviour in [Behaviour::Hang, Behaviour::Close, Behaviour::Reset] {
+            let node = FakeNode::start(behaviour).await;
+            let e = send(node.addr).await;
+            assert_eq!(
+                node.requests(),
+                1,
+                "{behaviour:?}: the node read the request"
+            );
+            assert_eq!(
+                e.is_timeout(),
+                matches!(behaviour, Behaviour::Hang),
+                "{behaviour:?}: {e:?}"
+            );
+            let reason = match Failure::of_send(&e) {
+                Failure::NoAnswer(reason) => reason,
+                other => panic!("{behaviour:?}: {other:?}"),
+            };
+            let read = Failure::NoAnswer(reason.clone()).into_error(READ, "n");
+            assert_eq!(verdict(&read, READ), ("unreachable", true));
+            let write = Failure::NoAnswer(reason).into_error(WRITE, "n");
+            assert_eq!(verdict(&write, WRITE), ("unknown", false), "{behaviour:?}");
+        }
+    }
+
+    fn client_of(nodes: &[&FakeNode]) -> Client {
+        let policy = RetryPolicy {
+            attempts: 4,
+            backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+            request_timeout: Duration::from_millis(500),
+        };
+        Client::with_policy(nodes.iter().map(|n| n.addr.to_string()), policy).unwrap()
+    }
+
+    const OK: Behaviour = Behaviour::Answer(200, r#"{"index": 9}"#);
+
+    #[tokio::test]
+    async fn a_write_whose_answer_is_lost_is_sent_once_and_a_read_moves_on() {
+        for lost in [Behaviour::Close, Behaviour::Reset, Behaviour::Hang] {
+            let (bad, good) = (FakeNode::start(lost).await, FakeNode::start(OK).await);
+            let client = client_of(&[&bad, &good]);
+            let e = client.deregister("web", "w1").await.unwrap_err();
+            assert_eq!(verdict(&e, WRITE), ("unknown", false), "{lost:?}: {e}");
+            assert_eq!((bad.requests(), good.requests()), (1, 0), "{lost:?}");
+            // The next call starts on the next node.
+            client.deregister("web", "w2").await.unwrap();
+            assert_eq!((bad.requests(), good.requests()), (1, 1), "{lost:?}");
+
+            let client = client_of(&[&bad, &good]);
+            let read = client.get::<serde_json::Value>("/v1/services", None).await;
+            assert_eq!(read.unwrap().value["index"], 9, "{lost:?}");
+            assert_eq!((bad.requests(), good.requests()), (2, 2), "{lost:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_moves_on_only_when_it_surely_did_not_reach_a_leader() {
+        // (first node's answer, whether the write then goes to the second node)
+        let cases = [
+            (
+                Behaviour::Answer(503, r#"{"code": "no_leader", "message": "m"}"#),
+                true,
+            ),
+            (
+                Behaviour::Answer(429, r#"{"code": "too_many_requests", "message": "m"}"#),
+                true,
+            ),
+            (
+                Behaviour::Answer(503, r#"{"code": "unavailable", "message": "m"}"#),
+                false,
+            ),
+            (Behaviour::Answer(502, "Bad Gateway"), false),
+            (
+                Behaviour::Answer(404, r#"{"code": "not_found", "message": "m"}"#),
+                false,
+            ),
+        ];
+        for (answer, moves_on) in cases {
+            let (first, second) = (FakeNode::start(answer).await, FakeNode::start(OK).await);
+            let client = client_of(&[&first, &second]);
+            let write = client
+                .register(
+                    "web",
+                    "w1",
+                    &serde_json::from_value(serde_json::json!({"address": "10.0.0.1", "port": 80}))
+                        .unwrap(),
+                )
+                .await;
+            assert_eq!(write.is_ok(), moves_on, "{answer:?}: {write:?}");
+            assert_eq!(
+                (first.requests(), second.requests()),
+                (1, usize::from(moves_on)),
+                "{answer:?}"
+            );
+            // A read moves on after every one of these but the definite not_found.
+            let client = client_of(&[&first, &second]);
+            let read = client.get::<serde_json::Value>("/v1/services", None).await;
+            let not_found = matches!(answer, Behaviour::Answer(404, _));
+            assert_eq!(read.is_ok(), !not_found, "{answer:?}: {read:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_share_a_connection_and_every_write_has_one_of_its_own() {
+        let node = FakeNode::start(OK).await;
+        let client = client_of(&[&node]);
+        for _ in 0..3 {
+            client
+                .get::<serde_json::Value>("/v1/services", None)
+                .await
+                .unwrap();
+        }
+        assert_eq!((node.requests(), node.connections()), (3, 1));
+        for i in 0..3 {
+            client.deregister("web", &format!("w{i}")).await.unwrap();
+        }
+        assert_eq!((node.requests(), node.connections()), (6, 4));
+    }
+
+    #[tokio::test]
+    async fn a_write_to_nodes_that_refuse_connections_is_retried_and_reports_them_all() {
+        let client = Client::with_policy(
+            [closed_port().to_string(), closed_port().to_string()],
+            RetryPolicy {
+                attempts: 3,
+                backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(1),
+                request_timeout: Duration::from_millis(500),
+            },
+        )
+        .unwrap();
+        let e = client.deregister("web", "w1").await.unwrap_err();
+        match &e {
+            ClientError::Unreachable { tried, .. } => assert!(tried.contains(", "), "{e}"),
+            other => panic!("expected Unreachable, got {other:?}"),
+        }
     }
 }

@@ -3,17 +3,26 @@
 //! This crate has no server dependencies: a program that registers itself or looks up a service
 //! depends on it alone. The API's wire types live in `cairn-api` and are re-exported here.
 //!
-//! - [`Client`]: typed calls for every endpoint, over several node addresses with failover;
-//!   only errors that [`ClientError::is_retryable`] says are worth it are retried, with backoff
-//!   and a bound ([`RetryPolicy`]).
+//! - [`Client`]: typed calls for every endpoint, over several node addresses with failover, with
+//!   backoff and a bound ([`RetryPolicy`]). What is retried depends on the call's [`CallKind`]
+//!   and is decided by [`ClientError::is_retryable_for`] alone: a read moves on to the next node
+//!   after any transport failure, `no_leader`, `unavailable` or `too_many_requests`; a write
+//!   only when it surely did not reach a leader (no connection was made, `no_leader`,
+//!   `too_many_requests`). A write that was sent and got no definite answer (a time-out, a
+//!   connection broken after sending, a 502/503 without the API's body, `unavailable`) fails
+//!   with [`ClientError::OutcomeUnknown`]: it may or may not have been applied, and sending it
+//!   again could apply it twice or turn a deregistration that took effect into `not_found`.
+//!   Each write opens a new connection, so a node that died since the last call fails it at
+//!   connect, where it is retried, rather than after sending.
 //! - [`Registration`]: registers an instance, heartbeats its TTL checks in the background, and
 //!   deregisters on [`Registration::deregister`] or drop.
 //! - [`watch`]: a service's instance sets as a `Stream`, surviving node failover.
 //! - [`Balancer`]: pick a healthy instance of a watched service (weighted random, or power of
 //!   two choices); [`Resolver`]: a `reqwest` resolver so `http://web.service.cairn/` reaches one.
-//! - The wire types (from `cairn-api`): request bodies ([`InstanceRegistration`], [`HealthUpdate`], ...), responses
-//!   ([`ServiceList`], [`ServiceInstances`], [`ClusterStatus`], [`WriteResult`]) and the error
-//!   body ([`ApiError`] with its stable [`ErrorCode`]).
+//! - The wire types, re-exported from `cairn-api`: request bodies ([`InstanceRegistration`],
+//!   [`HealthUpdate`], ...), responses ([`ServiceList`], [`ServiceInstances`],
+//!   [`ClusterStatus`], [`WriteResult`]) and the error body ([`ApiError`] with its stable
+//!   [`ErrorCode`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), cairn_client::ClientError> {
@@ -49,5 +58,5 @@ mod client;
 mod live;
 
 pub use cairn_api::*;
-pub use client::{Client, ClientError, Indexed, ReadOptions, RetryPolicy};
+pub use client::{CallKind, Client, ClientError, Indexed, ReadOptions, RetryPolicy};
 pub use live::{watch, Balancer, Registration, Resolver, WatchOptions};

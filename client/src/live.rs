@@ -10,7 +10,7 @@ use parking_lot::RwLock;
 use rand::Rng;
 use tokio::task::JoinHandle;
 
-use crate::client::{Client, ClientError, ReadOptions};
+use crate::client::{CallKind, Client, ClientError, ReadOptions};
 use crate::{
     parse_duration, CheckKind, HealthStatus, InstanceInfo, InstanceRegistration, ServiceInstances,
 };
@@ -68,7 +68,9 @@ pub fn watch(
                         return Some((Ok(r.value), st));
                     }
                 }
-                Err(e) if e.is_retryable() => tokio::time::sleep(WATCH_RETRY).await,
+                Err(e) if e.is_retryable_for(CallKind::Read) => {
+                    tokio::time::sleep(WATCH_RETRY).await
+                }
                 Err(e) => return Some((Err(e), st)),
             }
         }
@@ -109,6 +111,14 @@ impl Registration {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
+                    // A heartbeat is a write, so the client does not send it again when its
+                    // answer is lost (`OutcomeUnknown`: a time-out, a broken connection,
+                    // `unavailable`). This loop sends the next one on its next tick, and that is
+                    // safe although the lost one may have arrived: a heartbeat only restarts the
+                    // TTL from the moment it arrives (and marks the check passing if it is not),
+                    // so an extra one does nothing a timely one would not. The client starts that
+                    // next call on another node than the one that failed to answer; at a third
+                    // of the TTL apart, one lost heartbeat does not let the check expire.
                     if let Err(e) = client.heartbeat(&service, &id).await {
                         tracing::warn!(%service, %id, "heartbeat failed: {e}");
                     }

@@ -10,21 +10,15 @@
 //! `cargo test` runs the short profile. The long one:
 //!
 //! ```text
-//! CAIRN_FAULTS=long cargo test --release -p cairn-node --test faults -- --nocapture
+//! CAIRN_FAULTS=long cargo test --release -p cairn-node --test it faults::faults_keep -- --nocapture
 //! ```
 //!
 //! `CAIRN_FAULTS_SEED=<n>` replays a run's schedule (the report prints the seed; timing still
 //! varies, so a replay is the same faults in the same order, not the same interleaving).
 
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
-
-#[path = "../harness/mod.rs"]
-mod harness;
-
 mod cluster;
 mod linearizable;
 mod nemesis;
-mod proxy;
 mod verify;
 mod workload;
 
@@ -38,6 +32,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
+use crate::harness;
+use crate::harness::proxy;
 use cluster::FaultCluster;
 use nemesis::{Fault, Profile};
 use verify::FinalRead;

@@ -1,7 +1,5 @@
 //! The binary's command line: bad flags and configs exit 64 naming the problem, before binding.
 
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
-
 use std::process::{Command, Output};
 
 fn cairn(args: &[&str]) -> Output {

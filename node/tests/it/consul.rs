@@ -3,14 +3,12 @@
 //! Prometheus' consul_sd is not tested: Debian 12's prometheus (2.42.0+ds) is built without it
 //! (its configuration parser rejects `consul_sd_configs`).
 
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
-
-mod harness;
-
 use std::time::{Duration, Instant};
 
-use harness::{eventually, Cluster};
 use serde_json::{json, Value};
+
+use crate::harness;
+use crate::harness::{eventually, Cluster};
 
 async fn put(c: &Cluster, path: &str, body: Option<Value>) -> (u16, String) {
     let mut req = c.http.put(c.node(1).url(path));

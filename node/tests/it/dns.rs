@@ -1,22 +1,19 @@
 //! DNS answers from running agents, decoded by an independent implementation (hickory-proto).
 
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
-
-mod harness;
-
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use harness::dns::{query, tcp, udp, udp_raw};
-use harness::register_with as register;
-use harness::{eventually, Cluster, Node};
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+
+use crate::harness::dns::{query, tcp, udp, udp_raw};
+use crate::harness::register_with as register;
+use crate::harness::{eventually, Cluster, Node};
 
 fn addresses(m: &Message) -> BTreeSet<String> {
     m.answers

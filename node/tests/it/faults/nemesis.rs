@@ -7,8 +7,8 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use serde_json::json;
 
-use crate::cluster::FaultCluster;
-use crate::proxy::Link;
+use super::cluster::FaultCluster;
+use crate::harness::proxy::Link;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Fault {

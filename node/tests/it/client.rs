@@ -1,19 +1,18 @@
 //! cairn-client against three-node clusters of real processes, and the CLI end to end.
 
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
-
-mod harness;
-
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_client::{
-    Balancer, Client, ErrorCode, InstanceRegistration, ReadOptions, Registration, Resolver,
-    WatchOptions,
+    Balancer, Client, ClientError, ErrorCode, InstanceRegistration, ReadOptions, Registration,
+    Resolver, WatchOptions,
 };
 use futures::StreamExt;
-use harness::{eventually, Cluster};
 use serde_json::{json, Value};
+
+use crate::harness::proxy::{Link, Net, Proxy, CLIENT};
+use crate::harness::{eventually, Cluster};
 
 fn reg(body: Value) -> InstanceRegistration {
     serde_json::from_value(body).unwrap()
@@ -191,6 +190,93 @@ async fn t30_the_balancer_and_the_resolver_hand_out_only_healthy_instances() {
             .unwrap();
         assert_eq!(body, "good");
     }
+}
+
+/// The leader's last log index: every write adds one entry, and nothing else writes while the
+/// cluster is idle.
+async fn last_log_index(c: &Cluster, leader: u64) -> u64 {
+    let (status, body) = c.get(leader, "/v1/cluster").await;
+    assert_eq!(status, 200, "{body}");
+    body["last_log_index"].as_u64().unwrap()
+}
+
+fn expect_outcome_unknown<T: std::fmt::Debug>(what: &str, r: Result<T, ClientError>) {
+    match r {
+        Err(ClientError::OutcomeUnknown { .. }) => {}
+        other => panic!("{what}: expected OutcomeUnknown, got {other:?}"),
+    }
+}
+
+/// Writes whose answer is lost are not sent again (they were applied, once), and reads move on.
+/// The proxy passes every request to a follower and closes the connection at the first byte of
+/// the answer, as a connection breaking after the request was sent would.
+#[tokio::test]
+async fn t50_a_write_whose_answer_is_lost_is_not_sent_again_and_a_read_moves_on() {
+    let c = Cluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    let followers: Vec<u64> = (1..=3).filter(|n| *n != leader).collect();
+    let (behind, healthy) = (followers[0], followers[1]);
+    let net = Arc::new(Net::default());
+    let proxy = Proxy::start(behind, net.clone()).await;
+    proxy.set_upstream(c.node(behind).http);
+    net.set(CLIENT, behind, Link::DropReplies);
+    let lossy = proxy.addr.to_string();
+    let good = c.node(healthy).http.to_string();
+    let body = reg(json!({"address": "10.0.0.1", "port": 80}));
+
+    // (1) A register through the proxy alone: one request passes, the write commits once, and
+    // the client reports that it cannot tell.
+    let before = last_log_index(&c, leader).await;
+    let only_lossy = Client::new([&lossy]).unwrap();
+    expect_outcome_unknown("register", only_lossy.register("web", "w1", &body).await);
+    assert_eq!(proxy.connections(), 1, "the register was sent again");
+    assert_eq!(last_log_index(&c, leader).await - before, 1);
+    // With a healthy node next in line, it still is not sent again.
+    let before = last_log_index(&c, leader).await;
+    let lossy_first = Client::new([&lossy, &good]).unwrap();
+    expect_outcome_unknown("register", lossy_first.register("web", "w2", &body).await);
+    assert_eq!(proxy.connections(), 2);
+    assert_eq!(
+        last_log_index(&c, leader).await - before,
+        1,
+        "the register was applied twice"
+    );
+    for n in [leader, healthy] {
+        eventually(
+            Duration::from_secs(5),
+            "both registrations applied",
+            || async { c.instance_ids(n, "web").await == ["w1", "w2"] },
+        )
+        .await;
+    }
+
+    // (2) A deregister whose answer is lost: sending it to the healthy node next would answer
+    // not_found for an instance that this very call removed.
+    let before = last_log_index(&c, leader).await;
+    let lossy_first = Client::new([&lossy, &good]).unwrap();
+    expect_outcome_unknown("deregister", lossy_first.deregister("web", "w1").await);
+    assert_eq!(proxy.connections(), 3);
+    assert_eq!(last_log_index(&c, leader).await - before, 1);
+    for n in [leader, healthy] {
+        eventually(Duration::from_secs(5), "w1 deregistered", || async {
+            c.instance_ids(n, "web").await == ["w2"]
+        })
+        .await;
+    }
+
+    // (3) A read through the proxy loses its answer too, and moves on to the healthy node.
+    let lossy_first = Client::new([&lossy, &good]).unwrap();
+    let read = lossy_first
+        .service("web", &ReadOptions::default())
+        .await
+        .unwrap();
+    let ids: Vec<&str> = read.value.instances.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids, ["w2"]);
+    assert_eq!(
+        proxy.connections(),
+        4,
+        "the read went through the proxy first"
+    );
 }
 
 fn cairn(args: &[&str]) -> (i32, String, String) {

@@ -1,22 +1,20 @@
 //! Health checks run by the cluster: HTTP, TCP and TTL, rise and fall, deregistration,
 //! maintenance, ownership moving off a killed node, and no writes while nothing changes.
 
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
-
-mod harness;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::register_with as register;
-use harness::{eventually, Cluster};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+
+use crate::harness;
+use crate::harness::register_with as register;
+use crate::harness::{eventually, Cluster};
 
 /// What the test target answers.
 const OK: u8 = 0;

@@ -1,7 +1,5 @@
 //! A DNS client for the tests, built on hickory-proto (an implementation independent of ours).
 
-#![allow(dead_code)] // each test binary uses a different part of the harness
-
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::linearizable::{self, Call, Ret};
-use crate::workload::{key_id, Kind, Outcome, Record};
+use super::linearizable::{self, Call, Ret};
+use super::workload::{key_id, Kind, Outcome, Record};
 
 /// States the checker may explore per key before it gives up on a history (reported).
 const SEARCH_BUDGET: u64 = 5_000_000;

@@ -1,9 +1,11 @@
-//! A fault-injecting TCP proxy in front of each node's cluster RPC port.
+//! A fault-injecting TCP proxy in front of a node's port: its cluster RPC port in the fault
+//! tests, its HTTP port for a client in the client tests.
 //!
-//! Every node advertises its proxy's address, so all Raft traffic to node `to` passes through
-//! `Proxy(to)`. The sender of a connection is read from the `x-cairn-from` header of its first
-//! HTTP request (every cluster RPC carries it, and a connection only ever carries one sender's
-//! requests), so faults apply per directed link `from -> to`:
+//! In the fault tests every node advertises its proxy's address, so all Raft traffic to node `to`
+//! passes through `Proxy(to)`. The sender of a connection is read from the `x-cairn-from` header
+//! of its first HTTP request (every cluster RPC carries it, and a connection only ever carries one
+//! sender's requests; a client sends none, and is [`CLIENT`]), so faults apply per directed link
+//! `from -> to`:
 //!
 //! - `Cut`: bytes are swallowed in both directions, as on a link that drops every packet: the
 //!   sender's RPCs time out. Connections that lost bytes are closed once the link heals.
@@ -14,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +24,10 @@ use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+
+/// The sender of a connection whose first request has no `x-cairn-from` header: a client of the
+/// HTTP API, not a node.
+pub const CLIENT: u64 = 0;
 
 /// What happens to traffic on one directed link.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -75,6 +82,7 @@ impl Net {
 pub struct Proxy {
     pub addr: SocketAddr,
     upstream: Arc<Mutex<Option<SocketAddr>>>,
+    connections: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -83,20 +91,29 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let upstream: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
-        let up = upstream.clone();
+        let connections: Arc<AtomicUsize> = Arc::default();
+        let (up, count) = (upstream.clone(), connections.clone());
         let task = tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
                 let target = *up.lock().unwrap();
                 if let Some(target) = target {
-                    tokio::spawn(relay(conn, target, to, net.clone()));
+                    tokio::spawn(relay(conn, target, to, net.clone(), count.clone()));
                 }
             }
         });
         Proxy {
             addr,
             upstream,
+            connections,
             task,
         }
+    }
+
+    /// Connections passed on to the node: counted once the first request's head has arrived
+    /// and the node accepted the connection. Under `Link::DropReplies` a connection carries one
+    /// request (it closes at the first byte of the answer), so this counts requests.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// Where the node behind this proxy listens now (it changes only if the node is replaced).
@@ -124,7 +141,13 @@ fn sender(head: &[u8]) -> Option<Option<u64>> {
     }))
 }
 
-async fn relay(mut client: TcpStream, target: SocketAddr, to: u64, net: Arc<Net>) {
+async fn relay(
+    mut client: TcpStream,
+    target: SocketAddr,
+    to: u64,
+    net: Arc<Net>,
+    connections: Arc<AtomicUsize>,
+) {
     let _ = client.set_nodelay(true);
     let mut head = Vec::new();
     let mut buf = [0u8; 8192];
@@ -143,6 +166,7 @@ async fn relay(mut client: TcpStream, target: SocketAddr, to: u64, net: Arc<Net>
     let Ok(server) = TcpStream::connect(target).await else {
         return;
     };
+    connections.fetch_add(1, Ordering::SeqCst);
     let _ = server.set_nodelay(true);
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
@@ -174,7 +198,6 @@ async fn pump(
     net: Arc<Net>,
     poisoned: Arc<std::sync::atomic::AtomicBool>,
 ) {
-    use std::sync::atomic::Ordering;
     let mut pending = first;
     let mut buf = vec![0u8; 64 * 1024];
     loop {

@@ -2,10 +2,6 @@
 //! validation, and the compose cluster, built from this tree's image, survives leader loss, a
 //! network cut and a rolling restart (Docker).
 
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
-
-mod harness;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,10 +10,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use harness::eventually;
 use hickory_proto::rr::RecordType;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
+
+use crate::harness;
+use crate::harness::eventually;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,13 +1,11 @@
 //! Blocking queries, consistency modes and watch streams against running agents.
 
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
-
-mod harness;
-
 use std::time::{Duration, Instant};
 
-use harness::{eventually, Cluster};
 use serde_json::{json, Value};
+
+use crate::harness;
+use crate::harness::{eventually, Cluster};
 
 async fn register(c: &Cluster, node: u64, service: &str, id: &str) -> u64 {
     c.register(node, service, id).await

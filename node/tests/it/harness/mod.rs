@@ -1,9 +1,8 @@
 //! Black-box harness: runs the real `cairn` binary as child processes on port 0, reads the bound
 //! ports from its `cairn listening ...` line, and kills only the children it started.
 
-#![allow(dead_code)] // each test binary uses a different part of the harness
-
 pub mod dns;
+pub mod proxy;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -361,13 +360,13 @@ impl Cluster {
     }
 }
 
-/// GETs `url`; `(0, Null)` when no answer came. Tries twice, because a pooled connection to a
-/// node that was killed and restarted on the same port fails once before a new one is made.
 /// A numeric response header, such as `x-cairn-index` or `x-consul-index`.
 pub fn header_u64(res: &reqwest::Response, name: &str) -> Option<u64> {
     res.headers().get(name)?.to_str().ok()?.parse().ok()
 }
 
+/// GETs `url`; `(0, Null)` when no answer came. Tries twice, because a pooled connection to a
+/// node that was killed and restarted on the same port fails once before a new one is made.
 pub async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
     for _ in 0..2 {
         if let Ok(res) = http.get(url).send().await {

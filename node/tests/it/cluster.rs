@@ -1,15 +1,13 @@
 //! Three-node clusters of real `cairn` processes: replication, failover, restart, catch-up by
 //! snapshot, membership, and bad input.
 
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
-
-mod harness;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use harness::{eventually, Cluster, Node};
 use serde_json::json;
+
+use crate::harness;
+use crate::harness::{eventually, Cluster, Node};
 
 #[tokio::test]
 async fn t10_registration_sent_to_a_follower_is_readable_on_all_nodes() {

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
+use crate::harness::proxy::{Net, Proxy};
 use crate::harness::Node;
-use crate::proxy::{Net, Proxy};
 
 pub struct FaultCluster {
     pub dir: TempDir,

@@ -1,0 +1,24 @@
+//! Every integration test of cairn-node, in one test binary: the harness compiles once and CI
+//! links one executable (as ripgrep's `tests/integration` does). Each module was its own binary
+//! before; a module is selected by its path, e.g.
+//!
+//! ```text
+//! cargo test -p cairn-node --test it dns::
+//! cargo test -p cairn-node --test it faults::faults_keep -- --nocapture
+//! ```
+//!
+//! Helper programs the tests run (`tools/py_consul_check.py`) stay in `node/tests/tools/`.
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
+mod harness;
+
+mod checks;
+mod cli;
+mod client;
+mod cluster;
+mod consul;
+mod deploy;
+mod dns;
+mod faults;
+mod reads;
