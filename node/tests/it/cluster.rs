@@ -474,3 +474,97 @@ async fn t90_cluster_rpc_refuses_other_clusters_and_non_members() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(c.leader().await, before);
 }
+
+/// Sends request headers announcing a `content_length`-byte body but only the first bytes of it,
+/// and returns the status of the answer (`None` when none came within two seconds). A server
+/// that reads the body before deciding has nothing to answer yet.
+async fn status_before_body(
+    rpc: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    content_length: usize,
+) -> Option<u16> {
+    status_of_raw_post(rpc, path, headers, content_length, false).await
+}
+
+/// The same, sending the whole body (`x` bytes after the opening `{"`) from another task.
+async fn status_of_raw_post(
+    rpc: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    content_length: usize,
+    send_body: bool,
+) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = tokio::net::TcpStream::connect(rpc).await.unwrap();
+    let (mut rd, mut s) = s.into_split();
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {rpc}\r\ncontent-type: application/json\r\ncontent-length: {content_length}\r\n"
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n{\"");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let writer = tokio::spawn(async move {
+        if send_body {
+            // The server may stop reading at its limit: a failed write is expected then.
+            let rest = vec![b'x'; content_length - 2];
+            let _ = s.write_all(&rest).await;
+        }
+        s
+    });
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), rd.read(&mut buf)).await;
+    writer.abort();
+    let n = read.ok()?.ok()?;
+    let line = String::from_utf8_lossy(&buf[..n]);
+    line.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+#[tokio::test]
+async fn t90_rpc_admission_runs_before_any_body_is_read_on_every_route() {
+    let c = Cluster::start(3, &[]).await;
+    let rpc = c.node(2).rpc;
+    // 32 MiB announced: more than any RPC body limit, so a route that read (or limited) the body
+    // before admission would wait for it or answer 413, not refuse at once.
+    let huge = 32 * 1024 * 1024;
+    for path in [
+        "/raft/append",
+        "/raft/vote",
+        "/raft/snapshot",
+        "/raft/forward",
+        "/raft/alive",
+        "/raft/read_index",
+        "/raft/heartbeat",
+    ] {
+        assert_eq!(
+            status_before_body(rpc, path, &[], huge).await,
+            Some(403),
+            "{path}: a request without a cluster and sender"
+        );
+        assert_eq!(
+            status_before_body(
+                rpc,
+                path,
+                &[("x-cairn-cluster", "cairn"), ("x-cairn-from", "7")],
+                huge
+            )
+            .await,
+            Some(403),
+            "{path}: a non-member"
+        );
+    }
+    // A member's oversized request is refused by the body limit: 8 MiB for every RPC but
+    // snapshot chunks (64 MiB before the limit was cut).
+    let member = [("x-cairn-cluster", "cairn"), ("x-cairn-from", "1")];
+    assert_eq!(
+        status_of_raw_post(rpc, "/raft/forward", &member, 9 * 1024 * 1024, true).await,
+        Some(413),
+        "a member's forward of 9 MiB"
+    );
+    // Nothing was changed, and the cluster still works.
+    let leader = c.leader().await;
+    let index = c.register(leader, "web", "after").await;
+    assert!(index > 0);
+}
