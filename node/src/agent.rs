@@ -14,8 +14,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::api;
 use crate::config::{AgentConfig, Membership};
+use crate::http;
 
 /// How long in-flight requests get to finish once shutdown begins.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -168,15 +168,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let http_stop = shutdown.child_token();
     let checks_stop = CancellationToken::new();
     let checker = crate::checks::Checker::new(cluster.clone()).map_err(AgentError::Checker)?;
-    let state = api::AppState {
+    let state = http::AppState {
         cluster: cluster.clone(),
         checker: checker.clone(),
-        limiter: crate::reads::WaitLimiter::new(config.max_waiting_per_client),
+        limiter: http::WaitLimiter::new(config.max_waiting_per_client),
         shutdown: http_stop.clone(),
     };
     let mut servers = JoinSet::new();
     {
-        let app = cairn_raft::rpc::server::router(cluster.clone(), api::rpc_routes(state.clone()));
+        let app = cairn_raft::rpc::server::router(cluster.clone(), http::rpc_routes(state.clone()));
         let stop = rpc_stop.clone();
         servers.spawn(async move {
             axum::serve(rpc_listener.tap_io(no_delay), app)
@@ -185,7 +185,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         });
     }
     let http_server = {
-        let app = api::router(state, config.max_body_bytes);
+        let app = http::router(state, config.max_body_bytes);
         let stop = http_stop.clone();
         tokio::spawn(async move {
             axum::serve(

@@ -616,7 +616,7 @@ fn resolve(a: &AgentArgs, f: FileConfig) -> Result<AgentConfig, ConfigError> {
     let max_waiting_per_client = a
         .max_waiting_per_client
         .or(f.max_waiting_per_client)
-        .unwrap_or(crate::reads::DEFAULT_MAX_WAITING_PER_CLIENT);
+        .unwrap_or(crate::http::DEFAULT_MAX_WAITING_PER_CLIENT);
     if !(1..=1_000_000).contains(&max_waiting_per_client) {
         return Err(bad(
             "--max-waiting-per-client",
