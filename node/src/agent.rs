@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
-use cairn_api::{ApiError, JoinRequest};
+use cairn_client::{Client, ClientError, RetryPolicy};
 use cairn_raft::{Cluster, ClusterOptions, Member, StartError};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -21,6 +21,9 @@ use crate::http;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Pause between join attempts while no member answers.
 const JOIN_RETRY: Duration = Duration::from_secs(1);
+/// How long one join request may take: a join returns once this node has caught up, which can
+/// take a while.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Why the agent stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -308,50 +311,55 @@ async fn enter_cluster(
     }
 }
 
-/// Asks a member to add this node, retrying while none answers; stops on a definite refusal.
+/// Asks a member to add this node, each `--join` URL in turn, retrying while none answers; stops
+/// on a definite refusal, naming the URL that refused.
 async fn join(
     urls: &[String],
     id: u64,
     rpc_addr: &str,
     shutdown: &CancellationToken,
 ) -> Result<(), AgentError> {
-    let client = reqwest::Client::builder()
-        // A join returns once this node has caught up, which can take a while.
-        .timeout(Duration::from_secs(120))
-        .build()
-        .map_err(|e| AgentError::Join(e.to_string()))?;
-    let body = JoinRequest {
-        id,
-        rpc_addr: rpc_addr.to_owned(),
+    // One client per URL, one attempt per call: this loop does the retrying, so that it can
+    // tell which member refused and stop at shutdown.
+    let policy = RetryPolicy {
+        attempts: 1,
+        backoff: Duration::ZERO,
+        max_backoff: Duration::ZERO,
+        request_timeout: JOIN_TIMEOUT,
     };
+    let members = urls
+        .iter()
+        .map(|url| {
+            Client::with_policy([url], policy.clone())
+                .map(|client| (url, client))
+                .map_err(|e| AgentError::Join(format!("{url}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     loop {
-        for url in urls {
+        for (url, client) in &members {
             tracing::info!(%url, "asking to join the cluster");
-            let res = client
-                .post(format!("{url}/v1/cluster/members"))
-                .json(&body)
-                .send();
             let res = tokio::select! {
-                r = res => r,
+                r = client.join(id, rpc_addr) => r,
                 _ = shutdown.cancelled() => return Ok(()),
             };
             match res {
-                Ok(r) if r.status().is_success() => {
+                Ok(_) => {
                     tracing::info!(%url, "joined the cluster as a voter");
                     return Ok(());
                 }
-                Ok(r) => {
-                    let status = r.status();
-                    let err = r.json::<ApiError>().await.ok();
-                    match err {
-                        Some(e) if !e.code.is_retryable() => {
-                            return Err(AgentError::Join(format!("{url} refused: {}", e.message)))
-                        }
-                        Some(e) => tracing::warn!(%url, "join not possible yet: {}", e.message),
-                        None => tracing::warn!(%url, %status, "unexpected answer to join"),
-                    }
+                Err(ClientError::Api { error, .. }) if !error.code.is_retryable() => {
+                    return Err(AgentError::Join(format!(
+                        "{url} refused: {}",
+                        error.message
+                    )))
                 }
-                Err(e) => tracing::warn!(%url, "cannot reach member: {e}"),
+                Err(ClientError::Api { error, .. }) => {
+                    tracing::warn!(%url, "join not possible yet: {}", error.message)
+                }
+                Err(ClientError::Unreachable { last, .. }) => {
+                    tracing::warn!(%url, "cannot reach member: {last}")
+                }
+                Err(e) => tracing::warn!(%url, "unexpected answer to join: {e}"),
             }
         }
         tokio::select! {
