@@ -8,19 +8,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
-use cairn_api::{ApiError, JoinRequest};
+use cairn_client::{Client, ClientError, RetryPolicy};
 use cairn_raft::{Cluster, ClusterOptions, Member, StartError};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::api;
 use crate::config::{AgentConfig, Membership};
+use crate::http;
 
 /// How long in-flight requests get to finish once shutdown begins.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Pause between join attempts while no member answers.
 const JOIN_RETRY: Duration = Duration::from_secs(1);
+/// How long one join request may take: a join returns once this node has caught up, which can
+/// take a while.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Why the agent stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -170,15 +173,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let http_stop = shutdown.child_token();
     let checks_stop = CancellationToken::new();
     let checker = crate::checks::Checker::new(cluster.clone()).map_err(AgentError::Checker)?;
-    let state = api::AppState {
+    let state = http::AppState {
         cluster: cluster.clone(),
         checker: checker.clone(),
-        limiter: crate::reads::WaitLimiter::new(config.max_waiting_per_client),
+        limiter: http::WaitLimiter::new(config.max_waiting_per_client),
         shutdown: http_stop.clone(),
     };
     let mut servers = JoinSet::new();
     {
-        let app = cairn_raft::rpc::server::router(cluster.clone(), api::rpc_routes(state.clone()));
+        let app = cairn_raft::rpc::server::router(cluster.clone(), http::rpc_routes(state.clone()));
         let stop = rpc_stop.clone();
         servers.spawn(async move {
             axum::serve(rpc_listener.tap_io(no_delay), app)
@@ -187,7 +190,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         });
     }
     let http_server = {
-        let app = api::router(state, config.max_body_bytes);
+        let app = http::router(state, config.max_body_bytes);
         let stop = http_stop.clone();
         tokio::spawn(async move {
             axum::serve(
@@ -313,50 +316,60 @@ async fn enter_cluster(
     }
 }
 
-/// Asks a member to add this node, retrying while none answers; stops on a definite refusal.
+/// Asks a member to add this node, each `--join` URL in turn, retrying while none answers; stops
+/// on a definite refusal, naming the URL that refused.
 async fn join(
     urls: &[String],
     id: u64,
     rpc_addr: &str,
     shutdown: &CancellationToken,
 ) -> Result<(), AgentError> {
-    let client = reqwest::Client::builder()
-        // A join returns once this node has caught up, which can take a while.
-        .timeout(Duration::from_secs(120))
-        .build()
-        .map_err(|e| AgentError::Join(e.to_string()))?;
-    let body = JoinRequest {
-        id,
-        rpc_addr: rpc_addr.to_owned(),
+    // One client per URL, one attempt per call: this loop does the retrying, so that it can
+    // tell which member refused and stop at shutdown.
+    let policy = RetryPolicy {
+        attempts: 1,
+        backoff: Duration::ZERO,
+        max_backoff: Duration::ZERO,
+        request_timeout: JOIN_TIMEOUT,
     };
+    let members = urls
+        .iter()
+        .map(|url| {
+            Client::with_policy([url], policy.clone())
+                .map(|client| (url, client))
+                .map_err(|e| AgentError::Join(format!("{url}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     loop {
-        for url in urls {
+        for (url, client) in &members {
             tracing::info!(%url, "asking to join the cluster");
-            let res = client
-                .post(format!("{url}/v1/cluster/members"))
-                .json(&body)
-                .send();
             let res = tokio::select! {
-                r = res => r,
+                r = client.join(id, rpc_addr) => r,
                 _ = shutdown.cancelled() => return Ok(()),
             };
             match res {
-                Ok(r) if r.status().is_success() => {
+                Ok(_) => {
                     tracing::info!(%url, "joined the cluster as a voter");
                     return Ok(());
                 }
-                Ok(r) => {
-                    let status = r.status();
-                    let err = r.json::<ApiError>().await.ok();
-                    match err {
-                        Some(e) if !e.code.is_retryable() => {
-                            return Err(AgentError::Join(format!("{url} refused: {}", e.message)))
-                        }
-                        Some(e) => tracing::warn!(%url, "join not possible yet: {}", e.message),
-                        None => tracing::warn!(%url, %status, "unexpected answer to join"),
-                    }
+                Err(ClientError::Api { error, .. }) if !error.code.is_retryable() => {
+                    return Err(AgentError::Join(format!(
+                        "{url} refused: {}",
+                        error.message
+                    )))
                 }
-                Err(e) => tracing::warn!(%url, "cannot reach member: {e}"),
+                Err(ClientError::Api { error, .. }) => {
+                    tracing::warn!(%url, "join not possible yet: {}", error.message)
+                }
+                Err(ClientError::Unreachable { last, .. }) => {
+                    tracing::warn!(%url, "cannot reach member: {last}")
+                }
+                // Safe to ask again: a join of a node that is already a voter at the same
+                // address succeeds without a change.
+                Err(ClientError::OutcomeUnknown { reason, .. }) => {
+                    tracing::warn!(%url, "join outcome unknown, asking again: {reason}")
+                }
+                Err(e) => tracing::warn!(%url, "unexpected answer to join: {e}"),
             }
         }
         tokio::select! {

@@ -39,7 +39,7 @@ pub const DEFAULT_CLUSTER: &str = cairn_raft::cluster::DEFAULT_CLUSTER_NAME;
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 /// Largest accepted `--max-body-bytes`.
 const MAX_MAX_BODY: usize = 64 * 1024 * 1024;
-pub const DEFAULT_MAX_WAITING_PER_CLIENT: usize = crate::reads::DEFAULT_MAX_WAITING_PER_CLIENT;
+pub const DEFAULT_MAX_WAITING_PER_CLIENT: usize = crate::http::DEFAULT_MAX_WAITING_PER_CLIENT;
 pub const DEFAULT_SNAPSHOT_THRESHOLD: u64 = cairn_raft::cluster::DEFAULT_SNAPSHOT_THRESHOLD;
 pub const DEFAULT_SNAPSHOT_KEEP_LOGS: u64 = cairn_raft::cluster::DEFAULT_KEEP_LOGS;
 pub const DEFAULT_WRITE_TIMEOUT: Duration = cairn_raft::cluster::DEFAULT_WRITE_TIMEOUT;

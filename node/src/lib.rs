@@ -1,12 +1,11 @@
-//! The Cairn agent: configuration ([`config`]), the native HTTP API ([`api`]), Prometheus
-//! metrics ([`metrics`]) and the wiring of Raft, listeners and shutdown ([`agent`]). The `cairn`
-//! binary is a thin command line over these.
+//! The Cairn agent: configuration ([`config`]), the HTTP layer ([`http`]: one core, with the
+//! native API, the Consul-compatible API, Prometheus metrics and the cluster RPC routes as
+//! leaves), the health checker ([`checks`]), the wiring of Raft, listeners and shutdown
+//! ([`agent`]), and the command line ([`cli`]). The `cairn` binary is a thin command line over
+//! these.
 
 pub mod agent;
-pub mod api;
 pub mod checks;
 pub mod cli;
 pub mod config;
-pub mod consul;
-pub mod metrics;
-pub mod reads;
+pub mod http;

@@ -1,39 +1,37 @@
-//! The part of Consul's HTTP API that service discovery uses, mapped onto the native registry:
-//! no second copy of the data, nothing the native API cannot do.
+//! Leaf: the part of Consul's HTTP API that service discovery uses, mapped onto the native
+//! registry: no second copy of the data, nothing the native API cannot do. Reads take the core's
+//! read path and headers in Consul's dialect (lenient query strings, `X-Consul-*` headers).
 //!
 //! Cairn has no per-machine agents: `/v1/agent/*` acts on the cluster's catalog, a Consul
 //! "node" is the registering instance's address, a service ID is the instance id, and a check
 //! registered without a `CheckID` is named `service:<id>` (`service:<id>:<n>` when there are
 //! several), as Consul names them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
-use cairn_api::{parse_duration, ApiError, ErrorCode, INDEX_HEADER};
 use cairn_registry::model::{self, CheckKindSpec, Instance};
 use cairn_registry::HealthStatus;
 use cairn_registry::{Op, ServiceEntry};
 use serde_json::{json, Map, Value};
 
-use crate::api::{AppState, Failure};
+use super::body::Body;
+use super::error::Failure;
+use super::headers::read_response;
+use super::query::{Dialect, ReadQuery};
+use super::state::AppState;
 use crate::checks::CheckKey;
-use crate::reads;
 
 /// The datacenter Cairn reports: one cluster is one datacenter.
-pub const DATACENTER: &str = "dc1";
-/// Consul caps blocking waits at 10 minutes.
-const MAX_WAIT: Duration = Duration::from_secs(600);
-const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+const DATACENTER: &str = "dc1";
 
-pub fn routes() -> Router<AppState> {
+pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/agent/self", get(agent_self))
         .route("/v1/status/leader", get(status_leader))
@@ -54,122 +52,8 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/agent/service/maintenance/{id}", put(maintenance))
 }
 
-/// Consul's query parameters. Flags count whatever their value (`stale`, `stale=`, `stale=1`).
-#[derive(Debug, Default)]
-struct Query {
-    index: Option<u64>,
-    wait: Option<Duration>,
-    consistent: bool,
-    passing: bool,
-    tags: Vec<String>,
-    node_meta: Vec<(String, String)>,
-    params: BTreeMap<String, String>,
-}
-
-fn bad(message: impl Into<String>) -> Failure {
-    Failure(ApiError::new(ErrorCode::InvalidArgument, message))
-}
-
-fn decode(s: &str) -> String {
-    let mut out = Vec::with_capacity(s.len());
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => match s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                Some(v) => {
-                    out.push(v);
-                    i += 2;
-                }
-                None => out.push(b'%'),
-            },
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-impl Query {
-    fn parse(raw: Option<&str>) -> Result<Query, Failure> {
-        let mut q = Query::default();
-        let Some(raw) = raw else { return Ok(q) };
-        if raw.len() > 4096 {
-            return Err(bad("query string longer than 4096 bytes"));
-        }
-        for pair in raw.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let (k, v) = (decode(k), decode(v));
-            match k.as_str() {
-                "index" => {
-                    q.index = Some(
-                        v.parse()
-                            .map_err(|_| bad(format!("index: {v:?} is not a number")))?,
-                    )
-                }
-                "wait" => {
-                    let d = parse_duration(&v).map_err(|e| bad(format!("wait: {e}")))?;
-                    q.wait = Some(d.min(MAX_WAIT));
-                }
-                "consistent" => q.consistent = true,
-                "passing" => q.passing = !matches!(v.as_str(), "0" | "false"),
-                "tag" => q.tags.push(v.to_ascii_lowercase()),
-                "node-meta" => {
-                    let (mk, mv) = v.split_once(':').unwrap_or((v.as_str(), ""));
-                    q.node_meta.push((mk.to_owned(), mv.to_owned()));
-                }
-                // stale is the default; tokens are accepted until ACLs exist; the rest is ignored
-                // as Consul ignores what an endpoint does not use.
-                _ => {
-                    q.params.insert(k, v);
-                }
-            }
-        }
-        Ok(q)
-    }
-}
-
-/// Waits as a blocking query, then applies `?consistent`.
-async fn prepare(
-    s: &AppState,
-    peer: SocketAddr,
-    q: &Query,
-    rx: tokio::sync::watch::Receiver<u64>,
-) -> Result<(), Failure> {
-    if let Some(index) = q.index {
-        let _slot = s.limiter.acquire(peer.ip())?;
-        reads::block(rx, index, q.wait.unwrap_or(DEFAULT_WAIT), &s.shutdown).await;
-    }
-    if q.consistent {
-        s.cluster.read_barrier().await?;
-    }
-    Ok(())
-}
-
-/// A read's response with Consul's headers.
-fn respond(s: &AppState, index: u64, body: Value) -> Response {
-    let mut res = Json(body).into_response();
-    let h = res.headers_mut();
-    let mut set = |name: &'static str, v: String| {
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            h.insert(HeaderName::from_static(name), v);
-        }
-    };
-    set("x-consul-index", index.max(1).to_string());
-    set(INDEX_HEADER, index.max(1).to_string());
-    set(
-        "x-consul-knownleader",
-        s.cluster.leader().is_some().to_string(),
-    );
-    set(
-        "x-consul-lastcontact",
-        s.cluster.last_contact_ms().unwrap_or(0).to_string(),
-    );
-    res
+fn respond<T: serde::Serialize>(s: &AppState, index: u64, body: T) -> Response {
+    read_response(&s.cluster, Dialect::Consul, index, body)
 }
 
 fn tags(inst: &Instance) -> Vec<String> {
@@ -283,13 +167,16 @@ fn check_objs(svc: &ServiceEntry, inst: &Instance) -> Vec<Value> {
     out
 }
 
+/// The service's instances that carry every `?tag`, pass `?node-meta`, and are passing when
+/// `passing` says so.
 fn filtered<'a>(
     svc: &'a ServiceEntry,
-    q: &'a Query,
+    q: &'a ReadQuery,
+    passing: bool,
 ) -> impl Iterator<Item = &'a Arc<Instance>> + 'a {
     svc.instances.values().filter(move |i| {
         q.tags.iter().all(|t| i.spec.tags.contains(t))
-            && (!q.passing || i.health() == HealthStatus::Passing)
+            && (!passing || i.health() == HealthStatus::Passing)
             && q.node_meta.is_empty()
     })
 }
@@ -350,9 +237,10 @@ async fn catalog_services(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    let q = Query::parse(raw.as_deref())?;
+    let q = ReadQuery::consul(raw.as_deref())?;
     let registry = s.cluster.registry();
-    prepare(&s, peer, &q, registry.watches().subscribe_list()).await?;
+    s.prepare_read(peer, &q, registry.watches().subscribe_list())
+        .await?;
     let (index, services) = registry.services();
     let body: Map<String, Value> = services
         .iter()
@@ -369,14 +257,14 @@ async fn service_read(
     s: &AppState,
     peer: SocketAddr,
     service: &str,
-    q: &Query,
+    q: &ReadQuery,
 ) -> Result<(u64, Option<Arc<ServiceEntry>>), Failure> {
     let name = service.to_ascii_lowercase();
     let registry = s.cluster.registry();
     let rx = registry
         .watches()
         .subscribe_service(&name, registry.service_index(&name));
-    prepare(s, peer, q, rx).await?;
+    s.prepare_read(peer, q, rx).await?;
     Ok((registry.service_index(&name), registry.service(&name)))
 }
 
@@ -386,9 +274,9 @@ async fn per_service(
     peer: SocketAddr,
     service: &str,
     raw: Option<String>,
-    rows: impl Fn(&ServiceEntry, &Query) -> Vec<Value>,
+    rows: impl Fn(&ServiceEntry, &ReadQuery) -> Vec<Value>,
 ) -> Result<Response, Failure> {
-    let q = Query::parse(raw.as_deref())?;
+    let q = ReadQuery::consul(raw.as_deref())?;
     let (index, svc) = service_read(s, peer, service, &q).await?;
     let body = svc.as_deref().map(|svc| rows(svc, &q)).unwrap_or_default();
     Ok(respond(s, index, Value::Array(body)))
@@ -402,13 +290,9 @@ async fn catalog_service(
 ) -> Result<Response, Failure> {
     per_service(&s, peer, &service, raw, |svc, q| {
         // The catalog lists every instance; `passing` only filters health endpoints.
-        let q = Query {
-            passing: false,
-            tags: q.tags.clone(),
-            node_meta: q.node_meta.clone(),
-            ..Query::default()
-        };
-        filtered(svc, &q).map(|i| catalog_entry(svc, i)).collect()
+        filtered(svc, q, false)
+            .map(|i| catalog_entry(svc, i))
+            .collect()
     })
     .await
 }
@@ -420,7 +304,7 @@ async fn health_service(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
     per_service(&s, peer, &service, raw, |svc, q| {
-        filtered(svc, q)
+        filtered(svc, q, q.passing)
             .map(|i| {
                 json!({
                     "Node": node_obj(&i.spec.address),
@@ -455,8 +339,9 @@ async fn whole_catalog(
     raw: Option<String>,
     body: impl FnOnce(&[Arc<ServiceEntry>]) -> Value,
 ) -> Result<Response, Failure> {
-    let q = Query::parse(raw.as_deref())?;
-    prepare(s, peer, &q, s.cluster.registry().subscribe()).await?;
+    let q = ReadQuery::consul(raw.as_deref())?;
+    s.prepare_read(peer, &q, s.cluster.registry().subscribe())
+        .await?;
     let index = s.cluster.registry().applied_index();
     let (_, services) = s.cluster.registry().services();
     Ok(respond(s, index, body(&services)))
@@ -480,7 +365,7 @@ async fn health_state(
     let want = match state.as_str() {
         "any" => None,
         "passing" | "warning" | "critical" => Some(state.clone()),
-        other => return Err(bad(format!("unknown health state {other:?}"))),
+        other => return Err(Failure::invalid(format!("unknown health state {other:?}"))),
     };
     whole_catalog(&s, peer, raw, |services| {
         instances(services)
@@ -544,10 +429,7 @@ fn find_instance(s: &AppState, id: &str) -> Option<(Arc<ServiceEntry>, Arc<Insta
 }
 
 fn unknown_service(id: &str) -> Failure {
-    Failure(ApiError::new(
-        ErrorCode::NotFound,
-        format!("Unknown service ID {id:?}"),
-    ))
+    Failure::not_found(format!("Unknown service ID {id:?}"))
 }
 
 async fn agent_service(
@@ -597,8 +479,8 @@ fn check_from_consul(c: &Map<String, Value>, default_id: String) -> Result<Value
     let id = field_str(c, "checkid")
         .or_else(|| field_str(c, "id"))
         .unwrap_or(default_id);
-    let mut out = json!({"id": id});
-    let o = out.as_object_mut().ok_or_else(|| bad("internal"))?;
+    let mut o = Map::new();
+    o.insert("id".into(), json!(id));
     if let Some(url) = field_str(c, "http") {
         o.insert("kind".into(), json!("http"));
         o.insert("url".into(), json!(url));
@@ -628,7 +510,7 @@ fn check_from_consul(c: &Map<String, Value>, default_id: String) -> Result<Value
         o.insert("kind".into(), json!("ttl"));
         o.insert("ttl".into(), json!(ttl));
     } else {
-        return Err(bad(
+        return Err(Failure::invalid(
             "unsupported check: Cairn runs HTTP, TCP and TTL checks (no Args, GRPC, Docker, alias, H2PING or UDP checks)",
         ));
     }
@@ -653,19 +535,18 @@ fn check_from_consul(c: &Map<String, Value>, default_id: String) -> Result<Value
     if let Some(st) = field_str(c, "status") {
         o.insert("initial_status".into(), json!(st));
     }
-    Ok(out)
+    Ok(Value::Object(o))
 }
 
-async fn register(State(s): State<AppState>, body: Bytes) -> Result<Response, Failure> {
-    let v: Value =
-        serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON body: {e}")))?;
+async fn register(State(s): State<AppState>, Body(v): Body<Value>) -> Result<Response, Failure> {
     let obj = v
         .as_object()
-        .ok_or_else(|| bad("the body must be a JSON object"))?;
-    let name = field_str(obj, "name").ok_or_else(|| bad("Name: required"))?;
+        .ok_or_else(|| Failure::invalid("the body must be a JSON object"))?;
+    let name = field_str(obj, "name").ok_or_else(|| Failure::invalid("Name: required"))?;
     let id = field_str(obj, "id").unwrap_or_else(|| name.clone());
-    let address = field_str(obj, "address")
-        .ok_or_else(|| bad("Address: required (Cairn has no per-machine agent to take it from)"))?;
+    let address = field_str(obj, "address").ok_or_else(|| {
+        Failure::invalid("Address: required (Cairn has no per-machine agent to take it from)")
+    })?;
     let port = field(obj, "port").and_then(Value::as_u64).unwrap_or(0);
     let tags = field(obj, "tags").cloned().unwrap_or(json!([]));
     let meta = field(obj, "meta").cloned().unwrap_or(json!({}));
@@ -698,8 +579,8 @@ async fn register(State(s): State<AppState>, body: Bytes) -> Result<Response, Fa
     if let Some(w) = weight {
         native["weight"] = json!(w);
     }
-    let registration: cairn_api::InstanceRegistration =
-        serde_json::from_value(native).map_err(|e| bad(format!("invalid registration: {e}")))?;
+    let registration: cairn_api::InstanceRegistration = serde_json::from_value(native)
+        .map_err(|e| Failure::invalid(format!("invalid registration: {e}")))?;
     let service = model::validate_service_name(&name)?;
     let instance = model::validate_registration(&id, &registration)?;
     s.cluster.write(Op::Register { service, instance }).await?;
@@ -743,20 +624,17 @@ async fn update_check(
     status: HealthStatus,
     raw: Option<String>,
 ) -> Result<Response, Failure> {
-    let q = Query::parse(raw.as_deref())?;
-    let note = q.params.get("note").cloned().unwrap_or_default();
+    let q = ReadQuery::consul(raw.as_deref())?;
+    let note = q.param("note").unwrap_or_default().to_owned();
     model::validate_output(&note)?;
     let (svc, inst, kind) = s
         .lookup_fresh(|| find_check(&s, &check))
         .await?
-        .ok_or_else(|| {
-            Failure(ApiError::new(
-                ErrorCode::NotFound,
-                format!("Unknown check ID {check:?}"),
-            ))
-        })?;
+        .ok_or_else(|| Failure::not_found(format!("Unknown check ID {check:?}")))?;
     if !matches!(kind, CheckKindSpec::Ttl { .. }) {
-        return Err(bad(format!("check {check:?} is not a TTL check")));
+        return Err(Failure::invalid(format!(
+            "check {check:?} is not a TTL check"
+        )));
     }
     if status == HealthStatus::Passing {
         // A pass is a heartbeat: the owner resets the TTL and records passing if it was not.
@@ -765,7 +643,7 @@ async fn update_check(
             instance: inst.spec.id.clone(),
             check: check.clone(),
         };
-        crate::api::relay_heartbeat(&s, key).await?;
+        s.relay_heartbeat(key).await?;
         return Ok(StatusCode::OK.into_response());
     }
     s.cluster
@@ -790,12 +668,7 @@ async fn check_update(
         "pass" => HealthStatus::Passing,
         "warn" => HealthStatus::Warning,
         "fail" => HealthStatus::Critical,
-        _ => {
-            return Err(Failure(ApiError::new(
-                ErrorCode::NotFound,
-                "no such endpoint",
-            )))
-        }
+        _ => return Err(Failure::no_such_endpoint()),
     };
     update_check(s, check, status, raw).await
 }
@@ -805,21 +678,20 @@ async fn maintenance(
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    let q = Query::parse(raw.as_deref())?;
-    let enable = match q.params.get("enable").map(String::as_str) {
+    let q = ReadQuery::consul(raw.as_deref())?;
+    let enable = match q.param("enable") {
         Some("true") => true,
         Some("false") => false,
-        _ => return Err(bad("enable: required, true or false")),
+        _ => return Err(Failure::invalid("enable: required, true or false")),
     };
     let (svc, _) = s
         .lookup_fresh(|| find_instance(&s, &id))
         .await?
         .ok_or_else(|| unknown_service(&id))?;
     let reason = enable.then(|| {
-        q.params
-            .get("reason")
-            .cloned()
-            .unwrap_or_else(|| "Maintenance mode is enabled for this service".into())
+        q.param("reason")
+            .unwrap_or("Maintenance mode is enabled for this service")
+            .to_owned()
     });
     if let Some(r) = &reason {
         model::validate_output(r)?;

@@ -1,0 +1,254 @@
+//! Leaf: `/metrics` in Prometheus' text format: the node's Raft state and the registry's size.
+//! Instance and health counts come from each service's summary, which the registry keeps up to
+//! date on every change, so a scrape costs one step per service, not per instance.
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use cairn_raft::Status;
+use cairn_registry::ServiceEntry;
+
+use super::state::AppState;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new().route("/metrics", get(render))
+}
+
+async fn render(State(s): State<AppState>) -> Response {
+    let status = s.cluster.status();
+    let (_, services) = s.cluster.registry().services();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text(&status, &services),
+    )
+        .into_response()
+}
+
+/// The exposition text of `status` and `services`.
+fn text(status: &Status, services: &[Arc<ServiceEntry>]) -> String {
+    let mut by_health = [0u64; 3];
+    let mut instances = 0u64;
+    for svc in services {
+        let summary = svc.summary();
+        instances += u64::from(summary.instances);
+        for (n, count) in
+            by_health
+                .iter_mut()
+                .zip([summary.passing, summary.warning, summary.critical])
+        {
+            *n += u64::from(count);
+        }
+    }
+    let mut out = String::with_capacity(2048);
+    let mut gauge = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+    };
+    gauge("cairn_raft_term", "Current Raft term.", status.term);
+    gauge(
+        "cairn_raft_is_leader",
+        "1 if this node is the leader.",
+        u64::from(status.role == "leader"),
+    );
+    gauge(
+        "cairn_raft_has_leader",
+        "1 if this node knows a leader.",
+        u64::from(status.leader.is_some()),
+    );
+    gauge(
+        "cairn_raft_last_log_index",
+        "Index of the last log entry.",
+        status.last_log_index,
+    );
+    gauge(
+        "cairn_raft_commit_index",
+        "Highest committed index known.",
+        status.commit_index,
+    );
+    gauge(
+        "cairn_raft_applied_index",
+        "Highest index applied to the registry.",
+        status.applied_index,
+    );
+    gauge(
+        "cairn_raft_snapshot_index",
+        "Index of the last snapshot.",
+        status.snapshot_index,
+    );
+    gauge(
+        "cairn_raft_members",
+        "Members of the cluster (voters and learners).",
+        status.members.len() as u64,
+    );
+    gauge(
+        "cairn_services",
+        "Services with at least one instance.",
+        services.len() as u64,
+    );
+    gauge("cairn_instances", "Registered instances.", instances);
+    let _ = writeln!(
+        out,
+        "# HELP cairn_instances_by_health Registered instances by health.\n# TYPE cairn_instances_by_health gauge"
+    );
+    for (label, n) in ["passing", "warning", "critical"].iter().zip(by_health) {
+        let _ = writeln!(out, "cairn_instances_by_health{{health=\"{label}\"}} {n}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_registry::model::validate_registration;
+    use cairn_registry::{Command, Dirty, HealthStatus, Op, Registry};
+
+    fn apply(r: &Registry, index: u64, op: Op) {
+        let cmd = Command {
+            time_ms: 1000,
+            ops: vec![op],
+        };
+        r.apply(index, &cmd, &mut Dirty::default());
+    }
+
+    fn register(r: &Registry, index: u64, service: &str, id: &str) {
+        let body = serde_json::json!({"address": "10.0.0.1", "port": 80});
+        let instance = validate_registration(id, &serde_json::from_value(body).unwrap()).unwrap();
+        apply(
+            r,
+            index,
+            Op::Register {
+                service: service.into(),
+                instance,
+            },
+        );
+    }
+
+    fn set_health(r: &Registry, index: u64, service: &str, id: &str, status: HealthStatus) {
+        apply(
+            r,
+            index,
+            Op::SetHealth {
+                service: service.into(),
+                id: id.into(),
+                status,
+                output: String::new(),
+            },
+        );
+    }
+
+    /// The registry of the test: two services, four instances, each health.
+    fn registry() -> Registry {
+        let r = Registry::default();
+        register(&r, 1, "web", "a");
+        register(&r, 2, "web", "b");
+        register(&r, 3, "web", "c");
+        register(&r, 4, "db", "x");
+        set_health(&r, 5, "web", "b", HealthStatus::Warning);
+        set_health(&r, 6, "db", "x", HealthStatus::Critical);
+        apply(
+            &r,
+            7,
+            Op::SetMaintenance {
+                service: "web".into(),
+                id: "c".into(),
+                reason: Some("upgrade".into()),
+            },
+        );
+        r
+    }
+
+    fn status() -> Status {
+        Status {
+            cluster: "test".into(),
+            node_id: 1,
+            role: "leader",
+            leader: Some(1),
+            term: 3,
+            last_log_index: 7,
+            commit_index: 7,
+            applied_index: 7,
+            snapshot_index: 0,
+            last_contact_ms: Some(0),
+            members: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn health_counts_from_summaries_equal_a_walk_over_every_instance() {
+        let r = registry();
+        let (_, services) = r.services();
+        let mut walked = [0u64; 3];
+        for inst in services.iter().flat_map(|s| s.instances.values()) {
+            walked[match inst.health() {
+                HealthStatus::Passing => 0,
+                HealthStatus::Warning => 1,
+                HealthStatus::Critical => 2,
+            }] += 1;
+        }
+        assert_eq!(
+            walked,
+            [1, 1, 2],
+            "the registry of the test has each health"
+        );
+        let out = text(&status(), &services);
+        assert!(out.contains("\ncairn_instances 4\n"), "{out}");
+        for (label, n) in ["passing", "warning", "critical"].iter().zip(walked) {
+            let line = format!("\ncairn_instances_by_health{{health=\"{label}\"}} {n}\n");
+            assert!(out.contains(&line), "{line:?} in {out}");
+        }
+    }
+
+    #[test]
+    fn the_exposition_text_is_unchanged() {
+        let r = registry();
+        let (_, services) = r.services();
+        let expected = "\
+# HELP cairn_raft_term Current Raft term.
+# TYPE cairn_raft_term gauge
+cairn_raft_term 3
+# HELP cairn_raft_is_leader 1 if this node is the leader.
+# TYPE cairn_raft_is_leader gauge
+cairn_raft_is_leader 1
+# HELP cairn_raft_has_leader 1 if this node knows a leader.
+# TYPE cairn_raft_has_leader gauge
+cairn_raft_has_leader 1
+# HELP cairn_raft_last_log_index Index of the last log entry.
+# TYPE cairn_raft_last_log_index gauge
+cairn_raft_last_log_index 7
+# HELP cairn_raft_commit_index Highest committed index known.
+# TYPE cairn_raft_commit_index gauge
+cairn_raft_commit_index 7
+# HELP cairn_raft_applied_index Highest index applied to the registry.
+# TYPE cairn_raft_applied_index gauge
+cairn_raft_applied_index 7
+# HELP cairn_raft_snapshot_index Index of the last snapshot.
+# TYPE cairn_raft_snapshot_index gauge
+cairn_raft_snapshot_index 0
+# HELP cairn_raft_members Members of the cluster (voters and learners).
+# TYPE cairn_raft_members gauge
+cairn_raft_members 0
+# HELP cairn_services Services with at least one instance.
+# TYPE cairn_services gauge
+cairn_services 2
+# HELP cairn_instances Registered instances.
+# TYPE cairn_instances gauge
+cairn_instances 4
+# HELP cairn_instances_by_health Registered instances by health.
+# TYPE cairn_instances_by_health gauge
+cairn_instances_by_health{health=\"passing\"} 1
+cairn_instances_by_health{health=\"warning\"} 1
+cairn_instances_by_health{health=\"critical\"} 2
+";
+        assert_eq!(text(&status(), &services), expected);
+    }
+}

@@ -1,0 +1,420 @@
+//! Leaf: the native API under `/v1`: services and their instances (`/v1/services...`), the
+//! cluster (`/v1/cluster...`), liveness and readiness.
+//!
+//! Reads come from this node's registry view, through the core's read path (blocking,
+//! consistency) and headers; writes go through [`Cluster::write`](cairn_raft::Cluster::write),
+//! which forwards them to the leader. The native query dialect is strict: an unknown parameter
+//! is a 400.
+
+mod watch;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use cairn_api::{
+    ErrorCode, HealthUpdate, InstanceInfo, InstanceRegistration, JoinRequest, MaintenanceUpdate,
+    ServiceInstances, ServiceList, ServiceSettingsBody, ServiceSettingsView, WriteResult,
+};
+use cairn_raft::Written;
+use cairn_registry::model::{self, CheckKindSpec};
+use cairn_registry::{HealthStatus, Op, ServiceEntry};
+
+use super::body::Body;
+use super::error::Failure;
+use super::headers::{read_response, set_index};
+use super::query::{Dialect, ReadQuery};
+use super::state::AppState;
+use crate::checks::CheckKey;
+
+/// How often an idle watch stream sends a comment, so proxies keep it open.
+const WATCH_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/services", get(list_services))
+        .route("/v1/services/{service}", get(get_service))
+        .route("/v1/services/{service}/watch", get(watch_service))
+        .route(
+            "/v1/services/{service}/instances/{id}",
+            put(register).delete(deregister),
+        )
+        .route(
+            "/v1/services/{service}/instances/{id}/health",
+            put(set_health),
+        )
+        .route(
+            "/v1/services/{service}/instances/{id}/heartbeat",
+            put(heartbeat),
+        )
+        .route(
+            "/v1/services/{service}/instances/{id}/maintenance",
+            put(maintenance),
+        )
+        .route(
+            "/v1/services/{service}/settings",
+            get(get_settings).put(put_settings),
+        )
+        .route("/v1/cluster", get(cluster_status))
+        .route("/v1/cluster/digest", get(cluster_digest))
+        .route("/v1/cluster/members", post(join))
+        .route("/v1/cluster/members/{id}", delete(remove_member))
+        .route("/v1/live", get(live))
+        .route("/v1/ready", get(ready))
+}
+
+/// A write's response: its index, in the body and in `X-Cairn-Index`.
+fn written(w: Written) -> Response {
+    let mut res = Json(WriteResult { index: w.index }).into_response();
+    set_index(res.headers_mut(), w.index);
+    res
+}
+
+fn respond<T: serde::Serialize>(s: &AppState, index: u64, body: T) -> Response {
+    read_response(&s.cluster, Dialect::Native, index, body)
+}
+
+async fn register(
+    State(s): State<AppState>,
+    Path((service, id)): Path<(String, String)>,
+    Body(body): Body<InstanceRegistration>,
+) -> Result<Response, Failure> {
+    let service = model::validate_service_name(&service)?;
+    let instance = model::validate_registration(&id, &body)?;
+    let w = s.cluster.write(Op::Register { service, instance }).await?;
+    Ok(written(w))
+}
+
+async fn deregister(
+    State(s): State<AppState>,
+    Path((service, id)): Path<(String, String)>,
+) -> Result<Response, Failure> {
+    let service = model::validate_service_name(&service)?;
+    model::validate_id("id", &id)?;
+    let w = s.cluster.write(Op::Deregister { service, id }).await?;
+    Ok(written(w))
+}
+
+async fn set_health(
+    State(s): State<AppState>,
+    Path((service, id)): Path<(String, String)>,
+    Body(body): Body<HealthUpdate>,
+) -> Result<Response, Failure> {
+    let service = model::validate_service_name(&service)?;
+    model::validate_id("id", &id)?;
+    let output = body.output.unwrap_or_default();
+    model::validate_output(&output)?;
+    let w = s
+        .cluster
+        .write(Op::SetHealth {
+            service,
+            id,
+            status: body.status.into(),
+            output,
+        })
+        .await?;
+    Ok(written(w))
+}
+
+/// `?check=<id>` picks one TTL check; without it, every TTL check of the instance.
+async fn heartbeat(
+    State(s): State<AppState>,
+    Path((service, id)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    let q = ReadQuery::native(raw.as_deref(), &["check"])?;
+    let want = q.param("check");
+    let service = model::validate_service_name(&service)?;
+    model::validate_id("id", &id)?;
+    let registry = s.cluster.registry();
+    let inst = s
+        .lookup_fresh(|| registry.service(&service)?.instances.get(&id).cloned())
+        .await?
+        .ok_or_else(|| Failure::not_found(format!("service {service:?} has no instance {id:?}")))?;
+    let ttl_checks: Vec<String> = inst
+        .spec
+        .checks
+        .iter()
+        .filter(|c| matches!(c.kind, CheckKindSpec::Ttl { .. }))
+        .filter(|c| want.is_none_or(|want| want == c.id))
+        .map(|c| c.id.clone())
+        .collect();
+    if ttl_checks.is_empty() {
+        return Err(Failure::not_found(match want {
+            Some(c) => format!("instance {id:?} has no TTL check {c:?}"),
+            None => format!("instance {id:?} has no TTL check"),
+        }));
+    }
+    for check in &ttl_checks {
+        let key = CheckKey {
+            service: service.clone(),
+            instance: id.clone(),
+            check: check.clone(),
+        };
+        s.relay_heartbeat(key).await?;
+    }
+    Ok(Json(serde_json::json!({"checks": ttl_checks})).into_response())
+}
+
+async fn maintenance(
+    State(s): State<AppState>,
+    Path((service, id)): Path<(String, String)>,
+    Body(body): Body<MaintenanceUpdate>,
+) -> Result<Response, Failure> {
+    let service = model::validate_service_name(&service)?;
+    model::validate_id("id", &id)?;
+    let reason = if body.enable {
+        let r = body.reason.unwrap_or_else(|| "maintenance".into());
+        model::validate_output(&r)?;
+        Some(r)
+    } else {
+        None
+    };
+    let w = s
+        .cluster
+        .write(Op::SetMaintenance {
+            service,
+            id,
+            reason,
+        })
+        .await?;
+    Ok(written(w))
+}
+
+async fn put_settings(
+    State(s): State<AppState>,
+    Path(service): Path<String>,
+    Body(body): Body<ServiceSettingsBody>,
+) -> Result<Response, Failure> {
+    let service = model::validate_service_name(&service)?;
+    let settings = model::validate_settings(&body)?;
+    let w = s
+        .cluster
+        .write(Op::SetSettings { service, settings })
+        .await?;
+    Ok(written(w))
+}
+
+async fn get_settings(
+    State(s): State<AppState>,
+    Path(service): Path<String>,
+) -> Result<Response, Failure> {
+    let service = model::validate_service_name(&service)?;
+    let stored = s.cluster.registry().settings(&service);
+    let (spec, index) = stored
+        .map(|st| (st.settings.clone(), st.modify_index))
+        .unwrap_or_default();
+    let body = ServiceSettingsView {
+        fail_open: spec.fail_open,
+        dns_ttl: spec.dns_ttl_s.map(|t| format!("{t}s")),
+        index,
+    };
+    Ok(respond(&s, index, body))
+}
+
+async fn list_services(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    let q = ReadQuery::native(raw.as_deref(), &[])?;
+    let registry = s.cluster.registry();
+    s.prepare_read(peer, &q, registry.watches().subscribe_list())
+        .await?;
+    let (index, services) = registry.services();
+    let body = ServiceList {
+        index: index.max(1),
+        services: services.iter().map(|e| e.summary()).collect(),
+    };
+    Ok(respond(&s, index, body))
+}
+
+async fn get_service(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(service): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    let q = ReadQuery::native(raw.as_deref(), &["health", "tag"])?;
+    let name = model::validate_service_name(&service)?;
+    let passing_only = match q.param("health") {
+        None | Some("any") => false,
+        Some("passing") => true,
+        Some(other) => {
+            return Err(Failure::invalid(format!(
+                "health: {other:?} is not \"passing\" or \"any\""
+            )))
+        }
+    };
+    let tag = q.param("tag").map(str::to_ascii_lowercase);
+    let registry = s.cluster.registry();
+    let rx = registry
+        .watches()
+        .subscribe_service(&name, registry.service_index(&name));
+    s.prepare_read(peer, &q, rx).await?;
+    let index = registry.service_index(&name);
+    let Some(entry) = registry.service(&name) else {
+        // Still carries the index, so a watcher can wait for the service to appear.
+        let mut res =
+            Failure::not_found(format!("service {name:?} has no instances")).into_response();
+        set_index(res.headers_mut(), index);
+        return Ok(res);
+    };
+    let body = ServiceInstances {
+        name,
+        index,
+        instances: instance_infos(&entry, passing_only, tag.as_deref()),
+    };
+    Ok(respond(&s, index, body))
+}
+
+fn instance_infos(
+    entry: &ServiceEntry,
+    passing_only: bool,
+    tag: Option<&str>,
+) -> Vec<InstanceInfo> {
+    entry
+        .instances
+        .values()
+        .filter(|i| !passing_only || i.health() == HealthStatus::Passing)
+        .filter(|i| tag.is_none_or(|t| i.spec.tags.contains(t)))
+        .map(|i| i.to_info())
+        .collect()
+}
+
+/// `GET /v1/services/{service}/watch`: the service as Server-Sent Events. The first event
+/// (`state`) is the whole service; then each change is a `change` event whose id is its index.
+/// A client reconnecting with `Last-Event-ID` (or `?index=`) is replayed every change after it,
+/// or sent a `state` event when that index is too old to replay.
+async fn watch_service(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    let q = ReadQuery::native(raw.as_deref(), &[])?;
+    let name = model::validate_service_name(&service)?;
+    let resume = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        Some(v) => Some(
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| Failure::invalid(format!("Last-Event-ID: {v:?} is not an index")))?,
+        ),
+        None => q.index,
+    };
+    let slot = s.limiter.acquire(peer.ip())?;
+    let registry = s.cluster.registry().clone();
+    let rx = registry
+        .watches()
+        .subscribe_service(&name, registry.service_index(&name));
+    let stream = watch::service_events(registry, name, resume, rx, s.shutdown.clone(), slot);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(WATCH_KEEP_ALIVE))
+        .into_response())
+}
+
+async fn cluster_status(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    let q = ReadQuery::native(raw.as_deref(), &[])?;
+    s.prepare_read(peer, &q, s.cluster.registry().subscribe())
+        .await?;
+    let status = cluster_status_body(s.cluster.status());
+    let index = status.applied_index;
+    Ok(respond(&s, index, status))
+}
+
+/// The cluster's view of itself, in the API's shape.
+fn cluster_status_body(st: cairn_raft::Status) -> cairn_api::ClusterStatus {
+    cairn_api::ClusterStatus {
+        cluster: st.cluster,
+        node_id: st.node_id,
+        role: st.role.to_owned(),
+        leader: st.leader,
+        term: st.term,
+        last_log_index: st.last_log_index,
+        commit_index: st.commit_index,
+        applied_index: st.applied_index,
+        snapshot_index: st.snapshot_index,
+        last_contact_ms: st.last_contact_ms,
+        members: st
+            .members
+            .into_iter()
+            .map(|m| cairn_api::MemberInfo {
+                id: m.id,
+                rpc_addr: m.rpc_addr,
+                voter: m.voter,
+            })
+            .collect(),
+    }
+}
+
+/// This replica's state digest at its applied index: replicas at the same index must agree.
+async fn cluster_digest(State(s): State<AppState>) -> Result<Response, Failure> {
+    let registry = s.cluster.registry().clone();
+    let (index, digest) = tokio::task::spawn_blocking(move || registry.digest())
+        .await
+        .map_err(|e| Failure::new(ErrorCode::Internal, e.to_string()))?;
+    let body = serde_json::json!({
+        "node_id": s.cluster.id(),
+        "applied_index": index,
+        "digest": format!("{digest:016x}"),
+    });
+    Ok(respond(&s, index, body))
+}
+
+async fn join(
+    State(s): State<AppState>,
+    Body(body): Body<JoinRequest>,
+) -> Result<Response, Failure> {
+    if body.id == 0 {
+        return Err(Failure::invalid("id: must be a positive integer"));
+    }
+    let addr_ok = body.rpc_addr.rsplit_once(':').is_some_and(|(h, p)| {
+        !h.is_empty() && h.len() <= 255 && p.parse::<u16>().is_ok_and(|p| p > 0)
+    });
+    if !addr_ok {
+        return Err(Failure::invalid(format!(
+            "rpc_addr: {:?} is not HOST:PORT",
+            body.rpc_addr.chars().take(80).collect::<String>()
+        )));
+    }
+    let w = s.cluster.join(body.id, body.rpc_addr).await?;
+    Ok(written(w))
+}
+
+async fn remove_member(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Failure> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| Failure::invalid(format!("id: {id:?} is not a node id")))?;
+    let w = s.cluster.remove(id).await?;
+    Ok(written(w))
+}
+
+async fn live() -> Response {
+    Json(serde_json::json!({"status": "live"})).into_response()
+}
+
+/// Ready when this node knows a leader: it can then serve reads and accept writes.
+async fn ready(State(s): State<AppState>) -> Result<Response, Failure> {
+    match s.cluster.leader() {
+        Some(leader) => {
+            Ok(Json(serde_json::json!({"status": "ready", "leader": leader})).into_response())
+        }
+        None => Err(Failure::new(
+            ErrorCode::NoLeader,
+            "this node knows no leader yet",
+        )),
+    }
+}

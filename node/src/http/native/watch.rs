@@ -1,0 +1,117 @@
+//! The events of a watch stream (`GET /v1/services/{service}/watch`): a `state` event with the
+//! whole service, then a `change` event per change, each with its index as the event id.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::response::sse::Event;
+use cairn_api::ServiceInstances;
+use cairn_registry::{Registry, ServiceEntry};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::http::blocking::WaitSlot;
+
+/// What a watch stream still has to send, and where it is.
+struct Watcher {
+    registry: Arc<Registry>,
+    name: String,
+    /// The index of the last event sent; `None` before the first.
+    last: Option<u64>,
+    rx: watch::Receiver<u64>,
+    shutdown: CancellationToken,
+    pending: VecDeque<Event>,
+    /// A stream is a waiting request: it holds one of its client's slots while it lasts.
+    _slot: WaitSlot,
+}
+
+fn event(kind: &str, name: &str, index: u64, entry: Option<&ServiceEntry>) -> Event {
+    let body = ServiceInstances {
+        name: name.to_owned(),
+        index,
+        instances: entry.map_or_else(Vec::new, |e| {
+            e.instances.values().map(|i| i.to_info()).collect()
+        }),
+    };
+    let data = serde_json::to_string(&body).unwrap_or_else(|_| "{}".into());
+    Event::default()
+        .event(kind)
+        .id(index.to_string())
+        .data(data)
+}
+
+impl Watcher {
+    /// Queues what happened since `last`: each change from history, or the whole state.
+    fn catch_up(&mut self) {
+        let current = self.registry.service_index(&self.name);
+        match self.last {
+            Some(last) if current == last => {}
+            Some(last) => match self.registry.watches().since(&self.name, last) {
+                Some(versions) if !versions.is_empty() => {
+                    for v in versions {
+                        self.pending.push_back(event(
+                            "change",
+                            &self.name,
+                            v.index,
+                            v.entry.as_deref(),
+                        ));
+                        self.last = Some(v.index);
+                    }
+                }
+                // The view moved before its history was recorded: the next wake-up has it.
+                Some(_) => {}
+                None => self.send_state(current),
+            },
+            None => self.send_state(current),
+        }
+    }
+
+    fn send_state(&mut self, current: u64) {
+        let entry = self.registry.service(&self.name);
+        self.pending
+            .push_back(event("state", &self.name, current, entry.as_deref()));
+        self.last = Some(current);
+    }
+}
+
+/// The events of one watch stream, resuming after `resume` when given; it ends when the agent
+/// shuts down.
+pub(super) fn service_events(
+    registry: Arc<Registry>,
+    name: String,
+    resume: Option<u64>,
+    rx: watch::Receiver<u64>,
+    shutdown: CancellationToken,
+    slot: WaitSlot,
+) -> impl futures::Stream<Item = Result<Event, Infallible>> {
+    let w = Watcher {
+        registry,
+        name,
+        last: resume,
+        rx,
+        shutdown,
+        pending: VecDeque::new(),
+        _slot: slot,
+    };
+    futures::stream::unfold(w, |mut w| async move {
+        loop {
+            if let Some(ev) = w.pending.pop_front() {
+                return Some((Ok(ev), w));
+            }
+            w.rx.borrow_and_update();
+            w.catch_up();
+            if !w.pending.is_empty() {
+                continue;
+            }
+            tokio::select! {
+                r = w.rx.changed() => {
+                    if r.is_err() {
+                        return None;
+                    }
+                }
+                _ = w.shutdown.cancelled() => return None,
+            }
+        }
+    })
+}

@@ -1,0 +1,85 @@
+//! [`AppState`]: what every handler sees, and the path every read takes before it looks at the
+//! registry: block for `?index=` (holding one of the client's waiting slots), then apply
+//! `?consistent` and `?max_stale`. Native and Consul reads share it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use cairn_api::ErrorCode;
+use cairn_raft::Cluster;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::blocking::{self, WaitLimiter};
+use super::error::Failure;
+use super::query::ReadQuery;
+use crate::checks::Checker;
+
+/// What every handler sees.
+#[derive(Clone)]
+pub struct AppState {
+    pub cluster: Arc<Cluster>,
+    pub checker: Arc<Checker>,
+    /// Waiting requests per client address.
+    pub limiter: Arc<WaitLimiter>,
+    /// Cancelled when the agent shuts down: waiting reads return, streams end.
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// Looks something up in this replica; on a miss, waits until the replica has applied
+    /// everything the leader had committed and looks again. A client that registered through
+    /// this node (the write is acknowledged once the leader applied it, maybe before this
+    /// follower did) can so heartbeat or deregister through it at once.
+    pub(super) async fn lookup_fresh<T>(
+        &self,
+        find: impl Fn() -> Option<T>,
+    ) -> Result<Option<T>, Failure> {
+        if let Some(found) = find() {
+            return Ok(Some(found));
+        }
+        self.cluster.read_barrier().await?;
+        Ok(find())
+    }
+
+    /// What a read does before it looks: for `?index=`, waits (holding one of `peer`'s waiting
+    /// slots) until `rx`, the resource's index, moves past it or the wait ends; then applies
+    /// `?consistent` and `?max_stale`.
+    pub(super) async fn prepare_read(
+        &self,
+        peer: SocketAddr,
+        q: &ReadQuery,
+        rx: watch::Receiver<u64>,
+    ) -> Result<(), Failure> {
+        if let Some(index) = q.index {
+            let _slot = self.limiter.acquire(peer.ip())?;
+            blocking::block(rx, index, q.wait, &self.shutdown).await;
+        }
+        self.freshness(q).await
+    }
+
+    /// `?consistent`: a read barrier, so the read sees every write committed before it began.
+    /// `?max_stale`: refuse (503) when this follower last heard from the leader too long ago.
+    async fn freshness(&self, q: &ReadQuery) -> Result<(), Failure> {
+        if q.consistent {
+            self.cluster.read_barrier().await?;
+        }
+        if let Some(max) = q.max_stale {
+            if self.cluster.leader() != Some(self.cluster.id()) {
+                let contact = self.cluster.last_contact_ms();
+                if contact.is_none_or(|ms| u128::from(ms) > max.as_millis()) {
+                    return Err(Failure::new(
+                        ErrorCode::Unavailable,
+                        match contact {
+                            Some(ms) => format!(
+                                "this node last heard from the leader {ms} ms ago, more than max_stale"
+                            ),
+                            None => "this node has not heard from a leader".into(),
+                        },
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
