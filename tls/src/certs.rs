@@ -1,0 +1,1 @@
+//! Certificates for a new cluster. (Being written.)

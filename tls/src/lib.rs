@@ -1,0 +1,13 @@
+//! Cairn's TLS, in one place: every listener and every caller gets its rustls configuration
+//! here, and one function decides who a peer is from its certificate.
+//!
+//! - [`certs`]: a CA, node and client certificates for a new cluster (`cairn tls ca create`,
+//!   `cairn tls cert create`), as PEM files;
+//! - [`config`]: PEM files loaded into rustls server and client configurations that reload
+//!   without a restart (SIGHUP, or a change of the files);
+//! - [`identity`]: node names (`node-<id>.<cluster>.cairn`) and the check that a peer's
+//!   certificate carries the one it claims;
+//! - [`serve`]: an axum router served over TLS, each request carrying its connection's peer
+//!   certificate.
+
+pub mod certs;
