@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AgentConfig, Membership};
+use crate::config::{AgentConfig, Membership, NodeTls};
 use crate::http;
 
 /// How long in-flight requests get to finish once shutdown begins.
@@ -44,6 +44,8 @@ pub enum AgentError {
     Checker(reqwest::Error),
     #[error("cannot serve the DNS zone: {0}")]
     Dns(String),
+    #[error("cannot load the TLS certificates: {0}")]
+    Tls(String),
 }
 
 /// The addresses the agent ended up listening on (port 0 resolved).
@@ -57,6 +59,36 @@ pub struct Bound {
 impl std::fmt::Display for Bound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "http={} dns={} rpc={}", self.http, self.dns, self.rpc)
+    }
+}
+
+/// Open cluster RPC connections get this long to finish at shutdown.
+const RPC_DRAIN: Duration = Duration::from_secs(5);
+
+/// The cluster RPC's mutual TLS: this node's listener and its calls to the others, both from
+/// the same files and both reloaded when they change or on SIGHUP.
+struct RpcTls {
+    server: Arc<cairn_tls::Reloadable<cairn_tls::rustls::ServerConfig>>,
+    client: Arc<cairn_tls::Reloadable<cairn_tls::rustls::ClientConfig>>,
+}
+
+impl RpcTls {
+    fn load(files: &NodeTls) -> Result<RpcTls, AgentError> {
+        let paths = vec![files.ca.clone(), files.cert.clone(), files.key.clone()];
+        let f = files.clone();
+        let server = cairn_tls::Reloadable::new("cluster RPC listener", paths.clone(), move || {
+            cairn_tls::config::server_config(&f.cert, &f.key, Some(&f.ca), &[b"http/1.1"])
+        })
+        .map_err(|e| AgentError::Tls(e.to_string()))?;
+        let f = files.clone();
+        let client = cairn_tls::Reloadable::new("cluster RPC client", paths, move || {
+            cairn_tls::config::client_config(&f.ca, Some((&f.cert, &f.key)))
+        })
+        .map_err(|e| AgentError::Tls(e.to_string()))?;
+        Ok(RpcTls {
+            server: Arc::new(server),
+            client: Arc::new(client),
+        })
     }
 }
 
@@ -156,6 +188,18 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         )])),
         Membership::Join(_) | Membership::Wait => None,
     };
+    let rpc_tls = match &config.tls {
+        Some(files) => Some(RpcTls::load(files)?),
+        None => {
+            if config.insecure_rpc {
+                tracing::warn!(
+                    rpc = %bound.rpc,
+                    "--insecure-rpc: the cluster RPC is plaintext; anyone who reaches it can act as a member"
+                );
+            }
+            None
+        }
+    };
     let options = ClusterOptions {
         node_id: config.node_id,
         cluster_name: config.cluster.clone(),
@@ -165,6 +209,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         keep_logs: config.snapshot_keep_logs,
         write_timeout: config.write_timeout,
         clock_offset_ms: config.clock_offset_ms,
+        tls: rpc_tls.as_ref().map(|t| t.client.clone()),
         ..ClusterOptions::default()
     };
     let cluster = Cluster::start(options).await?;
@@ -183,11 +228,29 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     {
         let app = cairn_raft::rpc::server::router(cluster.clone(), http::rpc_routes(state.clone()));
         let stop = rpc_stop.clone();
-        servers.spawn(async move {
-            axum::serve(rpc_listener.tap_io(no_delay), app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        });
+        match &rpc_tls {
+            Some(tls) => {
+                let server = tls.server.clone();
+                servers.spawn(async move {
+                    cairn_tls::serve_tls(rpc_listener, server, app, stop, RPC_DRAIN).await;
+                    Ok(())
+                });
+                let reload: Vec<Arc<dyn cairn_tls::Reload>> =
+                    vec![tls.server.clone(), tls.client.clone()];
+                tokio::spawn(cairn_tls::keep_fresh(
+                    reload,
+                    cairn_tls::config::CHECK_FILES_EVERY,
+                    rpc_stop.clone(),
+                ));
+            }
+            None => {
+                servers.spawn(async move {
+                    axum::serve(rpc_listener.tap_io(no_delay), app)
+                        .with_graceful_shutdown(stop.cancelled_owned())
+                        .await
+                });
+            }
+        }
     }
     let http_server = {
         let app = http::router(state, config.max_body_bytes);

@@ -202,6 +202,25 @@ pub struct AgentArgs {
     )]
     pub cluster: Option<String>,
 
+    /// The cluster's CA certificate (PEM): cluster RPC peers must present a certificate it
+    /// signed. With --tls-cert and --tls-key, the cluster RPC runs over mutual TLS.
+    #[arg(long, env = "CAIRN_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// This node's certificate (PEM), signed by the cluster CA, naming `node-<id>.<cluster>.cairn`
+    /// (`cairn tls cert create --node <id>` makes one).
+    #[arg(long, env = "CAIRN_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "CAIRN_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve the cluster RPC in plaintext on a non-loopback address, without certificates:
+    /// anyone who reaches the port can then act as a member. Only for trusted networks.
+    #[arg(long, env = "CAIRN_INSECURE_RPC")]
+    pub insecure_rpc: bool,
+
     #[arg(
         long,
         env = "CAIRN_MAX_BODY_BYTES",
@@ -386,6 +405,17 @@ pub struct AgentConfig {
     pub log: String,
     /// Milliseconds added to this node's wall clock (`--test-clock-offset`).
     pub clock_offset_ms: i64,
+    /// The cluster RPC's mutual TLS; `None` for plaintext (loopback, --dev or --insecure-rpc).
+    pub tls: Option<NodeTls>,
+    pub insecure_rpc: bool,
+}
+
+/// A node's TLS files, checked to load and to name this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Where the other nodes reach this node's RPC listener (`--advertise`).
@@ -477,6 +507,10 @@ impl AgentArgs {
             bootstrap: self.bootstrap.merge(under.bootstrap),
             join: self.join.merge(under.join),
             cluster: self.cluster.merge(under.cluster),
+            ca_file: self.ca_file.merge(under.ca_file),
+            tls_cert: self.tls_cert.merge(under.tls_cert),
+            tls_key: self.tls_key.merge(under.tls_key),
+            insecure_rpc: self.insecure_rpc.merge(under.insecure_rpc),
             max_body_bytes: self.max_body_bytes.merge(under.max_body_bytes),
             max_waiting_per_client: self
                 .max_waiting_per_client
@@ -518,6 +552,8 @@ impl AgentArgs {
             (None, true) => 1,
             (None, false) => return Err(bad("--node-id", "required (or run with --dev)")),
         };
+        let tls = validate_tls(self.ca_file, self.tls_cert, self.tls_key, &cluster, node_id)?;
+        let insecure_rpc = self.insecure_rpc;
         let data_dir = self.data_dir;
         if data_dir.is_none() && !dev {
             return Err(bad("--data-dir", "required (or run with --dev)"));
@@ -611,6 +647,17 @@ impl AgentArgs {
             ));
         }
 
+        if tls.is_none() && !insecure_rpc && !dev && !rpc_addr.ip().is_loopback() {
+            return Err(bad(
+                "--insecure-rpc",
+                format!(
+                    "the cluster RPC would listen on {rpc_addr} without TLS, open to anyone who reaches it: \
+                     give --ca-file, --tls-cert and --tls-key (`cairn tls` makes them), or --insecure-rpc \
+                     on a trusted network"
+                ),
+            ));
+        }
+
         let max_body_bytes = self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY);
         if !(1024..=MAX_MAX_BODY).contains(&max_body_bytes) {
             return Err(bad(
@@ -689,6 +736,8 @@ impl AgentArgs {
             write_timeout,
             log,
             clock_offset_ms,
+            tls,
+            insecure_rpc,
         })
     }
 
@@ -745,6 +794,48 @@ impl AgentArgs {
             recursors,
         })
     }
+}
+
+/// The node's TLS files: all three or none. They are loaded here, so that a missing file, a
+/// key that does not match, or a certificate for another node is a configuration error (exit
+/// 64, and `--check` finds it), not a failure after the ports are bound.
+fn validate_tls(
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    cluster: &str,
+    node_id: u64,
+) -> Result<Option<NodeTls>, ConfigError> {
+    let (ca, cert, key) = match (ca, cert, key) {
+        (None, None, None) => return Ok(None),
+        (Some(ca), Some(cert), Some(key)) => (ca, cert, key),
+        _ => {
+            return Err(bad(
+                "--ca-file/--tls-cert/--tls-key",
+                "go together: the cluster's CA, this node's certificate and its key (`cairn tls` makes them)",
+            ))
+        }
+    };
+    cairn_tls::config::client_config(&ca, Some((&cert, &key)))
+        .map_err(|e| bad("--tls-cert", e.to_string()))?;
+    cairn_tls::config::server_config(&cert, &key, Some(&ca), &[])
+        .map_err(|e| bad("--tls-cert", e.to_string()))?;
+    let name = cairn_tls::node_name(cluster, node_id);
+    let leaf =
+        cairn_tls::config::load_certs(&cert).map_err(|e| bad("--tls-cert", e.to_string()))?;
+    if !leaf
+        .first()
+        .is_some_and(|c| cairn_tls::identity::certifies(c, &name))
+    {
+        return Err(bad(
+            "--tls-cert",
+            format!(
+                "{} does not name {name}: it is not node {node_id}'s certificate of cluster {cluster:?}",
+                cert.display()
+            ),
+        ));
+    }
+    Ok(Some(NodeTls { ca, cert, key }))
 }
 
 /// Reads a `--config` file into the settings it sets; an unknown key is an error.
@@ -1115,6 +1206,10 @@ peers = ["1=a:8300", "2=b:8300", "3=c:8300"]
         ("bootstrap", None),
         ("join", Some("http://a:8500,http://b:8500")),
         ("cluster", Some("prod-eu")),
+        ("ca_file", Some("/etc/cairn/ca.pem")),
+        ("tls_cert", Some("/etc/cairn/node-7.pem")),
+        ("tls_key", Some("/etc/cairn/node-7-key.pem")),
+        ("insecure_rpc", None),
         ("max_body_bytes", Some("4096")),
         ("max_waiting_per_client", Some("16")),
         ("snapshot_threshold", Some("500")),

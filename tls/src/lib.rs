@@ -11,3 +11,12 @@
 //!   certificate.
 
 pub mod certs;
+pub mod config;
+pub mod identity;
+pub mod serve;
+
+pub use config::{keep_fresh, Reload, Reloadable, TlsError};
+pub use identity::{node_name, PeerCertificates};
+/// The rustls this crate builds configurations with, for callers that name its types.
+pub use rustls;
+pub use serve::serve_tls;

@@ -22,3 +22,4 @@ mod deploy;
 mod dns;
 mod faults;
 mod reads;
+

@@ -25,7 +25,7 @@ use openraft::{Config, Membership, ServerState, SnapshotPolicy};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use crate::rpc::client::Transport;
+use crate::rpc::client::{ClientTls, Transport};
 use crate::store::{self, OpenError};
 use crate::{Member, NodeId, Raft};
 
@@ -58,6 +58,10 @@ pub struct ClusterOptions {
     pub election_timeout: (Duration, Duration),
     /// How long a write may wait for a leader and a quorum before it fails with 503.
     pub write_timeout: Duration,
+    /// Mutual TLS for the cluster RPC: the client side (the server side is the agent's
+    /// listener). With it, RPCs are admitted only from callers whose certificate carries the
+    /// member name they claim; without it, the headers are taken at their word.
+    pub tls: Option<ClientTls>,
     /// Added to the wall clock this node stamps on the entries it proposes. Tests only: apply
     /// never reads a clock, so replicas agree whatever the offset (see the fault tests).
     pub clock_offset_ms: i64,
@@ -95,6 +99,7 @@ impl Default for ClusterOptions {
             heartbeat: Duration::from_millis(150),
             election_timeout: (Duration::from_millis(1000), Duration::from_millis(2000)),
             write_timeout: DEFAULT_WRITE_TIMEOUT,
+            tls: None,
             clock_offset_ms: 0,
         }
     }
@@ -194,7 +199,8 @@ impl Cluster {
         }
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
-        let transport = Transport::new(&options.cluster_name, options.node_id)?;
+        let transport =
+            Transport::new(&options.cluster_name, options.node_id, options.tls.clone())?;
         let raft = Raft::new(
             options.node_id,
             Arc::new(config),
@@ -278,6 +284,11 @@ impl Cluster {
         &self.registry
     }
 
+    /// Whether cluster RPCs must come over mutual TLS with a member's certificate.
+    pub fn requires_certificates(&self) -> bool {
+        self.options.tls.is_some()
+    }
+
     /// Whether this node holds any cluster membership yet.
     pub fn has_membership(&self) -> bool {
         self.with_membership(|m| m.nodes().next().is_some())
@@ -323,7 +334,7 @@ impl Cluster {
             .member_addr(node)
             .ok_or_else(|| format!("node {node} is not a member"))?;
         self.transport
-            .post(&addr, path, body, timeout)
+            .post(node, &addr, path, body, timeout)
             .await
             .map_err(|e| e.to_string())
     }

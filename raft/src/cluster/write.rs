@@ -132,7 +132,7 @@ impl Cluster {
         let left = deadline.saturating_duration_since(Instant::now());
         match self
             .transport
-            .post::<_, Result<ForwardReply, WriteError>>(&addr, PATH_FORWARD, req, left)
+            .post::<_, Result<ForwardReply, WriteError>>(leader, &addr, PATH_FORWARD, req, left)
             .await
         {
             Ok(Ok(reply)) => Ok(reply),

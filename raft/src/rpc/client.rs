@@ -2,9 +2,13 @@
 //! openraft's network over it ([`Peer`]). Nothing here knows the [`Cluster`](crate::Cluster):
 //! the cluster owns a transport, never the reverse.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use cairn_tls::{node_name, Reloadable};
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
     Unreachable,
@@ -14,6 +18,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use parking_lot::RwLock;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -22,19 +27,53 @@ use super::{
 };
 use crate::{Member, NodeId, TypeConfig};
 
+/// Over TLS, the cluster RPC client's rustls configuration (the cluster CA as the only root, this
+/// node's certificate as its identity), reloadable.
+pub type ClientTls = Arc<Reloadable<cairn_tls::rustls::ClientConfig>>;
+
 /// How one node talks to the others: one pooled HTTP client, the cluster name and our id.
+///
+/// Over TLS a member is called by its identity, `https://node-<id>.<cluster>.cairn:<port>`, and
+/// the name is resolved to the member's address from an address book: the server certificate
+/// must then carry that node's name, whatever address answered, so a peer is authenticated as
+/// the member we meant to call, not as whoever holds the address.
 #[derive(Clone)]
 pub struct Transport {
-    http: reqwest::Client,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     cluster: String,
     from: NodeId,
+    tls: Option<ClientTls>,
+    book: Arc<AddressBook>,
+    /// The HTTP client and the TLS generation it was built from.
+    http: RwLock<(u64, reqwest::Client)>,
 }
+
+/// Where each member's name points: `node-2.cairn.cairn` -> `10.0.0.2:8300`.
+#[derive(Default)]
+struct AddressBook(RwLock<HashMap<String, String>>);
+
+impl reqwest::dns::Resolve for Resolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let addr = self.0 .0.read().get(name.as_str()).cloned();
+        let name = name.as_str().to_owned();
+        Box::pin(async move {
+            let addr = addr.ok_or_else(|| format!("no address is known for {name}"))?;
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+struct Resolver(Arc<AddressBook>);
 
 /// What went wrong sending an RPC, before openraft's or our own error types are chosen.
 #[derive(Debug)]
 pub enum SendError {
     /// No connection: the request was never sent.
-    Unreachable(reqwest::Error),
+    Unreachable(String),
     /// The connection failed after the request may have been sent: it may have been executed.
     Lost(reqwest::Error),
     Timeout,
@@ -53,33 +92,97 @@ impl std::fmt::Display for SendError {
     }
 }
 
+fn build_http(
+    tls: Option<&cairn_tls::rustls::ClientConfig>,
+    book: &Arc<AddressBook>,
+) -> Result<reqwest::Client, reqwest::Error> {
+    let builder = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .connect_timeout(Duration::from_secs(2));
+    match tls {
+        None => builder.build(),
+        Some(config) => builder
+            .use_preconfigured_tls(config.clone())
+            .dns_resolver(Arc::new(Resolver(book.clone())))
+            .https_only(true)
+            .build(),
+    }
+}
+
+/// The port of `host:port` or `[v6]:port`.
+fn port_of(addr: &str) -> Option<u16> {
+    addr.rsplit_once(':')?.1.parse().ok()
+}
+
 impl Transport {
-    pub fn new(cluster: &str, from: NodeId) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .connect_timeout(Duration::from_secs(2))
-            .build()?;
+    /// A transport for node `from` of `cluster`; over mutual TLS when `tls` is given.
+    pub fn new(
+        cluster: &str,
+        from: NodeId,
+        tls: Option<ClientTls>,
+    ) -> Result<Self, reqwest::Error> {
+        let book = Arc::new(AddressBook::default());
+        let current = tls.as_ref().map(|t| (t.generation(), t.current()));
+        let http = build_http(current.as_ref().map(|(_, c)| &**c), &book)?;
         Ok(Transport {
-            http,
-            cluster: cluster.to_owned(),
-            from,
+            inner: Arc::new(Inner {
+                cluster: cluster.to_owned(),
+                from,
+                tls,
+                book,
+                http: RwLock::new((current.map_or(0, |(g, _)| g), http)),
+            }),
         })
     }
 
-    /// POSTs `body` as JSON to `http://{addr}{path}` and reads a JSON answer.
+    /// The HTTP client, rebuilt first if the certificates were reloaded since it was built.
+    fn http(&self) -> Result<reqwest::Client, SendError> {
+        let inner = &self.inner;
+        let Some(tls) = &inner.tls else {
+            return Ok(inner.http.read().1.clone());
+        };
+        let generation = tls.generation();
+        if inner.http.read().0 == generation {
+            return Ok(inner.http.read().1.clone());
+        }
+        let http = build_http(Some(&tls.current()), &inner.book)
+            .map_err(|e| SendError::Unreachable(format!("cannot build the TLS client: {e}")))?;
+        *inner.http.write() = (generation, http.clone());
+        Ok(http)
+    }
+
+    /// The URL of `path` on member `target` at `addr`.
+    fn url(&self, target: NodeId, addr: &str, path: &str) -> Result<String, SendError> {
+        if self.inner.tls.is_none() {
+            return Ok(format!("http://{addr}{path}"));
+        }
+        let port = port_of(addr)
+            .ok_or_else(|| SendError::Unreachable(format!("{addr:?} is not HOST:PORT")))?;
+        let host = node_name(&self.inner.cluster, target);
+        self.inner
+            .book
+            .0
+            .write()
+            .insert(host.clone(), addr.to_owned());
+        Ok(format!("https://{host}:{port}{path}"))
+    }
+
+    /// POSTs `body` as JSON to `path` on member `target` at `addr`, and reads a JSON answer.
     pub async fn post<Req: Serialize, Resp: DeserializeOwned>(
         &self,
+        target: NodeId,
         addr: &str,
         path: &str,
         body: &Req,
         timeout: Duration,
     ) -> Result<Resp, SendError> {
+        let url = self.url(target, addr, path)?;
         let res = self
-            .http
-            .post(format!("http://{addr}{path}"))
-            .header(CLUSTER_HEADER, &self.cluster)
-            .header(FROM_HEADER, self.from.to_string())
+            .http()?
+            .post(url)
+            .header(CLUSTER_HEADER, &self.inner.cluster)
+            .header(FROM_HEADER, self.inner.from.to_string())
             .json(body)
             .timeout(timeout)
             .send()
@@ -88,7 +191,7 @@ impl Transport {
                 if e.is_timeout() {
                     SendError::Timeout
                 } else if e.is_connect() {
-                    SendError::Unreachable(e)
+                    SendError::Unreachable(error_chain(&e))
                 } else {
                     SendError::Lost(e)
                 }
@@ -112,6 +215,18 @@ impl Transport {
         serde_json::from_slice(&bytes)
             .map_err(|e| SendError::Protocol(format!("bad answer from {addr}: {e}")))
     }
+}
+
+/// An error with its causes: a TLS refusal hides under "error trying to connect".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 impl RaftNetworkFactory<TypeConfig> for Transport {
@@ -148,14 +263,16 @@ impl Peer {
     {
         let reply: Result<Resp, RaftError<NodeId, E>> = self
             .transport
-            .post(&self.addr, path, req, timeout)
+            .post(self.target, &self.addr, path, req, timeout)
             .await
             .map_err(|e| match e {
-                SendError::Unreachable(e) => RPCError::Unreachable(Unreachable::new(&e)),
+                SendError::Unreachable(e) => {
+                    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e)))
+                }
                 SendError::Lost(e) => RPCError::Network(NetworkError::new(&e)),
                 SendError::Timeout => RPCError::Timeout(Timeout {
                     action,
-                    id: self.transport.from,
+                    id: self.transport.inner.from,
                     target: self.target,
                     timeout,
                 }),

@@ -7,8 +7,11 @@
 //! is applied, so no route can forget admission. Bodies are capped at [`MAX_RPC_BODY`], snapshot
 //! chunks at [`MAX_SNAPSHOT_BODY`].
 //!
-//! This is the one place that decides who a caller is; the mutual-TLS work replaces the headers
-//! with the identity in the peer's certificate here and nowhere else.
+//! This is the one place that decides who a caller is. Over mutual TLS (when the node has
+//! certificates) the sender's header is only a claim: it counts when the certificate the
+//! handshake verified against the cluster's CA carries that node's name,
+//! `node-<id>.<cluster>.cairn` (`cairn_tls::identity`). A request that did not come over TLS
+//! with a certificate is refused then, whatever its headers say.
 
 use std::sync::Arc;
 
@@ -18,6 +21,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
+use cairn_tls::{node_name, PeerCertificates};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 
 use super::{
@@ -56,8 +60,12 @@ fn refuse(message: String) -> Response {
     (StatusCode::FORBIDDEN, Json(Refusal { message })).into_response()
 }
 
-/// Who the headers say is calling, if the cluster admits it; why not otherwise.
-fn identify(cluster: &Cluster, headers: &HeaderMap) -> Result<NodeId, String> {
+/// Who is calling, if the cluster admits it; why not otherwise.
+fn identify(
+    cluster: &Cluster,
+    headers: &HeaderMap,
+    certificate: Option<&PeerCertificates>,
+) -> Result<NodeId, String> {
     let name = headers
         .get(CLUSTER_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -74,6 +82,17 @@ fn identify(cluster: &Cluster, headers: &HeaderMap) -> Result<NodeId, String> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<NodeId>().ok())
         .ok_or_else(|| "missing or bad sender id".to_owned())?;
+    if cluster.requires_certificates() {
+        let Some(certificate) = certificate else {
+            return Err("this node takes cluster RPCs over mutual TLS only".into());
+        };
+        if !certificate.certifies(&node_name(cluster.name(), from)) {
+            return Err(format!(
+                "the certificate presented is not node {from}'s of cluster {:?}",
+                cluster.name()
+            ));
+        }
+    }
     if !cluster.admits(from) {
         return Err(format!("node {from} is not a member of this cluster"));
     }
@@ -82,7 +101,11 @@ fn identify(cluster: &Cluster, headers: &HeaderMap) -> Result<NodeId, String> {
 
 /// The admission layer: runs before the handler, so before any body is read.
 async fn admit(State(cluster): State<Arc<Cluster>>, mut req: Request, next: Next) -> Response {
-    match identify(&cluster, req.headers()) {
+    match identify(
+        &cluster,
+        req.headers(),
+        req.extensions().get::<PeerCertificates>(),
+    ) {
         Ok(from) => {
             req.extensions_mut().insert(Caller(from));
             next.run(req).await

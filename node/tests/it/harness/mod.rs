@@ -3,6 +3,7 @@
 
 pub mod dns;
 pub mod proxy;
+pub mod tls;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -221,10 +222,16 @@ pub fn client() -> reqwest::Client {
 impl Cluster {
     /// Node 1 bootstraps alone; the others join it. `extra` goes to every node.
     pub async fn start(n: u64, extra: &[&str]) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Cluster::start_each(n, tempfile::tempdir().unwrap(), |_| extra.clone()).await
+    }
+
+    /// Like [`Cluster::start`], with each node's own extra arguments, in `dir`.
+    pub async fn start_each(n: u64, dir: TempDir, extra: impl Fn(u64) -> Vec<String>) -> Cluster {
         let http = client();
+        let first_extra = extra(1);
         let mut first_args = vec!["--bootstrap"];
-        first_args.extend_from_slice(extra);
+        first_args.extend(first_extra.iter().map(String::as_str));
         let first = Node::start(1, dir.path(), &first_args);
         let join_url = first.url("");
         let mut cluster = Cluster {
@@ -234,8 +241,9 @@ impl Cluster {
         };
         cluster.wait_ready(0).await;
         for id in 2..=n {
+            let node_extra = extra(id);
             let mut args = vec!["--join", join_url.as_str()];
-            args.extend_from_slice(extra);
+            args.extend(node_extra.iter().map(String::as_str));
             let node = Node::start(id, cluster.dir.path(), &args);
             cluster.nodes.push(node);
         }
