@@ -209,6 +209,20 @@ pub struct Indexed<T> {
     pub value: T,
 }
 
+/// TLS towards the nodes: a CA to trust besides the system's roots, and a client certificate
+/// for nodes that require one (`--tls-client-ca`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    pub ca_file: Option<std::path::PathBuf>,
+    pub client_cert: Option<std::path::PathBuf>,
+    pub client_key: Option<std::path::PathBuf>,
+}
+
+fn read_file(what: &str, path: &std::path::Path) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path)
+        .map_err(|e| ClientError::Config(format!("cannot read the {what} {}: {e}", path.display())))
+}
+
 /// How hard a call tries before giving up.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -324,6 +338,52 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        Client::with_tls(addrs, retry, &TlsOptions::default())
+    }
+
+    /// A client of `https://` nodes signed by a private CA, or with a client certificate: the
+    /// CLI's `--ca-file`, `--client-cert` and `--client-key`.
+    pub fn with_tls<I, S>(
+        addrs: I,
+        retry: RetryPolicy,
+        tls: &TlsOptions,
+    ) -> Result<Client, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let ca = match &tls.ca_file {
+            None => None,
+            Some(path) => {
+                let pem = read_file("CA file", path)?;
+                Some(reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                    ClientError::Config(format!(
+                        "{}: not a PEM CA certificate: {e}",
+                        path.display()
+                    ))
+                })?)
+            }
+        };
+        let identity = match (&tls.client_cert, &tls.client_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                let mut pem = read_file("client certificate", cert)?;
+                pem.push(b'\n');
+                pem.extend(read_file("client key", key)?);
+                Some(reqwest::Identity::from_pem(&pem).map_err(|e| {
+                    ClientError::Config(format!(
+                        "{} with {}: not a usable certificate and key: {e}",
+                        cert.display(),
+                        key.display()
+                    ))
+                })?)
+            }
+            _ => {
+                return Err(ClientError::Config(
+                    "a client certificate needs its key, and a key its certificate".into(),
+                ))
+            }
+        };
         let nodes = addrs
             .into_iter()
             .map(|a| base_url(a.as_ref()))
@@ -335,11 +395,19 @@ impl Client {
             let builder = reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(2))
                 .tcp_nodelay(true);
-            let builder = if pooled {
+            let mut builder = if pooled {
                 builder
             } else {
                 builder.pool_max_idle_per_host(0)
             };
+            if let Some(certs) = &ca {
+                for c in certs {
+                    builder = builder.add_root_certificate(c.clone());
+                }
+            }
+            if let Some(id) = &identity {
+                builder = builder.identity(id.clone());
+            }
             builder
                 .build()
                 .map_err(|e| ClientError::Config(e.to_string()))

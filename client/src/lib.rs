@@ -58,5 +58,5 @@ mod client;
 mod live;
 
 pub use cairn_api::*;
-pub use client::{CallKind, Client, ClientError, Indexed, ReadOptions, RetryPolicy};
+pub use client::{CallKind, Client, ClientError, Indexed, ReadOptions, RetryPolicy, TlsOptions};
 pub use live::{watch, Balancer, Registration, Resolver, WatchOptions};

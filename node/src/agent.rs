@@ -54,11 +54,16 @@ pub struct Bound {
     pub http: SocketAddr,
     pub dns: SocketAddr,
     pub rpc: SocketAddr,
+    pub https: Option<SocketAddr>,
 }
 
 impl std::fmt::Display for Bound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "http={} dns={} rpc={}", self.http, self.dns, self.rpc)
+        write!(f, "http={} dns={} rpc={}", self.http, self.dns, self.rpc)?;
+        if let Some(https) = self.https {
+            write!(f, " https={https}")?;
+        }
+        Ok(())
     }
 }
 
@@ -112,6 +117,10 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Agent
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     let http_listener = bind("HTTP", config.http_addr).await?;
     let rpc_listener = bind("cluster RPC", config.rpc_addr).await?;
+    let https_listener = match &config.https {
+        Some(h) => Some(bind("HTTPS", h.addr).await?),
+        None => None,
+    };
     let dns_listeners = cairn_dns::Listeners::bind(config.dns.addr)
         .await
         .map_err(|source| AgentError::Bind {
@@ -141,6 +150,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 addr: config.rpc_addr,
                 source,
             })?,
+        https: https_listener.as_ref().and_then(|l| l.local_addr().ok()),
     };
 
     // Dev mode without --data-dir: a temporary folder that disappears with the agent.
@@ -217,7 +227,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let rpc_stop = CancellationToken::new();
     let http_stop = shutdown.child_token();
     let checks_stop = CancellationToken::new();
-    let checker = crate::checks::Checker::new(cluster.clone()).map_err(AgentError::Checker)?;
+    let check_roots = match &config.check_ca_file {
+        None => Vec::new(),
+        Some(path) => std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| e.to_string()))
+            .map_err(|e| AgentError::Tls(format!("{}: {e}", path.display())))?,
+    };
+    let checker =
+        crate::checks::Checker::new(cluster.clone(), &check_roots).map_err(AgentError::Checker)?;
     let state = http::AppState {
         cluster: cluster.clone(),
         checker: checker.clone(),
@@ -252,6 +270,39 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             }
         }
     }
+    let https_server = match (https_listener, &config.https) {
+        (Some(listener), Some(h)) => {
+            let h = h.clone();
+            let files = vec![h.cert.clone(), h.key.clone()]
+                .into_iter()
+                .chain(h.client_ca.clone())
+                .collect();
+            let tls = cairn_tls::Reloadable::new("HTTPS API", files, move || {
+                cairn_tls::config::server_config(
+                    &h.cert,
+                    &h.key,
+                    h.client_ca.as_deref(),
+                    &[b"h2", b"http/1.1"],
+                )
+            })
+            .map_err(|e| AgentError::Tls(e.to_string()))?;
+            let tls = Arc::new(tls);
+            tokio::spawn(cairn_tls::keep_fresh(
+                vec![tls.clone() as Arc<dyn cairn_tls::Reload>],
+                cairn_tls::config::CHECK_FILES_EVERY,
+                http_stop.clone(),
+            ));
+            let app = http::router(state.clone(), config.max_body_bytes);
+            Some(tokio::spawn(cairn_tls::serve_tls(
+                listener,
+                tls,
+                app,
+                http_stop.clone(),
+                SHUTDOWN_GRACE,
+            )))
+        }
+        _ => None,
+    };
     let http_server = {
         let app = http::router(state, config.max_body_bytes);
         let stop = http_stop.clone();
@@ -317,6 +368,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         Err(_) => {
             tracing::warn!("HTTP requests still running after {SHUTDOWN_GRACE:?}; dropping them")
         }
+    }
+    if let Some(https) = https_server {
+        // serve_tls bounds its own drain by SHUTDOWN_GRACE.
+        let _ = https.await;
     }
     checks_stop.cancel();
     let _ = checker_task.await;

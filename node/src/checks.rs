@@ -79,9 +79,18 @@ pub struct Checker {
 }
 
 impl Checker {
-    pub fn new(cluster: Arc<Cluster>) -> Result<Arc<Checker>, reqwest::Error> {
+    /// `extra_roots`: CA certificates that HTTPS checks trust besides the public roots
+    /// (`--check-ca-file`), for targets with certificates of a private CA.
+    pub fn new(
+        cluster: Arc<Cluster>,
+        extra_roots: &[reqwest::Certificate],
+    ) -> Result<Arc<Checker>, reqwest::Error> {
         let build = |insecure: bool| {
-            reqwest::Client::builder()
+            let mut builder = reqwest::Client::builder();
+            for root in extra_roots {
+                builder = builder.add_root_certificate(root.clone());
+            }
+            builder
                 .danger_accept_invalid_certs(insecure)
                 .redirect(reqwest::redirect::Policy::none())
                 // Keep-alive: a probe every few seconds reuses its connection instead of paying

@@ -26,8 +26,12 @@ use serde::Deserialize;
 pub const DEFAULT_HTTP_PORT: u16 = 8500;
 pub const DEFAULT_DNS_PORT: u16 = 8600;
 pub const DEFAULT_RPC_PORT: u16 = 8300;
-/// Listeners bind every interface, or only loopback with `--dev`.
-const DEFAULT_IP: &str = "0.0.0.0";
+/// HTTP and DNS listen on loopback unless an address is given (as Consul's `client_addr`):
+/// opening them to the network is a choice made with --http-addr and --dns-addr. The cluster
+/// RPC listens on every interface, since the other nodes must reach it (without certificates
+/// that takes --insecure-rpc), and on loopback with --dev.
+const DEFAULT_CLIENT_IP: &str = "127.0.0.1";
+const DEFAULT_RPC_IP: &str = "0.0.0.0";
 const DEFAULT_DEV_IP: &str = "127.0.0.1";
 pub const DEFAULT_DOMAIN: &str = cairn_dns::answer::DEFAULT_DOMAIN;
 /// DNS TTLs, in seconds.
@@ -50,9 +54,9 @@ fn with_default(text: &str, default: impl Display) -> String {
     format!("{text} [default: {default}]")
 }
 
-/// The default of a listen address: `0.0.0.0:PORT; 127.0.0.1:PORT with --dev`.
+/// The default of a client-facing listen address: loopback, with or without --dev.
 fn listen_default(port: u16) -> String {
-    format!("{DEFAULT_IP}:{port}; {DEFAULT_DEV_IP}:{port} with --dev")
+    format!("{DEFAULT_CLIENT_IP}:{port}")
 }
 
 fn ttl_default(seconds: u32) -> String {
@@ -215,6 +219,20 @@ pub struct AgentArgs {
     /// The private key of --tls-cert (PEM).
     #[arg(long, env = "CAIRN_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+
+    /// HTTPS API listen address, beside the plain HTTP one: the same API over TLS (HTTP/1.1 and
+    /// HTTP/2) with --tls-cert and --tls-key. Off unless given.
+    #[arg(long, env = "CAIRN_HTTPS_ADDR", value_name = "IP:PORT")]
+    pub https_addr: Option<String>,
+
+    /// Require HTTPS clients to present a certificate signed by this CA (PEM).
+    #[arg(long, env = "CAIRN_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// CA certificates (PEM) that HTTPS health checks trust besides the public roots, for
+    /// targets whose certificates a private CA signed. A check with `tls_skip_verify` trusts any.
+    #[arg(long, env = "CAIRN_CHECK_CA_FILE", value_name = "FILE")]
+    pub check_ca_file: Option<PathBuf>,
 
     /// Serve the cluster RPC in plaintext on a non-loopback address, without certificates:
     /// anyone who reaches the port can then act as a member. Only for trusted networks.
@@ -408,6 +426,20 @@ pub struct AgentConfig {
     /// The cluster RPC's mutual TLS; `None` for plaintext (loopback, --dev or --insecure-rpc).
     pub tls: Option<NodeTls>,
     pub insecure_rpc: bool,
+    /// The HTTPS API, when --https-addr is given.
+    pub https: Option<HttpsConfig>,
+    /// CA certificates HTTPS health checks trust besides the public roots.
+    pub check_ca_file: Option<PathBuf>,
+}
+
+/// The HTTPS API's listener and files, checked to load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpsConfig {
+    pub addr: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Clients must present a certificate this CA signed.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// A node's TLS files, checked to load and to name this node.
@@ -510,6 +542,9 @@ impl AgentArgs {
             ca_file: self.ca_file.merge(under.ca_file),
             tls_cert: self.tls_cert.merge(under.tls_cert),
             tls_key: self.tls_key.merge(under.tls_key),
+            https_addr: self.https_addr.merge(under.https_addr),
+            tls_client_ca: self.tls_client_ca.merge(under.tls_client_ca),
+            check_ca_file: self.check_ca_file.merge(under.check_ca_file),
             insecure_rpc: self.insecure_rpc.merge(under.insecure_rpc),
             max_body_bytes: self.max_body_bytes.merge(under.max_body_bytes),
             max_waiting_per_client: self
@@ -526,8 +561,8 @@ impl AgentArgs {
     /// Applies the defaults and checks every setting; an error names the flag.
     fn validate(self, hostname: impl FnOnce() -> String) -> Result<AgentConfig, ConfigError> {
         let dev = self.dev;
-        let default_ip = if dev { DEFAULT_DEV_IP } else { DEFAULT_IP };
-        let dns = self.validate_dns(default_ip)?;
+        let default_ip = if dev { DEFAULT_DEV_IP } else { DEFAULT_RPC_IP };
+        let dns = self.validate_dns(DEFAULT_CLIENT_IP)?;
         let cluster = self.cluster.unwrap_or_else(|| DEFAULT_CLUSTER.into());
         if cluster.is_empty()
             || cluster.len() > 64
@@ -552,7 +587,21 @@ impl AgentArgs {
             (None, true) => 1,
             (None, false) => return Err(bad("--node-id", "required (or run with --dev)")),
         };
+        let https = validate_https(
+            self.https_addr,
+            self.tls_cert.clone(),
+            self.tls_key.clone(),
+            self.tls_client_ca,
+        )?;
         let tls = validate_tls(self.ca_file, self.tls_cert, self.tls_key, &cluster, node_id)?;
+        let check_ca_file = match self.check_ca_file {
+            None => None,
+            Some(path) => {
+                cairn_tls::config::load_roots(&path)
+                    .map_err(|e| bad("--check-ca-file", e.to_string()))?;
+                Some(path)
+            }
+        };
         let insecure_rpc = self.insecure_rpc;
         let data_dir = self.data_dir;
         if data_dir.is_none() && !dev {
@@ -611,7 +660,10 @@ impl AgentArgs {
 
         let http_addr = match self.http_addr {
             Some(s) => parse_addr("--http-addr", &s)?,
-            None => parse_addr("--http-addr", &format!("{default_ip}:{DEFAULT_HTTP_PORT}"))?,
+            None => parse_addr(
+                "--http-addr",
+                &format!("{DEFAULT_CLIENT_IP}:{DEFAULT_HTTP_PORT}"),
+            )?,
         };
         let rpc_addr = match self.rpc_addr {
             Some(s) => parse_addr("--rpc-addr", &s)?,
@@ -738,6 +790,8 @@ impl AgentArgs {
             clock_offset_ms,
             tls,
             insecure_rpc,
+            https,
+            check_ca_file,
         })
     }
 
@@ -796,6 +850,40 @@ impl AgentArgs {
     }
 }
 
+/// The HTTPS API: an address, the certificate and key it presents (they load together), and
+/// optionally the CA its clients' certificates must come from.
+fn validate_https(
+    addr: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> Result<Option<HttpsConfig>, ConfigError> {
+    let Some(addr) = addr else {
+        if client_ca.is_some() {
+            return Err(bad(
+                "--tls-client-ca",
+                "applies to the HTTPS API: give --https-addr too",
+            ));
+        }
+        return Ok(None);
+    };
+    let addr = parse_addr("--https-addr", &addr)?;
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Err(bad(
+            "--https-addr",
+            "needs --tls-cert and --tls-key (the certificate the API presents)",
+        ));
+    };
+    cairn_tls::config::server_config(&cert, &key, client_ca.as_deref(), &[])
+        .map_err(|e| bad("--https-addr", e.to_string()))?;
+    Ok(Some(HttpsConfig {
+        addr,
+        cert,
+        key,
+        client_ca,
+    }))
+}
+
 /// The node's TLS files: all three or none. They are loaded here, so that a missing file, a
 /// key that does not match, or a certificate for another node is a configuration error (exit
 /// 64, and `--check` finds it), not a failure after the ports are bound.
@@ -809,7 +897,15 @@ fn validate_tls(
     let (ca, cert, key) = match (ca, cert, key) {
         (None, None, None) => return Ok(None),
         (Some(ca), Some(cert), Some(key)) => (ca, cert, key),
-        _ => {
+        // A certificate for the HTTPS API only: no CA to check other nodes against.
+        (None, Some(_), Some(_)) => return Ok(None),
+        (None, _, _) => {
+            return Err(bad(
+                "--tls-cert/--tls-key",
+                "go together: a certificate and its key",
+            ))
+        }
+        (Some(_), _, _) => {
             return Err(bad(
                 "--ca-file/--tls-cert/--tls-key",
                 "go together: the cluster's CA, this node's certificate and its key (`cairn tls` makes them)",
@@ -965,6 +1061,7 @@ mod tests {
             a.node_id = Some(2);
             a.data_dir = Some("/tmp/x".into());
             a.peers = Some("1=10.0.0.1:7001, 2=10.0.0.2:7002,3=10.0.0.3:7003".into());
+            a.insecure_rpc = true;
         })
         .resolve()
         .unwrap();
@@ -1007,6 +1104,7 @@ mod tests {
             args(|a| {
                 a.node_id = Some(1);
                 a.data_dir = Some("/tmp/x".into());
+                a.insecure_rpc = true;
                 f(a)
             })
         };
@@ -1075,6 +1173,7 @@ mod tests {
             args(|a| {
                 a.node_id = Some(1);
                 a.data_dir = Some("/tmp/x".into());
+                a.insecure_rpc = true;
                 a.domain = Some(d);
             })
         };
@@ -1084,6 +1183,52 @@ mod tests {
         // 229 bytes: `<32 hex>.addr.<domain>` would pass DNS's 255 bytes.
         let long = format!("{}.{}", [label.as_str(); 3].join("."), "b".repeat(36));
         assert_eq!(err(with_domain(long)), "--domain");
+    }
+
+    #[test]
+    fn plaintext_rpc_off_loopback_needs_the_opt_in_and_http_dns_default_to_loopback() {
+        let node = |f: fn(&mut AgentArgs)| {
+            args(|a| {
+                a.node_id = Some(1);
+                a.data_dir = Some("/tmp/x".into());
+                f(a)
+            })
+        };
+        assert_eq!(err(node(|_| {})), "--insecure-rpc");
+        assert_eq!(
+            err(node(|a| a.rpc_addr = Some("10.0.0.1:8300".into()))),
+            "--insecure-rpc"
+        );
+        let c = node(|a| a.rpc_addr = Some("127.0.0.1:8300".into()))
+            .resolve()
+            .unwrap();
+        assert!(c.tls.is_none() && !c.insecure_rpc);
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:8500");
+        assert_eq!(c.dns.addr.to_string(), "127.0.0.1:8600");
+        let c = node(|a| a.insecure_rpc = true).resolve().unwrap();
+        assert_eq!(c.rpc_addr.to_string(), "0.0.0.0:8300");
+        assert_eq!(
+            err(node(|a| a.ca_file = Some("/x/ca.pem".into()))),
+            "--ca-file/--tls-cert/--tls-key"
+        );
+        assert_eq!(
+            err(node(|a| a.tls_cert = Some("/x/c.pem".into()))),
+            "--tls-cert/--tls-key"
+        );
+        assert_eq!(
+            err(node(|a| {
+                a.insecure_rpc = true;
+                a.https_addr = Some("127.0.0.1:8501".into())
+            })),
+            "--https-addr"
+        );
+        assert_eq!(
+            err(node(|a| {
+                a.insecure_rpc = true;
+                a.tls_client_ca = Some("/x/ca.pem".into())
+            })),
+            "--tls-client-ca"
+        );
     }
 
     #[test]
@@ -1105,6 +1250,7 @@ node_id = 3
 data_dir = "/var/lib/cairn"
 http_addr = "127.0.0.1:9500"
 peers = ["1=a:8300", "2=b:8300", "3=c:8300"]
+insecure_rpc = true
 "#,
         )
         .unwrap();
@@ -1209,6 +1355,9 @@ peers = ["1=a:8300", "2=b:8300", "3=c:8300"]
         ("ca_file", Some("/etc/cairn/ca.pem")),
         ("tls_cert", Some("/etc/cairn/node-7.pem")),
         ("tls_key", Some("/etc/cairn/node-7-key.pem")),
+        ("https_addr", Some("127.0.0.1:8501")),
+        ("tls_client_ca", Some("/etc/cairn/clients-ca.pem")),
+        ("check_ca_file", Some("/etc/cairn/checks-ca.pem")),
         ("insecure_rpc", None),
         ("max_body_bytes", Some("4096")),
         ("max_waiting_per_client", Some("16")),
@@ -1275,6 +1424,7 @@ peers = ["1=a:8300", "2=b:8300", "3=c:8300"]
             "--data-dir=/srv/cairn",
             "--peers=7=a:8300,8=b:8300",
             "--recursors=1.1.1.1:53,9.9.9.9:53",
+            "--insecure-rpc",
         ]))
         .unwrap()
         .resolve()
@@ -1285,6 +1435,7 @@ node_id = 7
 data_dir = "/srv/cairn"
 peers = ["7=a:8300", "8=b:8300"]
 recursors = ["1.1.1.1:53", "9.9.9.9:53"]
+insecure_rpc = true
 "#,
         )
         .unwrap();
@@ -1618,7 +1769,12 @@ recursors = ["1.1.1.1:53", "9.9.9.9:53"]
     #[test]
     fn a_broken_example_would_be_caught() {
         let env = BTreeMap::from([("CAIRN_NODE_ID".to_owned(), "9".to_owned())]);
-        let argv = strings(&["agent", "--data-dir=/d", "--peers=1=a:1,2=b:2"]);
+        let argv = strings(&[
+            "agent",
+            "--data-dir=/d",
+            "--peers=1=a:1,2=b:2",
+            "--insecure-rpc",
+        ]);
         assert!(check(&argv, &env).unwrap_err().contains("--peers"));
         let env = BTreeMap::from([("CAIRN_NODE_ID".to_owned(), "2".to_owned())]);
         assert_eq!(check(&argv, &env).unwrap().node_id, 2);

@@ -14,6 +14,7 @@ use cairn_api::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::command::Op;
 use crate::health::{CheckState, HealthStatus};
 
 /// Longest instance or check id: long enough for UUIDs with a prefix, short enough for keys.
@@ -582,6 +583,90 @@ pub fn validate_output(output: &str) -> Result<(), ValidationError> {
     }
 }
 
+/// Checks an operation that arrived already built (forwarded by another node, not parsed here
+/// from an API body) by the same rules as the HTTP layer: a registration is turned back into its
+/// API body and validated again, and must come out unchanged; names, ids and outputs are checked
+/// as the API checks them. So a node can propose nothing that the API would have refused.
+pub fn validate_op(op: &Op) -> Result<(), ValidationError> {
+    let canonical = |service: &str| -> Result<(), ValidationError> {
+        if validate_service_name(service)? == service {
+            Ok(())
+        } else {
+            Err(invalid("service", "must be lower-case"))
+        }
+    };
+    match op {
+        Op::Register { service, instance } => {
+            canonical(service)?;
+            let body = InstanceRegistration {
+                address: instance.address.clone(),
+                port: u32::from(instance.port),
+                tags: instance.tags.iter().cloned().collect(),
+                meta: instance.meta.clone(),
+                weight: Some(u32::from(instance.weight)),
+                checks: instance
+                    .checks
+                    .iter()
+                    .map(CheckSpec::to_registration)
+                    .collect(),
+            };
+            if validate_registration(&instance.id, &body)? != *instance {
+                return Err(invalid(
+                    "instance",
+                    "is not in the form validation gives it",
+                ));
+            }
+            Ok(())
+        }
+        Op::Deregister { service, id } => {
+            canonical(service)?;
+            validate_id("id", id)
+        }
+        Op::SetSettings { service, settings } => {
+            canonical(service)?;
+            match settings.dns_ttl_s {
+                Some(ttl) if ttl > MAX_DNS_TTL_S => Err(invalid(
+                    "dns_ttl",
+                    format!("must be at most {MAX_DNS_TTL_S}s"),
+                )),
+                _ => Ok(()),
+            }
+        }
+        Op::SetCheckStatus {
+            service,
+            id,
+            check,
+            output,
+            ..
+        } => {
+            canonical(service)?;
+            validate_id("id", id)?;
+            validate_check_id("check", check)?;
+            validate_output(output)
+        }
+        Op::SetMaintenance {
+            service,
+            id,
+            reason,
+        } => {
+            canonical(service)?;
+            validate_id("id", id)?;
+            reason.as_deref().map_or(Ok(()), validate_output)
+        }
+        Op::SetNodeUp { .. } => Ok(()),
+        Op::SetHealth {
+            service,
+            id,
+            output,
+            ..
+        } => {
+            canonical(service)?;
+            validate_id("id", id)?;
+            validate_output(output)
+        }
+    }
+}
+
 /// An instance as the registry holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
@@ -813,6 +898,70 @@ mod tests {
         assert!(serde_json::from_str::<InstanceRegistration>(
             r#"{"address":"10.0.0.1","port":1,"checks":[{"kind":"grpc"}]}"#
         )
+        .is_err());
+    }
+
+    #[test]
+    fn forwarded_ops_pass_the_same_rules_as_api_bodies() {
+        let spec = validate_registration(
+            "i-1",
+            &body(
+                r#"{"address":"10.0.0.1","port":80,"tags":["v1"],"checks":[
+                    {"kind":"http","url":"http://10.0.0.1/h","interval":"2s"},{"kind":"ttl","ttl":"30s"}]}"#,
+            ),
+        )
+        .unwrap();
+        let register = |service: &str, instance: InstanceSpec| Op::Register {
+            service: service.into(),
+            instance,
+        };
+        assert_eq!(validate_op(&register("web", spec.clone())), Ok(()));
+        // What the API would never have produced, built by hand.
+        assert!(validate_op(&register("Web", spec.clone())).is_err());
+        let mut bad = spec.clone();
+        bad.port = 0;
+        assert_eq!(
+            validate_op(&register("web", bad)).unwrap_err().field,
+            "port"
+        );
+        let mut bad = spec.clone();
+        bad.tags.insert("not_a_label".into());
+        assert_eq!(
+            validate_op(&register("web", bad)).unwrap_err().field,
+            "tags"
+        );
+        let mut bad = spec.clone();
+        bad.checks[0].timeout_ms = 0;
+        assert!(validate_op(&register("web", bad)).is_err());
+        let mut bad = spec.clone();
+        bad.address = "0.0.0.0".into();
+        assert_eq!(
+            validate_op(&register("web", bad)).unwrap_err().field,
+            "address"
+        );
+        let mut bad = spec;
+        bad.id = "a b".into();
+        assert_eq!(validate_op(&register("web", bad)).unwrap_err().field, "id");
+        let big = "x".repeat(MAX_OUTPUT_LEN + 1);
+        assert!(validate_op(&Op::SetHealth {
+            service: "web".into(),
+            id: "i-1".into(),
+            status: HealthStatus::Passing,
+            output: big,
+        })
+        .is_err());
+        assert!(validate_op(&Op::Deregister {
+            service: "web".into(),
+            id: "x/y".into(),
+        })
+        .is_err());
+        assert!(validate_op(&Op::SetSettings {
+            service: "web".into(),
+            settings: SettingsSpec {
+                fail_open: true,
+                dns_ttl_s: Some(MAX_DNS_TTL_S + 1),
+            },
+        })
         .is_err());
     }
 

@@ -128,3 +128,85 @@ fn environment_variables_configure_the_agent() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
 }
+
+#[test]
+fn a_plaintext_cluster_rpc_off_loopback_needs_insecure_rpc_or_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let base = [
+        "agent",
+        "--check",
+        "--node-id",
+        "1",
+        "--data-dir",
+        data,
+        "--peers",
+        "1=10.0.0.1:8300",
+        "--rpc-addr",
+        "0.0.0.0:8300",
+    ];
+    let out = cairn(&base);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--insecure-rpc"), "{stderr}");
+    assert!(stderr.contains("--tls-cert"), "{stderr}");
+
+    // The explicit opt-out is accepted, and so is loopback.
+    let mut insecure = base.to_vec();
+    insecure.push("--insecure-rpc");
+    assert_eq!(cairn(&insecure).status.code(), Some(0));
+    let mut loopback = base.to_vec();
+    let last = loopback.len() - 1;
+    loopback[last] = "127.0.0.1:8300";
+    assert_eq!(cairn(&loopback).status.code(), Some(0));
+
+    // Half the TLS files, or certificates that do not exist, are refused naming the flags.
+    let mut half = base.to_vec();
+    half.extend(["--ca-file", "/nonexistent/ca.pem"]);
+    let out = cairn(&half);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ca-file/--tls-cert/--tls-key"));
+    let mut missing = base.to_vec();
+    missing.extend([
+        "--ca-file",
+        "/nonexistent/ca.pem",
+        "--tls-cert",
+        "/nonexistent/node.pem",
+        "--tls-key",
+        "/nonexistent/key.pem",
+    ]);
+    let out = cairn(&missing);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/ca.pem"));
+}
+
+#[test]
+fn a_node_certificate_must_name_this_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = crate::harness::tls::Pki::new(&dir.path().join("pki"), "cairn");
+    let data = dir.path().join("data");
+    let args = |id: &str, files: &[String]| {
+        let mut a: Vec<String> = ["agent", "--check", "--node-id", id, "--data-dir"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.push(data.display().to_string());
+        a.extend(files.iter().cloned());
+        a
+    };
+    let node2 = pki.agent_args(2);
+    let run = |a: Vec<String>| {
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(&a)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(run(args("2", &node2)).status.code(), Some(0));
+    let out = run(args("1", &node2));
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--tls-cert") && stderr.contains("node-1.cairn.cairn"),
+        "{stderr}"
+    );
+}

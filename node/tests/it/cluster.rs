@@ -568,3 +568,81 @@ async fn t90_rpc_admission_runs_before_any_body_is_read_on_every_route() {
     let index = c.register(leader, "web", "after").await;
     assert!(index > 0);
 }
+
+#[tokio::test]
+async fn t90_a_forwarded_write_is_validated_by_the_leader_as_the_api_would() {
+    let c = Cluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    c.register(leader, "web", "ok").await;
+    let (_, before) = c.get(leader, "/v1/cluster/digest").await;
+    let rpc = c.node(leader).rpc;
+    let instance = json!({"id": "evil", "address": "0.0.0.0", "port": 0, "tags": ["Not A Label"],
+        "meta": {}, "weight": 65535, "checks": []});
+    let forged = [
+        json!({"write": {"op": "register", "service": "web", "instance": instance}}),
+        json!({"write": {"op": "register", "service": "WEB!", "instance": instance}}),
+        json!({"write": {"op": "set_health", "service": "web", "id": "ok", "status": "critical",
+            "output": "x".repeat(10_000)}}),
+        json!({"join": {"id": 0, "rpc_addr": "nowhere"}}),
+    ];
+    for body in forged {
+        // Sent as member 2 would send it (the cluster runs without certificates here, so the
+        // headers are the identity): admitted, then refused by validation.
+        let res = c
+            .http
+            .post(format!("http://{rpc}/raft/forward"))
+            .header("x-cairn-cluster", "cairn")
+            .header("x-cairn-from", "2")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200);
+        let reply: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(reply["Err"]["error"], "invalid", "{body}: {reply}");
+    }
+    let (_, after) = c.get(leader, "/v1/cluster/digest").await;
+    assert_eq!(before, after, "nothing refused was applied");
+}
+
+#[tokio::test]
+async fn t90_a_snapshot_chunk_at_a_far_offset_is_refused_before_it_is_written() {
+    let c = Cluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    let follower = (1..=3).find(|n| *n != leader).unwrap();
+    let rpc = c.node(follower).rpc;
+    let chunk = |id: &str, offset: u64| {
+        json!({
+            "vote": {"leader_id": {"term": 1, "node_id": leader}, "committed": true},
+            "meta": {
+                "last_log_id": null,
+                "last_membership": {"log_id": null, "membership": {"configs": [], "nodes": {}}},
+                "snapshot_id": id
+            },
+            "offset": offset,
+            "data": [1, 2, 3],
+            "done": false
+        })
+    };
+    let send = |body: serde_json::Value| {
+        let req = c
+            .http
+            .post(format!("http://{rpc}/raft/snapshot"))
+            .header("x-cairn-cluster", "cairn")
+            .header("x-cairn-from", leader.to_string())
+            .json(&body);
+        async move {
+            let res = req.send().await.unwrap();
+            (res.status().as_u16(), res.text().await.unwrap())
+        }
+    };
+    // Written at 1 TiB into an in-memory buffer, this chunk would make the node allocate 1 TiB.
+    let (status, body) = send(chunk("forged-1", 1 << 40)).await;
+    assert_eq!(status, 400, "{body}");
+    // A new snapshot must start at 0; a chunk may not leave a hole.
+    let (status, body) = send(chunk("forged-2", 4096)).await;
+    assert_eq!(status, 400, "{body}");
+    // The node is fine and still in the cluster.
+    let index = c.register(follower, "web", "after").await;
+    assert!(index > 0);
+}

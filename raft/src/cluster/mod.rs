@@ -170,7 +170,14 @@ pub struct Cluster {
     /// Leader only: when each member last said it was alive.
     alive: Mutex<std::collections::HashMap<NodeId, Instant>>,
     shut_down: Mutex<bool>,
+    /// The snapshot being received: its id and the end of the bytes received so far.
+    snapshot_in: Mutex<Option<(String, u64)>>,
 }
+
+/// Largest snapshot a node accepts from the leader. openraft writes each chunk at the offset
+/// the sender names, into memory: without a bound, one chunk naming a far offset would make the
+/// node allocate up to it. A registry of a million instances is a few hundred MB.
+pub const MAX_SNAPSHOT_BYTES: u64 = 4 << 30;
 
 impl Cluster {
     /// Opens the store in `options.data_dir` and starts Raft. Does not bootstrap: see
@@ -226,6 +233,7 @@ impl Cluster {
             proposals,
             alive: Mutex::new(std::collections::HashMap::new()),
             shut_down: Mutex::new(false),
+            snapshot_in: Mutex::new(None),
         });
         tokio::spawn(report_alive(Arc::downgrade(&cluster)));
         tokio::spawn(watch_liveness(Arc::downgrade(&cluster)));
@@ -282,6 +290,43 @@ impl Cluster {
     /// The read view of the registry on this node.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// Checks a snapshot chunk before openraft writes it: a new snapshot starts at offset 0,
+    /// a chunk never leaves a hole after the bytes received, and none goes past
+    /// [`MAX_SNAPSHOT_BYTES`].
+    pub(crate) fn admit_snapshot_chunk(
+        &self,
+        snapshot_id: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<(), String> {
+        let end = offset
+            .checked_add(len as u64)
+            .filter(|end| *end <= MAX_SNAPSHOT_BYTES)
+            .ok_or_else(|| {
+                format!("snapshot chunk at {offset} goes past {MAX_SNAPSHOT_BYTES} bytes")
+            })?;
+        let mut current = self.snapshot_in.lock();
+        match current.as_mut() {
+            Some((id, received)) if id == snapshot_id => {
+                if offset > *received {
+                    return Err(format!(
+                        "snapshot chunk at {offset} leaves a hole after {received} bytes"
+                    ));
+                }
+                *received = (*received).max(end);
+            }
+            _ => {
+                if offset != 0 {
+                    return Err(format!(
+                        "a new snapshot must start at offset 0, not {offset}"
+                    ));
+                }
+                *current = Some((snapshot_id.to_owned(), end));
+            }
+        }
+        Ok(())
     }
 
     /// Whether cluster RPCs must come over mutual TLS with a member's certificate.

@@ -155,7 +155,26 @@ impl Cluster {
     }
 
     /// Runs a forwarded request here; refuses with "not the leader" when this node is not.
+    /// Runs a request another node forwarded. Its op is checked by the API's rules first: a
+    /// member's word is not taken for what it may propose.
     pub(crate) async fn execute_forwarded(&self, req: Forward) -> Result<ForwardReply, WriteError> {
+        match &req {
+            Forward::Write(op) => cairn_registry::model::validate_op(op)
+                .map_err(|e| WriteError::Invalid(format!("forwarded write refused: {e}")))?,
+            Forward::Join { id, rpc_addr } => {
+                let addr_ok = rpc_addr.len() <= 300
+                    && rpc_addr.rsplit_once(':').is_some_and(|(host, port)| {
+                        !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+                    });
+                if *id == 0 || !addr_ok {
+                    return Err(WriteError::Invalid(format!(
+                        "forwarded join refused: node {id} at {:?}",
+                        rpc_addr.chars().take(64).collect::<String>()
+                    )));
+                }
+            }
+            Forward::Remove { .. } => {}
+        }
         let deadline = Instant::now() + self.options.write_timeout * 12;
         self.execute(req, deadline).await
     }

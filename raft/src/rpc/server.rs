@@ -137,6 +137,12 @@ async fn snapshot(
     State(cluster): State<Arc<Cluster>>,
     Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
 ) -> Response {
+    if let Err(why) =
+        cluster.admit_snapshot_chunk(&req.meta.snapshot_id, req.offset, req.data.len())
+    {
+        tracing::warn!("refused a snapshot chunk: {why}");
+        return (StatusCode::BAD_REQUEST, Json(Refusal { message: why })).into_response();
+    }
     Json(cluster.raft().install_snapshot(req).await).into_response()
 }
 

@@ -25,20 +25,29 @@ pub struct Node {
     pub http: SocketAddr,
     pub dns: SocketAddr,
     pub rpc: SocketAddr,
+    /// The HTTPS API's address, when the node serves one.
+    pub https: Option<SocketAddr>,
     pub data_dir: PathBuf,
     log_path: PathBuf,
     args: Vec<String>,
     child: Option<Child>,
 }
 
-/// The ports a `cairn listening` line announced.
-fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr, SocketAddr)> {
+/// The ports a `cairn listening` line announced (HTTPS only when served).
+type Listening = (SocketAddr, SocketAddr, SocketAddr, Option<SocketAddr>);
+
+fn parse_listening(line: &str) -> Option<Listening> {
     let field = |name: &str| {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(name))
             .and_then(|v| v.parse().ok())
     };
-    Some((field("http=")?, field("dns=")?, field("rpc=")?))
+    Some((
+        field("http=")?,
+        field("dns=")?,
+        field("rpc=")?,
+        field("https="),
+    ))
 }
 
 impl Node {
@@ -71,6 +80,7 @@ impl Node {
             http: "0.0.0.0:0".parse().unwrap(),
             dns: "0.0.0.0:0".parse().unwrap(),
             rpc: "0.0.0.0:0".parse().unwrap(),
+            https: None,
             data_dir,
             log_path,
             args: full,
@@ -104,10 +114,11 @@ impl Node {
             }
         });
         match rx.recv_timeout(START_TIMEOUT) {
-            Ok((http, dns, rpc)) => {
+            Ok((http, dns, rpc, https)) => {
                 self.http = http;
                 self.dns = dns;
                 self.rpc = rpc;
+                self.https = https;
             }
             Err(_) => {
                 let _ = child.kill();

@@ -60,6 +60,27 @@ impl Pki {
         )
     }
 
+    /// Makes client `name`'s certificate; its (certificate, key) paths.
+    pub fn client_cert(&self, name: &str) -> (PathBuf, PathBuf) {
+        let d = self.dir.display().to_string();
+        cairn(&[
+            "tls",
+            "cert",
+            "create",
+            "--client",
+            name,
+            "--dir",
+            &d,
+            "--cluster",
+            &self.cluster,
+            "--force",
+        ]);
+        (
+            self.dir.join(format!("client-{name}.pem")),
+            self.dir.join(format!("client-{name}-key.pem")),
+        )
+    }
+
     /// The agent flags of node `id` (making its certificate).
     pub fn agent_args(&self, id: u64) -> Vec<String> {
         let (cert, key) = self.node(id);
