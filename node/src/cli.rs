@@ -1,6 +1,8 @@
 //! The operator subcommands: `cairn members`, `services`, `instances`, `register`, `deregister`,
-//! `health set`, `watch`. Aligned tables by default, `--json` for programs; exit 0 on success,
-//! 1 on an error, 64 on bad usage.
+//! `health set`, `watch`, and `tls` (certificates, in [`tls`]). Aligned tables by default,
+//! `--json` for programs; exit 0 on success, 1 on an error, 64 on bad usage.
+
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -128,6 +130,11 @@ pub enum Command {
         #[arg(long)]
         passing: bool,
     },
+    /// Make a CA and node and client certificates for a new cluster's mutual TLS.
+    Tls {
+        #[command(subcommand)]
+        action: tls::TlsAction,
+    },
 }
 
 /// Exit code for bad usage, as for the agent.
@@ -164,6 +171,11 @@ fn usage(message: impl Into<String>) -> Failed {
 
 /// Runs one command; prints its output or its error.
 pub async fn run(target: Target, cmd: Command) -> ExitCode {
+    let cmd = match cmd {
+        // Files only: no node to reach.
+        Command::Tls { action } => return finish(tls::run(&target, action)),
+        other => other,
+    };
     let addrs: Vec<&str> = target.http_addr.split(',').collect();
     // A person is waiting: try each node once more than there are nodes, not the library's
     // default budget (a write refused for want of a leader already took the write time-out).
@@ -178,7 +190,11 @@ pub async fn run(target: Target, cmd: Command) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    match execute(&client, &target, cmd).await {
+    finish(execute(&client, &target, cmd).await)
+}
+
+fn finish(result: Result<(), Failed>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             eprintln!("cairn: {}", f.message);
@@ -327,6 +343,7 @@ async fn execute(client: &Client, target: &Target, cmd: Command) -> Result<(), F
             rtype,
             dns_addr,
         } => lookup(target, &name, &rtype, &dns_addr).await?,
+        Command::Tls { action } => tls::run(target, action)?,
         Command::Watch { service, passing } => {
             use futures::StreamExt;
             let stream = cairn_client::watch(

@@ -13,6 +13,7 @@
 
 mod harness;
 
+mod certs;
 mod checks;
 mod cli;
 mod client;
