@@ -25,6 +25,15 @@ pub struct Target {
         global = true
     )]
     pub http_addr: String,
+    /// A CA certificate (PEM) to trust for `https://` nodes, besides the public roots.
+    #[arg(long, env = "CAIRN_CACERT", value_name = "FILE", global = true)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A client certificate (PEM), for nodes that require one (their --tls-client-ca).
+    #[arg(long, env = "CAIRN_CLIENT_CERT", value_name = "FILE", global = true)]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// The key of --client-cert (PEM).
+    #[arg(long, env = "CAIRN_CLIENT_KEY", value_name = "FILE", global = true)]
+    pub client_key: Option<std::path::PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -183,7 +192,12 @@ pub async fn run(target: Target, cmd: Command) -> ExitCode {
         attempts: addrs.len() as u32 + 1,
         ..cairn_client::RetryPolicy::default()
     };
-    let client = match Client::with_policy(addrs, policy) {
+    let tls = cairn_client::TlsOptions {
+        ca_file: target.ca_file.clone(),
+        client_cert: target.client_cert.clone(),
+        client_key: target.client_key.clone(),
+    };
+    let client = match Client::with_tls(addrs, policy, &tls) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cairn: {e}");

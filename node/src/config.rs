@@ -912,6 +912,8 @@ fn validate_tls(
             ))
         }
     };
+    // A certificate's names need the cluster name to be a DNS label.
+    cairn_tls::certs::check_cluster(cluster).map_err(|e| bad("--cluster", e.to_string()))?;
     cairn_tls::config::client_config(&ca, Some((&cert, &key)))
         .map_err(|e| bad("--tls-cert", e.to_string()))?;
     cairn_tls::config::server_config(&cert, &key, Some(&ca), &[])

@@ -10,15 +10,9 @@ use std::sync::Arc;
 
 use rustls_pki_types::{CertificateDer, ServerName};
 
-/// The name in a node's certificate: `node-3.cairn.cairn` for node 3 of cluster `cairn`.
-pub fn node_name(cluster: &str, id: u64) -> String {
-    format!("node-{id}.{cluster}.cairn")
-}
-
-/// The name in a client's certificate: `client-ops.cairn.cairn`.
-pub fn client_name(cluster: &str, name: &str) -> String {
-    format!("client-{name}.{cluster}.cairn")
-}
+/// The names in node and client certificates: `node-3.cairn.cairn` for node 3 of cluster
+/// `cairn`, `client-ops.cairn.cairn`. One definition, in [`crate::certs`].
+pub use crate::certs::{client_name, node_name};
 
 /// The certificate chain a peer presented on its connection, leaf first, as verified by the
 /// TLS handshake. Every request of a TLS connection carries it as an extension.

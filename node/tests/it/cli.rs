@@ -111,6 +111,7 @@ fn environment_variables_configure_the_agent() {
         .env("CAIRN_NODE_ID", "2")
         .env("CAIRN_DATA_DIR", "/tmp/cairn-env")
         .env("CAIRN_PEERS", "1=a:8300,2=b:8300,3=c:8300")
+        .env("CAIRN_INSECURE_RPC", "true")
         .output()
         .unwrap();
     assert_eq!(
@@ -124,6 +125,7 @@ fn environment_variables_configure_the_agent() {
         .env("CAIRN_NODE_ID", "4")
         .env("CAIRN_DATA_DIR", "/tmp/cairn-env")
         .env("CAIRN_PEERS", "1=a:8300,2=b:8300,3=c:8300")
+        .env("CAIRN_INSECURE_RPC", "true")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));

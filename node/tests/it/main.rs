@@ -23,4 +23,4 @@ mod deploy;
 mod dns;
 mod faults;
 mod reads;
-
+mod tls;
