@@ -1655,8 +1655,31 @@ insecure_rpc = true
         let root = repo();
         let read = |path: &Path| std::fs::read_to_string(path).unwrap();
         let sample = root.join("deploy/systemd/cairn.toml");
+        // The certificates the README's "Securing a cluster" makes, for cluster `prod`, in
+        // the `pki/` folder its commands name.
+        let pki = tempfile::tempdir().unwrap();
+        let ca = cairn_tls::certs::create_ca("prod", 30).unwrap();
+        cairn_tls::certs::write_issued(pki.path(), "cairn-ca", &ca, false).unwrap();
+        for id in 1..=3 {
+            let node = cairn_tls::certs::create_node_cert(
+                &ca.cert_pem,
+                &ca.key_pem,
+                "prod",
+                id,
+                &[],
+                &[],
+                30,
+            )
+            .unwrap();
+            cairn_tls::certs::write_issued(pki.path(), &format!("node-{id}"), &node, false)
+                .unwrap();
+        }
+        let pki_dir = format!("{}/", pki.path().display());
         // The sample configuration in the place the unit and the docs install it.
-        let installed = |a: &str| a.replace("/etc/cairn/cairn.toml", sample.to_str().unwrap());
+        let installed = |a: &str| {
+            a.replace("/etc/cairn/cairn.toml", sample.to_str().unwrap())
+                .replace("pki/", &pki_dir)
+        };
         let yaml_strings = |v: &serde_yaml::Value| -> Vec<String> {
             v.as_sequence()
                 .map(|s| s.iter().map(|x| x.as_str().unwrap().to_owned()).collect())
