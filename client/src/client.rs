@@ -130,10 +130,13 @@ impl Failure {
     /// time-out or a connection closed after the request was written the same way whether or
     /// not the node read it.
     fn of_send(e: &reqwest::Error) -> Failure {
-        if e.is_connect() {
-            Failure::NotSent(error_chain(e))
+        let chain = error_chain(e);
+        // Under TLS 1.3 the server judges a client certificate after the client has started
+        // sending, and refuses with an alert: the request was never run.
+        if e.is_connect() || chain.contains("received fatal alert") {
+            Failure::NotSent(chain)
         } else {
-            Failure::NoAnswer(error_chain(e))
+            Failure::NoAnswer(chain)
         }
     }
 

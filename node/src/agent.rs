@@ -78,15 +78,19 @@ struct RpcTls {
 }
 
 impl RpcTls {
-    fn load(files: &NodeTls) -> Result<RpcTls, AgentError> {
+    /// Both sides from `files`; every (re)load first checks that the certificate chains to the
+    /// CA, is valid and names `name`, so a wrong file is refused and the one in use stays.
+    fn load(files: &NodeTls, name: String) -> Result<RpcTls, AgentError> {
         let paths = vec![files.ca.clone(), files.cert.clone(), files.key.clone()];
-        let f = files.clone();
+        let (f, n) = (files.clone(), name.clone());
         let server = cairn_tls::Reloadable::new("cluster RPC listener", paths.clone(), move || {
+            cairn_tls::identity::check_own_certificate(&f.ca, &f.cert, &n)?;
             cairn_tls::config::server_config(&f.cert, &f.key, Some(&f.ca), &[b"http/1.1"])
         })
         .map_err(|e| AgentError::Tls(e.to_string()))?;
         let f = files.clone();
         let client = cairn_tls::Reloadable::new("cluster RPC client", paths, move || {
+            cairn_tls::identity::check_own_certificate(&f.ca, &f.cert, &name)?;
             cairn_tls::config::client_config(&f.ca, Some((&f.cert, &f.key)))
         })
         .map_err(|e| AgentError::Tls(e.to_string()))?;
@@ -199,7 +203,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         Membership::Join(_) | Membership::Wait => None,
     };
     let rpc_tls = match &config.tls {
-        Some(files) => Some(RpcTls::load(files)?),
+        Some(files) => Some(RpcTls::load(
+            files,
+            cairn_tls::node_name(&config.cluster, config.node_id),
+        )?),
         None => {
             if config.insecure_rpc {
                 tracing::warn!(

@@ -592,6 +592,7 @@ impl AgentArgs {
             self.tls_cert.clone(),
             self.tls_key.clone(),
             self.tls_client_ca,
+            self.ca_file.is_some(),
         )?;
         let tls = validate_tls(self.ca_file, self.tls_cert, self.tls_key, &cluster, node_id)?;
         let check_ca_file = match self.check_ca_file {
@@ -699,7 +700,8 @@ impl AgentArgs {
             ));
         }
 
-        if tls.is_none() && !insecure_rpc && !dev && !rpc_addr.ip().is_loopback() {
+        // --dev too: a dev agent told to listen on another address is as open as any node.
+        if tls.is_none() && !insecure_rpc && !rpc_addr.ip().is_loopback() {
             return Err(bad(
                 "--insecure-rpc",
                 format!(
@@ -857,12 +859,25 @@ fn validate_https(
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     client_ca: Option<PathBuf>,
+    has_ca: bool,
 ) -> Result<Option<HttpsConfig>, ConfigError> {
+    if cert.is_some() != key.is_some() {
+        return Err(bad(
+            "--tls-cert/--tls-key",
+            "go together: a certificate and its key",
+        ));
+    }
     let Some(addr) = addr else {
         if client_ca.is_some() {
             return Err(bad(
                 "--tls-client-ca",
                 "applies to the HTTPS API: give --https-addr too",
+            ));
+        }
+        if cert.is_some() && !has_ca {
+            return Err(bad(
+                "--tls-cert",
+                "is used by the HTTPS API (--https-addr) and, with --ca-file, the cluster RPC: give one of them, or nothing would use it",
             ));
         }
         return Ok(None);
@@ -897,7 +912,8 @@ fn validate_tls(
     let (ca, cert, key) = match (ca, cert, key) {
         (None, None, None) => return Ok(None),
         (Some(ca), Some(cert), Some(key)) => (ca, cert, key),
-        // A certificate for the HTTPS API only: no CA to check other nodes against.
+        // A certificate for the HTTPS API only: no CA to check other nodes against (and
+        // validate_https refuses it when there is no --https-addr either).
         (None, Some(_), Some(_)) => return Ok(None),
         (None, _, _) => {
             return Err(bad(
@@ -933,6 +949,9 @@ fn validate_tls(
             ),
         ));
     }
+    // Chain, expiry and both uses, as the peers will check them.
+    cairn_tls::identity::check_own_certificate(&ca, &cert, &name)
+        .map_err(|e| bad("--tls-cert", e.to_string()))?;
     Ok(Some(NodeTls { ca, cert, key }))
 }
 
@@ -1216,6 +1235,15 @@ mod tests {
         assert_eq!(
             err(node(|a| a.tls_cert = Some("/x/c.pem".into()))),
             "--tls-cert/--tls-key"
+        );
+        // A certificate and key that nothing would use.
+        assert_eq!(
+            err(node(|a| {
+                a.rpc_addr = Some("127.0.0.1:8300".into());
+                a.tls_cert = Some("/x/c.pem".into());
+                a.tls_key = Some("/x/k.pem".into())
+            })),
+            "--tls-cert"
         );
         assert_eq!(
             err(node(|a| {

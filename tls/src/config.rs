@@ -1,9 +1,10 @@
 //! rustls configurations from PEM files, and [`Reloadable`]: a configuration rebuilt from its
 //! files without a restart, on SIGHUP or when the files change ([`keep_fresh`]).
 //!
-//! A reload that fails (a half-written file, a key that does not match) keeps the configuration
-//! in use and says why in the log, so rotating certificates can never take a node off the air.
-//! New connections use the new certificates; open ones keep theirs.
+//! A reload that fails (a half-written file, a key that does not match, a certificate that does
+//! not chain to the CA or names another node, when the builder checks that) keeps the
+//! configuration in use and says why in the log. Servers close the connections made before a
+//! reload ([`crate::serve`]); clients rebuild theirs.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -158,6 +159,8 @@ pub struct Reloadable<T> {
     /// Modification time and size of each file at the last build that succeeded or failed.
     stamps: Mutex<Vec<Option<(SystemTime, u64)>>>,
     generation: AtomicU64,
+    /// The generation, for those who act on a reload (servers close older connections).
+    reloaded: tokio::sync::watch::Sender<u64>,
 }
 
 impl<T> std::fmt::Debug for Reloadable<T> {
@@ -192,6 +195,7 @@ impl<T> Reloadable<T> {
             current: RwLock::new(Arc::new(first)),
             stamps: Mutex::new(stamps),
             generation: AtomicU64::new(0),
+            reloaded: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -211,12 +215,18 @@ impl<T> Reloadable<T> {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// A receiver that sees the generation move at every successful reload.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloaded.subscribe()
+    }
+
     /// Rebuilds from the files. On failure the configuration in use stays.
     pub fn reload(&self) -> Result<(), TlsError> {
         *self.stamps.lock() = self.files.iter().map(|f| stamp(f)).collect();
         let next = (self.build)()?;
         *self.current.write() = Arc::new(next);
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.reloaded.send_replace(generation);
         Ok(())
     }
 

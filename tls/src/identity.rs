@@ -37,3 +37,46 @@ pub fn certifies(cert: &CertificateDer<'_>, name: &str) -> bool {
     };
     leaf.verify_is_valid_for_subject_name(&name).is_ok()
 }
+
+/// Checks this node's own certificate as its peers will: it chains to the CA in `ca`, is valid
+/// now, serves as both server and client certificate, and names `name`. rustls never checks the
+/// certificate it presents, so without this a wrong file (another node's, an expired one, one
+/// of another CA) would pass at start or at a reload and then fail every handshake.
+pub fn check_own_certificate(
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    name: &str,
+) -> Result<(), crate::TlsError> {
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls_pki_types::UnixTime;
+
+    let roots = Arc::new(crate::config::load_roots(ca)?);
+    let chain = crate::config::load_certs(cert)?;
+    let refused = |message: String| crate::TlsError::Refused {
+        what: format!("{} (for {name}, against {})", cert.display(), ca.display()),
+        message,
+    };
+    let (leaf, intermediates) = chain
+        .split_first()
+        .ok_or_else(|| refused("holds no certificate".into()))?;
+    let server_name = ServerName::try_from(name.to_owned()).map_err(|e| refused(e.to_string()))?;
+    let as_server = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        roots.clone(),
+        crate::config::provider(),
+    )
+    .build()
+    .map_err(|e| refused(e.to_string()))?;
+    as_server
+        .verify_server_cert(leaf, intermediates, &server_name, &[], UnixTime::now())
+        .map_err(|e| refused(e.to_string()))?;
+    let as_client = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots,
+        crate::config::provider(),
+    )
+    .build()
+    .map_err(|e| refused(e.to_string()))?;
+    as_client
+        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .map_err(|e| refused(e.to_string()))?;
+    Ok(())
+}

@@ -153,6 +153,11 @@ fn a_plaintext_cluster_rpc_off_loopback_needs_insecure_rpc_or_certificates() {
     assert!(stderr.contains("--insecure-rpc"), "{stderr}");
     assert!(stderr.contains("--tls-cert"), "{stderr}");
 
+    // --dev is no exception once its RPC is opened to the network.
+    let out = cairn(&["agent", "--dev", "--check", "--rpc-addr", "192.0.2.1:8300"]);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure-rpc"));
+
     // The explicit opt-out is accepted, and so is loopback.
     let mut insecure = base.to_vec();
     insecure.push("--insecure-rpc");

@@ -584,6 +584,8 @@ async fn t90_a_forwarded_write_is_validated_by_the_leader_as_the_api_would() {
         json!({"write": {"op": "set_health", "service": "web", "id": "ok", "status": "critical",
             "output": "x".repeat(10_000)}}),
         json!({"join": {"id": 0, "rpc_addr": "nowhere"}}),
+        // Only the leader marks members down: a member may not take another's checks away.
+        json!({"write": {"op": "set_node_up", "node": 3, "up": false}}),
     ];
     for body in forged {
         // Sent as member 2 would send it (the cluster runs without certificates here, so the

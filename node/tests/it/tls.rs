@@ -194,7 +194,10 @@ async fn t20_rpc_without_the_right_certificate_is_refused_and_changes_nothing() 
     // Nothing any refused request carried was applied (a liveness entry could move the index,
     // so the digest, which covers the registry, is what is compared).
     let after = settled(&c).await;
-    assert_eq!(after.1, before.1, "registry changed: {before:?} -> {after:?}");
+    assert_eq!(
+        after.1, before.1,
+        "registry changed: {before:?} -> {after:?}"
+    );
     assert_eq!(c.instance_ids(leader, "web").await, ["w1"]);
 }
 
@@ -394,4 +397,37 @@ async fn t40_certificates_rotate_on_sighup_while_writes_run_without_losing_any()
     let (_, after) = c.get(leader, "/v1/cluster").await;
     assert_eq!(after["leader"].as_u64(), Some(leader), "no leader change");
     assert_eq!(after["term"].as_u64(), Some(term), "no election");
+}
+
+#[tokio::test]
+async fn t50_a_reload_with_a_wrong_certificate_keeps_the_right_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&dir.path().join("pki"), "cairn");
+    let c = tls_cluster(dir, &pki).await;
+    let (cert1, key1) = (pki.dir.join("node-1.pem"), pki.dir.join("node-1-key.pem"));
+    let (good_cert, good_key) = (
+        std::fs::read(&cert1).unwrap(),
+        std::fs::read(&key1).unwrap(),
+    );
+    // Node 2's certificate and key copied over node 1's by mistake.
+    std::fs::copy(pki.dir.join("node-2.pem"), &cert1).unwrap();
+    std::fs::copy(pki.dir.join("node-2-key.pem"), &key1).unwrap();
+    let refused = c.node(1).log_count("certificates not reloaded");
+    c.node(1).signal("HUP");
+    eventually(Duration::from_secs(10), "the reload is refused", || async {
+        c.node(1).log_count("certificates not reloaded") > refused
+    })
+    .await;
+    assert!(c.node(1).log_contains("node-1.cairn.cairn"));
+    // Node 1 still speaks as itself: a write through it is forwarded or proposed as before.
+    let index = c.register(1, "web", "still").await;
+    assert!(index > 0);
+    for n in 1..=3 {
+        eventually(Duration::from_secs(5), "replicated", || async {
+            c.instance_ids(n, "web").await == ["still"]
+        })
+        .await;
+    }
+    std::fs::write(&cert1, good_cert).unwrap();
+    std::fs::write(&key1, good_key).unwrap();
 }

@@ -150,15 +150,25 @@ impl Cluster {
             Err(SendError::Timeout) => Err(WriteError::Unavailable(format!(
                 "leader {leader} did not answer in time; the write may or may not have committed"
             ))),
+            // The leader answered, but not with a result: it refused the request (it was not
+            // run), or something else answered there.
+            Err(SendError::Refused { status: 413, message }) => Err(WriteError::Invalid(message)),
+            Err(SendError::Refused { message, .. }) => Err(WriteError::Internal(message)),
             Err(SendError::Protocol(m)) => Err(WriteError::Unavailable(m)),
         }
     }
 
-    /// Runs a forwarded request here; refuses with "not the leader" when this node is not.
-    /// Runs a request another node forwarded. Its op is checked by the API's rules first: a
+    /// Runs a request another node forwarded (refused with "not the leader" when this node is
+    /// not). Its op is checked by the API's rules first: a
     /// member's word is not taken for what it may propose.
     pub(crate) async fn execute_forwarded(&self, req: Forward) -> Result<ForwardReply, WriteError> {
         match &req {
+            // Liveness is the leader's own observation, never another node's to propose.
+            Forward::Write(cairn_registry::Op::SetNodeUp { .. }) => {
+                return Err(WriteError::Invalid(
+                    "forwarded write refused: only the leader marks members up or down".into(),
+                ))
+            }
             Forward::Write(op) => cairn_registry::model::validate_op(op)
                 .map_err(|e| WriteError::Invalid(format!("forwarded write refused: {e}")))?,
             Forward::Join { id, rpc_addr } => {

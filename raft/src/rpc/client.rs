@@ -47,8 +47,11 @@ struct Inner {
     from: NodeId,
     tls: Option<ClientTls>,
     book: Arc<AddressBook>,
-    /// The HTTP client and the TLS generation it was built from.
-    http: RwLock<(u64, reqwest::Client)>,
+    /// Moves when a member's address changes: its pooled connections (keyed by its name, not
+    /// its address) must not go to the old one.
+    book_version: std::sync::atomic::AtomicU64,
+    /// The HTTP client and the (TLS generation, book version) it was built at.
+    http: RwLock<((u64, u64), reqwest::Client)>,
 }
 
 /// Where each member's name points: `node-2.cairn.cairn` -> `10.0.0.2:8300`.
@@ -77,7 +80,12 @@ pub enum SendError {
     /// The connection failed after the request may have been sent: it may have been executed.
     Lost(reqwest::Error),
     Timeout,
-    /// The peer answered, but not with the expected body (refused, or a different program).
+    /// The peer refused the request with this status before running it (admission, limits).
+    Refused {
+        status: u16,
+        message: String,
+    },
+    /// The peer answered, but not with the expected body (a different program).
     Protocol(String),
 }
 
@@ -85,8 +93,9 @@ impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SendError::Unreachable(e) => write!(f, "unreachable: {e}"),
-            SendError::Lost(e) => write!(f, "connection lost: {e}"),
+            SendError::Lost(e) => write!(f, "connection lost: {}", error_chain(e)),
             SendError::Timeout => f.write_str("timed out"),
+            SendError::Refused { status, message } => write!(f, "refused ({status}): {message}"),
             SendError::Protocol(m) => f.write_str(m),
         }
     }
@@ -131,7 +140,8 @@ impl Transport {
                 from,
                 tls,
                 book,
-                http: RwLock::new((current.map_or(0, |(g, _)| g), http)),
+                book_version: std::sync::atomic::AtomicU64::new(0),
+                http: RwLock::new(((current.map_or(0, |(g, _)| g), 0), http)),
             }),
         })
     }
@@ -142,7 +152,12 @@ impl Transport {
         let Some(tls) = &inner.tls else {
             return Ok(inner.http.read().1.clone());
         };
-        let generation = tls.generation();
+        let generation = (
+            tls.generation(),
+            inner
+                .book_version
+                .load(std::sync::atomic::Ordering::Acquire),
+        );
         if inner.http.read().0 == generation {
             return Ok(inner.http.read().1.clone());
         }
@@ -160,11 +175,17 @@ impl Transport {
         let port = port_of(addr)
             .ok_or_else(|| SendError::Unreachable(format!("{addr:?} is not HOST:PORT")))?;
         let host = node_name(&self.inner.cluster, target);
-        self.inner
+        let previous = self
+            .inner
             .book
             .0
             .write()
             .insert(host.clone(), addr.to_owned());
+        if previous.is_some_and(|p| p != addr) {
+            self.inner
+                .book_version
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
         Ok(format!("https://{host}:{port}{path}"))
     }
 
@@ -188,10 +209,14 @@ impl Transport {
             .send()
             .await
             .map_err(|e| {
-                if e.is_timeout() {
+                let chain = error_chain(&e);
+                // A connect that timed out is both: it was never sent. So is a request whose
+                // connection the server's TLS refused (under TLS 1.3 a client certificate is
+                // judged after the client has started sending, and answered with an alert).
+                if e.is_connect() || chain.contains("received fatal alert") {
+                    SendError::Unreachable(chain)
+                } else if e.is_timeout() {
                     SendError::Timeout
-                } else if e.is_connect() {
-                    SendError::Unreachable(error_chain(&e))
                 } else {
                     SendError::Lost(e)
                 }
@@ -208,9 +233,10 @@ impl Transport {
             let msg = serde_json::from_slice::<Refusal>(&bytes)
                 .map(|e| e.message)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).chars().take(200).collect());
-            return Err(SendError::Protocol(format!(
-                "{addr} answered {status}: {msg}"
-            )));
+            return Err(SendError::Refused {
+                status: status.as_u16(),
+                message: format!("{addr} answered {status}: {msg}"),
+            });
         }
         serde_json::from_slice(&bytes)
             .map_err(|e| SendError::Protocol(format!("bad answer from {addr}: {e}")))
@@ -276,8 +302,8 @@ impl Peer {
                     target: self.target,
                     timeout,
                 }),
-                SendError::Protocol(m) => {
-                    RPCError::Network(NetworkError::new(&std::io::Error::other(m)))
+                e @ (SendError::Protocol(_) | SendError::Refused { .. }) => {
+                    RPCError::Network(NetworkError::new(&std::io::Error::other(e.to_string())))
                 }
             })?;
         reply.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
