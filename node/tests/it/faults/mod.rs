@@ -337,6 +337,9 @@ async fn ttl_decisions_agree_across_skewed_clocks_and_snapshots() {
         let registered = registered.clone();
         tokio::spawn(async move {
             let mut seen: Seen = BTreeMap::new();
+            // An instance is "gone" from a replica only once that replica has had it: a
+            // follower that has not yet applied the registration has nothing to lose.
+            let mut had: std::collections::BTreeSet<(u64, String)> = Default::default();
             while !stop.load(Ordering::Acquire) {
                 for (node, url) in &urls {
                     let Ok(res) = http
@@ -353,9 +356,15 @@ async fn ttl_decisions_agree_across_skewed_clocks_and_snapshots() {
                     let instances = body["instances"].as_array().cloned().unwrap_or_default();
                     for (name, at) in &registered {
                         let state = match instances.iter().find(|i| i["id"] == name.as_str()) {
+                            None if !had.contains(&(*node, name.clone())) => continue,
                             None => "gone",
-                            Some(i) if i["checks"][0]["status"] == "critical" => "critical",
-                            Some(_) => continue,
+                            Some(i) => {
+                                had.insert((*node, name.clone()));
+                                if i["checks"][0]["status"] != "critical" {
+                                    continue;
+                                }
+                                "critical"
+                            }
                         };
                         seen.entry((*node, name.clone(), state))
                             .or_insert(at.elapsed());
