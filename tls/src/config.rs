@@ -7,7 +7,6 @@
 //! reload ([`crate::serve`]); clients rebuild theirs.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -158,8 +157,8 @@ pub struct Reloadable<T> {
     current: RwLock<Arc<T>>,
     /// Modification time and size of each file at the last build that succeeded or failed.
     stamps: Mutex<Vec<Option<(SystemTime, u64)>>>,
-    generation: AtomicU64,
-    /// The generation, for those who act on a reload (servers close older connections).
+    /// The generation: moves by one at every successful reload. A channel, so those who act on
+    /// a reload (servers close older connections) can wait for it.
     reloaded: tokio::sync::watch::Sender<u64>,
 }
 
@@ -194,7 +193,6 @@ impl<T> Reloadable<T> {
             build: Box::new(build),
             current: RwLock::new(Arc::new(first)),
             stamps: Mutex::new(stamps),
-            generation: AtomicU64::new(0),
             reloaded: tokio::sync::watch::Sender::new(0),
         })
     }
@@ -212,7 +210,7 @@ impl<T> Reloadable<T> {
     /// Moves by one at every successful reload, so users of a derived object (an HTTP client
     /// built from the configuration) know to rebuild it.
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        *self.reloaded.borrow()
     }
 
     /// A receiver that sees the generation move at every successful reload.
@@ -225,8 +223,7 @@ impl<T> Reloadable<T> {
         *self.stamps.lock() = self.files.iter().map(|f| stamp(f)).collect();
         let next = (self.build)()?;
         *self.current.write() = Arc::new(next);
-        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        self.reloaded.send_replace(generation);
+        self.reloaded.send_modify(|generation| *generation += 1);
         Ok(())
     }
 
