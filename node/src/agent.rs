@@ -226,6 +226,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         keep_logs: config.snapshot_keep_logs,
         write_timeout: config.write_timeout,
         clock_offset_ms: config.clock_offset_ms,
+        rpc_source_addr: config.rpc_source_addr,
         tls: rpc_tls.as_ref().map(|t| t.client.clone()),
         ..ClusterOptions::default()
     };

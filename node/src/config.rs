@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt::Display;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -309,6 +309,13 @@ pub struct AgentArgs {
     )]
     #[serde(skip)]
     pub test_clock_offset: Option<String>,
+
+    /// Test only: the local IP address this node's cluster RPC connections leave from, e.g.
+    /// `127.0.0.2`, so that the fault tests' proxy can tell which node a connection is from
+    /// when mutual TLS hides everything else. Not for production.
+    #[arg(long, hide = true, value_name = "IP")]
+    #[serde(skip)]
+    pub test_rpc_source_addr: Option<String>,
 }
 
 /// A list setting (`peers`, `recursors`): one comma-separated string as a flag; in a file, one
@@ -423,6 +430,8 @@ pub struct AgentConfig {
     pub log: String,
     /// Milliseconds added to this node's wall clock (`--test-clock-offset`).
     pub clock_offset_ms: i64,
+    /// Where this node's RPC connections leave from (`--test-rpc-source-addr`).
+    pub rpc_source_addr: Option<IpAddr>,
     /// The cluster RPC's mutual TLS; `None` for plaintext (loopback, --dev or --insecure-rpc).
     pub tls: Option<NodeTls>,
     pub insecure_rpc: bool,
@@ -555,6 +564,7 @@ impl AgentArgs {
             write_timeout: self.write_timeout.merge(under.write_timeout),
             log: self.log.merge(under.log),
             test_clock_offset: self.test_clock_offset.merge(under.test_clock_offset),
+            test_rpc_source_addr: self.test_rpc_source_addr.merge(under.test_rpc_source_addr),
         }
     }
 
@@ -768,6 +778,15 @@ impl AgentArgs {
                 sign * d.as_millis() as i64
             }
         };
+        let rpc_source_addr = match &self.test_rpc_source_addr {
+            None => None,
+            Some(s) => Some(s.parse::<IpAddr>().map_err(|_| {
+                bad(
+                    "--test-rpc-source-addr",
+                    format!("{s:?} is not an IP address, e.g. 127.0.0.2"),
+                )
+            })?),
+        };
         let log = self.log.unwrap_or_else(|| DEFAULT_LOG.to_owned());
         if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
             return Err(bad("--log", format!("{log:?} is not a log filter")));
@@ -790,6 +809,7 @@ impl AgentArgs {
             write_timeout,
             log,
             clock_offset_ms,
+            rpc_source_addr,
             tls,
             insecure_rpc,
             https,
@@ -1180,6 +1200,10 @@ mod tests {
         );
         assert_eq!(err(base(|a| a.log = Some("=[".into()))), "--log");
         assert_eq!(
+            err(base(|a| a.test_rpc_source_addr = Some("127.0.0.2:0".into()))),
+            "--test-rpc-source-addr"
+        );
+        assert_eq!(
             err(args(|a| {
                 a.dev = true;
                 a.join = Some("http://x".into())
@@ -1444,7 +1468,8 @@ insecure_rpc = true
                 "check",
                 "config",
                 "node_id_from_ordinal",
-                "test_clock_offset"
+                "test_clock_offset",
+                "test_rpc_source_addr"
             ]
         );
 

@@ -14,6 +14,7 @@ mod membership;
 mod write;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -65,6 +66,10 @@ pub struct ClusterOptions {
     /// Added to the wall clock this node stamps on the entries it proposes. Tests only: apply
     /// never reads a clock, so replicas agree whatever the offset (see the fault tests).
     pub clock_offset_ms: i64,
+    /// The local address this node's RPC connections leave from; `None` lets the system pick.
+    /// Tests only: the fault tests' proxy tells senders apart by it, since under mutual TLS it
+    /// can read nothing else.
+    pub rpc_source_addr: Option<IpAddr>,
 }
 
 impl ClusterOptions {
@@ -101,6 +106,7 @@ impl Default for ClusterOptions {
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             tls: None,
             clock_offset_ms: 0,
+            rpc_source_addr: None,
         }
     }
 }
@@ -206,8 +212,12 @@ impl Cluster {
         }
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
-        let transport =
-            Transport::new(&options.cluster_name, options.node_id, options.tls.clone())?;
+        let transport = Transport::new(
+            &options.cluster_name,
+            options.node_id,
+            options.tls.clone(),
+            options.rpc_source_addr,
+        )?;
         let raft = Raft::new(
             options.node_id,
             Arc::new(config),

@@ -3,7 +3,7 @@
 //! the cluster owns a transport, never the reverse.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +46,8 @@ struct Inner {
     cluster: String,
     from: NodeId,
     tls: Option<ClientTls>,
+    /// The local address connections leave from, when one is set.
+    source: Option<IpAddr>,
     book: Arc<AddressBook>,
     /// Moves when a member's address changes: its pooled connections (keyed by its name, not
     /// its address) must not go to the old one.
@@ -104,8 +106,10 @@ impl std::fmt::Display for SendError {
 fn build_http(
     tls: Option<&cairn_tls::rustls::ClientConfig>,
     book: &Arc<AddressBook>,
+    source: Option<IpAddr>,
 ) -> Result<reqwest::Client, reqwest::Error> {
     let builder = reqwest::Client::builder()
+        .local_address(source)
         .tcp_nodelay(true)
         .pool_idle_timeout(Duration::from_secs(90))
         .connect_timeout(Duration::from_secs(2));
@@ -125,20 +129,23 @@ fn port_of(addr: &str) -> Option<u16> {
 }
 
 impl Transport {
-    /// A transport for node `from` of `cluster`; over mutual TLS when `tls` is given.
+    /// A transport for node `from` of `cluster`; over mutual TLS when `tls` is given, and from
+    /// the local address `source` when given (else the system picks one per connection).
     pub fn new(
         cluster: &str,
         from: NodeId,
         tls: Option<ClientTls>,
+        source: Option<IpAddr>,
     ) -> Result<Self, reqwest::Error> {
         let book = Arc::new(AddressBook::default());
         let current = tls.as_ref().map(|t| (t.generation(), t.current()));
-        let http = build_http(current.as_ref().map(|(_, c)| &**c), &book)?;
+        let http = build_http(current.as_ref().map(|(_, c)| &**c), &book, source)?;
         Ok(Transport {
             inner: Arc::new(Inner {
                 cluster: cluster.to_owned(),
                 from,
                 tls,
+                source,
                 book,
                 book_version: std::sync::atomic::AtomicU64::new(0),
                 http: RwLock::new(((current.map_or(0, |(g, _)| g), 0), http)),
@@ -161,7 +168,7 @@ impl Transport {
         if inner.http.read().0 == generation {
             return Ok(inner.http.read().1.clone());
         }
-        let http = build_http(Some(&tls.current()), &inner.book)
+        let http = build_http(Some(&tls.current()), &inner.book, inner.source)
             .map_err(|e| SendError::Unreachable(format!("cannot build the TLS client: {e}")))?;
         *inner.http.write() = (generation, http.clone());
         Ok(http)
