@@ -85,7 +85,14 @@ impl RpcTls {
         let (f, n) = (files.clone(), name.clone());
         let server = cairn_tls::Reloadable::new("cluster RPC listener", paths.clone(), move || {
             cairn_tls::identity::check_own_certificate(&f.ca, &f.cert, &n)?;
-            cairn_tls::config::server_config(&f.cert, &f.key, Some(&f.ca), &[b"http/1.1"])
+            let mut config =
+                cairn_tls::config::server_config(&f.cert, &f.key, Some(&f.ca), &[b"http/1.1"])?;
+            // No session resumption: a resumed session carries the identity of a certificate
+            // checked at an earlier handshake, which may have expired since. Every connection
+            // is judged by a full handshake instead; peers keep theirs pooled, so that costs
+            // one handshake per connection, not per request.
+            config.send_tls13_tickets = 0;
+            Ok(config)
         })
         .map_err(|e| AgentError::Tls(e.to_string()))?;
         let f = files.clone();
