@@ -1,5 +1,9 @@
 //! A process cluster whose cluster RPC runs through [`Proxy`]s, with the operations the nemesis
 //! needs: kill and restart, pause, partition, remove and re-add, replace with wiped data.
+//!
+//! The cluster RPC is mutual TLS, as in production, with certificates from `cairn tls`;
+//! `CAIRN_FAULTS_RPC=plain` runs it in plaintext instead. Either way each node's RPC
+//! connections leave from its own loopback address, by which the proxies know the sender.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -8,7 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use crate::harness::proxy::{Net, Proxy};
+use crate::harness::proxy::{self, Net, Proxy};
+use crate::harness::tls::Pki;
 use crate::harness::Node;
 
 pub struct FaultCluster {
@@ -21,6 +26,8 @@ pub struct FaultCluster {
     paused: Vec<u64>,
     next_id: u64,
     extra: Vec<String>,
+    /// The CA and certificates of the cluster RPC; `None` when it runs in plaintext.
+    pki: Option<Pki>,
     pub http: reqwest::Client,
 }
 
@@ -39,6 +46,11 @@ impl FaultCluster {
     /// `n` nodes from `--peers`, each with `extra` and `per_node(id)` arguments.
     pub async fn start(n: u64, extra: &[&str], per_node: impl Fn(u64) -> Vec<String>) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let pki = match std::env::var("CAIRN_FAULTS_RPC").as_deref() {
+            Ok("tls") | Err(_) => Some(Pki::new(&dir.path().join("pki"), "cairn")),
+            Ok("plain") => None,
+            Ok(other) => panic!("CAIRN_FAULTS_RPC={other:?}: expected tls or plain"),
+        };
         let net = Arc::new(Net::default());
         let mut proxies = HashMap::new();
         for id in 1..=n {
@@ -60,11 +72,12 @@ impl FaultCluster {
             paused: Vec::new(),
             next_id: n + 1,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            pki,
             http,
         };
         for id in 1..=n {
             let mut args = vec!["--peers".to_string(), peers.clone()];
-            args.extend(c.extra.iter().cloned());
+            args.extend(c.node_args(id));
             args.extend(per_node(id));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let node = Node::start(id, c.dir.path(), &args);
@@ -75,6 +88,20 @@ impl FaultCluster {
             .await
             .expect("cluster formed");
         c
+    }
+
+    /// Every node's arguments: the suite's `extra`, the address its RPC connections leave
+    /// from, and its certificate (made here) unless the RPC is plaintext.
+    fn node_args(&self, id: u64) -> Vec<String> {
+        let mut args = self.extra.clone();
+        args.extend([
+            "--test-rpc-source-addr".to_string(),
+            proxy::source_addr(id).to_string(),
+        ]);
+        if let Some(pki) = &self.pki {
+            args.extend(pki.agent_args(id));
+        }
+        args
     }
 
     pub fn ids(&self) -> Vec<u64> {
@@ -273,7 +300,7 @@ impl FaultCluster {
             "--advertise".to_string(),
             proxy.addr.to_string(),
         ];
-        args.extend(self.extra.iter().cloned());
+        args.extend(self.node_args(new));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let node = Node::start(new, self.dir.path(), &args);
         proxy.set_upstream(node.rpc);

@@ -15,6 +15,9 @@
 //!
 //! `CAIRN_FAULTS_SEED=<n>` replays a run's schedule (the report prints the seed; timing still
 //! varies, so a replay is the same faults in the same order, not the same interleaving).
+//!
+//! The cluster RPC runs on mutual TLS, as in production; `CAIRN_FAULTS_RPC=plain` runs the
+//! suite with plaintext RPC instead.
 
 mod cluster;
 mod linearizable;

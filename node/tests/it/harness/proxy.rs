@@ -2,21 +2,25 @@
 //! tests, its HTTP port for a client in the client tests.
 //!
 //! In the fault tests every node advertises its proxy's address, so all Raft traffic to node `to`
-//! passes through `Proxy(to)`. The sender of a connection is read from the `x-cairn-from` header
-//! of its first HTTP request (every cluster RPC carries it, and a connection only ever carries one
-//! sender's requests; a client sends none, and is [`CLIENT`]), so faults apply per directed link
-//! `from -> to`:
+//! passes through `Proxy(to)`. The proxy sees bytes only (the cluster RPC is mutual TLS: headers
+//! and certificates are encrypted), so it tells senders apart by a connection's source address:
+//! node `id` makes its RPC connections from [`source_addr`]`(id)`, `127.0.0.<id+1>` (the agent's
+//! hidden `--test-rpc-source-addr`; all of 127/8 is loopback on Linux), and a connection from
+//! anywhere else is a client's, [`CLIENT`]. Faults apply per directed link `from -> to`:
 //!
 //! - `Cut`: bytes are swallowed in both directions, as on a link that drops every packet: the
 //!   sender's RPCs time out. Connections that lost bytes are closed once the link heals.
 //! - `Delay(d)`: every chunk waits `d` before it is passed on.
 //! - `Lossy(p)`: each chunk resets the connection with probability `p`.
 //! - `DropReplies`: requests get through; the first byte of an answer closes the connection, so
-//!   the sender cannot tell whether its request was executed.
+//!   the sender cannot tell whether its request was executed. Over TLS the answer is what the
+//!   node sends once the sender has sent its first encrypted record (its last handshake flight,
+//!   which the request follows): the handshake before it passes, and the RPC listener sends
+//!   nothing between the handshake and its answer (no session tickets).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,9 +29,29 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-/// The sender of a connection whose first request has no `x-cairn-from` header: a client of the
-/// HTTP API, not a node.
+/// The sender of a connection from no node's source address: a client of the HTTP API.
 pub const CLIENT: u64 = 0;
+
+/// The loopback address node `id`'s RPC connections leave from: `127.0.0.<id+1>`, so that
+/// `127.0.0.1`, where everything else comes from, is no node's.
+pub fn source_addr(id: u64) -> IpAddr {
+    let last = u8::try_from(id + 1)
+        .ok()
+        .filter(|&b| b < u8::MAX)
+        .unwrap_or_else(|| panic!("node id {id} has no source address: ids go up to 253"));
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+/// The node whose [`source_addr`] `ip` is, or [`CLIENT`].
+fn sender(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(v4) => match v4.octets() {
+            [127, 0, 0, last] if last > 1 => u64::from(last) - 1,
+            _ => CLIENT,
+        },
+        IpAddr::V6(_) => CLIENT,
+    }
+}
 
 /// What happens to traffic on one directed link.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -94,10 +118,11 @@ impl Proxy {
         let connections: Arc<AtomicUsize> = Arc::default();
         let (up, count) = (upstream.clone(), connections.clone());
         let task = tokio::spawn(async move {
-            while let Ok((conn, _)) = listener.accept().await {
+            while let Ok((conn, peer)) = listener.accept().await {
                 let target = *up.lock().unwrap();
                 if let Some(target) = target {
-                    tokio::spawn(relay(conn, target, to, net.clone(), count.clone()));
+                    let from = sender(peer.ip());
+                    tokio::spawn(relay(conn, target, (from, to), net.clone(), count.clone()));
                 }
             }
         });
@@ -109,7 +134,7 @@ impl Proxy {
         }
     }
 
-    /// Connections passed on to the node: counted once the first request's head has arrived
+    /// Connections passed on to the node: counted once the sender's first bytes have arrived
     /// and the node accepted the connection. Under `Link::DropReplies` a connection carries one
     /// request (it closes at the first byte of the answer), so this counts requests.
     pub fn connections(&self) -> usize {
@@ -128,41 +153,72 @@ impl Drop for Proxy {
     }
 }
 
-/// The sender named by the first request's `x-cairn-from` header, once the head is complete.
-fn sender(head: &[u8]) -> Option<Option<u64>> {
-    let end = head.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let text = String::from_utf8_lossy(&head[..end]);
-    Some(text.lines().find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        name.trim()
-            .eq_ignore_ascii_case("x-cairn-from")
-            .then(|| value.trim().parse().ok())
-            .flatten()
-    }))
+/// The first byte of a TLS connection: a handshake record (the ClientHello).
+const TLS_HANDSHAKE: u8 = 22;
+/// The content type of an encrypted TLS record (TLS 1.3 encrypts every record after the
+/// ClientHello, ServerHello and ChangeCipherSpec as application data).
+const TLS_APPLICATION_DATA: u8 = 23;
+/// A TLS record header: content type, version, length.
+const TLS_HEADER_LEN: usize = 5;
+
+/// Watches the bytes a sender sends for the point after which the node's next bytes are its
+/// answer: at once in plain HTTP; over TLS, from the sender's first encrypted record on.
+#[derive(Default)]
+struct Asked {
+    tls: Option<bool>,
+    /// The header of the TLS record being read, and how much of its body is still to come.
+    header: Vec<u8>,
+    body_left: usize,
+}
+
+impl Asked {
+    /// Whether `chunk`, the sender's next bytes, starts its request (or its last handshake
+    /// flight, which the request follows).
+    fn starts_in(&mut self, chunk: &[u8]) -> bool {
+        let tls = *self
+            .tls
+            .get_or_insert_with(|| chunk.first() == Some(&TLS_HANDSHAKE));
+        if !tls {
+            return !chunk.is_empty();
+        }
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            if self.body_left > 0 {
+                let n = self.body_left.min(rest.len());
+                self.body_left -= n;
+                rest = &rest[n..];
+                continue;
+            }
+            let n = (TLS_HEADER_LEN - self.header.len()).min(rest.len());
+            self.header.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            if self.header.len() == TLS_HEADER_LEN {
+                if self.header[0] == TLS_APPLICATION_DATA {
+                    return true;
+                }
+                self.body_left = usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+                self.header.clear();
+            }
+        }
+        false
+    }
 }
 
 async fn relay(
     mut client: TcpStream,
     target: SocketAddr,
-    to: u64,
+    (from, to): (u64, u64),
     net: Arc<Net>,
     connections: Arc<AtomicUsize>,
 ) {
     let _ = client.set_nodelay(true);
-    let mut head = Vec::new();
-    let mut buf = [0u8; 8192];
-    let from = loop {
-        match client.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-        if let Some(from) = sender(&head) {
-            break from.unwrap_or(0);
-        }
-        if head.len() > 64 * 1024 {
-            return;
-        }
-    };
+    // The node sees a connection only once it carries bytes: a count of connections is then one
+    // of requests under `DropReplies`.
+    let mut first = vec![0u8; 64 * 1024];
+    match client.read(&mut first).await {
+        Ok(0) | Err(_) => return,
+        Ok(n) => first.truncate(n),
+    }
     let Ok(server) = TcpStream::connect(target).await else {
         return;
     };
@@ -170,22 +226,31 @@ async fn relay(
     let _ = server.set_nodelay(true);
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
-    let poisoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let state = Arc::new(State::default());
     let up = tokio::spawn(pump(
         cr,
         sw,
-        head,
+        first,
         (from, to, false),
         net.clone(),
-        poisoned.clone(),
+        state.clone(),
     ));
-    let down = tokio::spawn(pump(sr, cw, Vec::new(), (from, to, true), net, poisoned));
+    let down = tokio::spawn(pump(sr, cw, Vec::new(), (from, to, true), net, state));
     // When either direction ends, end both: the peer sees the connection close.
     let (up_abort, down_abort) = (up.abort_handle(), down.abort_handle());
     tokio::select! {
         _ = up => down_abort.abort(),
         _ = down => up_abort.abort(),
     }
+}
+
+/// What both directions of one connection share.
+#[derive(Default)]
+struct State {
+    /// Bytes were lost on it: it is garbage once the link heals.
+    poisoned: AtomicBool,
+    /// The sender has asked (see [`Asked`]): the node's next bytes are its answer.
+    asked: AtomicBool,
 }
 
 /// Copies `r` to `w` (after `first`) under the rule for `from -> to`; `reply` is the
@@ -196,16 +261,17 @@ async fn pump(
     first: Vec<u8>,
     (from, to, reply): (u64, u64, bool),
     net: Arc<Net>,
-    poisoned: Arc<std::sync::atomic::AtomicBool>,
+    state: Arc<State>,
 ) {
     let mut pending = first;
     let mut buf = vec![0u8; 64 * 1024];
+    let mut asked = Asked::default();
     loop {
         if !pending.is_empty() {
             match net.link(from, to) {
                 Link::Up => {}
                 Link::Cut => {
-                    poisoned.store(true, Ordering::Release);
+                    state.poisoned.store(true, Ordering::Release);
                     pending.clear();
                 }
                 Link::Delay(d) => tokio::time::sleep(d).await,
@@ -214,19 +280,25 @@ async fn pump(
                         return;
                     }
                 }
-                Link::DropReplies if reply => return,
+                Link::DropReplies if reply && state.asked.load(Ordering::Acquire) => return,
                 Link::DropReplies => {}
             }
-            if poisoned.load(Ordering::Acquire) {
+            if state.poisoned.load(Ordering::Acquire) {
                 pending.clear();
-            } else if w.write_all(&pending).await.is_err() {
-                return;
+            } else {
+                // Marked before the bytes go: the node cannot answer what it has not received.
+                if !reply && !state.asked.load(Ordering::Acquire) && asked.starts_in(&pending) {
+                    state.asked.store(true, Ordering::Release);
+                }
+                if w.write_all(&pending).await.is_err() {
+                    return;
+                }
             }
             pending.clear();
         }
         // A connection that lost bytes is garbage once the link heals: close it then.
         let read = tokio::time::timeout(Duration::from_millis(200), r.read(&mut buf)).await;
-        if poisoned.load(Ordering::Acquire) && net.link(from, to) != Link::Cut {
+        if state.poisoned.load(Ordering::Acquire) && net.link(from, to) != Link::Cut {
             return;
         }
         match read {
