@@ -36,6 +36,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
@@ -115,6 +116,18 @@ pub enum CertError {
     /// A validity outside `1..=MAX_DAYS` days.
     #[error("a validity of {0} days is out of range: give 1 to {MAX_DAYS} days")]
     InvalidDays(u32),
+    /// A [`Validity::Window`] that is empty, over already, longer than [`MAX_DAYS`], or
+    /// starting after the CA's end.
+    #[error(
+        "a validity from {not_before} to {not_after} is refused: it must end after it starts \
+         and after now, last at most {MAX_DAYS} days, and start before the CA's end"
+    )]
+    InvalidWindow {
+        /// The window's start.
+        not_before: OffsetDateTime,
+        /// The window's end.
+        not_after: OffsetDateTime,
+    },
     /// An extra DNS name for a node certificate that cannot be one.
     #[error("{name:?} cannot be a DNS name of a node certificate: {why}")]
     InvalidDnsName {
@@ -191,6 +204,7 @@ impl CertError {
             | CertError::InvalidNodeId
             | CertError::InvalidClientName(_)
             | CertError::InvalidDays(_)
+            | CertError::InvalidWindow { .. }
             | CertError::InvalidDnsName { .. }
             | CertError::ClusterMismatch { .. } => true,
             CertError::CaCert(_)
@@ -241,6 +255,63 @@ pub struct Written {
     pub cert: PathBuf,
     /// The key file (mode 0600).
     pub key: PathBuf,
+}
+
+/// How long a node or client certificate is valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Validity {
+    /// From a minute before it is made (for peers whose clock is a little behind) for this
+    /// many days, 1 to [`MAX_DAYS`]: what `cairn tls cert create --days` makes. A number of
+    /// days converts into this.
+    Days(u32),
+    /// From `not_before` to `not_after`: for tests of how peers treat a certificate that has
+    /// just expired (make one that ends in a moment, and wait) or is not valid yet. It must
+    /// end after now: the new certificate is checked against its CA at a moment inside the
+    /// window (now, or its start if that is later), when the CA must be valid too.
+    Window {
+        /// Its start.
+        not_before: SystemTime,
+        /// Its end.
+        not_after: SystemTime,
+    },
+}
+
+impl From<u32> for Validity {
+    fn from(days: u32) -> Self {
+        Validity::Days(days)
+    }
+}
+
+impl Validity {
+    /// The (start, end) of a certificate made at `now`, checked.
+    fn window(self, now: OffsetDateTime) -> Result<(OffsetDateTime, OffsetDateTime), CertError> {
+        match self {
+            Validity::Days(days) => {
+                check_days(days)?;
+                Ok((now - CLOCK_SKEW, now + Duration::days(i64::from(days))))
+            }
+            Validity::Window {
+                not_before,
+                not_after,
+            } => {
+                let (not_before, not_after) = (
+                    OffsetDateTime::from(not_before),
+                    OffsetDateTime::from(not_after),
+                );
+                if not_after <= not_before
+                    || not_after <= now
+                    || not_after - not_before > Duration::days(i64::from(MAX_DAYS))
+                {
+                    return Err(CertError::InvalidWindow {
+                        not_before,
+                        not_after,
+                    });
+                }
+                Ok((not_before, not_after))
+            }
+        }
+    }
 }
 
 /// A node's identity name: `node-<id>.<cluster>.cairn`, in lower case (DNS names ignore case;
@@ -317,11 +388,15 @@ pub fn check_node_cert_args(
     extra_dns: &[String],
     days: u32,
 ) -> Result<(), CertError> {
+    check_node_names(cluster, id, extra_dns)?;
+    check_days(days)
+}
+
+fn check_node_names(cluster: &str, id: u64, extra_dns: &[String]) -> Result<(), CertError> {
     check_cluster(cluster)?;
     if id == 0 {
         return Err(CertError::InvalidNodeId);
     }
-    check_days(days)?;
     for name in extra_dns {
         check_extra_dns_name(cluster, name)?;
     }
@@ -391,19 +466,12 @@ fn check_extra_dns_name(cluster: &str, name: &str) -> Result<(), CertError> {
     Ok(())
 }
 
-/// From a moment a minute before now (clock skew) to `days` from now.
-fn validity(days: u32) -> (OffsetDateTime, OffsetDateTime) {
-    let now = OffsetDateTime::now_utc();
-    (now - CLOCK_SKEW, now + Duration::days(i64::from(days)))
-}
-
 /// Makes a self-signed CA for `cluster`, valid for `days` ([`DEFAULT_CA_DAYS`] by default):
 /// ECDSA P-256, common name `Cairn CA <cluster>`, a CA that may sign end-entity certificates
 /// only (path length 0), with key usages keyCertSign, cRLSign and digitalSignature.
 pub fn create_ca(cluster: &str, days: u32) -> Result<Issued, CertError> {
     check_cluster(cluster)?;
-    check_days(days)?;
-    let (not_before, not_after) = validity(days);
+    let (not_before, not_after) = Validity::Days(days).window(OffsetDateTime::now_utc())?;
     let name = format!("{CA_NAME_PREFIX}{cluster}");
     let mut params = CertificateParams::default();
     params.distinguished_name = common_name(&name);
@@ -430,7 +498,8 @@ pub fn create_ca(cluster: &str, days: u32) -> Result<Issued, CertError> {
 /// Makes node `id`'s certificate, signed by the CA: SANs `node-<id>.<cluster>.cairn`,
 /// `localhost`, `127.0.0.1`, `::1`, and `extra_dns` and `extra_ips` (the names and addresses
 /// the node's HTTPS API and RPC are reached at); for server and client authentication; valid
-/// for `days` ([`DEFAULT_CERT_DAYS`] by default) or until the CA's end if that comes first.
+/// for `validity`, a number of days ([`DEFAULT_CERT_DAYS`] by default) or a [`Validity`], or
+/// until the CA's end if that comes first.
 pub fn create_node_cert(
     ca_cert_pem: &str,
     ca_key_pem: &str,
@@ -438,9 +507,11 @@ pub fn create_node_cert(
     id: u64,
     extra_dns: &[String],
     extra_ips: &[IpAddr],
-    days: u32,
+    validity: impl Into<Validity>,
 ) -> Result<Issued, CertError> {
-    check_node_cert_args(cluster, id, extra_dns, days)?;
+    let validity = validity.into();
+    check_node_names(cluster, id, extra_dns)?;
+    validity.window(OffsetDateTime::now_utc())?;
     let ca = Ca::load(ca_cert_pem, ca_key_pem, cluster)?;
     let name = node_name(cluster, id);
     let mut dns = vec![name.clone(), "localhost".to_owned()];
@@ -466,20 +537,24 @@ pub fn create_node_cert(
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ],
-        days,
+        validity,
     )
 }
 
 /// Makes a client's certificate, signed by the CA: SAN `client-<name>.<cluster>.cairn`, for
-/// client authentication only; valid for `days` or until the CA's end if that comes first.
+/// client authentication only; valid for `validity` (days, or a [`Validity`]) or until the
+/// CA's end if that comes first.
 pub fn create_client_cert(
     ca_cert_pem: &str,
     ca_key_pem: &str,
     cluster: &str,
     name: &str,
-    days: u32,
+    validity: impl Into<Validity>,
 ) -> Result<Issued, CertError> {
-    check_client_cert_args(cluster, name, days)?;
+    let validity = validity.into();
+    check_cluster(cluster)?;
+    check_client_name(name)?;
+    validity.window(OffsetDateTime::now_utc())?;
     let ca = Ca::load(ca_cert_pem, ca_key_pem, cluster)?;
     let name = client_name(cluster, name);
     ca.issue(
@@ -487,7 +562,7 @@ pub fn create_client_cert(
         vec![name],
         Vec::new(),
         vec![ExtendedKeyUsagePurpose::ClientAuth],
-        days,
+        validity,
     )
 }
 
@@ -578,9 +653,16 @@ impl Ca {
         dns: Vec<String>,
         ips: Vec<IpAddr>,
         ekus: Vec<ExtendedKeyUsagePurpose>,
-        days: u32,
+        validity: Validity,
     ) -> Result<Issued, CertError> {
-        let (not_before, wanted_end) = validity(days);
+        let now = OffsetDateTime::now_utc();
+        let (not_before, wanted_end) = validity.window(now)?;
+        if not_before >= self.not_after {
+            return Err(CertError::InvalidWindow {
+                not_before,
+                not_after: wanted_end,
+            });
+        }
         let clamped_to_ca = wanted_end > self.not_after;
         let not_after = if clamped_to_ca {
             self.not_after
@@ -606,7 +688,12 @@ impl Ca {
         params.subject_alt_names = sans;
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let cert = params.signed_by(&key, &self.issuer, &self.key)?;
-        self.verify(cert.der(), server.then_some(name.as_str()))?;
+        // As a peer will check it, at a moment it is valid: now, or its start if later.
+        self.verify(
+            cert.der(),
+            server.then_some(name.as_str()),
+            not_before.max(now),
+        )?;
         Ok(Issued {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
@@ -616,19 +703,21 @@ impl Ca {
         })
     }
 
-    /// What a peer will do with the certificate: verify it against the CA, as a client
+    /// What a peer will do with the certificate at `at`: verify it against the CA, as a client
     /// certificate and, given a name, as a server certificate for that name.
     fn verify(
         &self,
         cert: &CertificateDer<'_>,
         server_name: Option<&str>,
+        at: OffsetDateTime,
     ) -> Result<(), CertError> {
         let failed = |e: &dyn fmt::Display| CertError::SelfCheck(e.to_string());
         let mut roots = RootCertStore::empty();
         roots.add(self.der.clone()).map_err(|e| failed(&e))?;
         let roots = Arc::new(roots);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let now = UnixTime::now();
+        let seconds = u64::try_from(at.unix_timestamp()).unwrap_or(0);
+        let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(seconds));
         WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()
             .map_err(|e| failed(&e))?

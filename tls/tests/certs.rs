@@ -720,3 +720,77 @@ fn a_folder_that_cannot_be_made_is_named() {
     assert!(matches!(e, CertError::Io { .. }), "{e}");
     assert!(e.to_string().contains("a-file"), "{e}");
 }
+
+#[test]
+fn a_validity_window_makes_certificates_that_expire_in_a_moment_or_start_later() {
+    use certs::Validity;
+    use std::time::SystemTime;
+
+    let ca = new_ca();
+    let now = SystemTime::now();
+    let window = |not_before: SystemTime, not_after: SystemTime| Validity::Window {
+        not_before,
+        not_after,
+    };
+    let client_in =
+        |v: Validity| certs::create_client_cert(&ca.cert_pem, &ca.key_pem, CLUSTER, "ops", v);
+    let expiring = client_in(window(now - DAY, now + Duration::from_secs(60))).unwrap();
+    as_client(&ca, &expiring.cert_pem, UnixTime::now()).unwrap();
+    let e = invalid_cert(as_client(
+        &ca,
+        &expiring.cert_pem,
+        at(Duration::from_secs(120), true),
+    ));
+    assert!(
+        matches!(
+            e,
+            CertificateError::Expired | CertificateError::ExpiredContext { .. }
+        ),
+        "{e:?}"
+    );
+    let later = certs::create_node_cert(
+        &ca.cert_pem,
+        &ca.key_pem,
+        CLUSTER,
+        1,
+        &[],
+        &[],
+        window(now + DAY, now + 2 * DAY),
+    )
+    .unwrap();
+    let e = invalid_cert(as_server(
+        &ca,
+        &later.cert_pem,
+        &[],
+        "localhost",
+        UnixTime::now(),
+    ));
+    assert!(
+        matches!(
+            e,
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. }
+        ),
+        "{e:?}"
+    );
+    as_server(
+        &ca,
+        &later.cert_pem,
+        &[],
+        "localhost",
+        at(DAY + DAY / 2, true),
+    )
+    .unwrap();
+
+    // Empty, over already, too long, or after the CA's end: refused as bad input.
+    let five_years = Duration::from_secs(u64::from(certs::DEFAULT_CA_DAYS) * DAY.as_secs());
+    for (from, to) in [
+        (now + DAY, now),
+        (now - 2 * DAY, now - DAY),
+        (now, now + (certs::MAX_DAYS + 1) * DAY),
+        (now + five_years + DAY, now + five_years + 2 * DAY),
+    ] {
+        let e = client_in(window(from, to)).unwrap_err();
+        assert!(matches!(e, CertError::InvalidWindow { .. }), "{e}");
+        assert!(e.is_bad_input());
+    }
+}
