@@ -1,8 +1,10 @@
 //! Mutual TLS on the cluster RPC: a cluster made with `cairn tls` certificates works, and every
 //! way in without the right certificate is refused with nothing changed.
 
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
 
+use cairn_tls::certs::{self, Validity};
 use serde_json::{json, Value};
 
 use crate::harness::tls::Pki;
@@ -430,4 +432,152 @@ async fn t50_a_reload_with_a_wrong_certificate_keeps_the_right_one() {
     }
     std::fs::write(&cert1, good_cert).unwrap();
     std::fs::write(&key1, good_key).unwrap();
+}
+
+/// Node `node`'s and client `ops`'s certificates from `pki`'s own CA, valid only within
+/// `validity`, written to `pki`'s folder under `tag`: ((node cert, key), (client cert, key)).
+fn certificates_within(
+    pki: &Pki,
+    tag: &str,
+    node: u64,
+    validity: Validity,
+) -> ((PathBuf, PathBuf), (PathBuf, PathBuf)) {
+    let ca = std::fs::read_to_string(pki.ca()).unwrap();
+    let ca_key = std::fs::read_to_string(pki.dir.join(certs::CA_KEY_FILE)).unwrap();
+    let node_cert =
+        certs::create_node_cert(&ca, &ca_key, &pki.cluster, node, &[], &[], validity).unwrap();
+    let client_cert =
+        certs::create_client_cert(&ca, &ca_key, &pki.cluster, "ops", validity).unwrap();
+    let write = |stem: String, issued| {
+        let w = certs::write_issued(&pki.dir, &stem, issued, true).unwrap();
+        (w.cert, w.key)
+    };
+    (
+        write(format!("{tag}-node-{node}"), &node_cert),
+        write(format!("{tag}-client-ops"), &client_cert),
+    )
+}
+
+/// An error with its causes: the TLS alert hides under "error sending request".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Asserts that `res` failed because the server found the client certificate out of its
+/// validity (rustls answers both expired and not yet valid with this alert).
+fn refused_as_expired(res: Result<reqwest::Response, reqwest::Error>, what: &str) {
+    match res {
+        Ok(r) => panic!("{what}: answered {}", r.status()),
+        Err(e) => {
+            let chain = error_chain(&e);
+            assert!(chain.contains("CertificateExpired"), "{what}: {chain}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn t60_an_expired_or_not_yet_valid_certificate_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&dir.path().join("pki"), "cairn");
+    let ca = pki.ca().display().to_string();
+    let c = Cluster::start_each(3, dir, |id| {
+        let mut args = pki.agent_args(id);
+        args.extend(["--https-addr", "127.0.0.1:0", "--tls-client-ca", &ca].map(String::from));
+        args
+    })
+    .await;
+    let leader = c.leader().await;
+    c.register(leader, "web", "w1").await;
+    let before = settled(&c).await;
+    let target = (1..=3).find(|n| *n != leader).unwrap();
+    let speaker = (1..=3).find(|n| *n != target).unwrap();
+    let rpc = c.node(target).rpc;
+    let name = cairn_tls::node_name("cairn", target);
+    let url = |path: &str| format!("https://{name}:{}{path}", rpc.port());
+    let https = c.node(target).https.expect("an HTTPS listener");
+    let api = format!("https://localhost:{}/v1/services/web", https.port());
+    let vote = json!({"vote": {"leader_id": {"term": 0, "node_id": speaker}, "committed": false}, "last_log_id": null});
+
+    // Member `speaker`'s certificate and a client certificate, from the cluster's CA, that
+    // expire in a moment: admitted while valid...
+    let now = SystemTime::now();
+    let ends = now + Duration::from_secs(3);
+    let window = Validity::Window {
+        not_before: now - Duration::from_secs(60),
+        not_after: ends,
+    };
+    let (node_cert, client_cert) = certificates_within(&pki, "expiring", speaker, window);
+    let as_speaker = |(cert, key): &(PathBuf, PathBuf)| pki.client(Some((cert, key)), &name, rpc);
+    let res = as_speaker(&node_cert)
+        .post(url("/raft/vote"))
+        .header("x-cairn-cluster", "cairn")
+        .header("x-cairn-from", speaker.to_string())
+        .json(&vote)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200, "the certificate while valid");
+    let ops = |(cert, key): &(PathBuf, PathBuf)| pki.client(Some((cert, key)), "localhost", https);
+    let res = ops(&client_cert).get(&api).send().await.unwrap();
+    assert_eq!(
+        res.status().as_u16(),
+        200,
+        "the client certificate while valid"
+    );
+
+    // ...and refused once expired; as are certificates that are not valid yet.
+    let wait = ends.duration_since(SystemTime::now()).unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(1500)).await;
+    let now = SystemTime::now();
+    let later = Validity::Window {
+        not_before: now + Duration::from_secs(3600),
+        not_after: now + Duration::from_secs(7200),
+    };
+    let expired = (node_cert, client_cert);
+    let not_yet = certificates_within(&pki, "later", speaker, later);
+    for (what, (node_cert, client_cert)) in [("expired", expired), ("not yet valid", not_yet)] {
+        // Every RPC route, each with a fresh connection, with what it would act on: the forged
+        // forward of the issue would deregister w1.
+        for (path, body) in [
+            ("/raft/append", json!({})),
+            ("/raft/vote", vote.clone()),
+            ("/raft/snapshot", json!({})),
+            ("/raft/forward", forged_forward()),
+        ] {
+            let res = as_speaker(&node_cert)
+                .post(url(path))
+                .header("x-cairn-cluster", "cairn")
+                .header("x-cairn-from", speaker.to_string())
+                .json(&body)
+                .send()
+                .await;
+            refused_as_expired(res, &format!("{what} node certificate on {path}"));
+        }
+        // The HTTPS API with --tls-client-ca: neither a read nor a write gets through.
+        let client = ops(&client_cert);
+        refused_as_expired(
+            client.get(&api).send().await,
+            &format!("{what} client certificate reading"),
+        );
+        refused_as_expired(
+            client.delete(format!("{api}/instances/w1")).send().await,
+            &format!("{what} client certificate deregistering"),
+        );
+    }
+
+    let after = settled(&c).await;
+    assert_eq!(
+        after.1, before.1,
+        "registry changed: {before:?} -> {after:?}"
+    );
+    for n in 1..=3 {
+        assert_eq!(c.instance_ids(n, "web").await, ["w1"], "node {n}");
+    }
 }
