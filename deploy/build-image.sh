@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the cairn container image FROM scratch around a cairn binary and the shared libraries
-# it loads (found with ldd), with a non-root user and /data as a volume. No image is pulled.
+# it loads (found with ldd), with a non-root user, /data as a volume and an empty /certs of that
+# user for certificates. No image is pulled.
 #
 #   deploy/build-image.sh [BINARY]     default: builds target/release/cairn first
 #   CAIRN_IMAGE=name:tag               image name [cairn:dev]
@@ -18,8 +19,11 @@ command -v docker >/dev/null || { echo "build-image: docker is not installed" >&
 
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
-mkdir -p "$ctx/rootfs/etc" "$ctx/data" "$ctx/tmp"
+mkdir -p "$ctx/rootfs/etc" "$ctx/data" "$ctx/tmp" "$ctx/certs"
 chmod 1777 "$ctx/tmp"
+# /certs is where compose's init step writes the cluster's certificates: a named volume mounted
+# there starts as a copy of this folder, so it belongs to the user the image runs as.
+chmod 0750 "$ctx/certs"
 install -m 0755 "$bin" "$ctx/rootfs/cairn"
 # Debug info is for the build machine; the image carries the code only.
 if command -v strip >/dev/null; then strip --strip-debug "$ctx/rootfs/cairn"; fi

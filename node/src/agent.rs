@@ -51,7 +51,8 @@ pub enum AgentError {
 /// The addresses the agent ended up listening on (port 0 resolved).
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
-    pub http: SocketAddr,
+    /// `None` with `--http-addr off`.
+    pub http: Option<SocketAddr>,
     pub dns: SocketAddr,
     pub rpc: SocketAddr,
     pub https: Option<SocketAddr>,
@@ -59,7 +60,11 @@ pub struct Bound {
 
 impl std::fmt::Display for Bound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "http={} dns={} rpc={}", self.http, self.dns, self.rpc)?;
+        match self.http {
+            Some(http) => write!(f, "http={http}")?,
+            None => write!(f, "http={}", crate::config::HTTP_OFF)?,
+        }
+        write!(f, " dns={} rpc={}", self.dns, self.rpc)?;
         if let Some(https) = self.https {
             write!(f, " https={https}")?;
         }
@@ -126,7 +131,10 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Agent
 /// `cairn listening node_id=<id> http=<addr> rpc=<addr>`; tests and scripts read the bound ports
 /// from it.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
-    let http_listener = bind("HTTP", config.http_addr).await?;
+    let http_listener = match config.http_addr {
+        Some(addr) => Some(bind("HTTP", addr).await?),
+        None => None,
+    };
     let rpc_listener = bind("cluster RPC", config.rpc_addr).await?;
     let https_listener = match &config.https {
         Some(h) => Some(bind("HTTPS", h.addr).await?),
@@ -147,13 +155,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 addr: config.dns.addr,
                 source,
             })?,
-        http: http_listener
-            .local_addr()
-            .map_err(|source| AgentError::Bind {
+        http: match (&http_listener, config.http_addr) {
+            (Some(l), Some(addr)) => Some(l.local_addr().map_err(|source| AgentError::Bind {
                 what: "HTTP",
-                addr: config.http_addr,
+                addr,
                 source,
-            })?,
+            })?),
+            _ => None,
+        },
         rpc: rpc_listener
             .local_addr()
             .map_err(|source| AgentError::Bind {
@@ -318,18 +327,18 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         }
         _ => None,
     };
-    let http_server = {
+    let http_server = http_listener.map(|listener| {
         let app = http::router(state, config.max_body_bytes);
         let stop = http_stop.clone();
         tokio::spawn(async move {
             axum::serve(
-                http_listener.tap_io(no_delay),
+                listener.tap_io(no_delay),
                 app.into_make_service_with_connect_info::<SocketAddr>(),
             )
             .with_graceful_shutdown(stop.cancelled_owned())
             .await
         })
-    };
+    });
 
     let dns_stop = CancellationToken::new();
     {
@@ -364,7 +373,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     println!("cairn listening node_id={} {bound}", config.node_id);
     tracing::info!(
         node_id = config.node_id,
-        http = %bound.http,
+        http = ?bound.http,
+        https = ?bound.https,
         rpc = %bound.rpc,
         advertise = %self_rpc,
         data_dir = %data_dir.display(),
@@ -378,9 +388,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
 
     tracing::info!("shutting down: draining HTTP requests");
     http_stop.cancel();
-    match tokio::time::timeout(SHUTDOWN_GRACE, http_server).await {
-        Ok(_) => {}
-        Err(_) => {
+    if let Some(http) = http_server {
+        if tokio::time::timeout(SHUTDOWN_GRACE, http).await.is_err() {
             tracing::warn!("HTTP requests still running after {SHUTDOWN_GRACE:?}; dropping them")
         }
     }

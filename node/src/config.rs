@@ -48,6 +48,11 @@ pub const DEFAULT_SNAPSHOT_THRESHOLD: u64 = cairn_raft::cluster::DEFAULT_SNAPSHO
 pub const DEFAULT_SNAPSHOT_KEEP_LOGS: u64 = cairn_raft::cluster::DEFAULT_KEEP_LOGS;
 pub const DEFAULT_WRITE_TIMEOUT: Duration = cairn_raft::cluster::DEFAULT_WRITE_TIMEOUT;
 pub const DEFAULT_LOG: &str = "info";
+/// `--http-addr off`: no plain HTTP listener (Consul's `ports.http = -1`), for an API that is
+/// HTTPS only, where `--tls-client-ca` then binds every client.
+pub const HTTP_OFF: &str = "off";
+/// Stands for the node id in --tls-cert and --tls-key.
+const NODE_ID_PLACEHOLDER: &str = "{id}";
 
 /// A setting's help text with its default, as clap shows one: `text [default: value]`.
 fn with_default(text: &str, default: impl Display) -> String {
@@ -104,7 +109,10 @@ pub struct AgentArgs {
         long,
         env = "CAIRN_HTTP_ADDR",
         value_name = "IP:PORT",
-        help = with_default("HTTP API listen address", listen_default(DEFAULT_HTTP_PORT))
+        help = with_default(
+            "HTTP API listen address, or `off` for no plain HTTP (with --https-addr)",
+            listen_default(DEFAULT_HTTP_PORT)
+        )
     )]
     pub http_addr: Option<String>,
 
@@ -212,11 +220,12 @@ pub struct AgentArgs {
     pub ca_file: Option<PathBuf>,
 
     /// This node's certificate (PEM), signed by the cluster CA, naming `node-<id>.<cluster>.cairn`
-    /// (`cairn tls cert create --node <id>` makes one).
+    /// (`cairn tls cert create --node <id>` makes one). `{id}` in the path stands for the node
+    /// id, so that every node can share one setting: `/certs/node-{id}.pem`.
     #[arg(long, env = "CAIRN_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
 
-    /// The private key of --tls-cert (PEM).
+    /// The private key of --tls-cert (PEM); `{id}` in the path stands for the node id.
     #[arg(long, env = "CAIRN_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
 
@@ -416,7 +425,8 @@ pub struct AgentConfig {
     pub node_id: u64,
     /// `None` in dev mode without --data-dir: a temporary folder, removed on exit.
     pub data_dir: Option<PathBuf>,
-    pub http_addr: SocketAddr,
+    /// The plain HTTP API; `None` with `--http-addr off` (the API is then HTTPS only).
+    pub http_addr: Option<SocketAddr>,
     pub dns: DnsConfig,
     pub rpc_addr: SocketAddr,
     pub advertise: Option<Advertise>,
@@ -597,14 +607,16 @@ impl AgentArgs {
             (None, true) => 1,
             (None, false) => return Err(bad("--node-id", "required (or run with --dev)")),
         };
+        let tls_cert = node_path("--tls-cert", self.tls_cert, node_id)?;
+        let tls_key = node_path("--tls-key", self.tls_key, node_id)?;
         let https = validate_https(
             self.https_addr,
-            self.tls_cert.clone(),
-            self.tls_key.clone(),
+            tls_cert.clone(),
+            tls_key.clone(),
             self.tls_client_ca,
             self.ca_file.is_some(),
         )?;
-        let tls = validate_tls(self.ca_file, self.tls_cert, self.tls_key, &cluster, node_id)?;
+        let tls = validate_tls(self.ca_file, tls_cert, tls_key, &cluster, node_id)?;
         let check_ca_file = match self.check_ca_file {
             None => None,
             Some(path) => {
@@ -669,12 +681,21 @@ impl AgentArgs {
             Membership::Wait
         };
 
-        let http_addr = match self.http_addr {
-            Some(s) => parse_addr("--http-addr", &s)?,
-            None => parse_addr(
+        let http_addr = match self.http_addr.as_deref() {
+            Some(HTTP_OFF) => {
+                if https.is_none() {
+                    return Err(bad(
+                        "--http-addr",
+                        "off would leave the agent without an API: give --https-addr too",
+                    ));
+                }
+                None
+            }
+            Some(s) => Some(parse_addr("--http-addr", s)?),
+            None => Some(parse_addr(
                 "--http-addr",
                 &format!("{DEFAULT_CLIENT_IP}:{DEFAULT_HTTP_PORT}"),
-            )?,
+            )?),
         };
         let rpc_addr = match self.rpc_addr {
             Some(s) => parse_addr("--rpc-addr", &s)?,
@@ -975,6 +996,31 @@ fn validate_tls(
     Ok(Some(NodeTls { ca, cert, key }))
 }
 
+/// `{id}` in a per-node file's path (`/certs/node-{id}.pem`), replaced with the node id: one
+/// setting for every node of a compose file or a StatefulSet. No other braces are taken, so
+/// that a misspelt placeholder is an error rather than a file that is never there.
+fn node_path(
+    setting: &str,
+    path: Option<PathBuf>,
+    node_id: u64,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let Some(text) = path.to_str() else {
+        // Not UTF-8, so no placeholder: the path as given.
+        return Ok(Some(path));
+    };
+    let expanded = text.replace(NODE_ID_PLACEHOLDER, &node_id.to_string());
+    if expanded.contains(['{', '}']) {
+        return Err(bad(
+            setting,
+            format!("{text:?}: the only placeholder is {NODE_ID_PLACEHOLDER}, the node id"),
+        ));
+    }
+    Ok(Some(PathBuf::from(expanded)))
+}
+
 /// Reads a `--config` file into the settings it sets; an unknown key is an error.
 fn load_file(path: &Path) -> Result<AgentArgs, ConfigError> {
     let text = std::fs::read_to_string(path)
@@ -1087,7 +1133,7 @@ mod tests {
     fn dev_needs_nothing_else() {
         let c = args(|a| a.dev = true).resolve().unwrap();
         assert_eq!(c.node_id, 1);
-        assert_eq!(c.http_addr.to_string(), "127.0.0.1:8500");
+        assert_eq!(c.http_addr, Some("127.0.0.1:8500".parse().unwrap()));
         assert_eq!(c.rpc_addr.to_string(), "127.0.0.1:8300");
         assert_eq!(c.membership, Membership::BootstrapSelf);
         assert!(c.data_dir.is_none());
@@ -1248,7 +1294,7 @@ mod tests {
             .resolve()
             .unwrap();
         assert!(c.tls.is_none() && !c.insecure_rpc);
-        assert_eq!(c.http_addr.to_string(), "127.0.0.1:8500");
+        assert_eq!(c.http_addr, Some("127.0.0.1:8500".parse().unwrap()));
         assert_eq!(c.dns.addr.to_string(), "127.0.0.1:8600");
         let c = node(|a| a.insecure_rpc = true).resolve().unwrap();
         assert_eq!(c.rpc_addr.to_string(), "0.0.0.0:8300");
@@ -1286,6 +1332,69 @@ mod tests {
     }
 
     #[test]
+    fn id_in_certificate_paths_is_the_node_id_and_http_can_be_off() {
+        let pki = tempfile::tempdir().unwrap();
+        let ca = cairn_tls::certs::create_ca("cairn", 30).unwrap();
+        cairn_tls::certs::write_issued(pki.path(), "cairn-ca", &ca, false).unwrap();
+        let node =
+            cairn_tls::certs::create_node_cert(&ca.cert_pem, &ca.key_pem, "cairn", 2, &[], &[], 30)
+                .unwrap();
+        cairn_tls::certs::write_issued(pki.path(), "node-2", &node, false).unwrap();
+        let dir = pki.path().to_owned();
+        let with = |id: u64, cert: &str, key: &str, f: fn(&mut AgentArgs)| {
+            args(|a| {
+                a.node_id = Some(id);
+                a.data_dir = Some("/tmp/x".into());
+                a.ca_file = Some(dir.join("cairn-ca.pem"));
+                a.tls_cert = Some(dir.join(cert));
+                a.tls_key = Some(dir.join(key));
+                f(a)
+            })
+        };
+        let shared =
+            |id: u64, f: fn(&mut AgentArgs)| with(id, "node-{id}.pem", "node-{id}-key.pem", f);
+
+        let c = shared(2, |_| {}).resolve().unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert, dir.join("node-2.pem"));
+        assert_eq!(tls.key, dir.join("node-2-key.pem"));
+        // The same setting on node 3 names node 3's files, which are not there.
+        let e = shared(3, |_| {}).resolve().unwrap_err();
+        assert_eq!(e.setting, "--tls-cert");
+        assert!(e.to_string().contains("node-3.pem"), "{e}");
+        // Only {id} is a placeholder.
+        for (cert, key, setting) in [
+            ("node-{node}.pem", "node-{id}-key.pem", "--tls-cert"),
+            ("node-{id}.pem", "node-{id-key.pem", "--tls-key"),
+            ("node-{ID}.pem", "node-{id}-key.pem", "--tls-cert"),
+        ] {
+            assert_eq!(err(with(2, cert, key, |_| {})), setting, "{cert} {key}");
+        }
+
+        // `--http-addr off`: no plain listener, only with the HTTPS API.
+        assert_eq!(
+            err(shared(2, |a| a.http_addr = Some(HTTP_OFF.into()))),
+            "--http-addr"
+        );
+        let c = shared(2, |a| {
+            a.http_addr = Some(HTTP_OFF.into());
+            a.https_addr = Some("0.0.0.0:8501".into());
+        })
+        .resolve()
+        .unwrap();
+        assert_eq!(c.http_addr, None);
+        let https = c.https.unwrap();
+        assert_eq!(https.cert, dir.join("node-2.pem"), "{{id}} for HTTPS too");
+        assert_eq!(
+            err(shared(2, |a| {
+                a.http_addr = Some("OFF".into());
+                a.https_addr = Some("0.0.0.0:8501".into());
+            })),
+            "--http-addr"
+        );
+    }
+
+    #[test]
     fn ordinals_become_node_ids() {
         assert_eq!(ordinal_node_id("cairn-0").unwrap(), 1);
         assert_eq!(ordinal_node_id("my-cairn-12").unwrap(), 13);
@@ -1315,7 +1424,11 @@ insecure_rpc = true
         .resolve()
         .unwrap();
         assert_eq!(c.node_id, 3);
-        assert_eq!(c.http_addr.to_string(), "127.0.0.1:9600", "the flag wins");
+        assert_eq!(
+            c.http_addr,
+            Some("127.0.0.1:9600".parse().unwrap()),
+            "the flag wins"
+        );
         assert_eq!(c.rpc_addr.to_string(), "0.0.0.0:8300");
 
         std::fs::write(&path, "node_id = 3\nnode_idd = 4\n").unwrap();
@@ -1728,10 +1841,42 @@ insecure_rpc = true
                 .unwrap();
         }
         let pki_dir = format!("{}/", pki.path().display());
+        // The deployment files' certificates, of cluster `cairn`: the compose volume and the
+        // Kubernetes Secret at /certs, the systemd sample's /etc/cairn/tls.
+        let certs = tempfile::tempdir().unwrap();
+        let ca = cairn_tls::certs::create_ca("cairn", 30).unwrap();
+        cairn_tls::certs::write_issued(certs.path(), "cairn-ca", &ca, false).unwrap();
+        for id in 1..=3 {
+            let node = cairn_tls::certs::create_node_cert(
+                &ca.cert_pem,
+                &ca.key_pem,
+                "cairn",
+                id,
+                &[],
+                &[],
+                30,
+            )
+            .unwrap();
+            cairn_tls::certs::write_issued(certs.path(), &format!("node-{id}"), &node, false)
+                .unwrap();
+        }
+        let certs_dir = format!("{}/", certs.path().display());
+        let deployed = |a: &str| {
+            a.replace("/certs/", &certs_dir)
+                .replace("/etc/cairn/tls/", &certs_dir)
+        };
+        // Each TOML file as installed: its certificate paths where the test made them.
+        let toml_copies = tempfile::tempdir().unwrap();
+        let toml_copy = |path: &Path| {
+            let copy = toml_copies.path().join(path.file_name().unwrap());
+            std::fs::write(&copy, deployed(&read(path))).unwrap();
+            copy
+        };
+        let installed_sample = toml_copy(&sample);
         // The sample configuration in the place the unit and the docs install it.
         let installed = |a: &str| {
-            a.replace("/etc/cairn/cairn.toml", sample.to_str().unwrap())
-                .replace("pki/", &pki_dir)
+            a.replace("pki/", &pki_dir)
+                .replace("/etc/cairn/cairn.toml", installed_sample.to_str().unwrap())
         };
         let yaml_strings = |v: &serde_yaml::Value| -> Vec<String> {
             v.as_sequence()
@@ -1746,6 +1891,15 @@ insecure_rpc = true
             serde_yaml::from_str(&read(&root.join("deploy/docker-compose.yml"))).unwrap();
         compose.apply_merge().unwrap();
         for (name, service) in compose["services"].as_mapping().unwrap() {
+            // The certificate steps run `cairn tls` (run by deploy::t10 in the tests of the
+            // binary); the nodes run `cairn agent`.
+            if yaml_strings(&service["command"])
+                .first()
+                .map(String::as_str)
+                != Some("agent")
+            {
+                continue;
+            }
             let env = service["environment"]
                 .as_mapping()
                 .unwrap()
@@ -1753,7 +1907,7 @@ insecure_rpc = true
                 .map(|(k, v)| {
                     (
                         k.as_str().unwrap().to_owned(),
-                        v.as_str().unwrap().to_owned(),
+                        deployed(v.as_str().unwrap()),
                     )
                 })
                 .collect();
@@ -1768,7 +1922,11 @@ insecure_rpc = true
             if doc["kind"] != "StatefulSet" {
                 continue;
             }
-            let args = yaml_strings(&doc["spec"]["template"]["spec"]["containers"][0]["args"]);
+            let args: Vec<String> =
+                yaml_strings(&doc["spec"]["template"]["spec"]["containers"][0]["args"])
+                    .iter()
+                    .map(|a| deployed(a))
+                    .collect();
             for ordinal in 0..doc["spec"]["replicas"].as_u64().unwrap() {
                 let pod = format!("{}-{ordinal}", doc["metadata"]["name"].as_str().unwrap());
                 let env = BTreeMap::from([("HOSTNAME".to_owned(), pod.clone())]);
@@ -1802,7 +1960,8 @@ insecure_rpc = true
         for path in files(&root.join("deploy")) {
             match path.extension().and_then(|e| e.to_str()) {
                 Some("toml") => {
-                    let args = strings(&["agent", "--config", path.to_str().unwrap()]);
+                    let copy = toml_copy(&path);
+                    let args = strings(&["agent", "--config", copy.to_str().unwrap()]);
                     cases.push((path.display().to_string(), args, no_env.clone()));
                 }
                 Some("md") => docs.push(path),

@@ -495,6 +495,13 @@ pub fn create_ca(cluster: &str, days: u32) -> Result<Issued, CertError> {
     })
 }
 
+/// Checks a CA's certificate and key as [`create_node_cert`] would use them: a CA certificate
+/// of `cluster`, valid now, and the key that goes with it.
+pub fn check_ca(ca_cert_pem: &str, ca_key_pem: &str, cluster: &str) -> Result<(), CertError> {
+    check_cluster(cluster)?;
+    Ca::load(ca_cert_pem, ca_key_pem, cluster).map(drop)
+}
+
 /// Makes node `id`'s certificate, signed by the CA: SANs `node-<id>.<cluster>.cairn`,
 /// `localhost`, `127.0.0.1`, `::1`, and `extra_dns` and `extra_ips` (the names and addresses
 /// the node's HTTPS API and RPC are reached at); for server and client authentication; valid

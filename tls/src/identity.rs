@@ -80,3 +80,32 @@ pub fn check_own_certificate(
         .map_err(|e| refused(e.to_string()))?;
     Ok(())
 }
+
+/// Checks a client certificate as a node will: it chains to the CA in `ca`, is valid now, serves
+/// as a client certificate, and names `name` (`client-ops.cairn.cairn`).
+pub fn check_client_certificate(
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    name: &str,
+) -> Result<(), crate::TlsError> {
+    use rustls_pki_types::UnixTime;
+
+    let roots = Arc::new(crate::config::load_roots(ca)?);
+    let chain = crate::config::load_certs(cert)?;
+    let refused = |message: String| crate::TlsError::Refused {
+        what: format!("{} (for {name}, against {})", cert.display(), ca.display()),
+        message,
+    };
+    let (leaf, intermediates) = chain
+        .split_first()
+        .ok_or_else(|| refused("holds no certificate".into()))?;
+    rustls::server::WebPkiClientVerifier::builder_with_provider(roots, crate::config::provider())
+        .build()
+        .map_err(|e| refused(e.to_string()))?
+        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .map_err(|e| refused(e.to_string()))?;
+    if !certifies(leaf, name) {
+        return Err(refused(format!("it does not name {name}")));
+    }
+    Ok(())
+}

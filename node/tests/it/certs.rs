@@ -233,9 +233,36 @@ fn bad_tls_flags_exit_64_naming_the_flag_and_write_nothing() {
         ),
         (vec!["tls", "cert", "create", "--client", "Ops"], "--client"),
         (vec!["tls", "cert", "create"], "--node"),
+        // Several subjects at once: one bad one stops them all.
         (
-            vec!["tls", "cert", "create", "--node", "1", "--client", "ops"],
+            vec!["tls", "cert", "create", "--node", "1,2", "--client", "Ops"],
             "--client",
+        ),
+        (vec!["tls", "cert", "create", "--node", "1,0"], "--node"),
+        (vec!["tls", "cert", "create", "--node", "1,2,1"], "--node"),
+        (
+            vec![
+                "tls",
+                "cert",
+                "create",
+                "--node",
+                "1,2",
+                "--dns-name",
+                "cairn{node}",
+            ],
+            "--dns-name",
+        ),
+        (
+            vec![
+                "tls",
+                "cert",
+                "create",
+                "--node",
+                "1",
+                "--keep-existing",
+                "--force",
+            ],
+            "--force",
         ),
         (
             vec!["tls", "cert", "create", "--node", "1", "--ip", "nowhere"],
@@ -394,4 +421,192 @@ fn a_missing_or_wrong_ca_exits_1_naming_the_file() {
     let out = cairn(dir, &["tls", "cert", "create", "--client", "ops"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+}
+
+fn contents(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    files(dir)
+        .into_iter()
+        .map(|f| {
+            let bytes = std::fs::read(dir.join(&f)).unwrap();
+            (f, bytes)
+        })
+        .collect()
+}
+
+/// What compose's init steps run on every `up`: the first run makes the files, later ones
+/// check and keep them, and a file that cannot be kept stops the step instead of being replaced.
+#[test]
+fn keep_existing_makes_once_then_checks_and_keeps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ca = ["tls", "ca", "create", "--keep-existing"];
+    let certs = [
+        "tls",
+        "cert",
+        "create",
+        "--node",
+        "1,2,3",
+        "--dns-name",
+        "cairn{id}",
+        "--client",
+        "operator",
+        "--keep-existing",
+    ];
+    for args in [&ca[..], &certs[..]] {
+        let out = cairn(dir, args);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(stdout(&out).contains("wrote"), "{}", stdout(&out));
+    }
+    assert_eq!(
+        files(dir),
+        [
+            "cairn-ca-key.pem",
+            "cairn-ca.pem",
+            "client-operator-key.pem",
+            "client-operator.pem",
+            "node-1-key.pem",
+            "node-1.pem",
+            "node-2-key.pem",
+            "node-2.pem",
+            "node-3-key.pem",
+            "node-3.pem",
+        ]
+    );
+    // Each node's certificate with its own name: {id} expanded per node.
+    let leaf = |f: &str| cairn_tls::config::load_certs(&dir.join(f)).unwrap()[0].clone();
+    assert!(cairn_tls::identity::certifies(
+        &leaf("node-2.pem"),
+        "cairn2"
+    ));
+    assert!(!cairn_tls::identity::certifies(
+        &leaf("node-2.pem"),
+        "cairn1"
+    ));
+    assert!(cairn_tls::identity::certifies(
+        &leaf("node-3.pem"),
+        "node-3.cairn.cairn"
+    ));
+
+    let made = contents(dir);
+    for args in [&ca[..], &certs[..]] {
+        let out = cairn(dir, args);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(!stdout(&out).contains("wrote"), "{}", stdout(&out));
+        assert!(stdout(&out).contains("kept"), "{}", stdout(&out));
+    }
+    let mut json_args = vec!["--json"];
+    json_args.extend(certs);
+    let out = cairn(dir, &json_args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["kept"], true);
+            r["name"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "node-1.cairn.cairn",
+            "node-2.cairn.cairn",
+            "node-3.cairn.cairn",
+            "client-operator.cairn.cairn"
+        ]
+    );
+    assert_eq!(contents(dir), made, "nothing rewritten");
+
+    let refused = |args: &[&str], about: &str| {
+        let out = cairn(dir, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stdout(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("--keep-existing") && err.contains(about),
+            "{err}"
+        );
+        assert_eq!(contents(dir), made, "{args:?} changed nothing");
+    };
+    // A CA of another cluster.
+    refused(
+        &[
+            "tls",
+            "ca",
+            "create",
+            "--keep-existing",
+            "--cluster",
+            "prod",
+        ],
+        "cairn-ca.pem",
+    );
+    // A key that is not the certificate's.
+    let node2_key = dir.join("node-2-key.pem");
+    std::fs::copy(dir.join("node-1-key.pem"), &node2_key).unwrap();
+    let made = contents(dir);
+    let refused = |args: &[&str], about: &str| {
+        let out = cairn(dir, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stdout(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("--keep-existing") && err.contains(about),
+            "{err}"
+        );
+        assert_eq!(contents(dir), made, "{args:?} changed nothing");
+    };
+    refused(
+        &["tls", "cert", "create", "--node", "2", "--keep-existing"],
+        "node-2.pem",
+    );
+    // Another node's certificate under this node's name.
+    std::fs::copy(dir.join("node-1.pem"), dir.join("node-3.pem")).unwrap();
+    std::fs::copy(dir.join("node-1-key.pem"), dir.join("node-3-key.pem")).unwrap();
+    let made = contents(dir);
+    let out = cairn(
+        dir,
+        &["tls", "cert", "create", "--node", "3", "--keep-existing"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("node-3.cairn.cairn"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(contents(dir), made);
+    // Half a pair.
+    std::fs::remove_file(dir.join("client-operator-key.pem")).unwrap();
+    let out = cairn(
+        dir,
+        &[
+            "tls",
+            "cert",
+            "create",
+            "--client",
+            "operator",
+            "--keep-existing",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("without") && err.contains("client-operator-key.pem"),
+        "{err}"
+    );
+    assert!(!dir.join("client-operator-key.pem").exists());
+    // Without --keep-existing, a file in the way of one subject stops all of them.
+    let fresh = tempfile::tempdir().unwrap();
+    let fresh = fresh.path();
+    assert_eq!(
+        cairn(fresh, &["tls", "ca", "create"]).status.code(),
+        Some(0)
+    );
+    std::fs::write(fresh.join("node-2.pem"), "in the way").unwrap();
+    let out = cairn(fresh, &["tls", "cert", "create", "--node", "1,2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("node-2.pem"), "{}", stderr(&out));
+    assert!(!fresh.join("node-1.pem").exists(), "node 1 not written");
+    // --keep-existing and --force contradict each other.
+    let out = cairn(dir, &["tls", "ca", "create", "--keep-existing", "--force"]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
 }

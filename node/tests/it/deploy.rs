@@ -47,56 +47,159 @@ fn strings(v: &serde_yaml::Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// `/certs` (the compose volume, the Kubernetes Secret) and `/etc/cairn/tls` (systemd) as
+/// `dir`, a folder of this test.
+fn localise(arg: &str, dir: &Path) -> String {
+    let dir = dir.display().to_string();
+    if arg == "/certs" {
+        return dir;
+    }
+    arg.replace("/certs/", &format!("{dir}/"))
+        .replace("/etc/cairn/tls/", &format!("{dir}/"))
+}
+
+/// Runs `cairn <args>`; panics unless it succeeds; its standard output.
+fn cairn_ok(what: &str, args: &[String]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(args)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: `cairn {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn t10_every_shipped_agent_command_line_passes_validation() {
-    // Compose: each service's command with the shared environment.
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = tmp.path().join("certs");
+
+    // Compose: the certificate steps, run as compose runs them (twice: the second `up` keeps
+    // what the first made), then each node's command with the shared environment, against
+    // the files the steps made.
     let mut compose: serde_yaml::Value = serde_yaml::from_str(
         &std::fs::read_to_string(repo().join("deploy/docker-compose.yml")).unwrap(),
     )
     .unwrap();
     compose.apply_merge().unwrap(); // the services share `<<: *node`
     let services = compose["services"].as_mapping().unwrap();
-    assert_eq!(services.len(), 3);
+    let steps = ["tls-ca", "tls-certs"];
+    for (i, step) in steps.iter().enumerate() {
+        let svc = &compose["services"][*step];
+        assert_eq!(strings(&svc["command"])[0], "tls", "{step}");
+        if i > 0 {
+            assert_eq!(
+                svc["depends_on"][steps[i - 1]]["condition"],
+                "service_completed_successfully",
+                "{step} runs after {}",
+                steps[i - 1]
+            );
+        }
+    }
+    let run_steps = |round: &str| -> Vec<String> {
+        steps
+            .iter()
+            .map(|step| {
+                let args: Vec<String> = strings(&compose["services"][*step]["command"])
+                    .iter()
+                    .map(|a| localise(a, &certs))
+                    .collect();
+                cairn_ok(&format!("compose {step}, {round} run"), &args)
+            })
+            .collect()
+    };
+    run_steps("first");
+    let made = contents(&certs);
+    for f in [
+        "cairn-ca.pem",
+        "node-1.pem",
+        "node-3-key.pem",
+        "client-operator.pem",
+    ] {
+        assert!(made.contains_key(f), "{f} made: {:?}", made.keys());
+    }
+    let again = run_steps("second");
+    assert!(
+        again.iter().all(|out| out.contains("kept")),
+        "the second run keeps: {again:?}"
+    );
+    assert_eq!(contents(&certs), made, "a second `up` mints nothing new");
+
+    let mut nodes = 0;
     for (name, svc) in services {
+        let name = name.as_str().unwrap();
+        if steps.contains(&name) {
+            continue;
+        }
+        assert_eq!(
+            svc["depends_on"]["tls-certs"]["condition"], "service_completed_successfully",
+            "{name} starts once the certificates are there"
+        );
         let mut env = BTreeMap::new();
         for (k, v) in svc["environment"].as_mapping().unwrap() {
             env.insert(
                 k.as_str().unwrap().to_owned(),
-                v.as_str().unwrap().to_owned(),
+                localise(v.as_str().unwrap(), &certs),
             );
         }
-        check_agent(
-            &format!("compose {}", name.as_str().unwrap()),
-            &strings(&svc["command"]),
-            &env,
-        );
+        check_agent(&format!("compose {name}"), &strings(&svc["command"]), &env);
+        nodes += 1;
     }
+    assert_eq!(nodes, 3);
 
-    // Kubernetes: the StatefulSet's container arguments, as pod cairn-1 runs them.
+    // Kubernetes: the StatefulSet's container arguments, in each of its pods, with the Secret
+    // (the same kind of files) at /certs.
     let text = std::fs::read_to_string(repo().join("deploy/kubernetes/cairn.yaml")).unwrap();
     let mut checked = 0;
     for doc in serde_yaml::Deserializer::from_str(&text) {
         let doc = serde_yaml::Value::deserialize(doc).unwrap();
         if doc["kind"] == "StatefulSet" {
-            let args = strings(&doc["spec"]["template"]["spec"]["containers"][0]["args"]);
-            let env = BTreeMap::from([("HOSTNAME".to_owned(), "cairn-1".to_owned())]);
-            check_agent("kubernetes StatefulSet", &args, &env);
+            let args: Vec<String> =
+                strings(&doc["spec"]["template"]["spec"]["containers"][0]["args"])
+                    .iter()
+                    .map(|a| localise(a, &certs))
+                    .collect();
+            for pod in ["cairn-0", "cairn-1", "cairn-2"] {
+                let env = BTreeMap::from([("HOSTNAME".to_owned(), pod.to_owned())]);
+                check_agent(&format!("kubernetes pod {pod}"), &args, &env);
+            }
             checked += 1;
         }
     }
     assert_eq!(checked, 1);
 
-    // systemd: the unit's ExecStart, with the sample configuration file in its place.
+    // systemd: the unit's ExecStart, with the sample configuration file in its place and the
+    // certificates in /etc/cairn/tls.
     let unit = std::fs::read_to_string(repo().join("deploy/systemd/cairn.service")).unwrap();
     let exec = unit
         .lines()
         .find_map(|l| l.strip_prefix("ExecStart="))
         .unwrap();
-    let sample = repo().join("deploy/systemd/cairn.toml");
+    let sample = std::fs::read_to_string(repo().join("deploy/systemd/cairn.toml")).unwrap();
+    let installed = tmp.path().join("cairn.toml");
+    std::fs::write(&installed, localise(&sample, &certs)).unwrap();
     let args: Vec<String> = exec
         .split_whitespace()
         .skip(1)
-        .map(|a| a.replace("/etc/cairn/cairn.toml", sample.to_str().unwrap()))
+        .map(|a| a.replace("/etc/cairn/cairn.toml", installed.to_str().unwrap()))
         .collect();
     check_agent("systemd unit", &args, &BTreeMap::new());
 
@@ -108,6 +211,21 @@ fn t10_every_shipped_agent_command_line_passes_validation() {
         .unwrap();
     let cmd: Vec<String> = serde_json::from_str(cmd).unwrap();
     check_agent("Dockerfile CMD", &cmd, &BTreeMap::new());
+
+    // No shipped cluster runs a plaintext cluster RPC.
+    for file in [
+        "deploy/docker-compose.yml",
+        "deploy/kubernetes/cairn.yaml",
+        "deploy/systemd/cairn.toml",
+        "deploy/systemd/cairn.service",
+    ] {
+        let text = std::fs::read_to_string(repo().join(file))
+            .unwrap()
+            .to_ascii_lowercase();
+        for flag in ["insecure-rpc", "insecure_rpc"] {
+            assert!(!text.contains(flag), "{file} uses {flag}");
+        }
+    }
 }
 
 use serde::Deserialize;
@@ -128,6 +246,8 @@ struct Deployment {
     project: String,
     image: String,
     program: Vec<String>,
+    /// The certificates the init step made, copied out of the volume.
+    certs: tempfile::TempDir,
 }
 
 impl Deployment {
@@ -148,9 +268,58 @@ impl Deployment {
             project,
             image,
             program: compose_program(),
+            certs: tempfile::tempdir().unwrap(),
         };
         d.compose_ok(&["up", "-d"]);
+        // The CA and the operator's client certificate, as a user takes them out of the volume.
+        let out = Command::new("docker")
+            .args(["cp", &format!("{}:/certs/.", d.container(1))])
+            .arg(d.certs.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "docker cp: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         d
+    }
+
+    fn cert(&self, name: &str) -> PathBuf {
+        self.certs.path().join(name)
+    }
+
+    /// An HTTPS client that trusts the cluster's CA only and presents `identity`'s certificate
+    /// (`client-operator`) if one is named.
+    fn https_client(&self, identity: Option<&str>) -> reqwest::ClientBuilder {
+        let ca = std::fs::read(self.cert("cairn-ca.pem")).unwrap();
+        let mut b = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .tls_built_in_root_certs(false);
+        if let Some(identity) = identity {
+            let mut pem = std::fs::read(self.cert(&format!("{identity}.pem"))).unwrap();
+            pem.extend(std::fs::read(self.cert(&format!("{identity}-key.pem"))).unwrap());
+            b = b.identity(reqwest::Identity::from_pem(&pem).unwrap());
+        }
+        b
+    }
+
+    /// Node `n`'s address on the compose network.
+    fn ip(&self, node: u64) -> std::net::IpAddr {
+        let out = Command::new("docker")
+            .args([
+                "inspect",
+                "-f",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                &self.container(node),
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("node {node}'s address: {text:?}"))
     }
 
     fn compose(&self, args: &[&str]) -> Output {
@@ -162,7 +331,7 @@ impl Deployment {
             .env("CAIRN_IMAGE", &self.image);
         // Free host ports, on loopback only.
         for n in 1..=3 {
-            cmd.env(format!("CAIRN{n}_HTTP_PORT"), "");
+            cmd.env(format!("CAIRN{n}_HTTPS_PORT"), "");
             cmd.env(format!("CAIRN{n}_DNS_PORT"), "");
         }
         cmd.output().unwrap()
@@ -217,13 +386,14 @@ impl Drop for Deployment {
     }
 }
 
-/// Where each node's HTTP and DNS are published right now (they move when a container restarts).
+/// Where each node's HTTPS API and DNS are published right now (they move when a container
+/// restarts).
 #[derive(Default)]
 struct Ports(Mutex<HashMap<u64, (SocketAddr, SocketAddr)>>);
 
 impl Ports {
     fn refresh(&self, d: &Deployment, node: u64) -> bool {
-        match (d.port(node, 8500, false), d.port(node, 8600, true)) {
+        match (d.port(node, 8501, false), d.port(node, 8600, true)) {
             (Some(h), Some(u)) => {
                 self.0.lock().insert(node, (h, u));
                 true
@@ -246,7 +416,7 @@ async fn ready(http: &reqwest::Client, d: &Deployment, ports: &Ports, node: u64)
         || async {
             ports.refresh(d, node)
                 && http
-                    .get(format!("http://{}/v1/ready", ports.http(node)))
+                    .get(format!("https://{}/v1/ready", ports.http(node)))
                     .send()
                     .await
                     .is_ok_and(|r| r.status() == 200)
@@ -257,7 +427,7 @@ async fn ready(http: &reqwest::Client, d: &Deployment, ports: &Ports, node: u64)
 
 async fn register(http: &reqwest::Client, addr: SocketAddr, id: &str) -> u16 {
     let res = http
-        .put(format!("http://{addr}/v1/services/web/instances/{id}"))
+        .put(format!("https://{addr}/v1/services/web/instances/{id}"))
         .json(&json!({"address": "10.9.0.1", "port": 80}))
         .send()
         .await;
@@ -266,7 +436,7 @@ async fn register(http: &reqwest::Client, addr: SocketAddr, id: &str) -> u16 {
 
 async fn leader(http: &reqwest::Client, addr: SocketAddr) -> Option<u64> {
     let body: Value = http
-        .get(format!("http://{addr}/v1/cluster"))
+        .get(format!("https://{addr}/v1/cluster"))
         .send()
         .await
         .ok()?
@@ -289,8 +459,10 @@ async fn a_records(dns: SocketAddr) -> Option<usize> {
 
 #[tokio::test]
 async fn t20_compose_cluster_survives_leader_loss_a_network_cut_and_a_rolling_restart() {
+    let started = std::time::Instant::now();
     let d = Deployment::up();
-    let http = harness::client();
+    // The API is HTTPS, with the operator's client certificate from the volume.
+    let http = d.https_client(Some("client-operator")).build().unwrap();
     let ports = Ports::default();
     for n in 1..=3 {
         ready(&http, &d, &ports, n).await;
@@ -302,6 +474,63 @@ async fn t20_compose_cluster_survives_leader_loss_a_network_cut_and_a_rolling_re
         a_records(ports.dns(3)).await == Some(1)
     })
     .await;
+
+    // Without a client certificate, the HTTPS API refuses the handshake.
+    let anonymous = d.https_client(None).build().unwrap();
+    let res = anonymous
+        .get(format!("https://{}/v1/services", ports.http(1)))
+        .send()
+        .await;
+    assert!(
+        res.is_err(),
+        "an HTTPS client without a certificate: {res:?}"
+    );
+
+    // The cluster RPC speaks only mutual TLS. The forged forward, in plaintext, to a
+    // node's RPC port on the compose network: no HTTP answer at all.
+    let rpc = SocketAddr::new(d.ip(2), 8300);
+    let forged = json!({"write": {"op": "deregister", "service": "web", "id": "first"}});
+    let res = harness::client()
+        .post(format!("http://{rpc}/raft/forward"))
+        .header("x-cairn-cluster", "cairn")
+        .header("x-cairn-from", "1")
+        .json(&forged)
+        .send()
+        .await;
+    assert!(res.is_err(), "a plaintext RPC was answered: {res:?}");
+    // Over TLS with a certificate of the CA that is not a node's, the handshake succeeds (the
+    // port is TLS, node 2 proves its name) and admission refuses it: the caller is no member.
+    let name = "node-2.cairn.cairn";
+    let operator = d
+        .https_client(Some("client-operator"))
+        .resolve(name, rpc)
+        .build()
+        .unwrap();
+    let res = operator
+        .post(format!("https://{name}:8300/raft/forward"))
+        .header("x-cairn-cluster", "cairn")
+        .header("x-cairn-from", "1")
+        .json(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status().as_u16(),
+        403,
+        "a client certificate on the RPC"
+    );
+    let body: Value = http
+        .get(format!("https://{}/v1/services/web", ports.http(3)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["instances"][0]["id"], "first",
+        "nothing forged applied"
+    );
 
     // Stop the leader's container: writes go on through the others, DNS keeps answering.
     let old = leader(&http, ports.http(1)).await.unwrap();
@@ -480,7 +709,7 @@ async fn t20_compose_cluster_survives_leader_loss_a_network_cut_and_a_rolling_re
             "every acknowledged registration on every node",
             || async {
                 let body: Value = match http
-                    .get(format!("http://{addr}/v1/services/web"))
+                    .get(format!("https://{addr}/v1/services/web"))
                     .send()
                     .await
                 {
@@ -501,5 +730,11 @@ async fn t20_compose_cluster_survives_leader_loss_a_network_cut_and_a_rolling_re
         0,
         "failed DNS queries to nodes that were up (of {})",
         dns_queries.load(Ordering::Relaxed)
+    );
+    eprintln!(
+        "compose cluster with TLS: {} acknowledged registrations, {} DNS queries, {:.0?}",
+        acked.len(),
+        dns_queries.load(Ordering::Relaxed),
+        started.elapsed()
     );
 }

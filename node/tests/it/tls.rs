@@ -581,3 +581,62 @@ async fn t60_an_expired_or_not_yet_valid_certificate_is_refused_and_changes_noth
         assert_eq!(c.instance_ids(n, "web").await, ["w1"], "node {n}");
     }
 }
+
+/// Kills the agent it holds when dropped, also when the test fails.
+struct Agent(std::process::Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn t70_http_addr_off_serves_https_only() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&dir.path().join("pki"), "cairn");
+    let (cert, key) = pki.node(1);
+    let mut agent = Agent(
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["agent", "--dev", "--http-addr", "off"])
+            .args(["--https-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0"])
+            .args(["--rpc-addr", "127.0.0.1:0", "--tls-cert"])
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = agent.0.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.starts_with("cairn listening"))
+    })
+    .await
+    .unwrap()
+    .expect("the agent's listening line");
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .map(str::to_owned)
+    };
+    assert_eq!(field("http=").as_deref(), Some("off"), "{line}");
+    let https: std::net::SocketAddr = field("https=").unwrap().parse().unwrap();
+    let client = pki.client(None, "localhost", https);
+    eventually(Duration::from_secs(20), "the HTTPS API answers", || async {
+        client
+            .get(format!("https://localhost:{}/v1/ready", https.port()))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+}
