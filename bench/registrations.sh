@@ -1,22 +1,31 @@
 #!/usr/bin/env bash
 # Registration throughput and latency: a 3-node Cairn cluster against a 3-member etcd cluster,
-# both on this machine's loopback interface, loaded with wrk at the leader.
+# both on this machine's loopback interface, loaded with wrk at the leader. With BENCH_TLS=1 the
+# same run also measures both with TLS: Cairn with mutual TLS between nodes and wrk speaking
+# HTTPS to its --https-addr, etcd with mutual TLS between members and HTTPS for clients, all
+# certificates made by `cairn tls`. wrk cannot present a client certificate, so the client
+# side is server-authenticated only on both systems (no --tls-client-ca, no --client-cert-auth).
+# Before loading a TLS cluster the script checks that its peer port refuses a client without a
+# certificate.
 #
 #   bench/registrations.sh [--build] [--help]
 #
 # Environment (defaults in brackets):
 #   CAIRN_BIN          cairn binary [${CARGO_TARGET_DIR:-<repo>/target}/release/cairn]
 #   BENCH_ONLY         run only "etcd" or only "cairn" [both]
+#   BENCH_TLS          1 = plaintext and then TLS, in one run; 0 = plaintext only [0]
 #   BENCH_DURATION     seconds per wrk run [10]
-#   BENCH_RUNS         runs per (system, connections); the report takes the median [3]
+#   BENCH_RUNS         runs per (system, transport, connections); the report takes the median [3]
 #   BENCH_CONNECTIONS  space-separated connection counts ["1 64 256"]
-#   BENCH_WARMUP       seconds of unrecorded load per system before measuring; 0 = none [3]
+#   BENCH_WARMUP       seconds of unrecorded load per cluster before measuring; 0 = none [3]
 #   BENCH_TIMEOUT      wrk per-request timeout in seconds; slower responses count as errors [10]
-#   BENCH_PORT_BASE    first of the loopback ports used (base+11 .. base+53) [21000]
+#   BENCH_PORT_BASE    first of the loopback ports used (base+11 .. base+63) [21000]
 #   BENCH_OUTPUT       Markdown file whose registrations section is replaced [<repo>/BENCHMARKS.md]
 #   BENCH_WRITE        0 = only print the table, leave BENCH_OUTPUT alone [1]
 #
-# Installs etcd-server, etcd-client, wrk, curl and python3 with apt-get when they are missing.
+# Installs etcd-server, etcd-client, wrk, curl and python3 (and openssl with BENCH_TLS=1) with
+# apt-get when they are missing. BENCH_TLS=1 needs the cairn binary even with BENCH_ONLY=etcd:
+# it makes the certificates.
 # Raw wrk output and server logs stay in bench/results/<UTC time>/ (git-ignored).
 set -euo pipefail
 
@@ -28,7 +37,7 @@ BENCH_LOG_TAG=bench
 # shellcheck source=lib.sh
 source "$SCRIPT_DIR/lib.sh"
 
-capture_command_line registrations.sh CAIRN_BIN BENCH_ONLY BENCH_DURATION BENCH_RUNS \
+capture_command_line registrations.sh CAIRN_BIN BENCH_ONLY BENCH_TLS BENCH_DURATION BENCH_RUNS \
   BENCH_CONNECTIONS BENCH_WARMUP BENCH_TIMEOUT BENCH_PORT_BASE BENCH_OUTPUT BENCH_WRITE -- "$@"
 
 DO_BUILD=0
@@ -42,6 +51,7 @@ done
 
 # --- Settings. ---
 BENCH_ONLY=${BENCH_ONLY:-}
+BENCH_TLS=${BENCH_TLS:-0}
 BENCH_DURATION=${BENCH_DURATION:-10}
 BENCH_RUNS=${BENCH_RUNS:-3}
 BENCH_CONNECTIONS=${BENCH_CONNECTIONS:-1 64 256}
@@ -53,12 +63,12 @@ BENCH_WRITE=${BENCH_WRITE:-1}
 CAIRN_BIN=${CAIRN_BIN:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/cairn}
 
 require_uint BENCH_DURATION BENCH_RUNS BENCH_WARMUP BENCH_TIMEOUT BENCH_PORT_BASE
-require_flag BENCH_WRITE
+require_flag BENCH_WRITE BENCH_TLS
 ((BENCH_DURATION >= 1 && BENCH_RUNS >= 1 && BENCH_TIMEOUT >= 1)) ||
   die "BENCH_DURATION, BENCH_RUNS and BENCH_TIMEOUT must be at least 1"
 # Stay below Linux's ephemeral range (32768+) so no outgoing wrk socket can take our ports.
-((BENCH_PORT_BASE >= 1024 && BENCH_PORT_BASE + 53 < 32768)) ||
-  die "BENCH_PORT_BASE must be between 1024 and 32714"
+((BENCH_PORT_BASE >= 1024 && BENCH_PORT_BASE + 63 < 32768)) ||
+  die "BENCH_PORT_BASE must be between 1024 and 32704"
 read -r -a CONNECTIONS <<<"$BENCH_CONNECTIONS"
 ((${#CONNECTIONS[@]} > 0)) || die "BENCH_CONNECTIONS is empty"
 for c in "${CONNECTIONS[@]}"; do
@@ -72,6 +82,18 @@ case $BENCH_ONLY in
   *) die "BENCH_ONLY must be 'etcd', 'cairn' or empty, got '$BENCH_ONLY'" ;;
 esac
 wants() { [[ " ${SYSTEMS[*]} " == *" $1 "* ]]; }
+# The order of the phases (system and transport), each on a fresh cluster. Every pair the report
+# compares runs back to back: etcd and Cairn in plaintext, Cairn in plaintext and with TLS, Cairn
+# and etcd with TLS. The cluster functions below read TRANSPORT, the phase's transport.
+PHASES=()
+wants etcd && PHASES+=(etcd:plain)
+wants cairn && PHASES+=(cairn:plain)
+if ((BENCH_TLS)); then
+  wants cairn && PHASES+=(cairn:tls)
+  wants etcd && PHASES+=(etcd:tls)
+fi
+TRANSPORT=plain
+tls() { [[ $TRANSPORT == tls ]]; }
 
 # The registration document, identical for both systems: Cairn gets it as the request body,
 # etcd stores it as the value (the Lua script base64-encodes it for the gateway).
@@ -83,14 +105,22 @@ SUMMARISE=(python3 "$SCRIPT_DIR/summarise.py")
 NONCE=$(printf '%x' "$(date +%s)")
 
 # Ports: etcd clients base+11..13, etcd peers base+21..23, Cairn HTTP base+31..33, Cairn RPC
-# base+41..43. Fixed rather than random so a failed run's logs are easy to match up.
+# base+41..43, Cairn DNS base+51..53, Cairn HTTPS base+61..63. Fixed rather than random so a
+# failed run's logs are easy to match up. The TLS phases reuse the plaintext ones' ports: one
+# cluster runs at a time.
 ETCD_CLIENT_PORTS=($((BENCH_PORT_BASE + 11)) $((BENCH_PORT_BASE + 12)) $((BENCH_PORT_BASE + 13)))
 ETCD_PEER_PORTS=($((BENCH_PORT_BASE + 21)) $((BENCH_PORT_BASE + 22)) $((BENCH_PORT_BASE + 23)))
 CAIRN_HTTP_PORTS=($((BENCH_PORT_BASE + 31)) $((BENCH_PORT_BASE + 32)) $((BENCH_PORT_BASE + 33)))
 CAIRN_RPC_PORTS=($((BENCH_PORT_BASE + 41)) $((BENCH_PORT_BASE + 42)) $((BENCH_PORT_BASE + 43)))
 CAIRN_DNS_PORTS=($((BENCH_PORT_BASE + 51)) $((BENCH_PORT_BASE + 52)) $((BENCH_PORT_BASE + 53)))
-ETCD_ENDPOINTS=$(printf 'http://127.0.0.1:%s,' "${ETCD_CLIENT_PORTS[@]}")
-ETCD_ENDPOINTS=${ETCD_ENDPOINTS%,}
+CAIRN_HTTPS_PORTS=($((BENCH_PORT_BASE + 61)) $((BENCH_PORT_BASE + 62)) $((BENCH_PORT_BASE + 63)))
+# http or https, by the phase's transport.
+scheme() { if tls; then printf https; else printf http; fi; }
+etcd_endpoints() {
+  local endpoints
+  endpoints=$(printf "$(scheme)://127.0.0.1:%s," "${ETCD_CLIENT_PORTS[@]}")
+  printf '%s' "${endpoints%,}"
+}
 
 # --- Process bookkeeping: we only ever signal PIDs we started ourselves. ---
 ETCD_PIDS=()
@@ -101,6 +131,7 @@ owned_pids() { echo ${CAIRN_PIDS[@]+"${CAIRN_PIDS[@]}"} ${ETCD_PIDS[@]+"${ETCD_P
 # --- Tools. ---
 ensure_tools() {
   ensure_packages etcd=etcd-server etcdctl=etcd-client wrk=wrk curl=curl python3=python3
+  if ((BENCH_TLS)); then ensure_packages openssl=openssl; fi
 }
 
 ensure_cairn_bin() {
@@ -111,40 +142,125 @@ ensure_cairn_bin() {
   require_cairn_bin "no cairn binary at $CAIRN_BIN.
   Build it first:   (cd $REPO_ROOT && cargo build --release -p cairn-node)
   or let this script do it:  bench/registrations.sh --build
-  or point CAIRN_BIN at an existing binary, or run only etcd with BENCH_ONLY=etcd."
+  or point CAIRN_BIN at an existing binary, or run only etcd with BENCH_ONLY=etcd (and BENCH_TLS=0)."
+}
+
+# --- Certificates (BENCH_TLS=1), all from `cairn tls`. ---
+# One CA; each Cairn node and each etcd member gets a node certificate of its own: its SANs
+# include localhost, 127.0.0.1 and ::1, which etcd checks, and it serves both server and client
+# authentication, which etcd's peer TLS needs. PKI_COMMANDS records them for the report.
+PKI_DIR=""
+PKI_COMMANDS=""
+make_pki() {
+  PKI_DIR=$WORK_DIR/pki
+  local id dir ca_flags="--ca $PKI_DIR/cairn-ca.pem --ca-key $PKI_DIR/cairn-ca-key.pem"
+  pki_run tls ca create --dir "$PKI_DIR"
+  for dir in cairn etcd; do
+    for id in 1 2 3; do
+      # shellcheck disable=SC2086 # ca_flags is two flags with their values, no spaces in them
+      pki_run tls cert create --node "$id" --dir "$PKI_DIR/$dir" $ca_flags
+    done
+  done
+  PKI_COMMANDS="\`cairn tls ca create\`, then \`cairn tls cert create --node N\` for N = 1..3 once for Cairn's nodes and once for etcd's members"
+  log "certificates in $PKI_DIR (log: $LOG_DIR/pki.log)"
+}
+pki_run() {
+  printf '$ cairn %s\n' "$*" >>"$LOG_DIR/pki.log"
+  "$CAIRN_BIN" "$@" >>"$LOG_DIR/pki.log" 2>&1 || die "cairn $* failed; see $LOG_DIR/pki.log"
+}
+
+# cert_key_type CERT: its key's algorithm and curve, e.g. "ECDSA P-256".
+cert_key_type() {
+  openssl x509 -in "$1" -noout -text 2>/dev/null | awk '
+    /Public Key Algorithm:/ { a = $NF; sub(/^id-ecPublicKey$/, "ECDSA", a) }
+    /NIST CURVE:/ { c = $NF }
+    END { print (a ? a (c ? " " c : "") : "unknown key type") }'
+}
+
+# curl_ ARGS...: curl, trusting the benchmark CA in the TLS phases (so a certificate without the
+# right SANs fails here, not silently inside wrk, which verifies nothing).
+curl_() {
+  if tls; then curl --cacert "$PKI_DIR/cairn-ca.pem" "$@"; else curl "$@"; fi
+}
+
+# check_mutual_tls WHAT PORT CERT KEY: the peer port on 127.0.0.1:PORT answers HTTPS only to a
+# client that presents a certificate (CERT and KEY, signed by the CA): so the TLS rows really ran
+# with mutual TLS between members. Any HTTP status counts as an answer, 000 as none.
+check_mutual_tls() {
+  local what=$1 url=https://127.0.0.1:$2/ without with
+  # HTTP/1.1: etcd's peer port closes HTTP/2 streams to paths it does not serve without a status.
+  without=$(curl_ -s --http1.1 --max-time 5 -o /dev/null -w '%{http_code}' "$url" 2>/dev/null) || true
+  with=$(curl_ -s --http1.1 --max-time 5 -o /dev/null -w '%{http_code}' --cert "$3" --key "$4" "$url" 2>/dev/null) || true
+  [[ $without == 000 && $with != 000 ]] ||
+    die "$what on port $2 is not mutual TLS: HTTP status $without without a client certificate, $with with one (000 = none)"
+  log "$what on port $2: mutual TLS (no answer without a client certificate, HTTP $with with one)"
+}
+
+# tls_session URL: the protocol and cipher OpenSSL (wrk's library, with the same defaults)
+# negotiates with URL's server, e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384".
+tls_session() {
+  local hostport=${1#https://} out
+  out=$(timeout 10 openssl s_client -connect "$hostport" -brief </dev/null 2>&1) || true
+  awk -F': ' '/^Protocol version/ { p = $2 } /^Ciphersuite/ { c = $2 } END { print (p && c) ? p " " c : "unknown" }' <<<"$out"
 }
 
 # --- etcd. ---
-etcdctl_() { ETCDCTL_API=3 etcdctl --endpoints="$ETCD_ENDPOINTS" --dial-timeout=2s --command-timeout=5s "$@"; }
+etcdctl_() {
+  local tls_flags=()
+  tls && tls_flags=(--cacert "$PKI_DIR/cairn-ca.pem")
+  ETCDCTL_API=3 etcdctl --endpoints="$(etcd_endpoints)" ${tls_flags[@]+"${tls_flags[@]}"} \
+    --dial-timeout=2s --command-timeout=5s "$@"
+}
+
+# The etcd flags of member ID (1..3) for the phase's transport. With TLS: mutual TLS between
+# members; clients get HTTPS with the server's certificate only, like Cairn's HTTPS listener
+# here, since wrk has no client certificate (--trusted-ca-file would require one, as
+# --client-cert-auth does).
+ETCD_TLS_FLAGS_SHOWN="--peer-cert-file --peer-key-file --peer-trusted-ca-file --peer-client-cert-auth --cert-file --key-file"
+etcd_tls_flags() {
+  local cert=$PKI_DIR/etcd/node-$1.pem key=$PKI_DIR/etcd/node-$1-key.pem
+  tls || return 0
+  printf '%s\n' --peer-cert-file "$cert" --peer-key-file "$key" \
+    --peer-trusted-ca-file "$PKI_DIR/cairn-ca.pem" --peer-client-cert-auth \
+    --cert-file "$cert" --key-file "$key"
+}
 
 start_etcd_cluster() {
-  local i initial=""
-  for i in 0 1 2; do initial+="etcd$((i + 1))=http://127.0.0.1:${ETCD_PEER_PORTS[i]},"; done
+  local i initial="" scheme
+  scheme=$(scheme)
+  for i in 0 1 2; do initial+="etcd$((i + 1))=$scheme://127.0.0.1:${ETCD_PEER_PORTS[i]},"; done
   initial=${initial%,}
   check_ports_free "${ETCD_CLIENT_PORTS[@]}" "${ETCD_PEER_PORTS[@]}"
   for i in 0 1 2; do
-    local name=etcd$((i + 1)) client=http://127.0.0.1:${ETCD_CLIENT_PORTS[i]}
-    local peer=http://127.0.0.1:${ETCD_PEER_PORTS[i]}
+    local name=etcd$((i + 1)) client=$scheme://127.0.0.1:${ETCD_CLIENT_PORTS[i]}
+    local peer=$scheme://127.0.0.1:${ETCD_PEER_PORTS[i]} tls_flags=()
+    mapfile -t tls_flags < <(etcd_tls_flags $((i + 1)))
     # No durability flags: etcd's default fsyncs the WAL on every commit, which is what a
     # registry that survives power loss has to pay for and what Cairn is compared against.
-    etcd --name "$name" --data-dir "$WORK_DIR/$name" \
+    etcd --name "$name" --data-dir "$WORK_DIR/$TRANSPORT-$name" \
       --listen-client-urls "$client" --advertise-client-urls "$client" \
       --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
       --initial-cluster "$initial" --initial-cluster-state new \
-      --initial-cluster-token "cairn-bench-$$-$NONCE" \
+      --initial-cluster-token "cairn-bench-$$-$NONCE-$TRANSPORT" \
+      ${tls_flags[@]+"${tls_flags[@]}"} \
       --logger zap --log-outputs stderr \
-      >"$LOG_DIR/$name.log" 2>&1 &
+      >"$LOG_DIR/$TRANSPORT-$name.log" 2>&1 &
     ETCD_PIDS+=($!)
   done
-  log "etcd started (pids ${ETCD_PIDS[*]}), clients $ETCD_ENDPOINTS"
+  log "etcd ($TRANSPORT) started (pids ${ETCD_PIDS[*]}), clients $(etcd_endpoints)"
 
   local deadline=$((SECONDS + 60))
   while ! etcdctl_ endpoint health >/dev/null 2>&1; do
-    for i in 0 1 2; do assert_alive "etcd$((i + 1))" "${ETCD_PIDS[i]}" "$LOG_DIR/etcd$((i + 1)).log"; done
-    ((SECONDS < deadline)) || die "etcd not healthy after 60 s; see $LOG_DIR/etcd*.log"
+    for i in 0 1 2; do
+      assert_alive "etcd$((i + 1))" "${ETCD_PIDS[i]}" "$LOG_DIR/$TRANSPORT-etcd$((i + 1)).log"
+    done
+    ((SECONDS < deadline)) || die "etcd not healthy after 60 s; see $LOG_DIR/$TRANSPORT-etcd*.log"
     sleep 0.5
   done
-  log "etcd healthy"
+  log "etcd ($TRANSPORT) healthy"
+  if tls; then
+    check_mutual_tls "etcd peer port" "${ETCD_PEER_PORTS[0]}" "$PKI_DIR/etcd/node-2.pem" "$PKI_DIR/etcd/node-2-key.pem"
+  fi
 }
 
 # Prints the client URL of the current etcd leader: the endpoint whose own member id equals
@@ -176,7 +292,7 @@ etcd_preflight() {
   key=$(printf '%s' "${ETCD_KEY_PREFIX}preflight-$NONCE" | base64 -w0)
   value=$(printf '%s' "$REG_DOC" | base64 -w0)
   body=$(printf '{"key":"%s","value":"%s"}' "$key" "$value")
-  out=$(curl -sS --max-time 5 -o - -w '\n%{http_code}' -H 'Content-Type: application/json' \
+  out=$(curl_ -sS --max-time 5 -o - -w '\n%{http_code}' -H 'Content-Type: application/json' \
     -X POST --data-binary "$body" "$url/v3/kv/put") || die "etcd preflight put to $url failed"
   [[ ${out##*$'\n'} == 200 && ${out%$'\n'*} == *'"header"'* ]] ||
     die "etcd preflight: POST $url/v3/kv/put answered: $out"
@@ -191,14 +307,15 @@ etcd_verify() {
   count=$(etcdctl_ get --prefix "$ETCD_KEY_PREFIX" --keys-only --limit 1 -w json |
     python3 -c 'import json,sys; print(json.load(sys.stdin).get("count", 0))') ||
     die "could not count the bench keys in etcd"
-  read -r ok slack < <("${SUMMARISE[@]}" ok-count --system etcd "$RESULTS_DIR/runs.jsonl" "$RESULTS_DIR/warmup.jsonl")
+  read -r ok slack < <("${SUMMARISE[@]}" ok-count --system etcd --transport "$TRANSPORT" \
+    "$RESULTS_DIR/runs.jsonl" "$RESULTS_DIR/warmup.jsonl")
   ok=$((ok + 1)) # the preflight key
   if ((count < ok)); then
-    die "etcd holds $count bench keys but $ok puts succeeded: ids were reused"
+    die "etcd ($TRANSPORT) holds $count bench keys but $ok puts succeeded: ids were reused"
   elif ((count > ok + slack)); then
-    log "warning: etcd holds $count bench keys, more than the $ok successful puts + $slack in flight"
+    log "warning: etcd ($TRANSPORT) holds $count bench keys, more than the $ok successful puts + $slack in flight"
   else
-    log "etcd check: $count keys for $ok successful puts (+ up to $slack in flight at wrk's stop)"
+    log "etcd ($TRANSPORT) check: $count keys for $ok successful puts (+ up to $slack in flight at wrk's stop)"
   fi
   # Read back the first key of run 1 at the first connection count. (Not simply id "-1-1":
   # wrk calls request() once on thread 1 to inspect it without sending it, so that id is
@@ -214,40 +331,62 @@ etcd_verify() {
 # --- Cairn. ---
 # The CLI below is the contract agreed for `cairn agent` (lib.sh waits for its output line and
 # /v1/ready); if the binary changes them, adapt here and in lib.sh.
+
+# The cairn agent flags of node ID (1..3) for the phase's transport. With TLS: mutual TLS on
+# the cluster RPC, and the HTTPS API beside the plain one (which only the readiness and leader
+# look-ups use); no --tls-client-ca, since wrk has no client certificate.
+CAIRN_TLS_FLAGS_SHOWN="--ca-file --tls-cert --tls-key --https-addr"
+cairn_tls_flags() {
+  tls || return 0
+  printf '%s\n' --ca-file "$PKI_DIR/cairn-ca.pem" --tls-cert "$PKI_DIR/cairn/node-$1.pem" \
+    --tls-key "$PKI_DIR/cairn/node-$1-key.pem" --https-addr "127.0.0.1:${CAIRN_HTTPS_PORTS[$1 - 1]}"
+}
+
 start_cairn_cluster() {
   local i peers=""
   for i in 0 1 2; do peers+="$((i + 1))=127.0.0.1:${CAIRN_RPC_PORTS[i]},"; done
   peers=${peers%,}
   check_ports_free "${CAIRN_HTTP_PORTS[@]}" "${CAIRN_RPC_PORTS[@]}" "${CAIRN_DNS_PORTS[@]}"
+  tls && check_ports_free "${CAIRN_HTTPS_PORTS[@]}"
   for i in 0 1 2; do
-    local id=$((i + 1))
-    mkdir -p "$WORK_DIR/cairn$id"
-    "$CAIRN_BIN" agent --node-id "$id" --data-dir "$WORK_DIR/cairn$id" \
+    local id=$((i + 1)) name=$TRANSPORT-cairn$((i + 1)) tls_flags=()
+    mapfile -t tls_flags < <(cairn_tls_flags "$id")
+    mkdir -p "$WORK_DIR/$name"
+    "$CAIRN_BIN" agent --node-id "$id" --data-dir "$WORK_DIR/$name" \
       --http-addr "127.0.0.1:${CAIRN_HTTP_PORTS[i]}" --rpc-addr "127.0.0.1:${CAIRN_RPC_PORTS[i]}" \
-      --dns-addr "127.0.0.1:${CAIRN_DNS_PORTS[i]}" --peers "$peers" >"$LOG_DIR/cairn$id.out" 2>"$LOG_DIR/cairn$id.log" &
+      --dns-addr "127.0.0.1:${CAIRN_DNS_PORTS[i]}" --peers "$peers" ${tls_flags[@]+"${tls_flags[@]}"} \
+      >"$LOG_DIR/$name.out" 2>"$LOG_DIR/$name.log" &
     CAIRN_PIDS+=($!)
   done
-  log "cairn started (pids ${CAIRN_PIDS[*]}), http ports ${CAIRN_HTTP_PORTS[*]}"
+  log "cairn ($TRANSPORT) started (pids ${CAIRN_PIDS[*]}), http ports ${CAIRN_HTTP_PORTS[*]}$(
+    tls && printf ', https ports %s' "${CAIRN_HTTPS_PORTS[*]}")"
 
   # Each node announces itself with its listening line on stdout; one 30 s deadline for all.
   local deadline=$((SECONDS + 30))
   for i in 0 1 2; do
-    wait_cairn_listening "cairn$((i + 1))" "${CAIRN_PIDS[i]}" "$LOG_DIR/cairn$((i + 1)).out" \
-      "$LOG_DIR/cairn$((i + 1)).log" "$deadline" 0.2 \
-      $((i + 1)) "${CAIRN_HTTP_PORTS[i]}" "${CAIRN_DNS_PORTS[i]}" "${CAIRN_RPC_PORTS[i]}"
+    local name=$TRANSPORT-cairn$((i + 1)) https=()
+    tls && https=("${CAIRN_HTTPS_PORTS[i]}")
+    wait_cairn_listening "$name" "${CAIRN_PIDS[i]}" "$LOG_DIR/$name.out" \
+      "$LOG_DIR/$name.log" "$deadline" 0.2 \
+      $((i + 1)) "${CAIRN_HTTP_PORTS[i]}" "${CAIRN_DNS_PORTS[i]}" "${CAIRN_RPC_PORTS[i]}" \
+      ${https[@]+"${https[@]}"}
   done
 
   # /v1/ready is 200 once a node knows a leader; wait for all three so the cluster is settled.
   deadline=$((SECONDS + 60))
   for i in 0 1 2; do
-    wait_cairn_ready "cairn$((i + 1))" "${CAIRN_PIDS[i]}" "$LOG_DIR/cairn$((i + 1)).log" "$deadline" 0.2 \
-      "${CAIRN_HTTP_PORTS[i]}"
+    wait_cairn_ready "$TRANSPORT-cairn$((i + 1))" "${CAIRN_PIDS[i]}" "$LOG_DIR/$TRANSPORT-cairn$((i + 1)).log" \
+      "$deadline" 0.2 "${CAIRN_HTTP_PORTS[i]}"
   done
-  log "cairn ready"
+  log "cairn ($TRANSPORT) ready"
+  if tls; then
+    check_mutual_tls "cairn RPC" "${CAIRN_RPC_PORTS[0]}" "$PKI_DIR/cairn/node-2.pem" "$PKI_DIR/cairn/node-2-key.pem"
+  fi
 }
 
-# Prints the HTTP base URL of the Cairn leader. Asks each node's /v1/cluster for the leader id,
-# then confirms with the leader itself (its node_id and leader agree), retrying for up to 30 s.
+# Prints the base URL of the Cairn leader's API, HTTPS in the TLS phase. Asks each node's
+# /v1/cluster (plain HTTP) for the leader id, then confirms with the leader itself (its node_id
+# and leader agree), retrying for up to 30 s.
 cairn_leader_url() {
   local deadline=$((SECONDS + 30)) i leader json
   while ((SECONDS < deadline)); do
@@ -258,6 +397,7 @@ cairn_leader_url() {
       local url=http://127.0.0.1:${CAIRN_HTTP_PORTS[leader - 1]}
       json=$(curl -sf --max-time 2 "$url/v1/cluster") || continue
       if python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if d.get("node_id")==d.get("leader")=='"$leader"' else 1)' <<<"$json" 2>/dev/null; then
+        tls && url=https://127.0.0.1:${CAIRN_HTTPS_PORTS[leader - 1]}
         printf '%s\n' "$url"
         return 0
       fi
@@ -270,7 +410,7 @@ cairn_leader_url() {
 # One registration before the load: must be HTTP 200 with body {"index":N}.
 cairn_preflight() {
   local url=$1 out
-  out=$(curl -sS --max-time 5 -o - -w '\n%{http_code}' -H 'Content-Type: application/json' \
+  out=$(curl_ -sS --max-time 5 -o - -w '\n%{http_code}' -H 'Content-Type: application/json' \
     -X PUT --data-binary "$REG_DOC" "$url/v1/services/bench/instances/preflight-$NONCE") ||
     die "cairn preflight PUT to $url failed"
   # Same acceptance rule as the Lua script's response(): status 200 and an "index" number.
@@ -283,19 +423,23 @@ cairn_preflight() {
 run_wrk() {
   local system=$1 url=$2 conns=$3 duration=$4 label=$5 run=$6 runs_file=$7
   local threads=$((conns < 2 ? conns : 2))
-  local out="$RESULTS_DIR/$system-c$conns-$label.txt"
+  local out="$RESULTS_DIR/$system-$TRANSPORT-c$conns-$label.txt"
   # The id prefix is unique per run: r<run>c<connections>-<nonce>, or w-<nonce> for warm-up.
   local id_prefix=${label}c$conns-$NONCE
   [[ $label == warmup ]] && id_prefix=w-$NONCE
+  # wrk sends the URL's host as TLS SNI even when it is an IP address, which rustls logs as a
+  # warning on every connection; "localhost" is a name both systems' certificates carry. (wrk
+  # drops any address of a name that refuses connections, so a ::1 for localhost is harmless.)
+  tls && url=${url/#https:\/\/127.0.0.1:/https://localhost:}
   # timeout: wrk stops itself after -d, the extra minute only guards against a wedged wrk.
   if ! timeout --kill-after=10 $((duration + 60)) \
     wrk --latency -t "$threads" -c "$conns" -d "${duration}s" --timeout "${BENCH_TIMEOUT}s" \
     -s "$LUA_SCRIPT" "$url" -- "$system" "$id_prefix" "$REG_DOC" "$ETCD_KEY_PREFIX" \
     >"$out" 2>&1; then
     tail -n 20 "$out" >&2 || true
-    die "wrk failed for $system c=$conns $label (output in $out)"
+    die "wrk failed for $system ($TRANSPORT) c=$conns $label (output in $out)"
   fi
-  "${SUMMARISE[@]}" record --runs "$runs_file" --wrk-output "$out" --system "$system" \
+  "${SUMMARISE[@]}" record --runs "$runs_file" --wrk-output "$out" --system "$system" --transport "$TRANSPORT" \
     --connections "$conns" --threads "$threads" --run "$run" --label "$label" --target "$url" >&2
 }
 
@@ -305,10 +449,14 @@ run_wrk() {
 bench_system() {
   local system=$1 url run c
   url=$("${system}_leader_url")
-  log "$system leader: $url"
+  log "$system ($TRANSPORT) leader: $url"
   "${system}_preflight" "$url"
+  if tls; then
+    TLS_SESSIONS+=("$system=$(tls_session "$url")")
+    log "$system TLS session with OpenSSL's defaults: ${TLS_SESSIONS[-1]#*=}"
+  fi
   if ((BENCH_WARMUP > 0)); then
-    log "$system warm-up: ${BENCH_WARMUP} s at 64 connections (not recorded)"
+    log "$system ($TRANSPORT) warm-up: ${BENCH_WARMUP} s at 64 connections (not recorded)"
     run_wrk "$system" "$url" 64 "$BENCH_WARMUP" warmup 0 "$RESULTS_DIR/warmup.jsonl"
   fi
   for ((run = 1; run <= BENCH_RUNS; run++)); do
@@ -323,7 +471,7 @@ bench_system() {
 
 # --- Main. ---
 ensure_tools
-wants cairn && ensure_cairn_bin
+if wants cairn || ((BENCH_TLS)); then ensure_cairn_bin; fi
 
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS_DIR=$REPO_ROOT/bench/results/$STAMP
@@ -335,28 +483,52 @@ ulimit -n 65536 2>/dev/null || true # 256 connections plus three servers' files
 
 LOAD_AT_START=$(load_average)
 warn_if_loaded "$LOAD_AT_START"
-log "results in $RESULTS_DIR; data in $WORK_DIR; $BENCH_RUNS runs x ${BENCH_DURATION} s at connections ${CONNECTIONS[*]}"
+log "results in $RESULTS_DIR; data in $WORK_DIR; $BENCH_RUNS runs x ${BENCH_DURATION} s at connections ${CONNECTIONS[*]}; phases ${PHASES[*]}"
 
-if wants etcd; then
-  start_etcd_cluster
-  bench_system etcd
-  etcd_verify
-  # Stop etcd before Cairn starts, so neither system's background work eats the other's CPU.
-  stop_pids "${ETCD_PIDS[@]}"
-  ETCD_PIDS=()
-fi
-if wants cairn; then
-  start_cairn_cluster
-  bench_system cairn
-  stop_pids "${CAIRN_PIDS[@]}"
-  CAIRN_PIDS=()
-fi
+((BENCH_TLS)) && make_pki
+TLS_SESSIONS=()
+for phase in "${PHASES[@]}"; do
+  TRANSPORT=${phase#*:}
+  case ${phase%:*} in
+    etcd)
+      start_etcd_cluster
+      bench_system etcd
+      etcd_verify
+      # Stop each cluster before the next starts, so no system's background work eats
+      # another's CPU.
+      stop_pids "${ETCD_PIDS[@]}"
+      ETCD_PIDS=()
+      ;;
+    cairn)
+      start_cairn_cluster
+      bench_system cairn
+      stop_pids "${CAIRN_PIDS[@]}"
+      CAIRN_PIDS=()
+      ;;
+  esac
+done
 
 # --- Report. ---
 cairn_commit=n/a
 wants cairn && cairn_commit=$(git_commit)
 output_args=()
 ((BENCH_WRITE)) && output_args=(--output "$BENCH_OUTPUT")
+tls_meta=()
+if ((BENCH_TLS)); then
+  phases_text=""
+  for phase in "${PHASES[@]}"; do
+    name=${phase%:*}
+    [[ $name == cairn ]] && name=Cairn
+    [[ $phase == *:tls ]] && name+=" TLS"
+    phases_text+="${phases_text:+, }$name"
+  done
+  tls_meta=(--meta "tls_certs=$PKI_COMMANDS" --meta "tls_key=$(cert_key_type "$PKI_DIR/cairn/node-1.pem")"
+    --meta "cairn_tls_flags=$CAIRN_TLS_FLAGS_SHOWN" --meta "etcd_tls_flags=$ETCD_TLS_FLAGS_SHOWN"
+    --meta "phases=$phases_text")
+  for session in ${TLS_SESSIONS[@]+"${TLS_SESSIONS[@]}"}; do
+    tls_meta+=(--meta "tls_session_${session%%=*}=${session#*=}")
+  done
+fi
 
 printf '\n'
 "${SUMMARISE[@]}" report --runs "$RESULTS_DIR/runs.jsonl" ${output_args[@]+"${output_args[@]}"} \
@@ -374,4 +546,5 @@ printf '\n'
   --meta "runs=$BENCH_RUNS" \
   --meta "warmup=$BENCH_WARMUP" \
   --meta "command=$COMMAND_LINE" \
+  ${tls_meta[@]+"${tls_meta[@]}"} \
   --meta "results_dir=${RESULTS_DIR#"$REPO_ROOT"/}/"
