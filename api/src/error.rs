@@ -11,6 +11,8 @@ pub enum ErrorCode {
     InvalidArgument,
     /// The request body is larger than the node accepts (HTTP 413).
     BodyTooLarge,
+    /// The request's token is missing a right, unknown or expired (HTTP 403).
+    PermissionDenied,
     /// The named service, instance or member does not exist (HTTP 404).
     NotFound,
     /// No leader is known right now, or the quorum is lost (HTTP 503, retry later).
@@ -31,6 +33,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidArgument => 400,
             ErrorCode::BodyTooLarge => 413,
+            ErrorCode::PermissionDenied => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict => 409,
             ErrorCode::TooManyRequests => 429,
@@ -48,6 +51,7 @@ impl ErrorCode {
             ErrorCode::NoLeader | ErrorCode::Unavailable | ErrorCode::TooManyRequests => true,
             ErrorCode::InvalidArgument
             | ErrorCode::BodyTooLarge
+            | ErrorCode::PermissionDenied
             | ErrorCode::NotFound
             | ErrorCode::Conflict
             | ErrorCode::Internal => false,
@@ -59,6 +63,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidArgument => "invalid_argument",
             ErrorCode::BodyTooLarge => "body_too_large",
+            ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::NotFound => "not_found",
             ErrorCode::NoLeader => "no_leader",
             ErrorCode::Unavailable => "unavailable",
@@ -95,6 +100,7 @@ mod tests {
         for code in [
             ErrorCode::InvalidArgument,
             ErrorCode::BodyTooLarge,
+            ErrorCode::PermissionDenied,
             ErrorCode::NotFound,
             ErrorCode::NoLeader,
             ErrorCode::Unavailable,

@@ -18,13 +18,17 @@
 //! assert!(!ErrorCode::InvalidArgument.is_retryable());
 //! ```
 
+mod acl;
 mod duration;
 mod error;
 mod types;
 
+pub use acl::*;
 pub use duration::{format_duration, parse_duration, DurationError};
 pub use error::{ApiError, ErrorCode};
 pub use types::*;
 
 /// Header carrying the registry index a read reflects, or the index a write committed at.
 pub const INDEX_HEADER: &str = "x-cairn-index";
+/// Header carrying a token's secret (`Authorization: Bearer` works as well).
+pub const TOKEN_HEADER: &str = "x-cairn-token";

@@ -9,9 +9,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::{
-    ApiError, ClusterStatus, ErrorCode, HealthStatus, HealthUpdate, InstanceRegistration,
-    JoinRequest, MaintenanceUpdate, ServiceInstances, ServiceList, ServiceSettingsBody,
-    ServiceSettingsView, WriteResult, INDEX_HEADER,
+    ApiError, AuditList, ClusterStatus, ErrorCode, HealthStatus, HealthUpdate,
+    InstanceRegistration, JoinRequest, MaintenanceUpdate, PolicyInfo, PolicyList, PolicyRequest,
+    ServiceInstances, ServiceList, ServiceSettingsBody, ServiceSettingsView, TokenInfo, TokenList,
+    TokenRequest, WhoAmI, WriteResult, INDEX_HEADER, TOKEN_HEADER,
 };
 
 /// Why a call failed.
@@ -269,6 +270,8 @@ struct Inner {
     /// The node that answered last; calls start there.
     preferred: AtomicUsize,
     retry: RetryPolicy,
+    /// The ACL token's secret, sent with every call as `X-Cairn-Token`.
+    token: Option<reqwest::header::HeaderValue>,
 }
 
 /// `10.0.0.1:8500`, `http://host:8500` or `https://host` → a base URL without trailing slash.
@@ -422,6 +425,25 @@ impl Client {
                 writes: build(false)?,
                 preferred: AtomicUsize::new(0),
                 retry,
+                token: None,
+            }),
+        })
+    }
+
+    /// This client, sending `secret` as its ACL token with every call (the CLI's `--token`).
+    pub fn with_token(self, secret: &str) -> Result<Client, ClientError> {
+        let mut value = reqwest::header::HeaderValue::from_str(secret.trim())
+            .map_err(|_| ClientError::Config("the token is not a valid header value".into()))?;
+        value.set_sensitive(true);
+        let i = &self.inner;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                nodes: i.nodes.clone(),
+                http: i.http.clone(),
+                writes: i.writes.clone(),
+                preferred: AtomicUsize::new(i.preferred.load(Ordering::Relaxed)),
+                retry: i.retry.clone(),
+                token: Some(value),
             }),
         })
     }
@@ -458,6 +480,9 @@ impl Client {
                 .timeout(inner.retry.request_timeout + extra_timeout);
             if let Some(b) = body {
                 req = req.json(b);
+            }
+            if let Some(t) = &inner.token {
+                req = req.header(TOKEN_HEADER, t.clone());
             }
             let result = match req.send().await {
                 Err(e) if e.is_builder() => Err(ClientError::Config(error_chain(&e))),
@@ -653,6 +678,89 @@ impl Client {
     pub async fn remove_member(&self, id: u64) -> Result<WriteResult, ClientError> {
         self.write::<()>(Method::DELETE, &format!("/v1/cluster/members/{id}"), None)
             .await
+    }
+
+    /// Makes the first management token (once per cluster); its secret is in the answer.
+    pub async fn acl_bootstrap(&self) -> Result<TokenInfo, ClientError> {
+        Ok(self
+            .call::<(), TokenInfo>(Method::PUT, "/v1/acl/bootstrap", None, Duration::ZERO)
+            .await?
+            .value)
+    }
+
+    /// The token this client sends, as the cluster sees it.
+    pub async fn acl_whoami(&self) -> Result<WhoAmI, ClientError> {
+        Ok(self.get("/v1/acl/whoami", None).await?.value)
+    }
+
+    /// Creates a token; its secret is in the answer, and only there.
+    pub async fn acl_token_create(&self, req: &TokenRequest) -> Result<TokenInfo, ClientError> {
+        Ok(self
+            .call::<TokenRequest, TokenInfo>(
+                Method::POST,
+                "/v1/acl/tokens",
+                Some(req),
+                Duration::ZERO,
+            )
+            .await?
+            .value)
+    }
+
+    pub async fn acl_token_update(
+        &self,
+        accessor: &str,
+        req: &TokenRequest,
+    ) -> Result<WriteResult, ClientError> {
+        self.write(
+            Method::PUT,
+            &format!("/v1/acl/tokens/{accessor}"),
+            Some(req),
+        )
+        .await
+    }
+
+    pub async fn acl_tokens(&self) -> Result<TokenList, ClientError> {
+        Ok(self.get("/v1/acl/tokens", None).await?.value)
+    }
+
+    pub async fn acl_token_delete(&self, accessor: &str) -> Result<WriteResult, ClientError> {
+        self.write::<()>(Method::DELETE, &format!("/v1/acl/tokens/{accessor}"), None)
+            .await
+    }
+
+    /// Creates or replaces policy `name`.
+    pub async fn acl_policy_set(
+        &self,
+        name: &str,
+        req: &PolicyRequest,
+    ) -> Result<WriteResult, ClientError> {
+        self.write(Method::PUT, &format!("/v1/acl/policies/{name}"), Some(req))
+            .await
+    }
+
+    pub async fn acl_policy(&self, name: &str) -> Result<PolicyInfo, ClientError> {
+        Ok(self
+            .get(&format!("/v1/acl/policies/{name}"), None)
+            .await?
+            .value)
+    }
+
+    pub async fn acl_policies(&self) -> Result<PolicyList, ClientError> {
+        Ok(self.get("/v1/acl/policies", None).await?.value)
+    }
+
+    pub async fn acl_policy_delete(&self, name: &str) -> Result<WriteResult, ClientError> {
+        self.write::<()>(Method::DELETE, &format!("/v1/acl/policies/{name}"), None)
+            .await
+    }
+
+    /// The most recent changes made through the API (needs `operator:read`).
+    pub async fn audit(&self, limit: Option<usize>) -> Result<AuditList, ClientError> {
+        let path = match limit {
+            Some(n) => format!("/v1/audit?limit={n}"),
+            None => "/v1/audit".to_owned(),
+        };
+        Ok(self.get(&path, None).await?.value)
     }
 }
 

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use cairn_registry::acl::{Access, AclMode, Authorizer, Secret};
 use cairn_registry::model::{address_kind, AddressKind};
 use cairn_registry::{HealthStatus, Registry, ServiceEntry};
 use parking_lot::RwLock;
@@ -44,6 +45,11 @@ pub struct ZoneConfig {
     pub allow_warning: bool,
     /// Whether names outside the zone are forwarded (sets RA).
     pub recursion: bool,
+    /// Whether ACLs decide which services DNS answers for.
+    pub acl: AclMode,
+    /// The secret of the token whose rights DNS answers with (`--dns-token-file`); `None`: the
+    /// anonymous token.
+    pub token: Option<Secret>,
 }
 
 impl Default for ZoneConfig {
@@ -55,6 +61,8 @@ impl Default for ZoneConfig {
             max_answers: DEFAULT_MAX_ANSWERS,
             allow_warning: false,
             recursion: false,
+            acl: AclMode::Off,
+            token: None,
         }
     }
 }
@@ -104,6 +112,9 @@ pub struct Zone {
     registry: Arc<Registry>,
     nameservers: Nameservers,
     cache: RwLock<HashMap<SetKey, Arc<RecordSet>>>,
+    /// The DNS token's rights, with the ACL version they were computed at (`None`: the token is
+    /// unknown or expired, and DNS answers for no service).
+    rights: parking_lot::Mutex<(u64, Option<Arc<Authorizer>>)>,
 }
 
 /// The relative name inside the zone, classified.
@@ -212,7 +223,36 @@ impl Zone {
             registry,
             nameservers,
             cache: RwLock::new(HashMap::new()),
+            rights: parking_lot::Mutex::new((u64::MAX, None)),
         })
+    }
+
+    /// Whether the DNS token may read `service`. Rights are computed once per change of the ACL
+    /// state, not per query.
+    fn may_answer(&self, service: &str) -> bool {
+        if self.config.acl == AclMode::Off {
+            return true;
+        }
+        let version = self.registry.acl_version();
+        let rights = {
+            let mut cached = self.rights.lock();
+            if cached.0 != version {
+                let acl = self.registry.acl();
+                let z = acl.authorize(
+                    self.config.acl,
+                    self.config.token.as_ref().map(Secret::expose),
+                    self.registry.time_ms(),
+                );
+                if let Err(e) = &z {
+                    tracing::warn!(
+                        "the DNS token cannot be used ({e}): DNS answers for no service"
+                    );
+                }
+                *cached = (version, z.ok().map(Arc::new));
+            }
+            cached.1.clone()
+        };
+        rights.is_some_and(|z| z.service(service).allows(Access::Read))
     }
 
     pub fn config(&self) -> &ZoneConfig {
@@ -382,6 +422,9 @@ impl Zone {
         ) else {
             return self.negative(q, wire::RCODE_NXDOMAIN, limit);
         };
+        if !self.may_answer(service) {
+            return self.negative(q, wire::RCODE_NXDOMAIN, limit);
+        }
         let Some(entry) = self.registry.service(service) else {
             return self.negative(q, wire::RCODE_NXDOMAIN, limit);
         };

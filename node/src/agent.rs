@@ -265,6 +265,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         checker: checker.clone(),
         limiter: http::WaitLimiter::new(config.max_waiting_per_client),
         shutdown: http_stop.clone(),
+        acl: config.acl,
+        data_dir: data_dir.clone(),
     };
     let mut servers = JoinSet::new();
     {
@@ -351,6 +353,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                     max_answers: config.dns.max_answers,
                     allow_warning: config.dns.allow_warning,
                     recursion: !config.dns.recursors.is_empty(),
+                    acl: config.acl,
+                    token: config.dns_token.clone(),
                 },
                 cluster.registry().clone(),
                 nameservers(cluster.clone()),
@@ -445,7 +449,14 @@ async fn enter_cluster(
                 tracing::info!("already a voter; not joining again");
                 return Ok(());
             }
-            join(urls, config.node_id, self_rpc, shutdown).await
+            join(
+                urls,
+                config.node_id,
+                self_rpc,
+                config.join_token.as_ref(),
+                shutdown,
+            )
+            .await
         }
         Membership::Wait => {
             if !cluster.has_membership() {
@@ -464,6 +475,7 @@ async fn join(
     urls: &[String],
     id: u64,
     rpc_addr: &str,
+    token: Option<&cairn_registry::acl::Secret>,
     shutdown: &CancellationToken,
 ) -> Result<(), AgentError> {
     // One client per URL, one attempt per call: this loop does the retrying, so that it can
@@ -478,6 +490,10 @@ async fn join(
         .iter()
         .map(|url| {
             Client::with_policy([url], policy.clone())
+                .and_then(|c| match token {
+                    Some(t) => c.with_token(t.expose()),
+                    None => Ok(c),
+                })
                 .map(|client| (url, client))
                 .map_err(|e| AgentError::Join(format!("{url}: {e}")))
         })

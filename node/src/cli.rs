@@ -2,6 +2,7 @@
 //! `health set`, `watch`, and `tls` (certificates, in [`tls`]). Aligned tables by default,
 //! `--json` for programs; exit 0 on success, 1 on an error, 64 on bad usage.
 
+pub mod acl;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -34,9 +35,44 @@ pub struct Target {
     /// The key of --client-cert (PEM).
     #[arg(long, env = "CAIRN_CLIENT_KEY", value_name = "FILE", global = true)]
     pub client_key: Option<std::path::PathBuf>,
+    /// The ACL token's secret to send (prefer CAIRN_TOKEN or --token-file: a flag shows in `ps`).
+    #[arg(
+        long,
+        env = "CAIRN_TOKEN",
+        value_name = "SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// A file holding the ACL token's secret.
+    #[arg(long, env = "CAIRN_TOKEN_FILE", value_name = "FILE", global = true)]
+    pub token_file: Option<std::path::PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+impl Target {
+    /// The token to send: --token, else the content of --token-file.
+    fn token(&self) -> Result<Option<String>, Failed> {
+        match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => Err(usage("give --token or --token-file, not both")),
+            (Some(t), None) => Ok(Some(t.trim().to_owned())),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| usage(format!("--token-file {}: {e}", path.display())))?;
+                let t = text.trim();
+                if t.is_empty() || t.contains(char::is_whitespace) {
+                    return Err(usage(format!(
+                        "--token-file {}: does not hold one token secret",
+                        path.display()
+                    )));
+                }
+                Ok(Some(t.to_owned()))
+            }
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +180,17 @@ pub enum Command {
         #[command(subcommand)]
         action: tls::TlsAction,
     },
+    /// Access control: bootstrap, tokens, policies.
+    Acl {
+        #[command(subcommand)]
+        action: acl::AclAction,
+    },
+    /// The most recent changes made through the API: who (token accessor), what, when.
+    Audit {
+        /// Only the last N entries.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
 }
 
 /// Exit code for bad usage, as for the agent.
@@ -197,7 +244,15 @@ pub async fn run(target: Target, cmd: Command) -> ExitCode {
         client_cert: target.client_cert.clone(),
         client_key: target.client_key.clone(),
     };
-    let client = match Client::with_tls(addrs, policy, &tls) {
+    let token = match target.token() {
+        Ok(t) => t,
+        Err(f) => return finish(Err(f)),
+    };
+    let client = Client::with_tls(addrs, policy, &tls).and_then(|c| match &token {
+        Some(t) => c.with_token(t),
+        None => Ok(c),
+    });
+    let client = match client {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cairn: {e}");
@@ -247,6 +302,8 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 
 async fn execute(client: &Client, target: &Target, cmd: Command) -> Result<(), Failed> {
     match cmd {
+        Command::Acl { action } => acl::run(client, target, action).await?,
+        Command::Audit { limit } => acl::audit(client, target, limit).await?,
         Command::Members { action: None } => {
             let status = client.cluster().await?;
             if target.json {

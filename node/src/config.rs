@@ -19,6 +19,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use cairn_api::{format_duration, parse_duration};
+use cairn_registry::acl::{Access, AclMode, Secret};
 use clap::Args;
 use serde::Deserialize;
 
@@ -248,6 +249,26 @@ pub struct AgentArgs {
     #[arg(long, env = "CAIRN_INSECURE_RPC")]
     pub insecure_rpc: bool,
 
+    /// Enforce ACLs: every API request answers to a token (`cairn acl bootstrap` makes the
+    /// first). Every server of a cluster must agree on it.
+    #[arg(long, env = "CAIRN_ACL")]
+    pub acl: bool,
+
+    /// With --acl: what a token may do where no rule of its policies decides: `deny` (the
+    /// default) or `allow` (everything but ACL management).
+    #[arg(long, env = "CAIRN_ACL_DEFAULT", value_name = "allow|deny")]
+    pub acl_default: Option<String>,
+
+    /// With --acl: a file holding the secret of the token whose rights DNS answers with;
+    /// without it, DNS has the anonymous token's rights.
+    #[arg(long, env = "CAIRN_DNS_TOKEN_FILE", value_name = "FILE")]
+    pub dns_token_file: Option<PathBuf>,
+
+    /// A file holding the secret of a token with `operator:write`, sent with --join when the
+    /// cluster enforces ACLs.
+    #[arg(long, env = "CAIRN_JOIN_TOKEN_FILE", value_name = "FILE")]
+    pub join_token_file: Option<PathBuf>,
+
     #[arg(
         long,
         env = "CAIRN_MAX_BODY_BYTES",
@@ -377,6 +398,20 @@ impl Merge for bool {
     }
 }
 
+/// The token secret in file `path`, named by `flag` in errors.
+fn read_secret(flag: &str, path: &Path) -> Result<Secret, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| bad(flag, format!("{}: {e}", path.display())))?;
+    let secret = text.trim();
+    if secret.is_empty() || secret.len() > 256 || secret.contains(char::is_whitespace) {
+        return Err(bad(
+            flag,
+            format!("{} does not hold one token secret", path.display()),
+        ));
+    }
+    Ok(Secret::new(secret.to_owned()))
+}
+
 /// A configuration that cannot run, with the setting at fault.
 #[derive(Debug, thiserror::Error)]
 #[error("{setting}: {message}")]
@@ -449,6 +484,12 @@ pub struct AgentConfig {
     pub https: Option<HttpsConfig>,
     /// CA certificates HTTPS health checks trust besides the public roots.
     pub check_ca_file: Option<PathBuf>,
+    /// Whether ACLs are enforced, and their default.
+    pub acl: AclMode,
+    /// The secret DNS answers with, read from --dns-token-file.
+    pub dns_token: Option<Secret>,
+    /// The secret sent with --join, read from --join-token-file.
+    pub join_token: Option<Secret>,
 }
 
 /// The HTTPS API's listener and files, checked to load.
@@ -565,6 +606,10 @@ impl AgentArgs {
             tls_client_ca: self.tls_client_ca.merge(under.tls_client_ca),
             check_ca_file: self.check_ca_file.merge(under.check_ca_file),
             insecure_rpc: self.insecure_rpc.merge(under.insecure_rpc),
+            acl: self.acl.merge(under.acl),
+            acl_default: self.acl_default.merge(under.acl_default),
+            dns_token_file: self.dns_token_file.merge(under.dns_token_file),
+            join_token_file: self.join_token_file.merge(under.join_token_file),
             max_body_bytes: self.max_body_bytes.merge(under.max_body_bytes),
             max_waiting_per_client: self
                 .max_waiting_per_client
@@ -583,6 +628,11 @@ impl AgentArgs {
         let dev = self.dev;
         let default_ip = if dev { DEFAULT_DEV_IP } else { DEFAULT_RPC_IP };
         let dns = self.validate_dns(DEFAULT_CLIENT_IP)?;
+        let (acl, dns_token) = self.validate_acl()?;
+        let join_token = match &self.join_token_file {
+            None => None,
+            Some(path) => Some(read_secret("--join-token-file", path)?),
+        };
         let cluster = self.cluster.unwrap_or_else(|| DEFAULT_CLUSTER.into());
         if cluster.is_empty()
             || cluster.len() > 64
@@ -835,7 +885,38 @@ impl AgentArgs {
             insecure_rpc,
             https,
             check_ca_file,
+            acl,
+            dns_token,
+            join_token,
         })
+    }
+
+    /// --acl, --acl-default and --dns-token-file.
+    fn validate_acl(&self) -> Result<(AclMode, Option<Secret>), ConfigError> {
+        if !self.acl {
+            if self.acl_default.is_some() {
+                return Err(bad("--acl-default", "needs --acl"));
+            }
+            if self.dns_token_file.is_some() {
+                return Err(bad("--dns-token-file", "needs --acl"));
+            }
+            return Ok((AclMode::Off, None));
+        }
+        let default = match self.acl_default.as_deref() {
+            None | Some("deny") => Access::Deny,
+            Some("allow") => Access::Write,
+            Some(other) => {
+                return Err(bad(
+                    "--acl-default",
+                    format!("{other:?} is not \"allow\" or \"deny\""),
+                ))
+            }
+        };
+        let dns_token = match &self.dns_token_file {
+            None => None,
+            Some(path) => Some(read_secret("--dns-token-file", path)?),
+        };
+        Ok((AclMode::On { default }, dns_token))
     }
 
     fn validate_dns(&self, default_ip: &str) -> Result<DnsConfig, ConfigError> {

@@ -37,6 +37,7 @@ use rocksdb::{
 };
 use serde::{Deserialize, Serialize};
 
+use cairn_registry::acl::{AclData, AuditEntry, Policy, Token, AUDIT_LEN};
 use cairn_registry::format::{self, ServiceRecord, FORMAT_VERSION};
 use cairn_registry::model::Instance;
 use cairn_registry::{Dirty, OpResult, Registry, RegistryData, ServiceEntry, ServiceSettings};
@@ -56,6 +57,11 @@ const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_LIST_INDEX: &[u8] = b"list_index";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 const KEY_DOWN_NODES: &[u8] = b"down_nodes";
+const KEY_ACL_BOOTSTRAP: &[u8] = b"acl_bootstrap";
+/// The leader's time in the last applied entry (token expiry is judged by it).
+const KEY_TIME: &[u8] = b"time_ms";
+/// Audit entries are `audit\0<seq, big-endian>`: this node's, never part of a snapshot.
+const AUDIT_PREFIX: &[u8] = b"audit\0";
 /// The persisted format version the data folder was written in (`cairn_registry::format`).
 const KEY_FORMAT: &[u8] = b"format";
 
@@ -166,6 +172,18 @@ fn service_key(service: &str) -> Vec<u8> {
 
 fn settings_key(service: &str) -> Vec<u8> {
     [b"c\0", service.as_bytes()].concat()
+}
+
+fn token_key(accessor: &str) -> Vec<u8> {
+    [b"t\0", accessor.as_bytes()].concat()
+}
+
+fn policy_key(name: &str) -> Vec<u8> {
+    [b"p\0", name.as_bytes()].concat()
+}
+
+fn audit_key(seq: u64) -> Vec<u8> {
+    [AUDIT_PREFIX, &seq.to_be_bytes()].concat()
 }
 
 fn instance_key(service: &str, id: &str) -> Vec<u8> {
@@ -406,7 +424,10 @@ impl StateMachine {
         let list_index = read_json(&db, CF_SM, KEY_LIST_INDEX)?.unwrap_or(0);
         let mut data = load_registry(&db, list_index)?;
         data.down_nodes = read_json(&db, CF_SM, KEY_DOWN_NODES)?.unwrap_or_default();
+        data.acl.bootstrap_index = read_json(&db, CF_SM, KEY_ACL_BOOTSTRAP)?.flatten();
         let registry = Arc::new(Registry::from_data(data, applied.map_or(0, |l| l.index)));
+        registry.set_time_ms(read_json(&db, CF_SM, KEY_TIME)?.unwrap_or(0));
+        registry.load_audit(load_audit(&db)?);
         Ok(StateMachine {
             db,
             snapshots,
@@ -454,6 +475,32 @@ impl StateMachine {
             }
         }
         let sm = cf(&self.db, CF_SM);
+        if !(dirty.acl_tokens.is_empty() && dirty.acl_policies.is_empty()) || dirty.acl_bootstrap {
+            let acl = self.registry.acl();
+            for a in &dirty.acl_tokens {
+                match acl.tokens.get(a) {
+                    Some(t) => batch.put_cf(reg, token_key(a), to_json(&**t)?),
+                    None => batch.delete_cf(reg, token_key(a)),
+                }
+            }
+            for name in &dirty.acl_policies {
+                match acl.policies.get(name) {
+                    Some(p) => batch.put_cf(reg, policy_key(name), to_json(&**p)?),
+                    None => batch.delete_cf(reg, policy_key(name)),
+                }
+            }
+            if dirty.acl_bootstrap {
+                batch.put_cf(sm, KEY_ACL_BOOTSTRAP, to_json(&acl.bootstrap_index)?);
+            }
+        }
+        for e in &dirty.audit {
+            batch.put_cf(sm, audit_key(e.seq), to_json(e)?);
+        }
+        if let Some(last) = dirty.audit.last() {
+            let keep_from = last.seq.saturating_sub(AUDIT_LEN as u64 - 1);
+            batch.delete_range_cf(sm, audit_key(0), audit_key(keep_from));
+        }
+        batch.put_cf(sm, KEY_TIME, to_json(&self.registry.time_ms())?);
         if dirty.down_nodes {
             batch.put_cf(sm, KEY_DOWN_NODES, to_json(&self.registry.down_nodes())?);
         }
@@ -473,16 +520,32 @@ fn load_registry(db: &DB, list_index: u64) -> StorageResult<RegistryData> {
     let bad = |what: String| StorageIOError::read_state_machine(&std::io::Error::other(what));
     let mut services: BTreeMap<String, ServiceEntry> = BTreeMap::new();
     let mut settings = BTreeMap::new();
+    let mut acl = AclData::default();
     for item in db.iterator_cf(cf(db, CF_REGISTRY), IteratorMode::Start) {
         let (key, value) = item.map_err(|e| StorageIOError::read_state_machine(&e))?;
         let mut parts = key.split(|b| *b == 0);
         let kind = parts.next().unwrap_or_default();
         let name = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-        if kind == b"c" {
-            let s: ServiceSettings = serde_json::from_slice(&value)
-                .map_err(|e| bad(format!("settings of {name}: {e}")))?;
-            settings.insert(name, Arc::new(s));
-            continue;
+        match kind {
+            b"c" => {
+                let s: ServiceSettings = serde_json::from_slice(&value)
+                    .map_err(|e| bad(format!("settings of {name}: {e}")))?;
+                settings.insert(name, Arc::new(s));
+                continue;
+            }
+            b"t" => {
+                let t: Token = serde_json::from_slice(&value)
+                    .map_err(|e| bad(format!("token {name}: {e}")))?;
+                acl.tokens.push(t);
+                continue;
+            }
+            b"p" => {
+                let p: Policy = serde_json::from_slice(&value)
+                    .map_err(|e| bad(format!("policy {name}: {e}")))?;
+                acl.policies.push(p);
+                continue;
+            }
+            _ => {}
         }
         let entry = services
             .entry(name.clone())
@@ -507,7 +570,28 @@ fn load_registry(db: &DB, list_index: u64) -> StorageResult<RegistryData> {
         services: services.into_values().map(Arc::new).collect(),
         settings,
         down_nodes: Default::default(),
+        acl,
     })
+}
+
+/// Reads this node's audit list back, oldest first.
+fn load_audit(db: &DB) -> StorageResult<Vec<AuditEntry>> {
+    let mut out = Vec::new();
+    let iter = db.iterator_cf(
+        cf(db, CF_SM),
+        IteratorMode::From(AUDIT_PREFIX, rocksdb::Direction::Forward),
+    );
+    for item in iter {
+        let (key, value) = item.map_err(|e| StorageIOError::read_state_machine(&e))?;
+        if !key.starts_with(AUDIT_PREFIX) {
+            break;
+        }
+        let e: AuditEntry = serde_json::from_slice(&value).map_err(|e| {
+            StorageIOError::read_state_machine(&std::io::Error::other(format!("audit entry: {e}")))
+        })?;
+        out.push(e);
+    }
+    Ok(out)
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -596,7 +680,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for (name, s) in &data.settings {
             batch.put_cf(reg, settings_key(name), to_json(&**s)?);
         }
+        for t in &data.acl.tokens {
+            batch.put_cf(reg, token_key(&t.accessor), to_json(t)?);
+        }
+        for p in &data.acl.policies {
+            batch.put_cf(reg, policy_key(&p.spec.name), to_json(p)?);
+        }
         let sm = cf(&self.db, CF_SM);
+        batch.put_cf(sm, KEY_ACL_BOOTSTRAP, to_json(&data.acl.bootstrap_index)?);
         batch.put_cf(sm, KEY_LIST_INDEX, to_json(&data.list_index)?);
         batch.put_cf(sm, KEY_DOWN_NODES, to_json(&data.down_nodes)?);
         batch.put_cf(sm, KEY_APPLIED, to_json(&meta.last_log_id)?);

@@ -22,6 +22,7 @@ fn register(index: u64, service: &str, id: &str) -> Entry<TypeConfig> {
     Entry {
         log_id: log_id(index),
         payload: EntryPayload::Normal(Command {
+            by: Vec::new(),
             time_ms: 1_700_000_000_000 + index,
             ops: vec![Op::Register {
                 service: service.into(),
@@ -35,6 +36,7 @@ fn deregister(index: u64, service: &str, id: &str) -> Entry<TypeConfig> {
     Entry {
         log_id: log_id(index),
         payload: EntryPayload::Normal(Command {
+            by: Vec::new(),
             time_ms: 0,
             ops: vec![Op::Deregister {
                 service: service.into(),
@@ -48,6 +50,7 @@ fn settings(index: u64, service: &str) -> Entry<TypeConfig> {
     Entry {
         log_id: log_id(index),
         payload: EntryPayload::Normal(Command {
+            by: Vec::new(),
             time_ms: 0,
             ops: vec![Op::SetSettings {
                 service: service.into(),

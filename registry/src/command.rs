@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::acl::{PolicySpec, TokenSpec};
 use crate::health::HealthStatus;
 use crate::model::{InstanceSpec, SettingsSpec};
 
@@ -14,6 +15,26 @@ use crate::model::{InstanceSpec, SettingsSpec};
 pub struct Command {
     pub time_ms: u64,
     pub ops: Vec<Op>,
+    /// The accessor id of the token behind each op, in the order of `ops` (`None`: a node's own
+    /// op, or ACLs off); empty when no op has one. The audit list records it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by: Vec<Option<String>>,
+}
+
+impl Command {
+    /// A command of ops proposed by the nodes themselves.
+    pub fn new(time_ms: u64, ops: Vec<Op>) -> Command {
+        Command {
+            time_ms,
+            ops,
+            by: Vec::new(),
+        }
+    }
+
+    /// The accessor behind op `i`.
+    pub fn by(&self, i: usize) -> Option<&str> {
+        self.by.get(i).and_then(Option::as_deref)
+    }
 }
 
 /// A change to the registry. Every field was validated before the op was proposed.
@@ -26,7 +47,10 @@ pub enum Op {
         instance: InstanceSpec,
     },
     /// Remove an instance; the service goes with its last instance.
-    Deregister { service: String, id: String },
+    Deregister {
+        service: String,
+        id: String,
+    },
     /// Set a service's settings (DNS TTL, fail-open), which outlive its instances.
     SetSettings {
         service: String,
@@ -48,7 +72,10 @@ pub enum Op {
         reason: Option<String>,
     },
     /// Mark a member up or down, as the leader observes it; check ownership follows.
-    SetNodeUp { node: u64, up: bool },
+    SetNodeUp {
+        node: u64,
+        up: bool,
+    },
     /// Set an instance's custom health.
     SetHealth {
         service: String,
@@ -56,6 +83,29 @@ pub enum Op {
         status: HealthStatus,
         output: String,
     },
+    /// Make the first management token; refused once done, unless `reset_index` names the
+    /// bootstrap to undo (the reset procedure).
+    AclBootstrap {
+        accessor: String,
+        secret_hash: String,
+        reset_index: Option<u64>,
+    },
+    /// Create or replace a policy.
+    AclSetPolicy {
+        policy: PolicySpec,
+    },
+    AclDeletePolicy {
+        name: String,
+    },
+    /// Create a token, or change an existing token's description and policies.
+    AclSetToken {
+        token: TokenSpec,
+    },
+    AclDeleteToken {
+        accessor: String,
+    },
+    /// Delete every token whose expiry is at or before the entry's time (proposed by the leader).
+    AclExpireTokens,
 }
 
 impl Op {
@@ -108,6 +158,69 @@ impl Op {
                 output,
                 ..
             } => FIXED + service.len() + id.len() + output.len(),
+            Op::AclBootstrap { .. } | Op::AclExpireTokens => FIXED,
+            Op::AclSetPolicy { policy } => {
+                FIXED
+                    + policy.description.len()
+                    + policy
+                        .rules
+                        .service
+                        .keys()
+                        .chain(policy.rules.service_prefix.keys())
+                        .map(|k| k.len() + 16)
+                        .sum::<usize>()
+            }
+            Op::AclDeletePolicy { name } => FIXED + name.len(),
+            Op::AclSetToken { token } => {
+                FIXED
+                    + token.description.len()
+                    + token.policies.iter().map(|p| p.len() + 4).sum::<usize>()
+            }
+            Op::AclDeleteToken { accessor } => FIXED + accessor.len(),
+        }
+    }
+
+    /// The op's name, as the audit list shows it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Register { .. } => "register",
+            Op::Deregister { .. } => "deregister",
+            Op::SetSettings { .. } => "set_settings",
+            Op::SetCheckStatus { .. } => "set_check_status",
+            Op::SetMaintenance { .. } => "set_maintenance",
+            Op::SetNodeUp { .. } => "set_node_up",
+            Op::SetHealth { .. } => "set_health",
+            Op::AclBootstrap { .. } => "acl_bootstrap",
+            Op::AclSetPolicy { .. } => "acl_set_policy",
+            Op::AclDeletePolicy { .. } => "acl_delete_policy",
+            Op::AclSetToken { .. } => "acl_set_token",
+            Op::AclDeleteToken { .. } => "acl_delete_token",
+            Op::AclExpireTokens => "acl_expire_tokens",
+        }
+    }
+
+    /// Whether the audit list records the op: changes made through the API, not the nodes' own
+    /// bookkeeping (check results, liveness, token expiry).
+    pub fn audited(&self) -> bool {
+        !matches!(
+            self,
+            Op::SetCheckStatus { .. } | Op::SetNodeUp { .. } | Op::AclExpireTokens
+        )
+    }
+
+    /// The instance id the op touches, for the audit list.
+    pub fn instance_id(&self) -> Option<&str> {
+        match self {
+            Op::Register { instance, .. } => Some(&instance.id),
+            Op::Deregister { id, .. }
+            | Op::SetCheckStatus { id, .. }
+            | Op::SetMaintenance { id, .. }
+            | Op::SetHealth { id, .. } => Some(id),
+            Op::AclSetPolicy { policy } => Some(&policy.name),
+            Op::AclDeletePolicy { name } => Some(name),
+            Op::AclSetToken { token } => Some(&token.accessor),
+            Op::AclDeleteToken { accessor } | Op::AclBootstrap { accessor, .. } => Some(accessor),
+            _ => None,
         }
     }
 
@@ -120,7 +233,13 @@ impl Op {
             | Op::SetCheckStatus { service, .. }
             | Op::SetMaintenance { service, .. }
             | Op::SetHealth { service, .. } => Some(service),
-            Op::SetNodeUp { .. } => None,
+            Op::SetNodeUp { .. }
+            | Op::AclBootstrap { .. }
+            | Op::AclSetPolicy { .. }
+            | Op::AclDeletePolicy { .. }
+            | Op::AclSetToken { .. }
+            | Op::AclDeleteToken { .. }
+            | Op::AclExpireTokens => None,
         }
     }
 }
@@ -133,4 +252,8 @@ pub enum OpResult {
     Ok,
     /// The op names an instance that does not exist; nothing changed.
     NotFound { message: String },
+    /// The op is not allowed in the current state (a second ACL bootstrap); nothing changed.
+    Denied { message: String },
+    /// The op conflicts with the current state (a policy still in use); nothing changed.
+    Conflict { message: String },
 }

@@ -81,6 +81,30 @@ fn validate(data: &RegistryData, last_index: u64) -> Result<(), String> {
             ));
         }
     }
+    let acl = &data.acl;
+    if acl.bootstrap_index.is_some_and(|i| i > last_index) {
+        return Err("the ACL bootstrap index is past the snapshot".into());
+    }
+    let mut names = HashSet::new();
+    for p in &acl.policies {
+        crate::acl::validate_policy(&p.spec).map_err(|e| format!("policy: {e}"))?;
+        if !names.insert(&p.spec.name) || p.modify_index > last_index {
+            return Err(format!(
+                "policy {:?} is duplicated or from the future",
+                p.spec.name
+            ));
+        }
+    }
+    let mut accessors = HashSet::new();
+    for t in &acl.tokens {
+        crate::acl::validate_accessor(&t.accessor).map_err(|e| format!("token: {e}"))?;
+        if !accessors.insert(&t.accessor) || t.modify_index > last_index {
+            return Err(format!(
+                "token {} is duplicated or from the future",
+                t.accessor
+            ));
+        }
+    }
     let mut seen = HashSet::new();
     for s in &data.services {
         validate_service_name(&s.name).map_err(|e| e.to_string())?;

@@ -8,6 +8,7 @@
 //! - [`model`]: the data model and the validation every user input passes before it is proposed;
 //! - [`command`]: what a log entry carries ([`Command`], [`Op`]) and what applying it answers;
 //! - [`registry`]: the read view ([`Registry`]) and the apply that keeps it current;
+//! - [`acl`]: policies, tokens and the [`acl::Authorizer`] every API request is judged by;
 //! - [`watch`]: per-service change channels with replay history, for blocking reads and streams;
 //! - [`hash`]: the one stable hash, for the state digest and rendezvous placement of checks;
 //! - [`health`] and [`format`]: the persisted types that are not the model's own, and the
@@ -19,11 +20,12 @@
 //! let body = serde_json::from_str(r#"{"address": "10.0.0.7", "port": 8080}"#).unwrap();
 //! let instance = cairn_registry::model::validate_registration("web-1", &body).unwrap();
 //! let registry = Registry::default();
-//! let cmd = Command { time_ms: 1_700_000_000_000, ops: vec![Op::Register { service: "web".into(), instance }] };
+//! let cmd = Command::new(1_700_000_000_000, vec![Op::Register { service: "web".into(), instance }]);
 //! assert_eq!(registry.apply(7, &cmd, &mut Dirty::default()), [OpResult::Ok]);
 //! assert_eq!(registry.service("web").unwrap().modify_index, 7);
 //! ```
 
+pub mod acl;
 pub mod command;
 pub mod format;
 pub mod hash;

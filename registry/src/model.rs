@@ -653,7 +653,22 @@ pub fn validate_op(op: &Op) -> Result<(), ValidationError> {
             validate_id("id", id)?;
             reason.as_deref().map_or(Ok(()), validate_output)
         }
-        Op::SetNodeUp { .. } => Ok(()),
+        Op::SetNodeUp { .. } | Op::AclExpireTokens => Ok(()),
+        Op::AclBootstrap {
+            accessor,
+            secret_hash,
+            ..
+        } => crate::acl::validate_token(&crate::acl::TokenSpec {
+            accessor: accessor.clone(),
+            secret_hash: Some(secret_hash.clone()),
+            description: String::new(),
+            policies: BTreeSet::new(),
+            ttl_ms: None,
+        }),
+        Op::AclSetPolicy { policy } => crate::acl::validate_policy(policy),
+        Op::AclDeletePolicy { name } => crate::acl::validate_policy_name(name),
+        Op::AclSetToken { token } => crate::acl::validate_token(token),
+        Op::AclDeleteToken { accessor } => crate::acl::validate_accessor(accessor),
         Op::SetHealth {
             service,
             id,

@@ -5,7 +5,7 @@
 //! `Arc` clone under a lock held for nanoseconds, and apply builds a new entry beside the old one
 //! and swaps it in, so readers never wait on a half-applied change.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -14,6 +14,7 @@ use imbl::OrdMap;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
+use crate::acl::{self, AclData, AclState, AuditEntry, Policy, Token};
 use crate::command::{Command, Op, OpResult};
 use crate::hash::Fnv1a;
 use crate::health::{CheckState, HealthStatus};
@@ -175,6 +176,9 @@ pub struct RegistryData {
     /// Members the leader has marked down; checks move off them.
     #[serde(default)]
     pub down_nodes: BTreeSet<u64>,
+    /// Tokens and policies.
+    #[serde(default, skip_serializing_if = "AclData::is_empty")]
+    pub acl: AclData,
 }
 
 /// A service's settings as stored, with the index that last changed them.
@@ -193,6 +197,11 @@ pub struct Dirty {
     pub settings: BTreeSet<String>,
     pub instances: BTreeSet<(String, String)>,
     pub list_index: bool,
+    pub acl_tokens: BTreeSet<String>,
+    pub acl_policies: BTreeSet<String>,
+    pub acl_bootstrap: bool,
+    /// Audit entries appended by this batch.
+    pub audit: Vec<AuditEntry>,
 }
 
 /// The shared, always-current view of the registry on this node.
@@ -201,6 +210,14 @@ pub struct Registry {
     services: RwLock<HashMap<String, Arc<ServiceEntry>>>,
     settings: RwLock<HashMap<String, Arc<ServiceSettings>>>,
     down_nodes: RwLock<BTreeSet<u64>>,
+    acl: RwLock<Arc<AclState>>,
+    /// The applied index at the last change to tokens or policies, for whoever must notice a
+    /// revocation (open watch streams).
+    acl_changes: tokio::sync::watch::Sender<u64>,
+    /// The most recent changes made through the API: this node's, bounded, persisted.
+    audit: parking_lot::Mutex<VecDeque<AuditEntry>>,
+    /// The leader's time in the last applied entry: the clock token expiry is judged by.
+    time_ms: AtomicU64,
     list_index: AtomicU64,
     applied_index: AtomicU64,
     /// Odd while a batch is being applied (a sequence lock), so [`Registry::digest`] can read a
@@ -218,6 +235,10 @@ impl Default for Registry {
             services: RwLock::default(),
             settings: RwLock::default(),
             down_nodes: RwLock::default(),
+            acl: RwLock::default(),
+            acl_changes: tokio::sync::watch::Sender::new(0),
+            audit: parking_lot::Mutex::default(),
+            time_ms: AtomicU64::new(0),
             list_index: AtomicU64::new(0),
             applied_index: AtomicU64::new(0),
             apply_seq: AtomicU64::new(0),
@@ -265,6 +286,47 @@ impl Registry {
         self.down_nodes.read().clone()
     }
 
+    /// The ACL state as of the last applied entry.
+    pub fn acl(&self) -> Arc<AclState> {
+        self.acl.read().clone()
+    }
+
+    /// A receiver that sees the applied index of every change to tokens or policies.
+    pub fn subscribe_acl(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.acl_changes.subscribe()
+    }
+
+    /// The applied index of the last change to tokens or policies: a cache of rights is current
+    /// while it stays the same.
+    pub fn acl_version(&self) -> u64 {
+        *self.acl_changes.borrow()
+    }
+
+    /// The leader's time in the last applied entry.
+    pub fn time_ms(&self) -> u64 {
+        self.time_ms.load(Ordering::Acquire)
+    }
+
+    /// Sets the leader time last seen (restart: the persisted value).
+    pub fn set_time_ms(&self, time_ms: u64) {
+        self.time_ms.fetch_max(time_ms, Ordering::AcqRel);
+    }
+
+    /// The audit list, oldest first.
+    pub fn audit(&self) -> Vec<AuditEntry> {
+        self.audit.lock().iter().cloned().collect()
+    }
+
+    /// Loads the persisted audit list (restart).
+    pub fn load_audit(&self, entries: Vec<AuditEntry>) {
+        let mut a = self.audit.lock();
+        a.clear();
+        a.extend(entries);
+        while a.len() > acl::AUDIT_LEN {
+            a.pop_front();
+        }
+    }
+
     /// A service's settings, if any were ever set.
     pub fn settings(&self, name: &str) -> Option<Arc<ServiceSettings>> {
         self.settings.read().get(name).cloned()
@@ -304,6 +366,7 @@ impl Registry {
             services,
             settings,
             down_nodes: self.down_nodes(),
+            acl: self.acl().export(),
         }
     }
 
@@ -317,6 +380,7 @@ impl Registry {
             .collect();
         *self.settings.write() = data.settings.into_iter().collect();
         *self.down_nodes.write() = data.down_nodes;
+        *self.acl.write() = Arc::new(AclState::from_data(data.acl));
         let mut guard = self.services.write();
         *guard = map;
         self.list_index.store(data.list_index, Ordering::Release);
@@ -328,6 +392,7 @@ impl Registry {
             data.list_index,
         );
         self.changes.send_replace(applied_index);
+        self.acl_changes.send_replace(applied_index);
     }
 
     pub fn set_applied(&self, index: u64) {
@@ -344,10 +409,18 @@ impl Registry {
     /// and the command (including its leader-stamped time).
     pub fn apply(&self, index: u64, cmd: &Command, dirty: &mut Dirty) -> Vec<OpResult> {
         self.apply_seq.fetch_add(1, Ordering::AcqRel);
+        self.set_time_ms(cmd.time_ms);
         let results = cmd
             .ops
             .iter()
-            .map(|op| self.apply_op(index, cmd.time_ms, op, dirty))
+            .enumerate()
+            .map(|(i, op)| {
+                let result = self.apply_op(index, cmd.time_ms, op, dirty);
+                if op.audited() && result == OpResult::Ok {
+                    self.record(index, cmd.time_ms, cmd.by(i), op, dirty);
+                }
+                result
+            })
             .collect();
         self.applied_index.store(index, Ordering::Release);
         self.apply_seq.fetch_add(1, Ordering::AcqRel);
@@ -376,8 +449,169 @@ impl Registry {
         }
     }
 
+    fn record(&self, index: u64, time_ms: u64, by: Option<&str>, op: &Op, dirty: &mut Dirty) {
+        let mut audit = self.audit.lock();
+        let entry = AuditEntry {
+            seq: audit.back().map_or(1, |e| e.seq + 1),
+            index,
+            time_ms,
+            accessor: by.map(str::to_owned),
+            op: op.name().to_owned(),
+            service: op.service().map(str::to_owned),
+            id: op.instance_id().map(str::to_owned),
+        };
+        audit.push_back(entry.clone());
+        if audit.len() > acl::AUDIT_LEN {
+            audit.pop_front();
+        }
+        dirty.audit.push(entry);
+    }
+
+    /// Applies an ACL op to a copy of the ACL state and swaps it in when it changed.
+    fn apply_acl(&self, index: u64, time_ms: u64, op: &Op, dirty: &mut Dirty) -> OpResult {
+        let mut state = AclState::clone(&self.acl());
+        let result = match op {
+            Op::AclBootstrap {
+                accessor,
+                secret_hash,
+                reset_index,
+            } => {
+                if let Some(done) = state.bootstrap_index {
+                    if *reset_index != Some(done) {
+                        return OpResult::Denied {
+                            message: format!(
+                                "ACL bootstrap already done (reset index: {done}); to bootstrap \
+                                 again, write {done} to the file acl-bootstrap-reset in a server's \
+                                 data folder and call bootstrap on that server"
+                            ),
+                        };
+                    }
+                }
+                state.bootstrap_index = Some(index);
+                dirty.acl_bootstrap = true;
+                state.put_token(Token {
+                    accessor: accessor.clone(),
+                    secret_hash: Some(secret_hash.clone()),
+                    description: "bootstrap token (global management)".into(),
+                    policies: BTreeSet::from([acl::MANAGEMENT_POLICY.to_owned()]),
+                    expires_at_ms: None,
+                    create_time_ms: time_ms,
+                    create_index: index,
+                    modify_index: index,
+                });
+                dirty.acl_tokens.insert(accessor.clone());
+                OpResult::Ok
+            }
+            Op::AclSetPolicy { policy } => {
+                let create_index = state
+                    .policies
+                    .get(&policy.name)
+                    .map_or(index, |p| p.create_index);
+                state.policies.insert(
+                    policy.name.clone(),
+                    Arc::new(Policy {
+                        spec: policy.clone(),
+                        create_index,
+                        modify_index: index,
+                    }),
+                );
+                dirty.acl_policies.insert(policy.name.clone());
+                OpResult::Ok
+            }
+            Op::AclDeletePolicy { name } => {
+                if state.policies.remove(name).is_none() {
+                    return OpResult::NotFound {
+                        message: format!("no policy {name:?}"),
+                    };
+                }
+                if let Some(t) = state.tokens.values().find(|t| t.policies.contains(name)) {
+                    return OpResult::Conflict {
+                        message: format!(
+                            "policy {name:?} is linked to token {}; unlink it first",
+                            t.accessor
+                        ),
+                    };
+                }
+                dirty.acl_policies.insert(name.clone());
+                OpResult::Ok
+            }
+            Op::AclSetToken { token } => {
+                if let Some(p) = token
+                    .policies
+                    .iter()
+                    .find(|p| *p != acl::MANAGEMENT_POLICY && !state.policies.contains_key(*p))
+                {
+                    return OpResult::NotFound {
+                        message: format!("no policy {p:?}"),
+                    };
+                }
+                let stored = match state.tokens.get(&token.accessor) {
+                    Some(old) => Token {
+                        description: token.description.clone(),
+                        policies: token.policies.clone(),
+                        modify_index: index,
+                        ..Token::clone(old)
+                    },
+                    None if token.secret_hash.is_none() && token.accessor != acl::ANONYMOUS => {
+                        return OpResult::NotFound {
+                            message: format!("no token {}", token.accessor),
+                        }
+                    }
+                    None => Token {
+                        accessor: token.accessor.clone(),
+                        secret_hash: token.secret_hash.clone(),
+                        description: token.description.clone(),
+                        policies: token.policies.clone(),
+                        expires_at_ms: token.ttl_ms.map(|t| time_ms.saturating_add(t)),
+                        create_time_ms: time_ms,
+                        create_index: index,
+                        modify_index: index,
+                    },
+                };
+                state.put_token(stored);
+                dirty.acl_tokens.insert(token.accessor.clone());
+                OpResult::Ok
+            }
+            Op::AclDeleteToken { accessor } => {
+                if state.remove_token(accessor).is_none() {
+                    return OpResult::NotFound {
+                        message: format!("no token {accessor}"),
+                    };
+                }
+                dirty.acl_tokens.insert(accessor.clone());
+                OpResult::Ok
+            }
+            Op::AclExpireTokens => {
+                let expired: Vec<String> = state
+                    .tokens
+                    .values()
+                    .filter(|t| t.expires_at_ms.is_some_and(|e| e <= time_ms))
+                    .map(|t| t.accessor.clone())
+                    .collect();
+                if expired.is_empty() {
+                    return OpResult::Ok;
+                }
+                for a in expired {
+                    state.remove_token(&a);
+                    dirty.acl_tokens.insert(a);
+                }
+                OpResult::Ok
+            }
+            _ => return OpResult::Ok,
+        };
+        *self.acl.write() = Arc::new(state);
+        self.acl_changes.send_replace(index);
+        result
+    }
+
     fn apply_op(&self, index: u64, time_ms: u64, op: &Op, dirty: &mut Dirty) -> OpResult {
         match op {
+            Op::AclBootstrap { .. }
+            | Op::AclSetPolicy { .. }
+            | Op::AclDeletePolicy { .. }
+            | Op::AclSetToken { .. }
+            | Op::AclDeleteToken { .. }
+            | Op::AclExpireTokens => self.apply_acl(index, time_ms, op, dirty),
             Op::SetNodeUp { node, up } => {
                 let mut down = self.down_nodes.write();
                 let changed = if *up {
@@ -627,6 +861,7 @@ mod tests {
         let body = serde_json::json!({"address": "10.0.0.1", "port": 80, "tags": tags});
         let spec = validate_registration(id, &serde_json::from_value(body).unwrap()).unwrap();
         Command {
+            by: Vec::new(),
             time_ms: 1000,
             ops: vec![Op::Register {
                 service: service.into(),
@@ -637,6 +872,7 @@ mod tests {
 
     fn deregister(service: &str, id: &str) -> Command {
         Command {
+            by: Vec::new(),
             time_ms: 2000,
             ops: vec![Op::Deregister {
                 service: service.into(),
@@ -647,6 +883,7 @@ mod tests {
 
     fn set_health(service: &str, id: &str, status: HealthStatus, output: &str) -> Command {
         Command {
+            by: Vec::new(),
             time_ms: 3000,
             ops: vec![Op::SetHealth {
                 service: service.into(),
@@ -728,6 +965,7 @@ mod tests {
         let body = serde_json::json!({"address": "10.0.0.1", "port": 80, "checks": [{"kind": "ttl", "ttl": "5s"}]});
         let spec = validate_registration("c", &serde_json::from_value(body).unwrap()).unwrap();
         let with_check = Command {
+            by: Vec::new(),
             time_ms: 0,
             ops: vec![Op::Register {
                 service: "web".into(),

@@ -130,6 +130,7 @@ fn instance() -> Instance {
 /// A log entry's payload with every operation.
 fn command() -> Command {
     Command {
+        by: Vec::new(),
         time_ms: 1_700_000_000_000,
         ops: vec![
             Op::Register {
@@ -219,6 +220,7 @@ fn snapshot_file() {
     cmd.ops.truncate(1);
     registry.apply(9, &cmd, &mut dirty);
     let settings = Command {
+        by: Vec::new(),
         time_ms: 1_700_000_000_100,
         ops: vec![
             Op::SetSettings {

@@ -16,11 +16,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
+use cairn_registry::acl::Access;
 use cairn_registry::model::{self, CheckKindSpec, Instance};
 use cairn_registry::HealthStatus;
 use cairn_registry::{Op, ServiceEntry};
 use serde_json::{json, Map, Value};
 
+use super::acl::{Caller, CONSUL_FILTERED_HEADER};
 use super::body::Body;
 use super::error::Failure;
 use super::headers::read_response;
@@ -54,6 +56,34 @@ pub(super) fn routes() -> Router<AppState> {
 
 fn respond<T: serde::Serialize>(s: &AppState, index: u64, body: T) -> Response {
     read_response(&s.cluster, Dialect::Consul, index, body)
+}
+
+/// A list's response, saying so when ACLs hid part of it, as Consul does.
+fn respond_filtered<T: serde::Serialize>(
+    s: &AppState,
+    index: u64,
+    body: T,
+    filtered: bool,
+) -> Response {
+    let mut res = respond(s, index, body);
+    if filtered {
+        res.headers_mut().insert(
+            CONSUL_FILTERED_HEADER,
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    res
+}
+
+/// The services `caller` may read, and whether any was left out.
+fn readable(caller: &Caller, services: Vec<Arc<ServiceEntry>>) -> (Vec<Arc<ServiceEntry>>, bool) {
+    let total = services.len();
+    let kept: Vec<_> = services
+        .into_iter()
+        .filter(|svc| caller.may_read(&svc.name))
+        .collect();
+    let filtered = kept.len() < total;
+    (kept, filtered)
 }
 
 fn tags(inst: &Instance) -> Vec<String> {
@@ -181,7 +211,8 @@ fn filtered<'a>(
     })
 }
 
-async fn agent_self(State(s): State<AppState>) -> Response {
+async fn agent_self(State(s): State<AppState>, caller: Caller) -> Result<Response, Failure> {
+    caller.operator(Access::Read)?;
     let status = s.cluster.status();
     let name = format!("cairn-{}", status.node_id);
     let body = json!({
@@ -200,7 +231,7 @@ async fn agent_self(State(s): State<AppState>) -> Response {
         "Meta": {},
         "xDS": {},
     });
-    respond(&s, status.applied_index, body)
+    Ok(respond(&s, status.applied_index, body))
 }
 
 async fn status_leader(State(s): State<AppState>) -> Response {
@@ -234,6 +265,7 @@ async fn datacenters(State(s): State<AppState>) -> Response {
 
 async fn catalog_services(
     State(s): State<AppState>,
+    caller: Caller,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
@@ -242,6 +274,7 @@ async fn catalog_services(
     s.prepare_read(peer, &q, registry.watches().subscribe_list())
         .await?;
     let (index, services) = registry.services();
+    let (services, hidden) = readable(&caller, services);
     let body: Map<String, Value> = services
         .iter()
         .map(|svc| {
@@ -249,7 +282,7 @@ async fn catalog_services(
             (svc.name.clone(), Value::Array(tags))
         })
         .collect();
-    Ok(respond(&s, index, Value::Object(body)))
+    Ok(respond_filtered(&s, index, Value::Object(body), hidden))
 }
 
 /// The service named in a path, lower-cased; an invalid name is simply an empty service.
@@ -269,8 +302,11 @@ async fn service_read(
 }
 
 /// A read of one service's rows: blocking on the service, then `rows` over its entry.
+/// A service the token may not read answers as Consul answers it: an empty list, marked as
+/// filtered.
 async fn per_service(
     s: &AppState,
+    caller: &Caller,
     peer: SocketAddr,
     service: &str,
     raw: Option<String>,
@@ -278,17 +314,23 @@ async fn per_service(
 ) -> Result<Response, Failure> {
     let q = ReadQuery::consul(raw.as_deref())?;
     let (index, svc) = service_read(s, peer, service, &q).await?;
-    let body = svc.as_deref().map(|svc| rows(svc, &q)).unwrap_or_default();
-    Ok(respond(s, index, Value::Array(body)))
+    let hidden = !caller.may_read(&service.to_ascii_lowercase());
+    let body = svc
+        .as_deref()
+        .filter(|_| !hidden)
+        .map(|svc| rows(svc, &q))
+        .unwrap_or_default();
+    Ok(respond_filtered(s, index, Value::Array(body), hidden))
 }
 
 async fn catalog_service(
     State(s): State<AppState>,
+    caller: Caller,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(service): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    per_service(&s, peer, &service, raw, |svc, q| {
+    per_service(&s, &caller, peer, &service, raw, |svc, q| {
         // The catalog lists every instance; `passing` only filters health endpoints.
         filtered(svc, q, false)
             .map(|i| catalog_entry(svc, i))
@@ -299,11 +341,12 @@ async fn catalog_service(
 
 async fn health_service(
     State(s): State<AppState>,
+    caller: Caller,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(service): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    per_service(&s, peer, &service, raw, |svc, q| {
+    per_service(&s, &caller, peer, &service, raw, |svc, q| {
         filtered(svc, q, q.passing)
             .map(|i| {
                 json!({
@@ -319,11 +362,12 @@ async fn health_service(
 
 async fn health_checks(
     State(s): State<AppState>,
+    caller: Caller,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(service): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    per_service(&s, peer, &service, raw, |svc, _| {
+    per_service(&s, &caller, peer, &service, raw, |svc, _| {
         svc.instances
             .values()
             .flat_map(|i| check_objs(svc, i))
@@ -335,6 +379,7 @@ async fn health_checks(
 /// A read over the whole catalog: blocks on any applied change, then `body` over every service.
 async fn whole_catalog(
     s: &AppState,
+    caller: &Caller,
     peer: SocketAddr,
     raw: Option<String>,
     body: impl FnOnce(&[Arc<ServiceEntry>]) -> Value,
@@ -344,7 +389,8 @@ async fn whole_catalog(
         .await?;
     let index = s.cluster.registry().applied_index();
     let (_, services) = s.cluster.registry().services();
-    Ok(respond(s, index, body(&services)))
+    let (services, hidden) = readable(caller, services);
+    Ok(respond_filtered(s, index, body(&services), hidden))
 }
 
 /// Every instance of every service, with its service.
@@ -358,6 +404,7 @@ fn instances(
 
 async fn health_state(
     State(s): State<AppState>,
+    caller: Caller,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(state): Path<String>,
     RawQuery(raw): RawQuery,
@@ -367,7 +414,7 @@ async fn health_state(
         "passing" | "warning" | "critical" => Some(state.clone()),
         other => return Err(Failure::invalid(format!("unknown health state {other:?}"))),
     };
-    whole_catalog(&s, peer, raw, |services| {
+    whole_catalog(&s, &caller, peer, raw, |services| {
         instances(services)
             .flat_map(|(svc, i)| check_objs(svc, i))
             .filter(|c| want.as_deref().is_none_or(|w| c["Status"] == w))
@@ -378,10 +425,11 @@ async fn health_state(
 
 async fn catalog_nodes(
     State(s): State<AppState>,
+    caller: Caller,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    whole_catalog(&s, peer, raw, |services| {
+    whole_catalog(&s, &caller, peer, raw, |services| {
         let addrs: BTreeSet<&str> = instances(services)
             .map(|(_, i)| i.spec.address.as_str())
             .collect();
@@ -392,10 +440,11 @@ async fn catalog_nodes(
 
 async fn agent_services(
     State(s): State<AppState>,
+    caller: Caller,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    whole_catalog(&s, peer, raw, |services| {
+    whole_catalog(&s, &caller, peer, raw, |services| {
         instances(services)
             .map(|(svc, i)| (i.spec.id.clone(), service_obj(svc, i)))
             .collect::<Map<String, Value>>()
@@ -406,10 +455,11 @@ async fn agent_services(
 
 async fn agent_checks(
     State(s): State<AppState>,
+    caller: Caller,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    whole_catalog(&s, peer, raw, |services| {
+    whole_catalog(&s, &caller, peer, raw, |services| {
         instances(services)
             .flat_map(|(svc, i)| check_objs(svc, i))
             .map(|c| (c["CheckID"].as_str().unwrap_or_default().to_owned(), c))
@@ -434,12 +484,14 @@ fn unknown_service(id: &str) -> Failure {
 
 async fn agent_service(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, Failure> {
     let (svc, inst) = s
         .lookup_fresh(|| find_instance(&s, &id))
         .await?
         .ok_or_else(|| unknown_service(&id))?;
+    caller.service(&svc.name, Access::Read)?;
     Ok(respond(&s, inst.modify_index, service_obj(&svc, &inst)))
 }
 
@@ -538,7 +590,11 @@ fn check_from_consul(c: &Map<String, Value>, default_id: String) -> Result<Value
     Ok(Value::Object(o))
 }
 
-async fn register(State(s): State<AppState>, Body(v): Body<Value>) -> Result<Response, Failure> {
+async fn register(
+    State(s): State<AppState>,
+    caller: Caller,
+    Body(v): Body<Value>,
+) -> Result<Response, Failure> {
     let obj = v
         .as_object()
         .ok_or_else(|| Failure::invalid("the body must be a JSON object"))?;
@@ -582,24 +638,32 @@ async fn register(State(s): State<AppState>, Body(v): Body<Value>) -> Result<Res
     let registration: cairn_api::InstanceRegistration = serde_json::from_value(native)
         .map_err(|e| Failure::invalid(format!("invalid registration: {e}")))?;
     let service = model::validate_service_name(&name)?;
+    caller.service(&service, Access::Write)?;
     let instance = model::validate_registration(&id, &registration)?;
-    s.cluster.write(Op::Register { service, instance }).await?;
+    s.cluster
+        .write_as(Op::Register { service, instance }, caller.accessor())
+        .await?;
     Ok(StatusCode::OK.into_response())
 }
 
 async fn deregister(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, Failure> {
     let (svc, _) = s
         .lookup_fresh(|| find_instance(&s, &id))
         .await?
         .ok_or_else(|| unknown_service(&id))?;
+    caller.service(&svc.name, Access::Write)?;
     s.cluster
-        .write(Op::Deregister {
-            service: svc.name.clone(),
-            id,
-        })
+        .write_as(
+            Op::Deregister {
+                service: svc.name.clone(),
+                id,
+            },
+            caller.accessor(),
+        )
         .await?;
     Ok(StatusCode::OK.into_response())
 }
@@ -620,6 +684,7 @@ fn find_check(
 
 async fn update_check(
     s: AppState,
+    caller: Caller,
     check: String,
     status: HealthStatus,
     raw: Option<String>,
@@ -631,6 +696,7 @@ async fn update_check(
         .lookup_fresh(|| find_check(&s, &check))
         .await?
         .ok_or_else(|| Failure::not_found(format!("Unknown check ID {check:?}")))?;
+    caller.service(&svc.name, Access::Write)?;
     if !matches!(kind, CheckKindSpec::Ttl { .. }) {
         return Err(Failure::invalid(format!(
             "check {check:?} is not a TTL check"
@@ -643,17 +709,20 @@ async fn update_check(
             instance: inst.spec.id.clone(),
             check: check.clone(),
         };
-        s.relay_heartbeat(key).await?;
+        s.relay_heartbeat(key, &caller).await?;
         return Ok(StatusCode::OK.into_response());
     }
     s.cluster
-        .write(Op::SetCheckStatus {
-            service: svc.name.clone(),
-            id: inst.spec.id.clone(),
-            check,
-            status,
-            output: note,
-        })
+        .write_as(
+            Op::SetCheckStatus {
+                service: svc.name.clone(),
+                id: inst.spec.id.clone(),
+                check,
+                status,
+                output: note,
+            },
+            caller.accessor(),
+        )
         .await?;
     Ok(StatusCode::OK.into_response())
 }
@@ -661,6 +730,7 @@ async fn update_check(
 /// `PUT /v1/agent/check/{pass,warn,fail}/{id}`.
 async fn check_update(
     State(s): State<AppState>,
+    caller: Caller,
     Path((action, check)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
@@ -670,11 +740,12 @@ async fn check_update(
         "fail" => HealthStatus::Critical,
         _ => return Err(Failure::no_such_endpoint()),
     };
-    update_check(s, check, status, raw).await
+    update_check(s, caller, check, status, raw).await
 }
 
 async fn maintenance(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
@@ -688,6 +759,7 @@ async fn maintenance(
         .lookup_fresh(|| find_instance(&s, &id))
         .await?
         .ok_or_else(|| unknown_service(&id))?;
+    caller.service(&svc.name, Access::Write)?;
     let reason = enable.then(|| {
         q.param("reason")
             .unwrap_or("Maintenance mode is enabled for this service")
@@ -697,11 +769,14 @@ async fn maintenance(
         model::validate_output(r)?;
     }
     s.cluster
-        .write(Op::SetMaintenance {
-            service: svc.name.clone(),
-            id,
-            reason,
-        })
+        .write_as(
+            Op::SetMaintenance {
+                service: svc.name.clone(),
+                id,
+                reason,
+            },
+            caller.accessor(),
+        )
         .await?;
     Ok(StatusCode::OK.into_response())
 }

@@ -63,6 +63,7 @@ impl From<WriteError> for Failure {
             WriteError::Unavailable(_) => ErrorCode::Unavailable,
             WriteError::NotFound(_) => ErrorCode::NotFound,
             WriteError::Conflict(_) => ErrorCode::Conflict,
+            WriteError::Denied(_) => ErrorCode::PermissionDenied,
             WriteError::Invalid(_) => ErrorCode::InvalidArgument,
             WriteError::Internal(_) => ErrorCode::Internal,
         };

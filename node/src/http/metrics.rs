@@ -11,25 +11,30 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use cairn_raft::Status;
+use cairn_registry::acl::Access;
 use cairn_registry::ServiceEntry;
 
+use super::acl::Caller;
+use super::error::Failure;
 use super::state::AppState;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new().route("/metrics", get(render))
 }
 
-async fn render(State(s): State<AppState>) -> Response {
+/// Needs `operator:read` with ACLs on (Prometheus sends a token with `authorization:`).
+async fn render(State(s): State<AppState>, caller: Caller) -> Result<Response, Failure> {
+    caller.operator(Access::Read)?;
     let status = s.cluster.status();
     let (_, services) = s.cluster.registry().services();
-    (
+    Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         text(&status, &services),
     )
-        .into_response()
+        .into_response())
 }
 
 /// The exposition text of `status` and `services`.
@@ -114,6 +119,7 @@ mod tests {
 
     fn apply(r: &Registry, index: u64, op: Op) {
         let cmd = Command {
+            by: Vec::new(),
             time_ms: 1000,
             ops: vec![op],
         };

@@ -11,14 +11,17 @@
 //!   per-client limit on waiting requests;
 //! - `headers`: the index and freshness headers of a read (`X-Cairn-Index`, known leader, last
 //!   contact), in both dialects;
-//! - `relay`: TTL heartbeats handed to the node that runs the check.
+//! - `relay`: TTL heartbeats handed to the node that runs the check;
+//! - `acl`: [`Caller`], the extractor every route takes: the request's token resolved to its
+//!   rights, and the one place a missing right becomes a 403.
 //!
 //! The leaves each serve one API and import only the core, never each other: `native` (the
 //! `/v1/services`, `/v1/cluster`, live and ready routes), `consul` (Consul's discovery API),
-//! `metrics` (`/metrics`) and `rpc` (the routes added to the cluster RPC listener). This module
+//! `metrics` (`/metrics`), `tokens` (`/v1/acl/*` and `/v1/audit`) and `rpc` (the routes added to the cluster RPC listener). This module
 //! composes them ([`router`], [`rpc_routes`]) and is the only one that names the leaves: the
 //! core never imports a leaf, so there is no cycle.
 
+mod acl;
 mod blocking;
 mod body;
 mod error;
@@ -31,10 +34,12 @@ mod consul;
 mod metrics;
 mod native;
 mod rpc;
+mod tokens;
 
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
 
+pub use acl::Caller;
 pub use blocking::{WaitLimiter, WaitSlot, DEFAULT_MAX_WAITING_PER_CLIENT, DEFAULT_WAIT, MAX_WAIT};
 pub use error::Failure;
 pub use state::AppState;
@@ -47,6 +52,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .merge(native::routes())
         .merge(consul::routes())
         .merge(metrics::routes())
+        .merge(tokens::routes())
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)

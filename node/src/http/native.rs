@@ -22,9 +22,11 @@ use cairn_api::{
     ServiceInstances, ServiceList, ServiceSettingsBody, ServiceSettingsView, WriteResult,
 };
 use cairn_raft::Written;
+use cairn_registry::acl::Access;
 use cairn_registry::model::{self, CheckKindSpec};
 use cairn_registry::{HealthStatus, Op, ServiceEntry};
 
+use super::acl::{Caller, FILTERED_HEADER};
 use super::body::Body;
 use super::error::Failure;
 use super::headers::{read_response, set_index};
@@ -81,42 +83,57 @@ fn respond<T: serde::Serialize>(s: &AppState, index: u64, body: T) -> Response {
 
 async fn register(
     State(s): State<AppState>,
+    caller: Caller,
     Path((service, id)): Path<(String, String)>,
     Body(body): Body<InstanceRegistration>,
 ) -> Result<Response, Failure> {
     let service = model::validate_service_name(&service)?;
+    caller.service(&service, Access::Write)?;
     let instance = model::validate_registration(&id, &body)?;
-    let w = s.cluster.write(Op::Register { service, instance }).await?;
+    let w = s
+        .cluster
+        .write_as(Op::Register { service, instance }, caller.accessor())
+        .await?;
     Ok(written(w))
 }
 
 async fn deregister(
     State(s): State<AppState>,
+    caller: Caller,
     Path((service, id)): Path<(String, String)>,
 ) -> Result<Response, Failure> {
     let service = model::validate_service_name(&service)?;
+    caller.service(&service, Access::Write)?;
     model::validate_id("id", &id)?;
-    let w = s.cluster.write(Op::Deregister { service, id }).await?;
+    let w = s
+        .cluster
+        .write_as(Op::Deregister { service, id }, caller.accessor())
+        .await?;
     Ok(written(w))
 }
 
 async fn set_health(
     State(s): State<AppState>,
+    caller: Caller,
     Path((service, id)): Path<(String, String)>,
     Body(body): Body<HealthUpdate>,
 ) -> Result<Response, Failure> {
     let service = model::validate_service_name(&service)?;
+    caller.service(&service, Access::Write)?;
     model::validate_id("id", &id)?;
     let output = body.output.unwrap_or_default();
     model::validate_output(&output)?;
     let w = s
         .cluster
-        .write(Op::SetHealth {
-            service,
-            id,
-            status: body.status.into(),
-            output,
-        })
+        .write_as(
+            Op::SetHealth {
+                service,
+                id,
+                status: body.status.into(),
+                output,
+            },
+            caller.accessor(),
+        )
         .await?;
     Ok(written(w))
 }
@@ -124,12 +141,14 @@ async fn set_health(
 /// `?check=<id>` picks one TTL check; without it, every TTL check of the instance.
 async fn heartbeat(
     State(s): State<AppState>,
+    caller: Caller,
     Path((service, id)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
     let q = ReadQuery::native(raw.as_deref(), &["check"])?;
     let want = q.param("check");
     let service = model::validate_service_name(&service)?;
+    caller.service(&service, Access::Write)?;
     model::validate_id("id", &id)?;
     let registry = s.cluster.registry();
     let inst = s
@@ -156,17 +175,19 @@ async fn heartbeat(
             instance: id.clone(),
             check: check.clone(),
         };
-        s.relay_heartbeat(key).await?;
+        s.relay_heartbeat(key, &caller).await?;
     }
     Ok(Json(serde_json::json!({"checks": ttl_checks})).into_response())
 }
 
 async fn maintenance(
     State(s): State<AppState>,
+    caller: Caller,
     Path((service, id)): Path<(String, String)>,
     Body(body): Body<MaintenanceUpdate>,
 ) -> Result<Response, Failure> {
     let service = model::validate_service_name(&service)?;
+    caller.service(&service, Access::Write)?;
     model::validate_id("id", &id)?;
     let reason = if body.enable {
         let r = body.reason.unwrap_or_else(|| "maintenance".into());
@@ -177,34 +198,41 @@ async fn maintenance(
     };
     let w = s
         .cluster
-        .write(Op::SetMaintenance {
-            service,
-            id,
-            reason,
-        })
+        .write_as(
+            Op::SetMaintenance {
+                service,
+                id,
+                reason,
+            },
+            caller.accessor(),
+        )
         .await?;
     Ok(written(w))
 }
 
 async fn put_settings(
     State(s): State<AppState>,
+    caller: Caller,
     Path(service): Path<String>,
     Body(body): Body<ServiceSettingsBody>,
 ) -> Result<Response, Failure> {
     let service = model::validate_service_name(&service)?;
+    caller.service(&service, Access::Write)?;
     let settings = model::validate_settings(&body)?;
     let w = s
         .cluster
-        .write(Op::SetSettings { service, settings })
+        .write_as(Op::SetSettings { service, settings }, caller.accessor())
         .await?;
     Ok(written(w))
 }
 
 async fn get_settings(
     State(s): State<AppState>,
+    caller: Caller,
     Path(service): Path<String>,
 ) -> Result<Response, Failure> {
     let service = model::validate_service_name(&service)?;
+    caller.service(&service, Access::Read)?;
     let stored = s.cluster.registry().settings(&service);
     let (spec, index) = stored
         .map(|st| (st.settings.clone(), st.modify_index))
@@ -219,6 +247,7 @@ async fn get_settings(
 
 async fn list_services(
     State(s): State<AppState>,
+    caller: Caller,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
@@ -227,21 +256,37 @@ async fn list_services(
     s.prepare_read(peer, &q, registry.watches().subscribe_list())
         .await?;
     let (index, services) = registry.services();
+    let total = services.len();
+    let services: Vec<_> = services
+        .iter()
+        .filter(|e| caller.may_read(&e.name))
+        .map(|e| e.summary())
+        .collect();
+    let filtered = services.len() < total;
     let body = ServiceList {
         index: index.max(1),
-        services: services.iter().map(|e| e.summary()).collect(),
+        services,
     };
-    Ok(respond(&s, index, body))
+    let mut res = respond(&s, index, body);
+    if filtered {
+        res.headers_mut().insert(
+            FILTERED_HEADER,
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    Ok(res)
 }
 
 async fn get_service(
     State(s): State<AppState>,
+    caller: Caller,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(service): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
     let q = ReadQuery::native(raw.as_deref(), &["health", "tag"])?;
     let name = model::validate_service_name(&service)?;
+    caller.service(&name, Access::Read)?;
     let passing_only = match q.param("health") {
         None | Some("any") => false,
         Some("passing") => true,
@@ -293,6 +338,7 @@ fn instance_infos(
 /// or sent a `state` event when that index is too old to replay.
 async fn watch_service(
     State(s): State<AppState>,
+    caller: Caller,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(service): Path<String>,
     headers: HeaderMap,
@@ -300,6 +346,8 @@ async fn watch_service(
 ) -> Result<Response, Failure> {
     let q = ReadQuery::native(raw.as_deref(), &[])?;
     let name = model::validate_service_name(&service)?;
+    caller.service(&name, Access::Read)?;
+    let secret = super::acl::secret_of(&headers, raw.as_deref())?;
     let resume = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
         Some(v) => Some(
             v.trim()
@@ -313,7 +361,7 @@ async fn watch_service(
     let rx = registry
         .watches()
         .subscribe_service(&name, registry.service_index(&name));
-    let stream = watch::service_events(registry, name, resume, rx, s.shutdown.clone(), slot);
+    let stream = watch::service_events(s.clone(), registry, name, resume, rx, secret, slot);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(WATCH_KEEP_ALIVE))
         .into_response())
@@ -321,9 +369,11 @@ async fn watch_service(
 
 async fn cluster_status(
     State(s): State<AppState>,
+    caller: Caller,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
+    caller.operator(Access::Read)?;
     let q = ReadQuery::native(raw.as_deref(), &[])?;
     s.prepare_read(peer, &q, s.cluster.registry().subscribe())
         .await?;
@@ -358,7 +408,8 @@ fn cluster_status_body(st: cairn_raft::Status) -> cairn_api::ClusterStatus {
 }
 
 /// This replica's state digest at its applied index: replicas at the same index must agree.
-async fn cluster_digest(State(s): State<AppState>) -> Result<Response, Failure> {
+async fn cluster_digest(State(s): State<AppState>, caller: Caller) -> Result<Response, Failure> {
+    caller.operator(Access::Read)?;
     let registry = s.cluster.registry().clone();
     let (index, digest) = tokio::task::spawn_blocking(move || registry.digest())
         .await
@@ -373,8 +424,10 @@ async fn cluster_digest(State(s): State<AppState>) -> Result<Response, Failure> 
 
 async fn join(
     State(s): State<AppState>,
+    caller: Caller,
     Body(body): Body<JoinRequest>,
 ) -> Result<Response, Failure> {
+    caller.operator(Access::Write)?;
     if body.id == 0 {
         return Err(Failure::invalid("id: must be a positive integer"));
     }
@@ -393,8 +446,10 @@ async fn join(
 
 async fn remove_member(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, Failure> {
+    caller.operator(Access::Write)?;
     let id: u64 = id
         .parse()
         .map_err(|_| Failure::invalid(format!("id: {id:?} is not a node id")))?;

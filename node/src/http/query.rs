@@ -118,6 +118,8 @@ impl ReadQuery {
                             .map_err(|e| Failure::invalid(format!("max_stale: {e}")))?,
                     )
                 }
+                // The token is read by the ACL layer (`acl::secret_of`).
+                (Dialect::Native, "token") => {}
                 (Dialect::Native, name) if allowed.contains(&name) => {
                     q.params.insert(k, v);
                 }
@@ -159,7 +161,7 @@ fn strict_flag(name: &str, value: &str) -> Result<bool, Failure> {
 /// Percent-decodes a key or a value (`+` is a space). A `%` not followed by two hex digits and
 /// bytes that are not UTF-8 are errors in the native dialect; in Consul's, such a `%` stays as it
 /// is and bad bytes become U+FFFD.
-fn decode(s: &str, dialect: Dialect) -> Result<String, Failure> {
+pub(super) fn decode(s: &str, dialect: Dialect) -> Result<String, Failure> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

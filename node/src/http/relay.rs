@@ -8,6 +8,7 @@ use std::time::Duration;
 use cairn_api::{ApiError, ErrorCode};
 use serde::{Deserialize, Serialize};
 
+use super::acl::Caller;
 use super::error::Failure;
 use super::state::AppState;
 use crate::checks::CheckKey;
@@ -23,14 +24,19 @@ pub(super) struct HeartbeatRelay {
     service: String,
     instance: String,
     check: String,
+    /// The accessor id of the caller's token: the owner checks the caller's right, not the
+    /// relaying node's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) by: Option<String>,
 }
 
-impl From<CheckKey> for HeartbeatRelay {
-    fn from(key: CheckKey) -> Self {
+impl HeartbeatRelay {
+    fn new(key: CheckKey, by: Option<&str>) -> Self {
         HeartbeatRelay {
             service: key.service,
             instance: key.instance,
             check: key.check,
+            by: by.map(str::to_owned),
         }
     }
 }
@@ -48,7 +54,11 @@ impl From<HeartbeatRelay> for CheckKey {
 impl AppState {
     /// Hands a TTL heartbeat to the node that runs the check (this one, or another over the
     /// cluster RPC).
-    pub(super) async fn relay_heartbeat(&self, key: CheckKey) -> Result<(), Failure> {
+    pub(super) async fn relay_heartbeat(
+        &self,
+        key: CheckKey,
+        caller: &Caller,
+    ) -> Result<(), Failure> {
         let owner = self
             .cluster
             .owner_of(&key.hash_key())
@@ -57,7 +67,7 @@ impl AppState {
             self.checker.heartbeat(&key);
             return Ok(());
         }
-        let relay = HeartbeatRelay::from(key);
+        let relay = HeartbeatRelay::new(key, caller.accessor());
         let res: Result<Result<(), ApiError>, String> = self
             .cluster
             .call_member(owner, RELAY_PATH, &relay, HEARTBEAT_RELAY_TIMEOUT)

@@ -7,7 +7,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use cairn_api::{ApiError, ErrorCode};
+use cairn_registry::acl::Access;
 
+use super::acl::Caller;
 use super::relay::{HeartbeatRelay, RELAY_PATH};
 use super::state::AppState;
 use crate::checks::CheckKey;
@@ -23,8 +25,12 @@ async fn relayed_heartbeat(
     State(s): State<AppState>,
     Json(body): Json<HeartbeatRelay>,
 ) -> Response {
+    let caller = Caller::resolve_accessor(&s, body.by.as_deref());
     let key = CheckKey::from(body);
-    let res: Result<(), ApiError> = if s.cluster.owner_of(&key.hash_key()) == Some(s.cluster.id()) {
+    let allowed = caller.and_then(|c| c.service(&key.service, Access::Write));
+    let res: Result<(), ApiError> = if let Err(f) = allowed {
+        Err(f.0)
+    } else if s.cluster.owner_of(&key.hash_key()) == Some(s.cluster.id()) {
         s.checker.heartbeat(&key);
         Ok(())
     } else {

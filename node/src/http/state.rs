@@ -3,10 +3,12 @@
 //! `?consistent` and `?max_stale`. Native and Consul reads share it.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use cairn_api::ErrorCode;
 use cairn_raft::Cluster;
+use cairn_registry::acl::AclMode;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +26,10 @@ pub struct AppState {
     pub limiter: Arc<WaitLimiter>,
     /// Cancelled when the agent shuts down: waiting reads return, streams end.
     pub shutdown: CancellationToken,
+    /// Whether ACLs are enforced, and the default for what no rule decides.
+    pub acl: AclMode,
+    /// This node's data folder: `acl-bootstrap-reset` is read from it.
+    pub data_dir: PathBuf,
 }
 
 impl AppState {

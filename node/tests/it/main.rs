@@ -13,6 +13,7 @@
 
 mod harness;
 
+mod acl;
 mod certs;
 mod checks;
 mod cli;

@@ -27,11 +27,13 @@ pub(super) const PROPOSAL_QUEUE: usize = 16 * 1024;
 /// One write waiting to be batched on the leader.
 pub(super) struct Proposal {
     pub(super) op: Op,
+    /// The accessor id of the client's token.
+    pub(super) by: Option<String>,
     pub(super) reply: oneshot::Sender<Result<ForwardReply, WriteError>>,
 }
 
 /// The wall clock in Unix milliseconds, shifted by `offset_ms`.
-fn now_ms(offset_ms: i64) -> u64 {
+pub(super) fn now_ms(offset_ms: i64) -> u64 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -67,11 +69,21 @@ pub(super) async fn run_batcher(
         let raft = raft.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let (ops, replies): (Vec<Op>, Vec<_>) =
-                batch.into_iter().map(|p| (p.op, p.reply)).unzip();
+            let mut ops = Vec::with_capacity(batch.len());
+            let mut by = Vec::with_capacity(batch.len());
+            let mut replies = Vec::with_capacity(batch.len());
+            for p in batch {
+                ops.push(p.op);
+                by.push(p.by);
+                replies.push(p.reply);
+            }
+            if by.iter().all(Option::is_none) {
+                by.clear();
+            }
             let cmd = Command {
                 time_ms: now_ms(clock_offset_ms),
                 ops,
+                by,
             };
             match raft.client_write(cmd).await {
                 Ok(resp) => {

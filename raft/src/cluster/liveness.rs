@@ -116,5 +116,13 @@ pub(super) async fn watch_liveness(cluster: std::sync::Weak<Cluster>) {
                 tracing::warn!("cannot record member liveness: {e}");
             }
         }
+        // Tokens expire by the leader's clock: once one is due, an entry stamped with the
+        // leader's time deletes it on every node alike.
+        let due = c.registry.acl().next_expiry();
+        if due.is_some_and(|t| t <= super::batch::now_ms(c.options.clock_offset_ms)) {
+            if let Err(e) = c.write(Op::AclExpireTokens).await {
+                tracing::warn!("cannot expire tokens: {e}");
+            }
+        }
     }
 }

@@ -40,6 +40,9 @@ pub enum WriteError {
     /// The change is not allowed in the cluster's current state.
     #[error("{0}")]
     Conflict(String),
+    /// The change is not permitted (a second ACL bootstrap).
+    #[error("{0}")]
+    Denied(String),
     /// The leader refused the request as malformed.
     #[error("{0}")]
     Invalid(String),
@@ -56,8 +59,16 @@ pub(super) const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_mi
 
 impl Cluster {
     /// Registers, deregisters or sets health: proposed on the leader, wherever it is called.
+    /// A node's own write (a check result, liveness).
     pub async fn write(&self, op: Op) -> Result<Written, WriteError> {
-        self.submit(Forward::Write(op)).await
+        self.submit(Forward::Write { op, by: None }).await
+    }
+
+    /// A write made for a client whose token has the accessor id `by` (`None`: ACLs are off):
+    /// the log entry records it for the audit list.
+    pub async fn write_as(&self, op: Op, by: Option<&str>) -> Result<Written, WriteError> {
+        let by = by.map(str::to_owned);
+        self.submit(Forward::Write { op, by }).await
     }
 
     /// Adds a node as a learner, waits for it to catch up, then makes it a voter.
@@ -164,13 +175,23 @@ impl Cluster {
     pub(crate) async fn execute_forwarded(&self, req: Forward) -> Result<ForwardReply, WriteError> {
         match &req {
             // Liveness is the leader's own observation, never another node's to propose.
-            Forward::Write(cairn_registry::Op::SetNodeUp { .. }) => {
+            Forward::Write {
+                op: cairn_registry::Op::SetNodeUp { .. } | cairn_registry::Op::AclExpireTokens,
+                ..
+            } => {
                 return Err(WriteError::Invalid(
-                    "forwarded write refused: only the leader marks members up or down".into(),
+                    "forwarded write refused: only the leader marks members up or down and expires tokens".into(),
                 ))
             }
-            Forward::Write(op) => cairn_registry::model::validate_op(op)
-                .map_err(|e| WriteError::Invalid(format!("forwarded write refused: {e}")))?,
+            Forward::Write { op, by } => {
+                if let Some(by) = by {
+                    cairn_registry::acl::validate_accessor(by).map_err(|e| {
+                        WriteError::Invalid(format!("forwarded write refused: {e}"))
+                    })?;
+                }
+                cairn_registry::model::validate_op(op)
+                    .map_err(|e| WriteError::Invalid(format!("forwarded write refused: {e}")))?
+            }
             Forward::Join { id, rpc_addr } => {
                 let addr_ok = rpc_addr.len() <= 300
                     && rpc_addr.rsplit_once(':').is_some_and(|(host, port)| {
@@ -197,13 +218,13 @@ impl Cluster {
         let left = deadline.saturating_duration_since(Instant::now());
         let work = async {
             match req {
-                Forward::Write(op) => {
+                Forward::Write { op, by } => {
                     if self.leader() != Some(self.id) {
                         return Err(WriteError::NoLeader(NOT_LEADER.into()));
                     }
                     let (reply, answer) = oneshot::channel();
                     self.proposals
-                        .send(Proposal { op, reply })
+                        .send(Proposal { op, by, reply })
                         .await
                         .map_err(|_| WriteError::Internal("the write batcher stopped".into()))?;
                     answer.await.map_err(|_| {
@@ -227,6 +248,8 @@ pub(super) fn reply_to_written(reply: ForwardReply) -> Result<Written, WriteErro
     match reply.result {
         OpResult::Ok => Ok(Written { index: reply.index }),
         OpResult::NotFound { message } => Err(WriteError::NotFound(message)),
+        OpResult::Denied { message } => Err(WriteError::Denied(message)),
+        OpResult::Conflict { message } => Err(WriteError::Conflict(message)),
     }
 }
 

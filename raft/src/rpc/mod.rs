@@ -41,9 +41,20 @@ pub const PATH_READ_INDEX: &str = "/raft/read_index";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Forward {
-    Write(Op),
-    Join { id: NodeId, rpc_addr: String },
-    Remove { id: NodeId },
+    /// An op, with the accessor id of the token the forwarding node authorized it with.
+    Write {
+        #[serde(flatten)]
+        op: Op,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
+    Join {
+        id: NodeId,
+        rpc_addr: String,
+    },
+    Remove {
+        id: NodeId,
+    },
 }
 
 /// The leader's answer to a [`Forward`]: the index that committed it and the apply result.

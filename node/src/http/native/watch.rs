@@ -7,11 +7,14 @@ use std::sync::Arc;
 
 use axum::response::sse::Event;
 use cairn_api::ServiceInstances;
+use cairn_registry::acl::Access;
 use cairn_registry::{Registry, ServiceEntry};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::http::acl::Caller;
 use crate::http::blocking::WaitSlot;
+use crate::http::state::AppState;
 
 /// What a watch stream still has to send, and where it is.
 struct Watcher {
@@ -21,6 +24,13 @@ struct Watcher {
     last: Option<u64>,
     rx: watch::Receiver<u64>,
     shutdown: CancellationToken,
+    /// Changes of tokens and policies: the stream's token is checked again after each, and a
+    /// revoked right ends the stream with an `error` event.
+    acl_rx: watch::Receiver<u64>,
+    state: AppState,
+    secret: Option<String>,
+    /// Set once the last event (an `error`) is queued.
+    ended: bool,
     pending: VecDeque<Event>,
     /// A stream is a waiting request: it holds one of its client's slots while it lasts.
     _slot: WaitSlot,
@@ -42,6 +52,23 @@ fn event(kind: &str, name: &str, index: u64, entry: Option<&ServiceEntry>) -> Ev
 }
 
 impl Watcher {
+    /// Whether the stream's token still may read the service; queues the `error` event that
+    /// ends the stream when it may not.
+    fn still_allowed(&mut self) -> bool {
+        let allowed = Caller::resolve(&self.state, self.secret.as_deref())
+            .and_then(|c| c.service(&self.name, Access::Read));
+        match allowed {
+            Ok(()) => true,
+            Err(f) => {
+                let data = serde_json::to_string(&f.0).unwrap_or_else(|_| "{}".into());
+                self.pending
+                    .push_back(Event::default().event("error").data(data));
+                self.ended = true;
+                false
+            }
+        }
+    }
+
     /// Queues what happened since `last`: each change from history, or the whole state.
     fn catch_up(&mut self) {
         let current = self.registry.service_index(&self.name);
@@ -78,19 +105,26 @@ impl Watcher {
 /// The events of one watch stream, resuming after `resume` when given; it ends when the agent
 /// shuts down.
 pub(super) fn service_events(
+    state: AppState,
     registry: Arc<Registry>,
     name: String,
     resume: Option<u64>,
     rx: watch::Receiver<u64>,
-    shutdown: CancellationToken,
+    secret: Option<String>,
     slot: WaitSlot,
 ) -> impl futures::Stream<Item = Result<Event, Infallible>> {
+    let mut acl_rx = registry.subscribe_acl();
+    acl_rx.borrow_and_update();
     let w = Watcher {
+        shutdown: state.shutdown.clone(),
         registry,
         name,
         last: resume,
         rx,
-        shutdown,
+        acl_rx,
+        state,
+        secret,
+        ended: false,
         pending: VecDeque::new(),
         _slot: slot,
     };
@@ -98,6 +132,15 @@ pub(super) fn service_events(
         loop {
             if let Some(ev) = w.pending.pop_front() {
                 return Some((Ok(ev), w));
+            }
+            if w.ended {
+                return None;
+            }
+            if w.acl_rx.has_changed().unwrap_or(false) {
+                w.acl_rx.borrow_and_update();
+                if !w.still_allowed() {
+                    continue;
+                }
             }
             w.rx.borrow_and_update();
             w.catch_up();
@@ -109,6 +152,13 @@ pub(super) fn service_events(
                     if r.is_err() {
                         return None;
                     }
+                }
+                r = w.acl_rx.changed() => {
+                    if r.is_err() {
+                        return None;
+                    }
+                    w.acl_rx.borrow_and_update();
+                    w.still_allowed();
                 }
                 _ = w.shutdown.cancelled() => return None,
             }

@@ -262,6 +262,51 @@ impl Cluster {
         cluster
     }
 
+    /// A cluster enforcing ACLs (`--acl`, default deny, plus `extra`): node 1 bootstraps the
+    /// cluster and its ACLs; the management token's secret is written to `<dir>/mgmt.token`, the
+    /// others join with it, and [`Cluster::http`] sends it with every request.
+    pub async fn start_acl(n: u64, extra: &[&str]) -> (Cluster, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec!["--bootstrap", "--acl"];
+        args.extend(extra);
+        let first = Node::start(1, dir.path(), &args);
+        let join_url = first.url("");
+        let mut cluster = Cluster {
+            nodes: vec![first],
+            dir,
+            http: client(),
+        };
+        cluster.wait_ready(0).await;
+        let res = cluster
+            .http
+            .put(cluster.node(1).url("/v1/acl/bootstrap"))
+            .send()
+            .await
+            .expect("bootstrap");
+        assert_eq!(res.status(), 200, "ACL bootstrap");
+        let body: Value = res.json().await.unwrap();
+        let secret = body["secret"].as_str().expect("secret").to_owned();
+        let token_file = cluster.dir.path().join("mgmt.token");
+        std::fs::write(&token_file, &secret).unwrap();
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("x-cairn-token", secret.parse().unwrap());
+        cluster.http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .default_headers(headers)
+            .build()
+            .unwrap();
+        let token_arg = token_file.display().to_string();
+        for id in 2..=n {
+            let mut args = vec!["--join", join_url.as_str(), "--acl"];
+            args.extend(["--join-token-file", token_arg.as_str()]);
+            args.extend(extra);
+            let node = Node::start(id, cluster.dir.path(), &args);
+            cluster.nodes.push(node);
+        }
+        cluster.wait_voters(n as usize).await;
+        (cluster, secret)
+    }
+
     pub fn node(&self, id: u64) -> &Node {
         &self.nodes[(id - 1) as usize]
     }
