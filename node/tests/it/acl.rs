@@ -631,3 +631,45 @@ async fn t50_expired_tokens_are_refused_and_dns_answers_with_its_token() {
     let (s, _) = c.get(1, &format!("/v1/acl/tokens/{accessor}")).await;
     assert_eq!(s, 404, "the expired token was deleted");
 }
+
+#[tokio::test]
+async fn t60_py_consul_registers_with_a_token_and_reports_permission_denied_without() {
+    let (c, _) = Cluster::start_acl(1, &[]).await;
+    policy(&c, "web-write", json!({"service_prefix": {"web": "write"}})).await;
+    let (_, secret) = token(&c, &["web-write"], None).await;
+    let python = crate::consul::python_with_py_consul();
+    let (host, port) = (c.node(1).http.ip().to_string(), c.node(1).http.port().to_string());
+    let script = r#"
+import sys, consul
+host, port, secret = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+with_token = consul.Consul(host=host, port=port, token=secret)
+assert with_token.agent.service.register("web", service_id="web-1", address="10.0.0.1", port=80)
+_, rows = with_token.health.service("web")
+assert [r["Service"]["ID"] for r in rows] == ["web-1"], rows
+anonymous = consul.Consul(host=host, port=port)
+try:
+    anonymous.agent.service.register("web", service_id="web-2", address="10.0.0.2", port=80)
+except consul.ACLPermissionDenied as e:
+    print("refused:", e)
+else:
+    sys.exit("registered without a token")
+try:
+    with_token.agent.service.register("db", service_id="db-1", address="10.0.0.3", port=80)
+except consul.ACLPermissionDenied:
+    pass
+else:
+    sys.exit("registered into db with a web token")
+"#;
+    let out = tokio::process::Command::new(python)
+        .args(["-c", script, &host, &port, &secret])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "py-consul:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(c.instance_ids(1, "web").await, ["web-1"]);
+}

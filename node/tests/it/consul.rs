@@ -241,7 +241,7 @@ async fn t10_consul_endpoints_map_onto_the_registry() {
 }
 
 /// Python with py-consul, as `scripts/test` installs it.
-fn python_with_py_consul() -> String {
+pub fn python_with_py_consul() -> String {
     let python = std::env::var("CAIRN_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let ok = std::process::Command::new(&python)
         .args(["-c", "import consul"])
