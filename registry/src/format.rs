@@ -6,12 +6,14 @@
 //! [`SnapshotFile`]. Their JSON encodings are pinned by the golden files under `tests/golden/`,
 //! so a renamed field fails a test instead of corrupting a cluster.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::{validate_id, validate_service_name};
-use crate::registry::RegistryData;
+use crate::registry::{RegistryData, ServiceEntry, ServiceSettings};
 
 /// Version of the persisted format. A data folder or snapshot of a newer version is refused,
 /// not misread. Bump it (and add a migration) whenever a golden file has to change.
@@ -48,21 +50,62 @@ pub enum SnapshotError {
 
 /// Encodes the registry as a snapshot.
 pub fn encode_snapshot(data: RegistryData) -> serde_json::Result<Vec<u8>> {
-    serde_json::to_vec(&SnapshotFile {
-        format: FORMAT_VERSION,
-        data,
-    })
+    let mut bytes = Vec::new();
+    write_snapshot(data, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// Encodes the registry as a snapshot into `writer` as it goes, so a large registry is never
+/// held as bytes in memory. Give it a buffered writer.
+pub fn write_snapshot(data: RegistryData, writer: impl io::Write) -> serde_json::Result<()> {
+    serde_json::to_writer(
+        writer,
+        &SnapshotFile {
+            format: FORMAT_VERSION,
+            data,
+        },
+    )
 }
 
 /// Decodes and checks a snapshot taken at `last_index`, before anything is replaced.
 pub fn decode_snapshot(bytes: &[u8], last_index: u64) -> Result<RegistryData, SnapshotError> {
-    let file: SnapshotFile =
-        serde_json::from_slice(bytes).map_err(|e| SnapshotError::Parse(e.to_string()))?;
+    read_snapshot(bytes, last_index)
+}
+
+/// [`decode_snapshot`] from a reader, as it goes: the snapshot's bytes are never all in memory.
+/// Give it a buffered reader.
+pub fn read_snapshot(
+    reader: impl io::Read,
+    last_index: u64,
+) -> Result<RegistryData, SnapshotError> {
+    let file: SnapshotWire =
+        serde_json::from_reader(reader).map_err(|e| SnapshotError::Parse(e.to_string()))?;
     if file.format != FORMAT_VERSION {
         return Err(SnapshotError::Format(file.format));
     }
-    validate(&file.data, last_index).map_err(SnapshotError::Invalid)?;
-    Ok(file.data)
+    let data = RegistryData {
+        list_index: file.list_index,
+        services: file.services,
+        settings: file.settings,
+        down_nodes: file.down_nodes,
+    };
+    validate(&data, last_index).map_err(SnapshotError::Invalid)?;
+    Ok(data)
+}
+
+/// [`SnapshotFile`] as it is read: the same fields, spelled out rather than flattened, because
+/// serde reads a flattened struct by first copying the whole document into a generic tree: for a
+/// large registry, several times the snapshot's own size in memory. The golden test pins that both read the
+/// same bytes the same way; building [`RegistryData`] field by field above keeps them in step.
+#[derive(Deserialize)]
+struct SnapshotWire {
+    format: u32,
+    list_index: u64,
+    services: Vec<Arc<ServiceEntry>>,
+    #[serde(default)]
+    settings: BTreeMap<String, Arc<ServiceSettings>>,
+    #[serde(default)]
+    down_nodes: BTreeSet<u64>,
 }
 
 /// Names, ids and indexes of a snapshot's registry.
