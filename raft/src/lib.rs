@@ -1,7 +1,8 @@
 //! Cairn's replication: the registry of `cairn-registry`, kept on every node by Raft
 //! ([openraft]) and stored in RocksDB.
 //!
-//! - [`store`]: the RocksDB log store and state machine, with snapshots as files beside it;
+//! - [`store`]: the RocksDB log store and state machine;
+//! - [`snapshot`]: snapshots as files beside it, and receiving one from the leader chunk by chunk;
 //! - [`rpc`]: the cluster RPC between nodes over HTTP, its calling side ([`rpc::client`]) and
 //!   its serving side ([`rpc::server`], with the one admission layer);
 //! - [`cluster`]: [`Cluster`], one node's handle: start, bootstrap or join, write through the
@@ -23,10 +24,10 @@
 
 pub mod cluster;
 pub mod rpc;
+pub mod snapshot;
 pub mod store;
 
 use std::fmt;
-use std::io::Cursor;
 
 use cairn_registry::{Command, OpResult};
 use serde::{Deserialize, Serialize};
@@ -56,7 +57,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = snapshot::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

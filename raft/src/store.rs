@@ -6,7 +6,11 @@
 //! - `raft`: the vote, the committed log id, the last purged log id;
 //! - `registry`: `s\0<service>` service records and `i\0<service>\0<id>` instances;
 //! - `sm`: the applied log id, the membership, the service-list index and the current snapshot's
-//!   metadata (its bytes are a file in `snapshots/` beside the database).
+//!   metadata.
+//!
+//! Snapshot bytes live beside the database, not in it ([`crate::snapshot`]): a registry of
+//! hundreds of thousands of instances makes a snapshot of tens of MB, and writing that through
+//! RocksDB's WAL would stall every log append queued behind it.
 //!
 //! Durability: an append returns (and its [`LogFlushed`] callback fires) only after a synced
 //! write, so nothing is acknowledged before it is on disk. The leader batches concurrent client
@@ -21,9 +25,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::io::Cursor;
 use std::ops::RangeBounds;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -38,10 +41,11 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 
 use cairn_registry::acl::{AclData, AuditEntry, Policy, Token, AUDIT_LEN};
-use cairn_registry::format::{self, ServiceRecord, FORMAT_VERSION};
+use cairn_registry::format::{ServiceRecord, FORMAT_VERSION};
 use cairn_registry::model::Instance;
 use cairn_registry::{Dirty, OpResult, Registry, RegistryData, ServiceEntry, ServiceSettings};
 
+use crate::snapshot::{DecodeError, SnapshotData, SnapshotDir};
 use crate::{NodeId, TypeConfig};
 
 const CF_LOGS: &str = "logs";
@@ -132,9 +136,16 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), OpenError> {
         .map_or(0, |l| l.index);
     let committed = Arc::new(AtomicU64::new(committed));
     let log = LogStore::new(db.clone(), committed.clone());
-    let snapshots = SnapshotFiles {
-        dir: dir.join("snapshots"),
-    };
+    let current: Option<SnapshotMeta<NodeId, crate::Member>> =
+        read_json(&db, CF_SM, KEY_SNAPSHOT).map_err(corrupt)?;
+    let snapshots = SnapshotDir::new(dir.join("snapshots"));
+    // What a crash left half-written (a download, a build) goes; the current snapshot stays.
+    snapshots
+        .clean(current.as_ref().map(|m| m.snapshot_id.as_str()))
+        .map_err(|e| OpenError::Corrupt {
+            path: path.clone(),
+            message: format!("cannot prepare the snapshot folder: {e}"),
+        })?;
     let sm = StateMachine::load(db, snapshots).map_err(corrupt)?;
     Ok((log, sm))
 }
@@ -348,69 +359,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// Snapshot files live beside the database, not in it: a registry of hundreds of thousands of
-/// instances makes a snapshot of tens of MB, and writing that through RocksDB's WAL would stall
-/// every log append queued behind it. RocksDB keeps only the current snapshot's metadata.
-#[derive(Debug, Clone)]
-struct SnapshotFiles {
-    dir: PathBuf,
-}
-
-impl SnapshotFiles {
-    fn file_name(id: &str) -> String {
-        let safe: String = id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .take(100)
-            .collect();
-        format!("{safe}.snap")
-    }
-
-    /// Writes `bytes` as snapshot `id`, durably (temp file, fsync, rename, fsync the folder).
-    fn write(&self, id: &str, bytes: &[u8]) -> std::io::Result<()> {
-        use std::io::Write;
-        std::fs::create_dir_all(&self.dir)?;
-        let name = Self::file_name(id);
-        let tmp = self.dir.join(format!("{name}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, self.dir.join(&name))?;
-        std::fs::File::open(&self.dir)?.sync_all()
-    }
-
-    fn read(&self, id: &str) -> std::io::Result<Vec<u8>> {
-        std::fs::read(self.dir.join(Self::file_name(id)))
-    }
-
-    /// Removes every snapshot file but `keep`'s (after the metadata points at `keep`).
-    fn prune(&self, keep: &str) {
-        let keep = Self::file_name(keep);
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return;
-        };
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy() != keep {
-                if let Err(err) = std::fs::remove_file(e.path()) {
-                    tracing::warn!("cannot remove old snapshot {}: {err}", e.path().display());
-                }
-            }
-        }
-    }
-}
-
 /// The registry state machine: applies committed entries to the [`Registry`] view and persists
 /// what changed, in one batch with the applied log id and membership.
 pub struct StateMachine {
     db: Arc<DB>,
-    snapshots: SnapshotFiles,
+    snapshots: SnapshotDir,
     registry: Arc<Registry>,
     applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, crate::Member>,
@@ -418,7 +371,7 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    fn load(db: Arc<DB>, snapshots: SnapshotFiles) -> StorageResult<Self> {
+    fn load(db: Arc<DB>, snapshots: SnapshotDir) -> StorageResult<Self> {
         let applied: Option<LogId<NodeId>> = read_json(&db, CF_SM, KEY_APPLIED)?;
         let membership = read_json(&db, CF_SM, KEY_MEMBERSHIP)?.unwrap_or_default();
         let list_index = read_json(&db, CF_SM, KEY_LIST_INDEX)?.unwrap_or(0);
@@ -441,6 +394,11 @@ impl StateMachine {
     /// The read view this state machine keeps current.
     pub fn registry(&self) -> Arc<Registry> {
         self.registry.clone()
+    }
+
+    /// The folder of this state machine's snapshots, where received ones are written too.
+    pub fn snapshot_dir(&self) -> SnapshotDir {
+        self.snapshots.clone()
     }
 
     fn persist(&self, dirty: &Dirty) -> StorageResult<()> {
@@ -644,24 +602,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<SnapshotData>> {
+        let data = self
+            .snapshots
+            .create_incoming()
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Box::new(data))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, crate::Member>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        mut snapshot: Box<SnapshotData>,
     ) -> StorageResult<()> {
-        let bytes = snapshot.into_inner();
-        let bad = |m: String| {
-            StorageError::from(StorageIOError::read_snapshot(
-                Some(meta.signature()),
-                &std::io::Error::other(m),
-            ))
-        };
         let last_index = meta.last_log_id.map_or(0, |l| l.index);
-        let data = format::decode_snapshot(&bytes, last_index).map_err(|e| bad(e.to_string()))?;
+        let data = snapshot.decode(last_index).await.map_err(|e| {
+            let e = match e {
+                DecodeError::Disk(e) => e,
+                DecodeError::Invalid(e) => std::io::Error::other(e.to_string()),
+            };
+            StorageIOError::read_snapshot(Some(meta.signature()), &e)
+        })?;
 
         // Replace the whole state machine in one batch: registry, applied, membership, snapshot.
         let mut batch = WriteBatch::default();
@@ -696,13 +658,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut opts = WriteOptions::default();
         // The log behind this snapshot may be purged next: the snapshot must be durable first.
         opts.set_sync(true);
-        blocking(|| {
-            self.snapshots.write(&meta.snapshot_id, &bytes)?;
-            self.db
-                .write_opt(batch, &opts)
-                .map_err(std::io::Error::other)
-        })
-        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let written = match self.snapshots.adopt(&mut snapshot, &meta.snapshot_id).await {
+            Ok(()) => blocking(|| {
+                self.db
+                    .write_opt(batch, &opts)
+                    .map_err(std::io::Error::other)
+            }),
+            Err(e) => Err(e),
+        };
+        written.map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         self.snapshots.prune(&meta.snapshot_id);
 
         self.applied = meta.last_log_id;
@@ -718,11 +682,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(meta) = meta else {
             return Ok(None);
         };
-        let data = blocking(|| self.snapshots.read(&meta.snapshot_id))
+        let data = self
+            .snapshots
+            .open(&meta.snapshot_id)
+            .await
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(data),
         }))
     }
 }
@@ -730,7 +697,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 /// Serializes a point-in-time copy of the registry, off the apply path.
 pub struct SnapshotBuilder {
     db: Arc<DB>,
-    snapshots: SnapshotFiles,
+    snapshots: SnapshotDir,
     data: RegistryData,
     applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, crate::Member>,
@@ -740,9 +707,6 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
         let registry = std::mem::take(&mut self.data);
-        // Tens of MB for a large registry: serialized off the async workers' backs.
-        let data = blocking(|| format::encode_snapshot(registry))
-            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         let snapshot_id = match self.applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.seq),
             None => format!("0-0-{}", self.seq),
@@ -756,17 +720,24 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         batch.put_cf(cf(&self.db, CF_SM), KEY_SNAPSHOT, to_json(&meta)?);
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
+        // Tens of MB for a large registry: encoded straight to the file, off the async
+        // workers' backs.
         blocking(|| {
-            self.snapshots.write(&meta.snapshot_id, &data)?;
+            self.snapshots.write(&meta.snapshot_id, registry)?;
             self.db
                 .write_opt(batch, &opts)
                 .map_err(std::io::Error::other)
         })
         .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         self.snapshots.prune(&meta.snapshot_id);
+        let data = self
+            .snapshots
+            .open(&meta.snapshot_id)
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(data),
         })
     }
 }

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
-use std::io::Cursor;
+use tokio::io::AsyncWriteExt;
 
 use cairn_raft::store::{self, StateMachine};
 use cairn_raft::TypeConfig;
@@ -126,6 +126,11 @@ async fn snapshot_round_trips_into_a_fresh_store() {
     assert_eq!(target.applied_state().await.unwrap().0, Some(log_id(6)));
     let current = target.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, snap.meta);
+    let kept = source.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(
+        kept.meta, snap.meta,
+        "the source keeps its own snapshot file"
+    );
 
     // And the installed state survives a restart.
     drop((log, target));
@@ -150,13 +155,21 @@ async fn a_bad_snapshot_is_refused_and_changes_nothing() {
         br#"{"format": 1, "list_index": 50, "services": []}"#.to_vec(),
     ];
     for bytes in bad_inputs {
-        let res = sm
-            .install_snapshot(&meta, Box::new(Cursor::new(bytes)))
-            .await;
+        let mut data = sm.begin_receiving_snapshot().await.unwrap();
+        data.write_all(&bytes).await.unwrap();
+        let res = sm.install_snapshot(&meta, data).await;
         assert!(res.is_err());
         assert_eq!(sm.registry().export(), before);
         assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(6)));
     }
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        files.is_empty(),
+        "no refused snapshot stays behind: {files:?}"
+    );
     drop(sm);
     let (_log, sm) = store::open(dir.path()).unwrap();
     assert_eq!(sm.registry().export(), before, "nothing was written either");

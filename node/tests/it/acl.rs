@@ -638,7 +638,10 @@ async fn t60_py_consul_registers_with_a_token_and_reports_permission_denied_with
     policy(&c, "web-write", json!({"service_prefix": {"web": "write"}})).await;
     let (_, secret) = token(&c, &["web-write"], None).await;
     let python = crate::consul::python_with_py_consul();
-    let (host, port) = (c.node(1).http.ip().to_string(), c.node(1).http.port().to_string());
+    let (host, port) = (
+        c.node(1).http.ip().to_string(),
+        c.node(1).http.port().to_string(),
+    );
     let script = r#"
 import sys, consul
 host, port, secret = sys.argv[1], int(sys.argv[2]), sys.argv[3]

@@ -613,9 +613,12 @@ async fn t90_a_snapshot_chunk_at_a_far_offset_is_refused_before_it_is_written() 
     let leader = c.leader().await;
     let follower = (1..=3).find(|n| *n != leader).unwrap();
     let rpc = c.node(follower).rpc;
+    // The leader's current vote, so that the follower takes the chunks as the leader's.
+    let (_, status) = c.get(follower, "/v1/cluster").await;
+    let term = status["term"].as_u64().unwrap();
     let chunk = |id: &str, offset: u64| {
         json!({
-            "vote": {"leader_id": {"term": 1, "node_id": leader}, "committed": true},
+            "vote": {"leader_id": {"term": term, "node_id": leader}, "committed": true},
             "meta": {
                 "last_log_id": null,
                 "last_membership": {"log_id": null, "membership": {"configs": [], "nodes": {}}},
@@ -626,24 +629,54 @@ async fn t90_a_snapshot_chunk_at_a_far_offset_is_refused_before_it_is_written() 
             "done": false
         })
     };
-    let send = |body: serde_json::Value| {
-        let req = c
+    let send = |body: serde_json::Value, size: Option<u64>| {
+        let mut req = c
             .http
             .post(format!("http://{rpc}/raft/snapshot"))
             .header("x-cairn-cluster", "cairn")
             .header("x-cairn-from", leader.to_string())
             .json(&body);
+        if let Some(size) = size {
+            req = req.header("x-cairn-snapshot-size", size.to_string());
+        }
         async move {
             let res = req.send().await.unwrap();
             (res.status().as_u16(), res.text().await.unwrap())
         }
     };
     // Written at 1 TiB into an in-memory buffer, this chunk would make the node allocate 1 TiB.
-    let (status, body) = send(chunk("forged-1", 1 << 40)).await;
+    let (status, body) = send(chunk("forged-1", 1 << 40), Some(1 << 41)).await;
     assert_eq!(status, 400, "{body}");
+    assert!(body.contains("over the limit"), "{body}");
+    let (status, body) = send(chunk("forged-1", 1 << 40), Some(1 << 20)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("past the announced"), "{body}");
     // A new snapshot must start at 0; a chunk may not leave a hole.
-    let (status, body) = send(chunk("forged-2", 4096)).await;
+    let (status, body) = send(chunk("forged-2", 4096), Some(1 << 20)).await;
     assert_eq!(status, 400, "{body}");
+    assert!(body.contains("must start at offset 0"), "{body}");
+    // A good start leaves a download in progress; a chunk leaving a hole then ends it.
+    let (status, body) = send(chunk("forged-4", 0), Some(1 << 20)).await;
+    assert_eq!(status, 200, "{body}");
+    let incoming = || {
+        std::fs::read_dir(c.node(follower).data_dir.join("snapshots"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("incoming-"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(incoming(), 1, "the first chunk went to a file");
+    let (status, body) = send(chunk("forged-4", 4096), Some(1 << 20)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("leaves a hole"), "{body}");
+    assert_eq!(incoming(), 0, "the refused download's file is gone");
+    // Every chunk announces the whole snapshot's size.
+    let (status, body) = send(chunk("forged-3", 0), None).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("x-cairn-snapshot-size"), "{body}");
+    assert_eq!(incoming(), 0, "nothing refused stays on disk");
     // The node is fine and still in the cluster.
     let index = c.register(follower, "web", "after").await;
     assert!(index > 0);

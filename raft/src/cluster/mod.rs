@@ -5,12 +5,14 @@
 //! - [`batch`]: group commit on the leader (many writes, one log entry);
 //! - [`membership`]: joining and removing members;
 //! - [`liveness`]: members reporting to the leader, down/up entries, and check placement;
-//! - [`barrier`]: the linearizable read barrier.
+//! - [`barrier`]: the linearizable read barrier;
+//! - [`snapshot`]: receiving a snapshot from the leader.
 
 mod barrier;
 mod batch;
 mod liveness;
 mod membership;
+mod snapshot;
 mod write;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,12 +29,14 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::rpc::client::{ClientTls, Transport};
+use crate::snapshot::Receiver;
 use crate::store::{self, OpenError};
 use crate::{Member, NodeId, Raft};
 
 use batch::{run_batcher, Proposal, PROPOSAL_QUEUE};
 use liveness::{report_alive, watch_liveness};
 
+pub use snapshot::SnapshotRefused;
 pub use write::{WriteError, Written};
 
 /// Defaults of [`ClusterOptions`]; the agent's flags default to these same values.
@@ -176,14 +180,9 @@ pub struct Cluster {
     /// Leader only: when each member last said it was alive.
     alive: Mutex<std::collections::HashMap<NodeId, Instant>>,
     shut_down: Mutex<bool>,
-    /// The snapshot being received: its id and the end of the bytes received so far.
-    snapshot_in: Mutex<Option<(String, u64)>>,
+    /// The snapshot being received from the leader (see [`snapshot`]).
+    snapshot_in: tokio::sync::Mutex<Receiver>,
 }
-
-/// Largest snapshot a node accepts from the leader. openraft writes each chunk at the offset
-/// the sender names, into memory: without a bound, one chunk naming a far offset would make the
-/// node allocate up to it. A registry of a million instances is a few hundred MB.
-pub const MAX_SNAPSHOT_BYTES: u64 = 4 << 30;
 
 impl Cluster {
     /// Opens the store in `options.data_dir` and starts Raft. Does not bootstrap: see
@@ -197,6 +196,7 @@ impl Cluster {
         })?;
         let (log, sm) = store::open(&options.data_dir)?;
         let registry = sm.registry();
+        let snapshot_in = tokio::sync::Mutex::new(Receiver::new(sm.snapshot_dir()));
         let committed = log.committed_index();
         let config = Config {
             cluster_name: options.cluster_name.clone(),
@@ -243,7 +243,7 @@ impl Cluster {
             proposals,
             alive: Mutex::new(std::collections::HashMap::new()),
             shut_down: Mutex::new(false),
-            snapshot_in: Mutex::new(None),
+            snapshot_in,
         });
         tokio::spawn(report_alive(Arc::downgrade(&cluster)));
         tokio::spawn(watch_liveness(Arc::downgrade(&cluster)));
@@ -300,43 +300,6 @@ impl Cluster {
     /// The read view of the registry on this node.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
-    }
-
-    /// Checks a snapshot chunk before openraft writes it: a new snapshot starts at offset 0,
-    /// a chunk never leaves a hole after the bytes received, and none goes past
-    /// [`MAX_SNAPSHOT_BYTES`].
-    pub(crate) fn admit_snapshot_chunk(
-        &self,
-        snapshot_id: &str,
-        offset: u64,
-        len: usize,
-    ) -> Result<(), String> {
-        let end = offset
-            .checked_add(len as u64)
-            .filter(|end| *end <= MAX_SNAPSHOT_BYTES)
-            .ok_or_else(|| {
-                format!("snapshot chunk at {offset} goes past {MAX_SNAPSHOT_BYTES} bytes")
-            })?;
-        let mut current = self.snapshot_in.lock();
-        match current.as_mut() {
-            Some((id, received)) if id == snapshot_id => {
-                if offset > *received {
-                    return Err(format!(
-                        "snapshot chunk at {offset} leaves a hole after {received} bytes"
-                    ));
-                }
-                *received = (*received).max(end);
-            }
-            _ => {
-                if offset != 0 {
-                    return Err(format!(
-                        "a new snapshot must start at offset 0, not {offset}"
-                    ));
-                }
-                *current = Some((snapshot_id.to_owned(), end));
-            }
-        }
-        Ok(())
     }
 
     /// Whether cluster RPCs must come over mutual TLS with a member's certificate.

@@ -3,6 +3,8 @@
 //! the cluster owns a transport, never the reverse.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::io::SeekFrom;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,20 +12,24 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use cairn_tls::{node_name, Reloadable};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
-    Unreachable,
+    Fatal, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    ReplicationClosed, StreamingError, Timeout, Unreachable,
 };
+use openraft::network::snapshot_transport::{Chunked, SnapshotTransport};
 use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    SnapshotResponse, VoteRequest, VoteResponse,
 };
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, Snapshot, StorageError, Vote};
 use parking_lot::RwLock;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::io::AsyncSeekExt;
 
 use super::{
     Refusal, CLUSTER_HEADER, FROM_HEADER, MAX_RPC_BODY, PATH_APPEND, PATH_SNAPSHOT, PATH_VOTE,
+    SNAPSHOT_SIZE_HEADER,
 };
 use crate::{Member, NodeId, TypeConfig};
 
@@ -205,29 +211,42 @@ impl Transport {
         body: &Req,
         timeout: Duration,
     ) -> Result<Resp, SendError> {
+        self.post_with(target, addr, path, None, body, timeout)
+            .await
+    }
+
+    /// [`Transport::post`] with one more header.
+    async fn post_with<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        addr: &str,
+        path: &str,
+        header: Option<(&'static str, String)>,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, SendError> {
         let url = self.url(target, addr, path)?;
-        let res = self
+        let mut req = self
             .http()?
             .post(url)
             .header(CLUSTER_HEADER, &self.inner.cluster)
-            .header(FROM_HEADER, self.inner.from.to_string())
-            .json(body)
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| {
-                let chain = error_chain(&e);
-                // A connect that timed out is both: it was never sent. So is a request whose
-                // connection the server's TLS refused (under TLS 1.3 a client certificate is
-                // judged after the client has started sending, and answered with an alert).
-                if e.is_connect() || chain.contains("received fatal alert") {
-                    SendError::Unreachable(chain)
-                } else if e.is_timeout() {
-                    SendError::Timeout
-                } else {
-                    SendError::Lost(e)
-                }
-            })?;
+            .header(FROM_HEADER, self.inner.from.to_string());
+        if let Some((name, value)) = header {
+            req = req.header(name, value);
+        }
+        let res = req.json(body).timeout(timeout).send().await.map_err(|e| {
+            let chain = error_chain(&e);
+            // A connect that timed out is both: it was never sent. So is a request whose
+            // connection the server's TLS refused (under TLS 1.3 a client certificate is
+            // judged after the client has started sending, and answered with an alert).
+            if e.is_connect() || chain.contains("received fatal alert") {
+                SendError::Unreachable(chain)
+            } else if e.is_timeout() {
+                SendError::Timeout
+            } else {
+                SendError::Lost(e)
+            }
+        })?;
         let status = res.status();
         let bytes = res.bytes().await.map_err(|e| {
             if e.is_timeout() {
@@ -270,6 +289,7 @@ impl RaftNetworkFactory<TypeConfig> for Transport {
             transport: self.clone(),
             target,
             addr: node.rpc_addr.clone(),
+            snapshot_size: None,
         }
     }
 }
@@ -279,6 +299,8 @@ pub struct Peer {
     transport: Transport,
     target: NodeId,
     addr: String,
+    /// The size of the snapshot being sent, announced with each of its chunks.
+    snapshot_size: Option<u64>,
 }
 
 impl Peer {
@@ -294,9 +316,15 @@ impl Peer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let header = match action {
+            RPCTypes::InstallSnapshot => self
+                .snapshot_size
+                .map(|size| (SNAPSHOT_SIZE_HEADER, size.to_string())),
+            _ => None,
+        };
         let reply: Result<Resp, RaftError<NodeId, E>> = self
             .transport
-            .post(self.target, &self.addr, path, req, timeout)
+            .post_with(self.target, &self.addr, path, header, req, timeout)
             .await
             .map_err(|e| match e {
                 SendError::Unreachable(e) => {
@@ -356,6 +384,32 @@ impl RaftNetwork<TypeConfig> for Peer {
             option.hard_ttl(),
         )
         .await
+    }
+
+    /// openraft's chunked sending, with the snapshot's size measured first so that every chunk
+    /// can announce it.
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<NodeId>,
+        mut snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let size = snapshot
+            .snapshot
+            .seek(SeekFrom::End(0))
+            .await
+            .map_err(|e| {
+                StorageError::from_io_error(
+                    ErrorSubject::Snapshot(Some(snapshot.meta.signature())),
+                    ErrorVerb::Seek,
+                    e,
+                )
+            })?;
+        self.snapshot_size = Some(size);
+        let sent = Chunked::send_snapshot(self, vote, snapshot, cancel, option).await;
+        self.snapshot_size = None;
+        sent
     }
 
     async fn vote(

@@ -21,13 +21,18 @@ use crate::NodeId;
 pub const CLUSTER_HEADER: &str = "x-cairn-cluster";
 /// Header naming the node that sent a request.
 pub const FROM_HEADER: &str = "x-cairn-from";
+/// Header on every snapshot chunk with the whole snapshot's size in bytes (openraft's chunks
+/// carry only their offset): the receiver refuses a snapshot over its limit before writing any
+/// of it, and a chunk past the size announced.
+pub const SNAPSHOT_SIZE_HEADER: &str = "x-cairn-snapshot-size";
 
 /// Largest body of every RPC but a snapshot chunk: an append-entries request is split by the
 /// sender to stay under it (a log entry is a batch of at most ~1 MiB of operations, see
 /// `cluster::batch`), and a forwarded write is one validated operation.
 pub const MAX_RPC_BODY: usize = 8 * 1024 * 1024;
 /// Largest snapshot chunk body: openraft sends chunks of at most 3 MiB of snapshot bytes, which
-/// JSON (an array of numbers) makes up to ~4 times larger.
+/// JSON (an array of numbers) makes up to ~4 times larger. The receiver writes each chunk to a
+/// file (`crate::snapshot`), so a whole snapshot is never in memory.
 pub const MAX_SNAPSHOT_BODY: usize = 16 * 1024 * 1024;
 
 pub const PATH_APPEND: &str = "/raft/append";

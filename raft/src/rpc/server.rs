@@ -5,7 +5,8 @@
 //! be added accepts the leader that adds it), and hands the handler the sender as a [`Caller`].
 //! Routes added by other crates (the agent's heartbeat relay) are merged in *before* the layer
 //! is applied, so no route can forget admission. Bodies are capped at [`MAX_RPC_BODY`], snapshot
-//! chunks at [`MAX_SNAPSHOT_BODY`].
+//! chunks at [`MAX_SNAPSHOT_BODY`]; a chunk goes to a file, checked against the snapshot's
+//! announced size ([`SNAPSHOT_SIZE_HEADER`]) and the chunks before it (`crate::snapshot`).
 //!
 //! This is the one place that decides who a caller is. Over mutual TLS (when the node has
 //! certificates) the sender's header is only a claim: it counts when the certificate the
@@ -27,6 +28,7 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use super::{
     Forward, ForwardReply, Refusal, CLUSTER_HEADER, FROM_HEADER, MAX_RPC_BODY, MAX_SNAPSHOT_BODY,
     PATH_ALIVE, PATH_APPEND, PATH_FORWARD, PATH_READ_INDEX, PATH_SNAPSHOT, PATH_VOTE,
+    SNAPSHOT_SIZE_HEADER,
 };
 use crate::cluster::{Cluster, WriteError};
 use crate::{NodeId, TypeConfig};
@@ -135,15 +137,31 @@ async fn vote(
 
 async fn snapshot(
     State(cluster): State<Arc<Cluster>>,
+    headers: HeaderMap,
     Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
 ) -> Response {
-    if let Err(why) =
-        cluster.admit_snapshot_chunk(&req.meta.snapshot_id, req.offset, req.data.len())
-    {
-        tracing::warn!("refused a snapshot chunk: {why}");
-        return (StatusCode::BAD_REQUEST, Json(Refusal { message: why })).into_response();
+    let size = headers
+        .get(SNAPSHOT_SIZE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let Some(size) = size else {
+        let message = format!("a snapshot chunk needs the {SNAPSHOT_SIZE_HEADER} header");
+        return (StatusCode::BAD_REQUEST, Json(Refusal { message })).into_response();
+    };
+    match cluster.receive_snapshot_chunk(req, size).await {
+        Ok(reply) => Json(reply).into_response(),
+        Err(why) => {
+            let message = why.to_string();
+            let status = if why.is_local() {
+                tracing::error!("cannot receive a snapshot: {message}");
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                tracing::warn!("refused a snapshot chunk: {message}");
+                StatusCode::BAD_REQUEST
+            };
+            (status, Json(Refusal { message })).into_response()
+        }
     }
-    Json(cluster.raft().install_snapshot(req).await).into_response()
 }
 
 async fn alive(State(cluster): State<Arc<Cluster>>, Extension(Caller(from)): Extension<Caller>) {
