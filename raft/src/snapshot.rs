@@ -145,6 +145,11 @@ pub struct SnapshotDir {
     dir: PathBuf,
     /// Numbers the incoming files, so two are never one.
     incoming: Arc<AtomicU64>,
+    /// Held while the current snapshot changes (a file renamed into place, the metadata record
+    /// written, the others pruned) and while it is opened from its metadata: without it, a
+    /// reader can open a file a build or install just pruned, an I/O error openraft treats as
+    /// fatal.
+    current: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SnapshotDir {
@@ -152,7 +157,13 @@ impl SnapshotDir {
         SnapshotDir {
             dir,
             incoming: Arc::new(AtomicU64::new(0)),
+            current: Arc::default(),
         }
+    }
+
+    /// Exclusive use of the current snapshot: its file, its metadata record and pruning.
+    pub(crate) async fn exclusive(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.current.lock().await
     }
 
     fn file_name(id: &str) -> String {

@@ -658,6 +658,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut opts = WriteOptions::default();
         // The log behind this snapshot may be purged next: the snapshot must be durable first.
         opts.set_sync(true);
+        let current = self.snapshots.exclusive().await;
         let written = match self.snapshots.adopt(&mut snapshot, &meta.snapshot_id).await {
             Ok(()) => blocking(|| {
                 self.db
@@ -668,6 +669,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         written.map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         self.snapshots.prune(&meta.snapshot_id);
+        drop(current);
 
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
@@ -677,6 +679,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        // Once open, the file outlives a prune; between reading the record and opening it, no
+        // build or install may replace it.
+        let _current = self.snapshots.exclusive().await;
         let meta: Option<SnapshotMeta<NodeId, crate::Member>> =
             read_json(&self.db, CF_SM, KEY_SNAPSHOT)?;
         let Some(meta) = meta else {
@@ -721,7 +726,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         // Tens of MB for a large registry: encoded straight to the file, off the async
-        // workers' backs.
+        // workers' backs. The file, the record and the pruning change together, and this build's
+        // file is opened before an install could prune it.
+        let _current = self.snapshots.exclusive().await;
         blocking(|| {
             self.snapshots.write(&meta.snapshot_id, registry)?;
             self.db

@@ -334,14 +334,18 @@ impl Authorizer {
     }
 }
 
-/// The ACL state a node holds, kept current by apply.
+/// The ACL state a node holds, kept current by apply. The maps are persistent (`imbl`): apply
+/// changes a copy in O(log n) whatever the number of tokens, and readers keep the version they
+/// took.
 #[derive(Debug, Default, Clone)]
 pub struct AclState {
     pub bootstrap_index: Option<u64>,
-    pub policies: HashMap<String, Arc<Policy>>,
-    pub tokens: HashMap<String, Arc<Token>>,
+    pub policies: imbl::HashMap<String, Arc<Policy>>,
+    pub tokens: imbl::HashMap<String, Arc<Token>>,
     /// Secret hash → accessor.
-    by_secret: HashMap<String, String>,
+    by_secret: imbl::HashMap<String, String>,
+    /// (expiry, accessor) of every token that expires: the reaper's next due token is the first.
+    expiries: imbl::OrdSet<(u64, String)>,
 }
 
 impl AclState {
@@ -372,13 +376,12 @@ impl AclState {
     }
 
     pub(crate) fn put_token(&mut self, t: Token) {
-        if let Some(old) = self.tokens.get(&t.accessor) {
-            if let Some(h) = &old.secret_hash {
-                self.by_secret.remove(h);
-            }
-        }
+        self.remove_token(&t.accessor);
         if let Some(h) = &t.secret_hash {
             self.by_secret.insert(h.clone(), t.accessor.clone());
+        }
+        if let Some(e) = t.expires_at_ms {
+            self.expiries.insert((e, t.accessor.clone()));
         }
         self.tokens.insert(t.accessor.clone(), Arc::new(t));
     }
@@ -388,7 +391,19 @@ impl AclState {
         if let Some(h) = &t.secret_hash {
             self.by_secret.remove(h);
         }
+        if let Some(e) = t.expires_at_ms {
+            self.expiries.remove(&(e, t.accessor.clone()));
+        }
         Some(t)
+    }
+
+    /// Accessors of the tokens whose expiry is at or before `time_ms`.
+    pub fn expired_by(&self, time_ms: u64) -> Vec<String> {
+        self.expiries
+            .iter()
+            .take_while(|(e, _)| *e <= time_ms)
+            .map(|(_, a)| a.clone())
+            .collect()
     }
 
     /// The token a secret belongs to.
@@ -444,7 +459,7 @@ impl AclState {
 
     /// The earliest expiry of any token, for the leader's reaper.
     pub fn next_expiry(&self) -> Option<u64> {
-        self.tokens.values().filter_map(|t| t.expires_at_ms).min()
+        self.expiries.get_min().map(|(e, _)| *e)
     }
 }
 
@@ -672,6 +687,13 @@ mod tests {
             s.authorize(AclMode::Off, Some("nope"), 0).unwrap().acl(),
             Access::Write
         );
+        // The reaper's index follows the tokens.
+        let mut s = s;
+        assert_eq!(s.next_expiry(), Some(1_000));
+        assert_eq!(s.expired_by(999), Vec::<String>::new());
+        assert_eq!(s.expired_by(1_000), ["t1"]);
+        s.remove_token("t1");
+        assert_eq!(s.next_expiry(), None);
     }
 
     #[test]

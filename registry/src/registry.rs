@@ -582,12 +582,7 @@ impl Registry {
                 OpResult::Ok
             }
             Op::AclExpireTokens => {
-                let expired: Vec<String> = state
-                    .tokens
-                    .values()
-                    .filter(|t| t.expires_at_ms.is_some_and(|e| e <= time_ms))
-                    .map(|t| t.accessor.clone())
-                    .collect();
+                let expired = state.expired_by(time_ms);
                 if expired.is_empty() {
                     return OpResult::Ok;
                 }

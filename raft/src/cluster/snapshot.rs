@@ -11,7 +11,7 @@ use std::cmp::Ordering;
 
 use openraft::error::{Fatal, InstallSnapshotError, RaftError};
 use openraft::raft::SnapshotResponse;
-use openraft::raft::{InstallSnapshotRequest, InstallSnapshotResponse};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, InstallSnapshotResponse};
 use openraft::Snapshot;
 
 use super::Cluster;
@@ -77,22 +77,57 @@ impl Cluster {
             // Not from the leader this node follows: answered with its vote, nothing written.
             return Ok(Ok(InstallSnapshotResponse { vote }));
         }
+        // The chunks are the leader's only messages to this node while they flow: each must
+        // count as the leader's contact, or the election timer fires mid-transfer, the new term
+        // restarts the transfer, and a large snapshot never arrives.
+        self.keep_following(req.vote).await;
         let mut data = match receiver.receive(&chunk).await? {
             Progress::More => return Ok(Ok(InstallSnapshotResponse { vote })),
             Progress::Done(data) => data,
         };
         drop(receiver);
         let last_index = req.meta.last_log_id.map_or(0, |l| l.index);
-        // Dropping `data` on a refusal removes the file.
-        data.check(last_index).await?;
-        let snapshot = Snapshot {
-            meta: req.meta,
-            snapshot: data,
+        // Decoding and installing a large snapshot takes a while too: keep following meanwhile.
+        let leader_vote = req.vote;
+        let install = async {
+            // Dropping `data` on a refusal removes the file.
+            data.check(last_index).await?;
+            let snapshot = Snapshot {
+                meta: req.meta,
+                snapshot: data,
+            };
+            let installed: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> =
+                self.raft.install_full_snapshot(leader_vote, snapshot).await;
+            Ok(installed
+                .map(InstallSnapshotResponse::from)
+                .map_err(RaftError::Fatal))
         };
-        let installed: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> =
-            self.raft.install_full_snapshot(req.vote, snapshot).await;
-        Ok(installed
-            .map(InstallSnapshotResponse::from)
-            .map_err(RaftError::Fatal))
+        tokio::pin!(install);
+        let mut tick = tokio::time::interval(KEEP_FOLLOWING_EVERY);
+        loop {
+            tokio::select! {
+                done = &mut install => return done,
+                _ = tick.tick() => self.keep_following(leader_vote).await,
+            }
+        }
+    }
+
+    /// Tells openraft that the leader of `vote` was just heard from, as its heartbeat would: an
+    /// append-entries with no entries and no log position, which changes nothing but the vote's
+    /// time (no entry is appended or truncated, nothing is committed).
+    async fn keep_following(&self, vote: openraft::Vote<NodeId>) {
+        let beat = AppendEntriesRequest {
+            vote,
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        };
+        if let Err(e) = self.raft.append_entries(beat).await {
+            tracing::debug!("cannot refresh the leader's contact during a snapshot: {e}");
+        }
     }
 }
+
+/// How often a follower busy installing a snapshot counts the leader as heard from: well within
+/// the shortest election timeout.
+const KEEP_FOLLOWING_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
