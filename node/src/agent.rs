@@ -365,9 +365,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             recursors: config.dns.recursors.clone(),
             ..cairn_dns::ServerConfig::default()
         };
+        let answerer = cairn_dns::Answerer::new(zone, server_config);
         let stop = dns_stop.clone();
         servers.spawn(async move {
-            dns_listeners.serve(zone, server_config, stop).await;
+            dns_listeners.serve(answerer, stop).await;
             Ok(())
         });
     }
