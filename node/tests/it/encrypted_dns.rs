@@ -377,6 +377,56 @@ async fn t30_dns_tls_client_ca_admits_only_clients_with_its_certificates() {
 }
 
 #[tokio::test]
+async fn t35_acl_rights_apply_to_encrypted_dns_alike() {
+    // Default deny and no --dns-token-file: DNS answers for no service, over every transport.
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(pki_dir.path(), "cairn");
+    let mut extra = pki.agent_args(1);
+    extra.extend(
+        [
+            "--dns-tls-addr",
+            "127.0.0.1:0",
+            "--dns-https-addr",
+            "127.0.0.1:0",
+        ]
+        .map(String::from),
+    );
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let (c, _) = Cluster::start_acl(1, &extra).await;
+    register(
+        &c,
+        1,
+        "web",
+        "web-1",
+        json!({"address": "10.0.0.1", "port": 8080}),
+    )
+    .await;
+    let node = c.node(1);
+    let q = query("web.service.cairn.", RecordType::A, None);
+    let plain = udp_raw(node.dns, &q).await.expect("a UDP answer");
+    assert!(Message::from_vec(&plain).unwrap().answers.is_empty());
+
+    let doh = node.doh.unwrap();
+    let post = pki
+        .client(None, NODE_NAME, doh)
+        .post(doh_url(doh))
+        .header("content-type", "application/dns-message")
+        .body(q.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        post.bytes().await.unwrap().as_ref(),
+        plain.as_slice(),
+        "DoH"
+    );
+    let mut s = dot_connect(&tls_connector(&pki.ca(), None), node.dot.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(dot_exchange(&mut s, &q).await.unwrap(), plain, "DoT");
+}
+
+#[tokio::test]
 async fn t40_unbound_forwards_the_zone_over_tls_with_the_cluster_ca_only() {
     let Some(unbound) = tool("unbound") else {
         return;
@@ -493,12 +543,29 @@ struct Unbound {
 impl Unbound {
     fn start(unbound: &Path, dir: &Path, bundle: &Path, dot: SocketAddr) -> Unbound {
         std::fs::create_dir_all(dir).unwrap();
-        // unbound takes a port, not port 0: borrow a free one from the kernel.
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // unbound takes a port, not port 0: borrow a free one from the kernel, and try another
+        // when someone took it (UDP or TCP) before unbound bound it.
+        for _ in 0..5 {
+            let port = std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            if let Some(u) = Unbound::try_start(unbound, dir, bundle, dot, port) {
+                return u;
+            }
+        }
+        panic!("unbound found no free port in 5 tries");
+    }
+
+    /// `None` when unbound could not bind `port`; panics on any other failure.
+    fn try_start(
+        unbound: &Path,
+        dir: &Path,
+        bundle: &Path,
+        dot: SocketAddr,
+        port: u16,
+    ) -> Option<Unbound> {
         let conf = dir.join("unbound.conf");
         std::fs::write(
             &conf,
@@ -533,7 +600,8 @@ remote-control:
             ),
         )
         .unwrap();
-        let log = std::fs::File::create(dir.join("unbound.log")).unwrap();
+        let log_path = dir.join("unbound.log");
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(unbound)
             .args(["-d", "-c"])
             .arg(&conf)
@@ -548,10 +616,11 @@ remote-control:
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(_)) = u.child.try_wait() {
-                panic!(
-                    "unbound exited: {}",
-                    std::fs::read_to_string(dir.join("unbound.log")).unwrap_or_default()
-                );
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                if log.contains("could not open ports") {
+                    return None;
+                }
+                panic!("unbound exited: {log}");
             }
             let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
             probe
@@ -560,7 +629,7 @@ remote-control:
             let q = query("localhost.", RecordType::A, None);
             let _ = probe.send_to(&q, addr);
             if probe.recv(&mut [0u8; 512]).is_ok() {
-                return u;
+                return Some(u);
             }
             assert!(
                 std::time::Instant::now() < deadline,
