@@ -1,5 +1,5 @@
 //! Cairn's DNS interface: every node answers for its zone (`cairn.` by default) from its own
-//! registry view, over UDP and TCP.
+//! registry view, over UDP and TCP, and optionally over TLS and HTTPS.
 //!
 //! | name | answer |
 //! | --- | --- |
@@ -11,8 +11,9 @@
 //!
 //! The pieces: [`wire`] reads queries and writes messages (only what an authoritative server
 //! needs, written for speed: records are encoded once per service change, not per query);
-//! [`answer`] holds the naming scheme and the [`Zone`]; [`server`] the UDP and TCP listeners and
-//! forwarding of other names to upstream resolvers.
+//! [`answer`] holds the naming scheme and the [`Zone`]; [`server`] the UDP and TCP listeners,
+//! forwarding of other names to upstream resolvers, and the [`Answerer`] every transport answers
+//! through; [`dot`] serves DNS over TLS and [`doh`] routes DNS over HTTPS, with the same answers.
 //!
 //! ```
 //! use cairn_dns::wire;
@@ -25,8 +26,10 @@
 //! ```
 
 pub mod answer;
+pub mod doh;
+pub mod dot;
 pub mod server;
 pub mod wire;
 
 pub use answer::{check_domain, Nameservers, Outcome, Zone, ZoneConfig};
-pub use server::{Listeners, ServerConfig};
+pub use server::{Answerer, Listeners, ServerConfig};

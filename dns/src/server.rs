@@ -1,10 +1,14 @@
 //! The listeners: UDP and TCP on one address, and forwarding of names outside the zone.
+//!
+//! An [`Answerer`] holds what every transport shares (the zone, the upstreams and the bound on
+//! forwards in flight); DNS over TLS and over HTTPS ([`crate::dot`], [`crate::doh`]) answer
+//! through the same one as TCP, so a question gets the same bytes over each.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -15,8 +19,8 @@ use crate::wire::{self, ParseError};
 
 /// Largest datagram read. Queries are small; a larger one is cut and then refused as malformed.
 const UDP_READ_BUFFER: usize = 4096;
-/// TCP answers may use the whole 16-bit length.
-const TCP_LIMIT: usize = 65_535;
+/// Answers over a stream (TCP, TLS, HTTPS) may use the whole 16-bit length of TCP's framing.
+pub const STREAM_LIMIT: usize = 65_535;
 
 /// Listener settings.
 #[derive(Debug, Clone)]
@@ -27,9 +31,10 @@ pub struct ServerConfig {
     pub forward_timeout: Duration,
     /// Forwarded queries in flight at once; beyond this the answer is SERVFAIL at once.
     pub max_forwards: usize,
-    /// Open TCP connections; a connection beyond this is closed at once.
+    /// Open connections on each stream listener (TCP, and DNS over TLS and HTTPS when served);
+    /// a connection beyond this is closed at once.
     pub max_tcp_connections: usize,
-    /// A TCP connection with no query for this long is closed.
+    /// A connection with no query for this long is closed (TCP, TLS and HTTPS alike).
     pub tcp_idle_timeout: Duration,
     /// Tasks reading the UDP socket.
     pub udp_workers: usize,
@@ -76,12 +81,8 @@ impl Listeners {
     }
 
     /// Serves until `stop` is cancelled.
-    pub async fn serve(self, zone: Arc<Zone>, config: ServerConfig, stop: CancellationToken) {
-        let shared = Arc::new(Shared {
-            zone,
-            forwards: Arc::new(Semaphore::new(config.max_forwards)),
-            config,
-        });
+    pub async fn serve(self, answerer: Answerer, stop: CancellationToken) {
+        let shared = answerer.0;
         let udp = Arc::new(self.udp);
         let mut tasks = JoinSet::new();
         for _ in 0..shared.config.udp_workers.max(1) {
@@ -98,6 +99,78 @@ struct Shared {
     forwards: Arc<Semaphore>,
 }
 
+/// Answers DNS messages for every listener of a node: the zone's answers, and the upstreams'
+/// for names outside it, under one bound on forwards in flight. Clones share all of it.
+#[derive(Clone)]
+pub struct Answerer(Arc<Shared>);
+
+impl Answerer {
+    pub fn new(zone: Arc<Zone>, config: ServerConfig) -> Answerer {
+        Answerer(Arc::new(Shared {
+            zone,
+            forwards: Arc::new(Semaphore::new(config.max_forwards)),
+            config,
+        }))
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.0.config
+    }
+
+    /// The reply to `request` over a stream transport (TCP, TLS, HTTPS), where an answer may
+    /// take [`STREAM_LIMIT`] bytes. `None`: the message earns no reply (it is not a query).
+    pub async fn answer_stream(&self, request: &[u8]) -> Option<Vec<u8>> {
+        let shared = &self.0;
+        match handle(shared, request, false) {
+            Action::Send(bytes) => Some(bytes),
+            Action::Forward => Some(match shared.forwards.clone().try_acquire_owned() {
+                Ok(_permit) => forward(&shared.config, request, true).await,
+                Err(_) => servfail(request),
+            }),
+            Action::Nothing => None,
+        }
+    }
+
+    /// Answers the queries that arrive on `stream`, each framed by its two-byte length (RFC
+    /// 1035 4.2.2; RFC 7858 for TLS), until the client closes it, sends no query for the idle
+    /// timeout, sends what is not a query, or `closing` is cancelled (checked between queries).
+    pub async fn serve_stream<S>(
+        &self,
+        mut stream: S,
+        closing: &CancellationToken,
+    ) -> std::io::Result<()>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let idle = self.0.config.tcp_idle_timeout;
+        let mut buf = Vec::with_capacity(512);
+        loop {
+            let len = tokio::select! {
+                _ = closing.cancelled() => break,
+                r = tokio::time::timeout(idle, stream.read_u16()) => match r {
+                    Ok(Ok(len)) => usize::from(len),
+                    // Idle, closed by the client, or broken: all end the connection quietly.
+                    _ => break,
+                },
+            };
+            buf.resize(len, 0);
+            tokio::time::timeout(idle, stream.read_exact(&mut buf))
+                .await
+                .map_err(|_| std::io::Error::other("timed out reading a query"))??;
+            let Some(reply) = self.answer_stream(&buf).await else {
+                break;
+            };
+            let mut out = Vec::with_capacity(reply.len() + 2);
+            out.extend_from_slice(&(reply.len() as u16).to_be_bytes());
+            out.extend_from_slice(&reply);
+            stream.write_all(&out).await?;
+        }
+        // A clean end: TLS's close_notify, TCP's FIN.
+        let _ = stream.shutdown().await;
+        Ok(())
+    }
+}
+
 /// What to send back for a request, over a transport with `limit` bytes.
 enum Action {
     Send(Vec<u8>),
@@ -108,7 +181,7 @@ enum Action {
 fn handle(shared: &Shared, request: &[u8], udp: bool) -> Action {
     match wire::parse_query(request) {
         Ok(q) => {
-            let limit = if udp { q.udp_limit() } else { TCP_LIMIT };
+            let limit = if udp { q.udp_limit() } else { STREAM_LIMIT };
             match shared.zone.answer(&q, limit) {
                 Outcome::Reply(bytes) => Action::Send(bytes),
                 Outcome::Forward => Action::Forward,
@@ -178,6 +251,7 @@ async fn udp_loop(sock: Arc<UdpSocket>, shared: Arc<Shared>, stop: CancellationT
 
 async fn tcp_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     let connections = Arc::new(Semaphore::new(shared.config.max_tcp_connections));
+    let answerer = Answerer(shared);
     let mut open = JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -195,12 +269,13 @@ async fn tcp_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellation
             tracing::debug!(%peer, "DNS TCP connection limit reached; closing");
             continue;
         };
-        let (shared, stop) = (shared.clone(), stop.clone());
+        let (answerer, stop) = (answerer.clone(), stop.clone());
         open.spawn(async move {
             let _permit = permit;
+            let _ = stream.set_nodelay(true);
             tokio::select! {
                 _ = stop.cancelled() => {}
-                r = tcp_connection(stream, &shared) => {
+                r = answerer.serve_stream(stream, &stop) => {
                     if let Err(e) = r {
                         tracing::debug!(%peer, "DNS TCP connection: {e}");
                     }
@@ -210,35 +285,6 @@ async fn tcp_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellation
         while open.try_join_next().is_some() {}
     }
     open.shutdown().await;
-}
-
-async fn tcp_connection(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
-    let _ = stream.set_nodelay(true);
-    let idle = shared.config.tcp_idle_timeout;
-    let mut buf = Vec::with_capacity(512);
-    loop {
-        let len = match tokio::time::timeout(idle, stream.read_u16()).await {
-            Ok(Ok(len)) => usize::from(len),
-            // Idle, closed by the client, or broken: all end the connection quietly.
-            _ => return Ok(()),
-        };
-        buf.resize(len, 0);
-        tokio::time::timeout(idle, stream.read_exact(&mut buf))
-            .await
-            .map_err(|_| std::io::Error::other("timed out reading a query"))??;
-        let reply = match handle(shared, &buf, false) {
-            Action::Send(bytes) => bytes,
-            Action::Forward => match shared.forwards.clone().try_acquire_owned() {
-                Ok(_permit) => forward(&shared.config, &buf, true).await,
-                Err(_) => servfail(&buf),
-            },
-            Action::Nothing => return Ok(()),
-        };
-        let mut out = Vec::with_capacity(reply.len() + 2);
-        out.extend_from_slice(&(reply.len() as u16).to_be_bytes());
-        out.extend_from_slice(&reply);
-        stream.write_all(&out).await?;
-    }
 }
 
 fn servfail(query: &[u8]) -> Vec<u8> {

@@ -630,6 +630,41 @@ pub fn read_response(buf: &[u8]) -> Result<(u8, bool, Vec<Answer>), String> {
     Ok((rcode, truncated, out))
 }
 
+/// The smallest TTL of the records in a response's answer and authority sections (the SOA of a
+/// negative answer), for an HTTP cache's freshness (RFC 8484 5.1); `None` when they hold no
+/// record or the message cannot be read.
+pub fn min_ttl(buf: &[u8]) -> Option<u32> {
+    let header = buf.get(..HEADER_LEN)?;
+    let count = |i: usize| usize::from(u16::from_be_bytes([header[i], header[i + 1]]));
+    let mut pos = HEADER_LEN;
+    for _ in 0..count(4) {
+        pos = skip_name(buf, pos)? + 4;
+    }
+    let mut min: Option<u32> = None;
+    for _ in 0..count(6) + count(8) {
+        let p = skip_name(buf, pos)?;
+        let fixed = buf.get(p..p + 10)?;
+        let ttl = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
+        pos = p + 10 + usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
+        buf.get(p + 10..pos)?;
+        min = Some(min.map_or(ttl, |m| m.min(ttl)));
+    }
+    min
+}
+
+/// The position after the (possibly compressed) name at `pos`.
+fn skip_name(buf: &[u8], mut pos: usize) -> Option<usize> {
+    loop {
+        let len = *buf.get(pos)?;
+        match len {
+            0 => return Some(pos + 1),
+            1..=63 => pos += 1 + usize::from(len),
+            0xC0..=0xFF => return buf.get(pos + 1).map(|_| pos + 2),
+            _ => return None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -786,6 +821,40 @@ mod tests {
         assert_eq!(answers[0].data, "1 3 8080 0a000001.addr.cairn.");
         assert_eq!(answers[1].data, "10.0.0.1");
         assert!(read_response(&bytes[..bytes.len() - 2]).is_err());
+    }
+
+    #[test]
+    fn min_ttl_reads_answers_and_authority_not_additional() {
+        let q = query("web.service.cairn.", TYPE_A, None);
+        let p = parse_query(&q).unwrap();
+        let mut r = Response::new(p.id, p.question, 512);
+        let a = |ttl, last| {
+            encode_rr(
+                &QNAME_POINTER,
+                TYPE_A,
+                ttl,
+                &a_rdata(Ipv4Addr::new(10, 0, 0, last)),
+            )
+        };
+        r.answer(&a(30, 1), 512, 0);
+        r.answer(&a(7, 2), 512, 0);
+        r.additional(&a(1, 3), 512, 0);
+        let flags = Flags {
+            opcode: 0,
+            authoritative: true,
+            truncated: false,
+            recursion_desired: false,
+            recursion_available: false,
+            rcode: RCODE_NOERROR,
+        };
+        let bytes = r.finish(flags);
+        assert_eq!(min_ttl(&bytes), Some(7));
+        assert_eq!(min_ttl(&error_response(1, 0, RCODE_REFUSED)), None);
+        assert_eq!(
+            min_ttl(&bytes[..bytes.len() - 20]),
+            None,
+            "cut in the answers"
+        );
     }
 
     #[test]

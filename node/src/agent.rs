@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AgentConfig, Membership, NodeTls};
+use crate::config::{AgentConfig, DnsTlsConfig, Membership, NodeTls};
 use crate::http;
 
 /// How long in-flight requests get to finish once shutdown begins.
@@ -56,6 +56,10 @@ pub struct Bound {
     pub dns: SocketAddr,
     pub rpc: SocketAddr,
     pub https: Option<SocketAddr>,
+    /// DNS over TLS, when served.
+    pub dot: Option<SocketAddr>,
+    /// DNS over HTTPS, when served.
+    pub doh: Option<SocketAddr>,
 }
 
 impl std::fmt::Display for Bound {
@@ -68,12 +72,21 @@ impl std::fmt::Display for Bound {
         if let Some(https) = self.https {
             write!(f, " https={https}")?;
         }
+        if let Some(dot) = self.dot {
+            write!(f, " dot={dot}")?;
+        }
+        if let Some(doh) = self.doh {
+            write!(f, " doh={doh}")?;
+        }
         Ok(())
     }
 }
 
 /// Open cluster RPC connections get this long to finish at shutdown.
 const RPC_DRAIN: Duration = Duration::from_secs(5);
+/// Open DNS over TLS and HTTPS connections get this long to finish at shutdown: a query in
+/// flight takes at most a forwarding time-out.
+const DNS_DRAIN: Duration = Duration::from_secs(3);
 
 /// The cluster RPC's mutual TLS: this node's listener and its calls to the others, both from
 /// the same files and both reloaded when they change or on SIGHUP.
@@ -140,6 +153,19 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         Some(h) => Some(bind("HTTPS", h.addr).await?),
         None => None,
     };
+    let (dot_listener, doh_listener) = match &config.dns_tls {
+        Some(d) => (
+            match d.tls_addr {
+                Some(addr) => Some(bind("DNS over TLS", addr).await?),
+                None => None,
+            },
+            match d.https_addr {
+                Some(addr) => Some(bind("DNS over HTTPS", addr).await?),
+                None => None,
+            },
+        ),
+        None => (None, None),
+    };
     let dns_listeners = cairn_dns::Listeners::bind(config.dns.addr)
         .await
         .map_err(|source| AgentError::Bind {
@@ -171,6 +197,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 source,
             })?,
         https: https_listener.as_ref().and_then(|l| l.local_addr().ok()),
+        dot: dot_listener.as_ref().and_then(|l| l.local_addr().ok()),
+        doh: doh_listener.as_ref().and_then(|l| l.local_addr().ok()),
     };
 
     // Dev mode without --data-dir: a temporary folder that disappears with the agent.
@@ -365,9 +393,42 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             recursors: config.dns.recursors.clone(),
             ..cairn_dns::ServerConfig::default()
         };
+        // One answerer for every transport: the same answers, and one bound on forwards.
+        let answerer = cairn_dns::Answerer::new(zone, server_config);
+        if let Some(d) = &config.dns_tls {
+            let mut reload: Vec<Arc<dyn cairn_tls::Reload>> = Vec::new();
+            if let Some(listener) = dot_listener {
+                let tls = Arc::new(dns_tls(d, "DNS over TLS", &[cairn_dns::dot::ALPN])?);
+                reload.push(tls.clone());
+                let (answerer, stop) = (answerer.clone(), dns_stop.clone());
+                servers.spawn(async move {
+                    cairn_dns::dot::serve(listener, tls, answerer, stop, DNS_DRAIN).await;
+                    Ok(())
+                });
+            }
+            if let Some(listener) = doh_listener {
+                let tls = Arc::new(dns_tls(d, "DNS over HTTPS", cairn_dns::doh::ALPN)?);
+                reload.push(tls.clone());
+                let limits = cairn_tls::Limits {
+                    max_connections: answerer.config().max_tcp_connections,
+                    idle_timeout: answerer.config().tcp_idle_timeout,
+                };
+                let app = cairn_dns::doh::router(answerer.clone());
+                let stop = dns_stop.clone();
+                servers.spawn(async move {
+                    cairn_tls::serve_tls_with(listener, tls, app, limits, stop, DNS_DRAIN).await;
+                    Ok(())
+                });
+            }
+            tokio::spawn(cairn_tls::keep_fresh(
+                reload,
+                cairn_tls::config::CHECK_FILES_EVERY,
+                dns_stop.clone(),
+            ));
+        }
         let stop = dns_stop.clone();
         servers.spawn(async move {
-            dns_listeners.serve(zone, server_config, stop).await;
+            dns_listeners.serve(answerer, stop).await;
             Ok(())
         });
     }
@@ -411,6 +472,24 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     drop(cluster);
     tracing::info!("stopped");
     result
+}
+
+/// The TLS of DNS over TLS or HTTPS: the node's certificate (the HTTPS API's files, reloaded
+/// alike), and client certificates verified with --dns-tls-client-ca.
+fn dns_tls(
+    d: &DnsTlsConfig,
+    name: &'static str,
+    alpn: &'static [&'static [u8]],
+) -> Result<cairn_tls::Reloadable<cairn_tls::rustls::ServerConfig>, AgentError> {
+    let files = [d.cert.clone(), d.key.clone()]
+        .into_iter()
+        .chain(d.client_ca.clone())
+        .collect();
+    let d = d.clone();
+    cairn_tls::Reloadable::new(name, files, move || {
+        cairn_tls::config::server_config(&d.cert, &d.key, d.client_ca.as_deref(), alpn)
+    })
+    .map_err(|e| AgentError::Tls(e.to_string()))
 }
 
 /// The cluster's members as DNS name servers: the IP of each one's RPC address, when it is one.

@@ -239,6 +239,21 @@ pub struct AgentArgs {
     #[arg(long, env = "CAIRN_TLS_CLIENT_CA", value_name = "FILE")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// DNS over TLS listen address (RFC 7858; port 853 by convention), with --tls-cert and
+    /// --tls-key: the same answers as --dns-addr, for resolvers that forward over TLS. Off
+    /// unless given.
+    #[arg(long, env = "CAIRN_DNS_TLS_ADDR", value_name = "IP:PORT")]
+    pub dns_tls_addr: Option<String>,
+
+    /// DNS over HTTPS listen address (RFC 8484: GET and POST on /dns-query, HTTP/1.1 and
+    /// HTTP/2), with --tls-cert and --tls-key: the same answers as --dns-addr. Off unless given.
+    #[arg(long, env = "CAIRN_DNS_HTTPS_ADDR", value_name = "IP:PORT")]
+    pub dns_https_addr: Option<String>,
+
+    /// Require DNS over TLS and HTTPS clients to present a certificate signed by this CA (PEM).
+    #[arg(long, env = "CAIRN_DNS_TLS_CLIENT_CA", value_name = "FILE")]
+    pub dns_tls_client_ca: Option<PathBuf>,
+
     /// CA certificates (PEM) that HTTPS health checks trust besides the public roots, for
     /// targets whose certificates a private CA signed. A check with `tls_skip_verify` trusts any.
     #[arg(long, env = "CAIRN_CHECK_CA_FILE", value_name = "FILE")]
@@ -482,6 +497,8 @@ pub struct AgentConfig {
     pub insecure_rpc: bool,
     /// The HTTPS API, when --https-addr is given.
     pub https: Option<HttpsConfig>,
+    /// DNS over TLS and over HTTPS, when either address is given.
+    pub dns_tls: Option<DnsTlsConfig>,
     /// CA certificates HTTPS health checks trust besides the public roots.
     pub check_ca_file: Option<PathBuf>,
     /// Whether ACLs are enforced, and their default.
@@ -496,6 +513,18 @@ pub struct AgentConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpsConfig {
     pub addr: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Clients must present a certificate this CA signed.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// DNS over TLS and HTTPS: their listeners (at least one), and the files they present and
+/// verify clients with, checked to load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsTlsConfig {
+    pub tls_addr: Option<SocketAddr>,
+    pub https_addr: Option<SocketAddr>,
     pub cert: PathBuf,
     pub key: PathBuf,
     /// Clients must present a certificate this CA signed.
@@ -604,6 +633,9 @@ impl AgentArgs {
             tls_key: self.tls_key.merge(under.tls_key),
             https_addr: self.https_addr.merge(under.https_addr),
             tls_client_ca: self.tls_client_ca.merge(under.tls_client_ca),
+            dns_tls_addr: self.dns_tls_addr.merge(under.dns_tls_addr),
+            dns_https_addr: self.dns_https_addr.merge(under.dns_https_addr),
+            dns_tls_client_ca: self.dns_tls_client_ca.merge(under.dns_tls_client_ca),
             check_ca_file: self.check_ca_file.merge(under.check_ca_file),
             insecure_rpc: self.insecure_rpc.merge(under.insecure_rpc),
             acl: self.acl.merge(under.acl),
@@ -659,12 +691,18 @@ impl AgentArgs {
         };
         let tls_cert = node_path("--tls-cert", self.tls_cert, node_id)?;
         let tls_key = node_path("--tls-key", self.tls_key, node_id)?;
+        let dns_tls = validate_dns_tls(
+            self.dns_tls_addr,
+            self.dns_https_addr,
+            tls_cert.as_ref().zip(tls_key.as_ref()),
+            self.dns_tls_client_ca,
+        )?;
         let https = validate_https(
             self.https_addr,
             tls_cert.clone(),
             tls_key.clone(),
             self.tls_client_ca,
-            self.ca_file.is_some(),
+            self.ca_file.is_some() || dns_tls.is_some(),
         )?;
         let tls = validate_tls(self.ca_file, tls_cert, tls_key, &cluster, node_id)?;
         let check_ca_file = match self.check_ca_file {
@@ -884,6 +922,7 @@ impl AgentArgs {
             tls,
             insecure_rpc,
             https,
+            dns_tls,
             check_ca_file,
             acl,
             dns_token,
@@ -974,14 +1013,60 @@ impl AgentArgs {
     }
 }
 
+/// DNS over TLS and HTTPS: their addresses, the node's certificate and key (--tls-cert,
+/// --tls-key, as the HTTPS API's), and optionally the CA clients' certificates must come from.
+fn validate_dns_tls(
+    tls_addr: Option<String>,
+    https_addr: Option<String>,
+    cert_key: Option<(&PathBuf, &PathBuf)>,
+    client_ca: Option<PathBuf>,
+) -> Result<Option<DnsTlsConfig>, ConfigError> {
+    if tls_addr.is_none() && https_addr.is_none() {
+        if client_ca.is_some() {
+            return Err(bad(
+                "--dns-tls-client-ca",
+                "applies to DNS over TLS and HTTPS: give --dns-tls-addr or --dns-https-addr too",
+            ));
+        }
+        return Ok(None);
+    }
+    let tls_addr = tls_addr
+        .map(|a| parse_addr("--dns-tls-addr", &a))
+        .transpose()?;
+    let https_addr = https_addr
+        .map(|a| parse_addr("--dns-https-addr", &a))
+        .transpose()?;
+    let setting = if tls_addr.is_some() {
+        "--dns-tls-addr"
+    } else {
+        "--dns-https-addr"
+    };
+    let Some((cert, key)) = cert_key else {
+        return Err(bad(
+            setting,
+            "needs --tls-cert and --tls-key (the certificate DNS clients check)",
+        ));
+    };
+    cairn_tls::config::server_config(cert, key, client_ca.as_deref(), &[])
+        .map_err(|e| bad(setting, e.to_string()))?;
+    Ok(Some(DnsTlsConfig {
+        tls_addr,
+        https_addr,
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca,
+    }))
+}
+
 /// The HTTPS API: an address, the certificate and key it presents (they load together), and
-/// optionally the CA its clients' certificates must come from.
+/// optionally the CA its clients' certificates must come from. `other_use`: the cluster RPC or
+/// encrypted DNS uses the certificate too.
 fn validate_https(
     addr: Option<String>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     client_ca: Option<PathBuf>,
-    has_ca: bool,
+    other_use: bool,
 ) -> Result<Option<HttpsConfig>, ConfigError> {
     if cert.is_some() != key.is_some() {
         return Err(bad(
@@ -996,10 +1081,10 @@ fn validate_https(
                 "applies to the HTTPS API: give --https-addr too",
             ));
         }
-        if cert.is_some() && !has_ca {
+        if cert.is_some() && !other_use {
             return Err(bad(
                 "--tls-cert",
-                "is used by the HTTPS API (--https-addr) and, with --ca-file, the cluster RPC: give one of them, or nothing would use it",
+                "is used by the HTTPS API (--https-addr), DNS over TLS or HTTPS (--dns-tls-addr, --dns-https-addr) and, with --ca-file, the cluster RPC: give one of them, or nothing would use it",
             ));
         }
         return Ok(None);
@@ -1476,6 +1561,79 @@ mod tests {
     }
 
     #[test]
+    fn dns_over_tls_and_https_take_the_node_certificate() {
+        let pki = tempfile::tempdir().unwrap();
+        let ca = cairn_tls::certs::create_ca("cairn", 30).unwrap();
+        cairn_tls::certs::write_issued(pki.path(), "cairn-ca", &ca, false).unwrap();
+        let node =
+            cairn_tls::certs::create_node_cert(&ca.cert_pem, &ca.key_pem, "cairn", 1, &[], &[], 30)
+                .unwrap();
+        cairn_tls::certs::write_issued(pki.path(), "node-1", &node, false).unwrap();
+        let dir = pki.path().to_owned();
+        let with_cert = |f: &dyn Fn(&mut AgentArgs)| {
+            args(|a| {
+                a.node_id = Some(1);
+                a.data_dir = Some("/tmp/x".into());
+                a.rpc_addr = Some("127.0.0.1:8300".into());
+                a.tls_cert = Some(dir.join("node-{id}.pem"));
+                a.tls_key = Some(dir.join("node-{id}-key.pem"));
+                f(a)
+            })
+        };
+
+        // Either listener alone uses the certificate (nothing else needs it here).
+        let c = with_cert(&|a| a.dns_tls_addr = Some("127.0.0.1:853".into()))
+            .resolve()
+            .unwrap();
+        let d = c.dns_tls.unwrap();
+        assert_eq!(d.tls_addr, Some("127.0.0.1:853".parse().unwrap()));
+        assert_eq!((d.https_addr, d.client_ca), (None, None));
+        assert_eq!(
+            d.cert,
+            dir.join("node-1.pem"),
+            "{{id}} for DNS over TLS too"
+        );
+        let c = with_cert(&|a| {
+            a.dns_https_addr = Some("127.0.0.1:8443".into());
+            a.dns_tls_client_ca = Some(dir.join("cairn-ca.pem"));
+        })
+        .resolve()
+        .unwrap();
+        let d = c.dns_tls.unwrap();
+        assert_eq!(d.https_addr, Some("127.0.0.1:8443".parse().unwrap()));
+        assert_eq!(d.client_ca, Some(dir.join("cairn-ca.pem")));
+        assert!(c.https.is_none() && c.tls.is_none());
+
+        // Without a certificate, with a bad address, with a client CA that is no CA file, or a
+        // client CA for no listener.
+        let no_cert = args(|a| {
+            a.node_id = Some(1);
+            a.data_dir = Some("/tmp/x".into());
+            a.rpc_addr = Some("127.0.0.1:8300".into());
+            a.dns_https_addr = Some("127.0.0.1:8443".into());
+        });
+        assert_eq!(err(no_cert), "--dns-https-addr");
+        assert_eq!(
+            err(with_cert(&|a| a.dns_tls_addr = Some("localhost:853".into()))),
+            "--dns-tls-addr"
+        );
+        assert_eq!(
+            err(with_cert(&|a| {
+                a.dns_tls_addr = Some("127.0.0.1:853".into());
+                a.dns_tls_client_ca = Some(dir.join("missing.pem"));
+            })),
+            "--dns-tls-addr"
+        );
+        assert_eq!(
+            err(with_cert(&|a| {
+                a.https_addr = Some("127.0.0.1:8501".into());
+                a.dns_tls_client_ca = Some(dir.join("cairn-ca.pem"));
+            })),
+            "--dns-tls-client-ca"
+        );
+    }
+
+    #[test]
     fn ordinals_become_node_ids() {
         assert_eq!(ordinal_node_id("cairn-0").unwrap(), 1);
         assert_eq!(ordinal_node_id("my-cairn-12").unwrap(), 13);
@@ -1605,6 +1763,9 @@ insecure_rpc = true
         ("tls_key", Some("/etc/cairn/node-7-key.pem")),
         ("https_addr", Some("127.0.0.1:8501")),
         ("tls_client_ca", Some("/etc/cairn/clients-ca.pem")),
+        ("dns_tls_addr", Some("127.0.0.1:8853")),
+        ("dns_https_addr", Some("127.0.0.1:8443")),
+        ("dns_tls_client_ca", Some("/etc/cairn/dns-clients-ca.pem")),
         ("check_ca_file", Some("/etc/cairn/checks-ca.pem")),
         ("insecure_rpc", None),
         ("acl", None),

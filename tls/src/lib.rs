@@ -8,7 +8,7 @@
 //! - [`identity`]: node names (`node-<id>.<cluster>.cairn`) and the check that a peer's
 //!   certificate carries the one it claims;
 //! - [`serve`]: an axum router served over TLS, each request carrying its connection's peer
-//!   certificate.
+//!   certificate, and the accept loop beneath it for other protocols over TLS.
 
 pub mod certs;
 pub mod config;
@@ -19,4 +19,4 @@ pub use config::{keep_fresh, Reload, Reloadable, TlsError};
 pub use identity::{node_name, PeerCertificates};
 /// The rustls this crate builds configurations with, for callers that name its types.
 pub use rustls;
-pub use serve::serve_tls;
+pub use serve::{serve_tls, serve_tls_connections, serve_tls_with, Limits};

@@ -3,10 +3,14 @@
 //! Each connection is handshaken (within [`HANDSHAKE_TIMEOUT`], before any request is read)
 //! with the configuration in use at accept time; a reload closes the connections made before
 //! it. Connections are capped at [`MAX_CONNECTIONS`], and request headers must arrive within
-//! [`HEADER_READ_TIMEOUT`]. Every request then carries, as extensions, the connection's
-//! [`PeerCertificates`] (when the client presented one) and its `ConnectInfo<SocketAddr>`, as
-//! `axum::serve` gives plain connections.
+//! [`HEADER_READ_TIMEOUT`] (other bounds: [`serve_tls_with`]). Every request then carries, as
+//! extensions, the connection's [`PeerCertificates`] (when the client presented one) and its
+//! `ConnectInfo<SocketAddr>`, as `axum::serve` gives plain connections.
+//!
+//! The accept loop under it, [`serve_tls_connections`], serves other protocols over TLS with
+//! the same handshake, cap, reload and drain rules (DNS over TLS).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
@@ -38,6 +42,28 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bounds memory and file descriptors whatever the clients do.
 pub const MAX_CONNECTIONS: usize = 4096;
 
+/// A connection after its handshake.
+pub type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// Bounds on the connections of one TLS listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once (handshaking or serving); past it, new ones are closed at
+    /// accept.
+    pub max_connections: usize,
+    /// How long a connection may go without a request (HTTP: its headers) before it is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: MAX_CONNECTIONS,
+            idle_timeout: HEADER_READ_TIMEOUT,
+        }
+    }
+}
+
 /// Serves `app` on `listener` over TLS until `stop`, then gives open connections `grace` to
 /// finish their requests and closes the rest.
 ///
@@ -51,7 +77,44 @@ pub async fn serve_tls(
     stop: CancellationToken,
     grace: Duration,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    serve_tls_with(listener, tls, app, Limits::default(), stop, grace).await
+}
+
+/// [`serve_tls`] with other bounds than the defaults.
+pub async fn serve_tls_with(
+    listener: TcpListener,
+    tls: Arc<Reloadable<ServerConfig>>,
+    app: Router,
+    limits: Limits,
+    stop: CancellationToken,
+    grace: Duration,
+) {
+    let serve = move |stream, remote, closing| {
+        serve_connection(stream, remote, app.clone(), limits.idle_timeout, closing)
+    };
+    serve_tls_connections(listener, tls, limits.max_connections, stop, grace, serve).await
+}
+
+/// The accept loop under [`serve_tls`], for any protocol over TLS (DNS over TLS uses it too).
+///
+/// Each connection accepted on `listener` is handshaken (within [`HANDSHAKE_TIMEOUT`]) with the
+/// configuration in use at accept time, then handed to `serve` with a token that is cancelled
+/// when the connection should close: at `stop`, or when the certificates reload (a peer
+/// admitted under the old ones keeps nothing from them). `serve` then finishes the request in
+/// flight and returns. At most `max_connections` are open at once; past it, new ones are
+/// closed at accept. After `stop`, open connections get `grace`, then are dropped.
+pub async fn serve_tls_connections<F, Fut>(
+    listener: TcpListener,
+    tls: Arc<Reloadable<ServerConfig>>,
+    max_connections: usize,
+    stop: CancellationToken,
+    grace: Duration,
+    serve: F,
+) where
+    F: Fn(TlsStream, SocketAddr, CancellationToken) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(max_connections));
     let mut connections = JoinSet::new();
     loop {
         let (tcp, remote) = tokio::select! {
@@ -68,17 +131,41 @@ pub async fn serve_tls(
         };
         while connections.try_join_next().is_some() {}
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::debug!(%remote, "{MAX_CONNECTIONS} connections open; closing a new one");
+            tracing::debug!(%remote, "{max_connections} connections open; closing a new one");
             continue;
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = TlsAcceptor::from(tls.current());
-        let reloaded = tls.subscribe();
-        let app = app.clone();
-        let stop = stop.clone();
+        let mut reloaded = tls.subscribe();
+        let closing = stop.child_token();
+        let serve = serve.clone();
         connections.spawn(async move {
             let _permit = permit;
-            serve_connection(tcp, remote, acceptor, reloaded, app, stop).await;
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, "TLS handshake refused: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let connection = serve(stream, remote, closing.clone());
+            tokio::pin!(connection);
+            tokio::select! {
+                () = &mut connection => return,
+                changed = reloaded.changed() => {
+                    // Err: the configuration is gone, which only happens at shutdown.
+                    if changed.is_ok() {
+                        tracing::debug!(%remote, "certificates reloaded: closing a connection made under the old ones");
+                        closing.cancel();
+                    }
+                }
+            }
+            connection.await
         });
     }
     drop(listener);
@@ -96,24 +183,12 @@ pub async fn serve_tls(
 }
 
 async fn serve_connection(
-    tcp: tokio::net::TcpStream,
+    stream: TlsStream,
     remote: SocketAddr,
-    acceptor: TlsAcceptor,
-    mut reloaded: tokio::sync::watch::Receiver<u64>,
     app: Router,
-    stop: CancellationToken,
+    idle_timeout: Duration,
+    closing: CancellationToken,
 ) {
-    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            tracing::debug!(%remote, "TLS handshake refused: {e}");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%remote, "TLS handshake timed out");
-            return;
-        }
-    };
     let peer = stream.get_ref().1.peer_certificates().map(|chain| {
         PeerCertificates(Arc::new(
             chain.iter().map(|c| c.clone().into_owned()).collect(),
@@ -131,14 +206,14 @@ async fn serve_connection(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(idle_timeout);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(Some(HEADER_READ_TIMEOUT));
+        .keep_alive_interval(Some(idle_timeout));
     let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
     tokio::pin!(conn);
-    let mut closing = false;
+    let mut closed = false;
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -147,14 +222,9 @@ async fn serve_connection(
                 }
                 return;
             }
-            _ = stop.cancelled(), if !closing => {
+            _ = closing.cancelled(), if !closed => {
                 conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            _ = reloaded.changed(), if !closing => {
-                tracing::debug!(%remote, "certificates reloaded: closing a connection made under the old ones");
-                conn.as_mut().graceful_shutdown();
-                closing = true;
+                closed = true;
             }
         }
     }

@@ -22,6 +22,7 @@ mod cluster;
 mod consul;
 mod deploy;
 mod dns;
+mod encrypted_dns;
 mod faults;
 mod reads;
 mod tls;

@@ -27,14 +27,24 @@ pub struct Node {
     pub rpc: SocketAddr,
     /// The HTTPS API's address, when the node serves one.
     pub https: Option<SocketAddr>,
+    /// DNS over TLS and over HTTPS, when the node serves them.
+    pub dot: Option<SocketAddr>,
+    pub doh: Option<SocketAddr>,
     pub data_dir: PathBuf,
     log_path: PathBuf,
     args: Vec<String>,
     child: Option<Child>,
 }
 
-/// The ports a `cairn listening` line announced (HTTPS only when served).
-type Listening = (SocketAddr, SocketAddr, SocketAddr, Option<SocketAddr>);
+/// The ports a `cairn listening` line announced (the optional listeners only when served).
+struct Listening {
+    http: SocketAddr,
+    dns: SocketAddr,
+    rpc: SocketAddr,
+    https: Option<SocketAddr>,
+    dot: Option<SocketAddr>,
+    doh: Option<SocketAddr>,
+}
 
 fn parse_listening(line: &str) -> Option<Listening> {
     let field = |name: &str| {
@@ -42,12 +52,14 @@ fn parse_listening(line: &str) -> Option<Listening> {
             .find_map(|w| w.strip_prefix(name))
             .and_then(|v| v.parse().ok())
     };
-    Some((
-        field("http=")?,
-        field("dns=")?,
-        field("rpc=")?,
-        field("https="),
-    ))
+    Some(Listening {
+        http: field("http=")?,
+        dns: field("dns=")?,
+        rpc: field("rpc=")?,
+        https: field("https="),
+        dot: field("dot="),
+        doh: field("doh="),
+    })
 }
 
 impl Node {
@@ -81,6 +93,8 @@ impl Node {
             dns: "0.0.0.0:0".parse().unwrap(),
             rpc: "0.0.0.0:0".parse().unwrap(),
             https: None,
+            dot: None,
+            doh: None,
             data_dir,
             log_path,
             args: full,
@@ -114,11 +128,13 @@ impl Node {
             }
         });
         match rx.recv_timeout(START_TIMEOUT) {
-            Ok((http, dns, rpc, https)) => {
-                self.http = http;
-                self.dns = dns;
-                self.rpc = rpc;
-                self.https = https;
+            Ok(l) => {
+                self.http = l.http;
+                self.dns = l.dns;
+                self.rpc = l.rpc;
+                self.https = l.https;
+                self.dot = l.dot;
+                self.doh = l.doh;
             }
             Err(_) => {
                 let _ = child.kill();
