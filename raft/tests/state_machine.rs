@@ -174,3 +174,46 @@ async fn a_bad_snapshot_is_refused_and_changes_nothing() {
     let (_log, sm) = store::open(dir.path()).unwrap();
     assert_eq!(sm.registry().export(), before, "nothing was written either");
 }
+
+#[tokio::test]
+async fn the_audit_list_keeps_its_last_entries_across_a_restart() {
+    use cairn_registry::acl::AUDIT_LEN;
+    let dir = tempfile::tempdir().unwrap();
+    let total = AUDIT_LEN as u64 + 250;
+    {
+        let (_log, mut sm) = store::open(dir.path()).unwrap();
+        // Batches of several entries, as group commit applies them.
+        let entries: Vec<_> = (1..=total)
+            .map(|i| register(i, "web", &format!("i{i}")))
+            .collect();
+        for chunk in entries.chunks(7) {
+            sm.apply(chunk.to_vec()).await.unwrap();
+        }
+        assert_eq!(sm.registry().audit().len(), AUDIT_LEN);
+    }
+    // What RocksDB holds, not what the view keeps: the evicted entries' keys are gone.
+    {
+        let opts = rocksdb::Options::default();
+        let db = rocksdb::DB::open_cf_for_read_only(
+            &opts,
+            dir.path(),
+            ["logs", "raft", "registry", "sm"],
+            false,
+        )
+        .unwrap();
+        let sm_cf = db.cf_handle("sm").unwrap();
+        let stored = db
+            .iterator_cf(sm_cf, rocksdb::IteratorMode::Start)
+            .filter(|kv| kv.as_ref().unwrap().0.starts_with(b"audit\0"))
+            .count();
+        assert_eq!(stored, AUDIT_LEN, "audit records in RocksDB");
+    }
+    let (_log, sm) = store::open(dir.path()).unwrap();
+    let audit = sm.registry().audit();
+    assert_eq!(audit.len(), AUDIT_LEN);
+    assert_eq!(
+        audit.first().map(|e| e.index),
+        Some(total - AUDIT_LEN as u64 + 1)
+    );
+    assert_eq!(audit.last().map(|e| e.index), Some(total));
+}
