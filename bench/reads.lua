@@ -1,10 +1,11 @@
 -- wrk script for bench/reads.sh: the same read over and over, every response checked.
 --
---   wrk ... URL -- cairn <records>
+--   wrk ... URL -- cairn <records> [token]
 --   wrk ... URL -- etcd  <records> <range-request-body>
 --
 -- cairn: GET <URL's path> (GET /v1/services/web); a good response is 200 whose JSON has
---        <records> instances (counted as occurrences of "address").
+--        <records> instances (counted as occurrences of "address"). With a token (ACL mode), it
+--        goes in X-Cairn-Token.
 -- etcd:  POST <URL's path> (/v3/kv/range on the JSON gateway) with the given body; a good
 --        response is 200 with "count":"<records>" (the gateway writes int64 as a string).
 --
@@ -22,7 +23,7 @@ function init(args)
   mode = args[1]
   want = tonumber(args[2])
   if (mode ~= "cairn" and mode ~= "etcd") or not want then
-    error("usage: wrk ... -- <cairn|etcd> <records> [etcd range body]")
+    error("usage: wrk ... -- <cairn|etcd> <records> [token | etcd range body]")
   end
   if mode == "etcd" then
     if not args[3] or args[3] == "" then
@@ -33,6 +34,9 @@ function init(args)
     wrk.headers["Content-Type"] = "application/json"
   else
     wrk.method = "GET"
+    if args[3] and args[3] ~= "" then
+      wrk.headers["X-Cairn-Token"] = args[3]
+    end
   end
   non2xx = 0
   bad_body = 0

@@ -12,6 +12,11 @@
 # Reads: a single node with the same service, then a single-member etcd with the same number of
 #   records under a prefix; wrk at each of BENCH_CONNECTIONS against Cairn's
 #   GET /v1/services/<svc> and etcd's gateway POST /v3/kv/range (serializable). Goal: >= 5x etcd.
+# ACLs (BENCH_ACL=1): the reads also run, in the same invocation, on two more fresh nodes with
+#   `--acl` (default deny), the load sent with a token whose policy is `service_prefix "<svc>"
+#   read`: one node with 10 tokens in the registry, one with BENCH_ACL_TOKENS (created through
+#   `POST /v1/acl/tokens` before the load, timed). Goals: ACLs cost <= 5% of the throughput with
+#   ACLs off; both token counts give the same throughput (O(1) token lookup and rule evaluation).
 #
 # Before starting it waits (up to BENCH_WAIT_MAX seconds) while another benchmark runs
 # (processes named in BENCH_WAIT_FOR, or bench/{dns,registrations,checks}.sh), and notes in the
@@ -20,6 +25,8 @@
 # Environment (defaults in brackets):
 #   CAIRN_BIN          cairn binary [${CARGO_TARGET_DIR:-<repo>/target}/release/cairn]
 #   BENCH_ONLY         run only "fanout" or only "reads" [both]
+#   BENCH_ACL          1 = the reads also with ACLs on, with 10 and with BENCH_ACL_TOKENS tokens [0]
+#   BENCH_ACL_TOKENS   tokens in the registry for the second ACL node [100000]
 #   BENCH_WATCHERS     space-separated watcher counts for the fan-out ["1000 10000"]
 #   BENCH_RUNS         runs per fan-out size and per (system, connections); medians reported [3]
 #   BENCH_DURATION     seconds per wrk run [10]
@@ -51,7 +58,7 @@ BENCH_LOG_TAG=reads
 # shellcheck source=lib.sh
 source "$SCRIPT_DIR/lib.sh"
 
-KNOBS=(CAIRN_BIN BENCH_ONLY BENCH_WATCHERS BENCH_RUNS BENCH_DURATION BENCH_CONNECTIONS BENCH_WARMUP
+KNOBS=(CAIRN_BIN BENCH_ONLY BENCH_ACL BENCH_ACL_TOKENS BENCH_WATCHERS BENCH_RUNS BENCH_DURATION BENCH_CONNECTIONS BENCH_WARMUP
   BENCH_INSTANCES BENCH_SETTLE BENCH_WATCH_WAIT BENCH_PIN BENCH_TIMEOUT BENCH_PORT_BASE BENCH_CAIRN_LOG
   BENCH_WAIT_FOR BENCH_WAIT_MAX BENCH_OUTPUT BENCH_WRITE)
 capture_command_line reads.sh "${KNOBS[@]}" -- "$@"
@@ -65,6 +72,8 @@ done
 
 # --- Settings. ---
 BENCH_ONLY=${BENCH_ONLY:-}
+BENCH_ACL=${BENCH_ACL:-0}
+BENCH_ACL_TOKENS=${BENCH_ACL_TOKENS:-100000}
 BENCH_WATCHERS=${BENCH_WATCHERS:-1000 10000}
 BENCH_RUNS=${BENCH_RUNS:-3}
 BENCH_DURATION=${BENCH_DURATION:-10}
@@ -86,14 +95,17 @@ SERVICE=web
 ETCD_PREFIX=/cairn-bench/services/$SERVICE/instances/
 
 require_uint BENCH_RUNS BENCH_DURATION BENCH_WARMUP BENCH_INSTANCES BENCH_SETTLE BENCH_TIMEOUT \
-  BENCH_PORT_BASE BENCH_WAIT_MAX
+  BENCH_PORT_BASE BENCH_WAIT_MAX BENCH_ACL_TOKENS
 ((BENCH_RUNS >= 1 && BENCH_DURATION >= 1 && BENCH_TIMEOUT >= 1)) ||
   die "BENCH_RUNS, BENCH_DURATION and BENCH_TIMEOUT must be at least 1"
 ((BENCH_INSTANCES >= 1 && BENCH_INSTANCES <= 250)) || die "BENCH_INSTANCES must be 1..250"
 if ! [[ $BENCH_WATCH_WAIT =~ ^[0-9]+s$ ]] || ((${BENCH_WATCH_WAIT%s} < 30 || ${BENCH_WATCH_WAIT%s} > 600)); then
   die "BENCH_WATCH_WAIT must be 30s..600s, got '$BENCH_WATCH_WAIT'"
 fi
-require_flag BENCH_WRITE BENCH_PIN
+require_flag BENCH_WRITE BENCH_PIN BENCH_ACL
+# The few-token node holds 10 tokens (bootstrap, load, 8 more); the many-token node more.
+((BENCH_ACL_TOKENS > 10 && BENCH_ACL_TOKENS <= 1000000)) || die "BENCH_ACL_TOKENS must be 11..1000000"
+ACL_FEW_TOKENS=10
 # Stay below Linux's ephemeral range (32768+) so no outgoing socket can take our ports.
 ((BENCH_PORT_BASE >= 1024 && BENCH_PORT_BASE + 5 < 32768)) || die "BENCH_PORT_BASE must be between 1024 and 32762"
 read -r -a WATCHERS <<<"$BENCH_WATCHERS"
@@ -147,6 +159,7 @@ fi
 # The real interpreter (not a pyenv shim), so that what we time and pin is the process doing the work.
 PYTHON=$(python3 -c 'import sys; print(sys.executable)')
 TOOL=("$PYTHON" "$SCRIPT_DIR/reads_tool.py")
+ACL_TOOL=("$PYTHON" "$SCRIPT_DIR/acl_tool.py")
 
 # Pinning: the server on CPU 0, the load (wrk, the fan-out client) on CPU 1.
 SERVER_PIN=()
@@ -218,7 +231,8 @@ start_etcd() {
 }
 
 # --- wrk. ---
-# run_wrk SYSTEM URL CONNS DURATION LABEL RUN RUNS_FILE [LUA ARGS...]
+# run_wrk SYSTEM URL CONNS DURATION LABEL RUN RUNS_FILE [LUA ARGS...]: the Lua script's mode is
+# SYSTEM up to its first "-" (cairn-acl is cairn with a token).
 run_wrk() {
   local system=$1 url=$2 conns=$3 duration=$4 label=$5 run=$6 runs_file=$7
   shift 7
@@ -227,7 +241,7 @@ run_wrk() {
   # wrk stops itself after -d; the extra minute only guards against a wedged wrk.
   if ! timeout --kill-after=10 $((duration + 60)) ${CLIENT_PIN[@]+"${CLIENT_PIN[@]}"} \
     wrk --latency -t "$threads" -c "$conns" -d "${duration}s" --timeout "${BENCH_TIMEOUT}s" \
-    -s "$SCRIPT_DIR/reads.lua" "$url" -- "$system" "$@" >"$out" 2>&1; then
+    -s "$SCRIPT_DIR/reads.lua" "$url" -- "${system%%-*}" "$@" >"$out" 2>&1; then
     tail -n 20 "$out" >&2 || true
     die "wrk failed for $system c=$conns $label (output in $out)"
   fi
@@ -249,6 +263,54 @@ bench_reads() {
       run_wrk "$system" "$url" "$c" "$BENCH_DURATION" "r$run" "$run" "$RESULTS_DIR/reads.jsonl" "$@"
     done
   done
+}
+
+# cairn_reads SYSTEM NAME [TOKENS]: a fresh node NAME seeded with the service, then wrk as
+# SYSTEM. With TOKENS: the node runs with --acl (default deny), acl_tool.py bootstraps it, makes
+# the policy and the load token and fills the registry up to TOKENS tokens; the seed goes in
+# with the management token, the load with the read token.
+ACL_META=()
+cairn_reads() {
+  local system=$1 name=$2 tokens=${3:-} acl_flags=() seed_token=() load_token=() admin=()
+  [[ -n $tokens ]] && acl_flags=(--acl)
+  start_cairn "$name" ${acl_flags[@]+"${acl_flags[@]}"}
+  LOG_FILES+=("$LOG_DIR/$name.log")
+  if [[ -n $tokens ]]; then
+    local acl_json=$RESULTS_DIR/acl-$name.json mgmt load
+    log "cairn ($name): ACL bootstrap, policy, load token, $tokens tokens in all"
+    "${ACL_TOOL[@]}" setup --url "http://127.0.0.1:$CAIRN_HTTP" --service "$SERVICE" --access read \
+      --tokens "$tokens" --out "$acl_json" || die "preparing the ACLs of cairn ($name) failed"
+    mgmt=$(acl_field "$acl_json" management)
+    load=$(acl_field "$acl_json" load)
+    seed_token=(--token "$mgmt")
+    load_token=("$load")
+    admin=(-H "X-Cairn-Token: $mgmt")
+    if [[ $system == cairn-acl ]]; then
+      ACL_META+=(--meta "acl_tokens_few=$(acl_field "$acl_json" tokens)")
+    else
+      ACL_META+=(--meta "acl_tokens_many=$(acl_field "$acl_json" tokens)"
+        --meta "acl_create_count=$(acl_field "$acl_json" created)"
+        --meta "acl_create_seconds=$(acl_field "$acl_json" create_seconds)"
+        --meta "acl_create_rate=$(acl_field "$acl_json" create_rate)"
+        --meta "acl_create_connections=$(acl_field "$acl_json" connections)"
+        --meta "acl_rule=$(acl_field "$acl_json" rules)")
+    fi
+  fi
+  "${TOOL[@]}" seed-cairn --port "$CAIRN_HTTP" --service "$SERVICE" --count "$BENCH_INSTANCES" \
+    ${seed_token[@]+"${seed_token[@]}"} >"$RESULTS_DIR/seed-$name.json" || die "seeding cairn ($name) failed"
+  CAIRN_BODY=$("$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["body_bytes"])' <"$RESULTS_DIR/seed-$name.json")
+  bench_reads "$system" "http://127.0.0.1:$CAIRN_HTTP/v1/services/$SERVICE" "$BENCH_INSTANCES" \
+    ${load_token[@]+"${load_token[@]}"}
+  assert_alive cairn "$CAIRN_PID" "$LOG_DIR/$name.log"
+  curl -sf --max-time 5 ${admin[@]+"${admin[@]}"} "http://127.0.0.1:$CAIRN_HTTP/metrics" \
+    >"$RESULTS_DIR/metrics-$name.txt" || true
+  # One server at a time: stop this node before the next starts.
+  stop_cairn
+}
+
+# acl_field FILE KEY: one field of acl_tool.py's output, JSON text for objects.
+acl_field() {
+  "$PYTHON" -c 'import json,sys; v=json.load(open(sys.argv[1]))[sys.argv[2]]; print(v if isinstance(v,(str,int,float)) else json.dumps(v))' "$1" "$2"
 }
 
 # --- Main. ---
@@ -302,16 +364,11 @@ fi
 
 if wants reads; then
   note_load "the read runs"
-  start_cairn reads-cairn
-  LOG_FILES+=("$LOG_DIR/reads-cairn.log")
-  "${TOOL[@]}" seed-cairn --port "$CAIRN_HTTP" --service "$SERVICE" --count "$BENCH_INSTANCES" \
-    >"$RESULTS_DIR/seed-reads-cairn.json" || die "seeding cairn failed"
-  CAIRN_BODY=$("$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["body_bytes"])' <"$RESULTS_DIR/seed-reads-cairn.json")
-  bench_reads cairn "http://127.0.0.1:$CAIRN_HTTP/v1/services/$SERVICE" "$BENCH_INSTANCES"
-  assert_alive cairn "$CAIRN_PID" "$LOG_DIR/reads-cairn.log"
-  curl -sf --max-time 5 "http://127.0.0.1:$CAIRN_HTTP/metrics" >"$RESULTS_DIR/metrics-reads-cairn.txt" || true
-  # One server at a time: stop Cairn before etcd starts.
-  stop_cairn
+  cairn_reads cairn reads-cairn
+  if ((BENCH_ACL)); then
+    cairn_reads cairn-acl reads-cairn-acl "$ACL_FEW_TOKENS"
+    cairn_reads cairn-acl-many reads-cairn-acl-many "$BENCH_ACL_TOKENS"
+  fi
 
   start_etcd
   LOG_FILES+=("$LOG_DIR/etcd.log")
@@ -375,4 +432,5 @@ printf '\n'
   --meta "logs=$logs_summary" \
   --meta "under_load=$UNDER_LOAD" \
   --meta "command=$COMMAND_LINE" \
+  ${ACL_META[@]+"${ACL_META[@]}"} \
   --meta "results_dir=${RESULTS_DIR#"$REPO_ROOT"/}/"

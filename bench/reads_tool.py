@@ -73,13 +73,14 @@ def http_req(port: int, method: str, path: str, body: bytes | None = None,
 # Seeding.
 # --------------------------------------------------------------------------------------------
 def cmd_seed_cairn(a: argparse.Namespace) -> int:
+    auth = {"X-Cairn-Token": a.token} if a.token else {}
     for i in range(1, a.count + 1):
         st, _h, body = http_req(a.port, "PUT", f"/v1/services/{a.service}/instances/{a.service}-{i}",
                                 json.dumps(instance_doc(i)).encode(),
-                                {"Content-Type": "application/json"})
+                                {"Content-Type": "application/json", **auth})
         if st != 200 or b'"index"' not in body:
             return fail(f"PUT instance {i}: HTTP {st} {body[:200]!r}")
-    st, h, body = http_req(a.port, "GET", f"/v1/services/{a.service}")
+    st, h, body = http_req(a.port, "GET", f"/v1/services/{a.service}", headers=auth)
     if st != 200:
         return fail(f"GET /v1/services/{a.service}: HTTP {st} {body[:200]!r}")
     doc = json.loads(body)
@@ -558,7 +559,9 @@ def reads_section(runs: list[dict], meta: dict) -> list[str]:
     meds: dict[tuple[str, int], float] = {}
     lat: dict[tuple[str, int], tuple[float, float]] = {}
     conns = sorted({r["connections"] for r in runs})
-    for system in ("cairn", "etcd"):
+    labels = {"cairn": "cairn", "cairn-acl": f"cairn, ACLs, {meta.get('acl_tokens_few', '?')} tokens",
+              "cairn-acl-many": f"cairn, ACLs, {meta.get('acl_tokens_many', '?')} tokens", "etcd": "etcd"}
+    for system in labels:
         for c in conns:
             rs = sorted((r for r in runs if r["system"] == system and r["connections"] == c),
                         key=lambda r: r["run"])
@@ -569,7 +572,7 @@ def reads_section(runs: list[dict], meta: dict) -> list[str]:
             p99 = statistics.median(r["lat_p99_us"] for r in rs) / 1000
             meds[(system, c)] = m
             lat[(system, c)] = (p50, p99)
-            out.append(f"| {system} | {c} | {m:.0f} | {' / '.join(format(r['ok_rps'], '.0f') for r in rs)} | "
+            out.append(f"| {labels[system]} | {c} | {m:.0f} | {' / '.join(format(r['ok_rps'], '.0f') for r in rs)} | "
                        f"{fmt_ms(p50)} | {fmt_ms(p99)} | {sum(r['errors'] for r in rs)} |")
     ratio_rows = [c for c in conns if ("cairn", c) in meds and ("etcd", c) in meds]
     if ratio_rows:
@@ -580,6 +583,16 @@ def reads_section(runs: list[dict], meta: dict) -> list[str]:
             lc, le = lat[("cairn", c)], lat[("etcd", c)]
             q = lambda e, k: f"{e / k:.2f}×" if k else "n/a"  # noqa: E731
             out.append(f"| {c} | {r:.2f}× | {'met' if r >= 5 else 'not met'} | {q(le[0], lc[0])} | {q(le[1], lc[1])} |")
+    acl_stats = {(benchlib.ACL_VARIANTS[i], c): {"rps": meds[(system, c)], "p50_ms": lat[(system, c)][0],
+                                                 "p99_ms": lat[(system, c)][1],
+                                                 "errors": sum(r["errors"] for r in runs
+                                                               if r["system"] == system and r["connections"] == c)}
+                 for i, system in enumerate(("cairn", "cairn-acl", "cairn-acl-many"))
+                 for c in conns if (system, c) in meds}
+    if any(v != "off" for v, _ in acl_stats):
+        out += ["", f"#### The cost of ACLs, and {meta.get('acl_tokens_few', '?')} against "
+                f"{meta.get('acl_tokens_many', '?')} tokens", "",
+                *benchlib.acl_table(acl_stats, {**meta, "acl_cluster": "single node"})]
     out += ["",
             f"Cairn: `GET /v1/services/{meta.get('service', 'web')}` on a single node (`--bootstrap`), answered from "
             f"its local replica (default consistency), {meta.get('cairn_body', '?')} B of JSON per response. "
@@ -588,7 +601,7 @@ def reads_section(runs: list[dict], meta: dict) -> list[str]:
             f"`{{\"key\":…,\"range_end\":…,\"serializable\":true}}`, {meta.get('etcd_body', '?')} B per response "
             f"(keys and values base64). Same wrk, same connections and threads (min(connections, 2)), HTTP/1.1 "
             f"keep-alive, {meta.get('duration', '?')} s per run, runs per row: {meta.get('runs', '?')}, "
-            f"{meta.get('warmup', '?')} s unrecorded warm-up per system; the two servers run one after the other"
+            f"{meta.get('warmup', '?')} s unrecorded warm-up per system; the servers run one after the other"
             f"{meta.get('pin_note', '')}. Req/s counts only responses with status 200 and all "
             f"{meta.get('instances', '10')} records in the body; p50/p99 are medians of wrk's per-run percentiles "
             f"(no coordinated-omission correction). Ratios above 1 mean Cairn is better.", ""]
@@ -647,6 +660,7 @@ def main() -> int:
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--service", default="web")
     s.add_argument("--count", type=int, default=10)
+    s.add_argument("--token", help="X-Cairn-Token for a node with ACLs on")
     s.set_defaults(fn=cmd_seed_cairn)
 
     s = sub.add_parser("seed-etcd")

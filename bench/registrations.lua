@@ -1,11 +1,12 @@
 -- wrk script for bench/registrations.sh: one registration with a never-used id per request.
 --
---   wrk ... URL -- <cairn|etcd> <id-prefix> <json-document> <etcd-key-prefix>
+--   wrk ... URL -- <cairn|etcd> <id-prefix> <json-document> <etcd-key-prefix> [cairn token]
 --
 -- cairn: PUT /v1/services/bench/instances/<id>, body = the JSON document.
 -- etcd:  POST /v3/kv/put (JSON gRPC gateway), {"key":b64(<etcd-key-prefix><id>),"value":b64(document)}.
 --        The stored value is byte-for-byte the document Cairn receives, so both systems persist
 --        the same payload.
+-- A non-empty cairn token (the ACL phases) goes in X-Cairn-Token on every Cairn request.
 --
 -- <id> = <id-prefix>-<thread number>-<per-thread counter>. The shell script makes <id-prefix>
 -- different for every run (and warm-up), so no key is ever written twice within one invocation:
@@ -75,6 +76,9 @@ function init(args)
   end
   if mode == "cairn" then
     headers = { ["Content-Type"] = "application/json" }
+    if args[5] and args[5] ~= "" then
+      headers["X-Cairn-Token"] = args[5]
+    end
     -- Cairn answers {"index":N}; anything else on a 2xx is a contract violation.
     expect = '"index"%s*:%s*%d'
   else

@@ -6,7 +6,11 @@
 # certificates made by `cairn tls`. wrk cannot present a client certificate, so the client
 # side is server-authenticated only on both systems (no --tls-client-ca, no --client-cert-auth).
 # Before loading a TLS cluster the script checks that its peer port refuses a client without a
-# certificate.
+# certificate. With BENCH_ACL=1 the same run also loads Cairn with ACLs on (`--acl`, default
+# deny), the registrations sent with a token whose policy is `service_prefix "bench" write`:
+# once on a fresh cluster with 10 tokens in the registry, once on a fresh cluster with
+# BENCH_ACL_TOKENS tokens (created through `POST /v1/acl/tokens` before the load, timed). Goals:
+# ACLs cost <= 5% of the throughput with ACLs off; both token counts give the same throughput.
 #
 #   bench/registrations.sh [--build] [--help]
 #
@@ -14,6 +18,8 @@
 #   CAIRN_BIN          cairn binary [${CARGO_TARGET_DIR:-<repo>/target}/release/cairn]
 #   BENCH_ONLY         run only "etcd" or only "cairn" [both]
 #   BENCH_TLS          1 = plaintext and then TLS, in one run; 0 = plaintext only [0]
+#   BENCH_ACL          1 = Cairn also with ACLs on, with 10 and BENCH_ACL_TOKENS tokens [0]
+#   BENCH_ACL_TOKENS   tokens in the registry of the second ACL cluster [100000]
 #   BENCH_DURATION     seconds per wrk run [10]
 #   BENCH_RUNS         runs per (system, transport, connections); the report takes the median [3]
 #   BENCH_CONNECTIONS  space-separated connection counts ["1 64 256"]
@@ -37,7 +43,7 @@ BENCH_LOG_TAG=bench
 # shellcheck source=lib.sh
 source "$SCRIPT_DIR/lib.sh"
 
-capture_command_line registrations.sh CAIRN_BIN BENCH_ONLY BENCH_TLS BENCH_DURATION BENCH_RUNS \
+capture_command_line registrations.sh CAIRN_BIN BENCH_ONLY BENCH_TLS BENCH_ACL BENCH_ACL_TOKENS BENCH_DURATION BENCH_RUNS \
   BENCH_CONNECTIONS BENCH_WARMUP BENCH_TIMEOUT BENCH_PORT_BASE BENCH_OUTPUT BENCH_WRITE -- "$@"
 
 DO_BUILD=0
@@ -52,6 +58,8 @@ done
 # --- Settings. ---
 BENCH_ONLY=${BENCH_ONLY:-}
 BENCH_TLS=${BENCH_TLS:-0}
+BENCH_ACL=${BENCH_ACL:-0}
+BENCH_ACL_TOKENS=${BENCH_ACL_TOKENS:-100000}
 BENCH_DURATION=${BENCH_DURATION:-10}
 BENCH_RUNS=${BENCH_RUNS:-3}
 BENCH_CONNECTIONS=${BENCH_CONNECTIONS:-1 64 256}
@@ -62,8 +70,11 @@ BENCH_OUTPUT=${BENCH_OUTPUT:-$REPO_ROOT/BENCHMARKS.md}
 BENCH_WRITE=${BENCH_WRITE:-1}
 CAIRN_BIN=${CAIRN_BIN:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/cairn}
 
-require_uint BENCH_DURATION BENCH_RUNS BENCH_WARMUP BENCH_TIMEOUT BENCH_PORT_BASE
-require_flag BENCH_WRITE BENCH_TLS
+require_uint BENCH_DURATION BENCH_RUNS BENCH_WARMUP BENCH_TIMEOUT BENCH_PORT_BASE BENCH_ACL_TOKENS
+require_flag BENCH_WRITE BENCH_TLS BENCH_ACL
+# The few-token cluster holds 10 tokens (bootstrap, load, 8 more); the many-token one more.
+((BENCH_ACL_TOKENS > 10 && BENCH_ACL_TOKENS <= 1000000)) || die "BENCH_ACL_TOKENS must be 11..1000000"
+ACL_FEW_TOKENS=10
 ((BENCH_DURATION >= 1 && BENCH_RUNS >= 1 && BENCH_TIMEOUT >= 1)) ||
   die "BENCH_DURATION, BENCH_RUNS and BENCH_TIMEOUT must be at least 1"
 # Stay below Linux's ephemeral range (32768+) so no outgoing wrk socket can take our ports.
@@ -88,12 +99,19 @@ wants() { [[ " ${SYSTEMS[*]} " == *" $1 "* ]]; }
 PHASES=()
 wants etcd && PHASES+=(etcd:plain)
 wants cairn && PHASES+=(cairn:plain)
+# ACLs: right after Cairn in plaintext, the run they are compared with (plaintext too).
+if ((BENCH_ACL)) && wants cairn; then PHASES+=(cairn:acl cairn:acl-many); fi
 if ((BENCH_TLS)); then
   wants cairn && PHASES+=(cairn:tls)
   wants etcd && PHASES+=(etcd:tls)
 fi
 TRANSPORT=plain
 tls() { [[ $TRANSPORT == tls ]]; }
+# The ACL phases: plaintext, with --acl and a token on every request.
+acl() { [[ $TRANSPORT == acl* ]]; }
+# The management and load tokens of the current ACL phase (set by cairn_acl_setup).
+CAIRN_ADMIN_TOKEN=""
+CAIRN_LOAD_TOKEN=""
 
 # The registration document, identical for both systems: Cairn gets it as the request body,
 # etcd stores it as the value (the Lua script base64-encodes it for the gateway).
@@ -337,6 +355,10 @@ etcd_verify() {
 # look-ups use); no --tls-client-ca, since wrk has no client certificate.
 CAIRN_TLS_FLAGS_SHOWN="--ca-file --tls-cert --tls-key --https-addr"
 cairn_tls_flags() {
+  if acl; then
+    printf '%s\n' --acl
+    return 0
+  fi
   tls || return 0
   printf '%s\n' --ca-file "$PKI_DIR/cairn-ca.pem" --tls-cert "$PKI_DIR/cairn/node-$1.pem" \
     --tls-key "$PKI_DIR/cairn/node-$1-key.pem" --https-addr "127.0.0.1:${CAIRN_HTTPS_PORTS[$1 - 1]}"
@@ -388,14 +410,16 @@ start_cairn_cluster() {
 # /v1/cluster (plain HTTP) for the leader id, then confirms with the leader itself (its node_id
 # and leader agree), retrying for up to 30 s.
 cairn_leader_url() {
-  local deadline=$((SECONDS + 30)) i leader json
+  local deadline=$((SECONDS + 30)) i leader json admin=()
+  # With ACLs on, /v1/cluster needs operator:read: the management token.
+  [[ -n $CAIRN_ADMIN_TOKEN ]] && admin=(-H "X-Cairn-Token: $CAIRN_ADMIN_TOKEN")
   while ((SECONDS < deadline)); do
     for i in 0 1 2; do
-      json=$(curl -sf --max-time 2 "http://127.0.0.1:${CAIRN_HTTP_PORTS[i]}/v1/cluster") || continue
+      json=$(curl -sf --max-time 2 ${admin[@]+"${admin[@]}"} "http://127.0.0.1:${CAIRN_HTTP_PORTS[i]}/v1/cluster") || continue
       leader=$(python3 -c 'import json,sys; l=json.load(sys.stdin).get("leader"); print(l if isinstance(l,int) else "")' <<<"$json" 2>/dev/null) || continue
       [[ $leader =~ ^[123]$ ]] || continue
       local url=http://127.0.0.1:${CAIRN_HTTP_PORTS[leader - 1]}
-      json=$(curl -sf --max-time 2 "$url/v1/cluster") || continue
+      json=$(curl -sf --max-time 2 ${admin[@]+"${admin[@]}"} "$url/v1/cluster") || continue
       if python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if d.get("node_id")==d.get("leader")=='"$leader"' else 1)' <<<"$json" 2>/dev/null; then
         tls && url=https://127.0.0.1:${CAIRN_HTTPS_PORTS[leader - 1]}
         printf '%s\n' "$url"
@@ -407,10 +431,47 @@ cairn_leader_url() {
   die "no cairn leader found within 30 s (GET /v1/cluster)"
 }
 
+# ACL phases: bootstrap the cluster through its leader, found with /v1/status/leader (which
+# needs no token) as "127.0.0.1:<rpc port>"; acl_tool.py makes the policy, the load token and
+# fills the registry up to TOKENS tokens. Sets CAIRN_ADMIN_TOKEN and CAIRN_LOAD_TOKEN.
+ACL_META=()
+cairn_acl_setup() {
+  local tokens=$1 deadline=$((SECONDS + 30)) addr i url="" out=$RESULTS_DIR/acl-$TRANSPORT.json
+  while [[ -z $url ]] && ((SECONDS < deadline)); do
+    addr=$(curl -sf --max-time 2 "http://127.0.0.1:${CAIRN_HTTP_PORTS[0]}/v1/status/leader") || addr=""
+    for i in 0 1 2; do
+      [[ $addr == "\"127.0.0.1:${CAIRN_RPC_PORTS[i]}\"" ]] && url=http://127.0.0.1:${CAIRN_HTTP_PORTS[i]}
+    done
+    [[ -n $url ]] || sleep 0.5
+  done
+  [[ -n $url ]] || die "no cairn leader in /v1/status/leader within 30 s"
+  log "cairn ($TRANSPORT): ACL bootstrap at $url, policy, load token, $tokens tokens in all"
+  python3 "$SCRIPT_DIR/acl_tool.py" setup --url "$url" --service bench --access write \
+    --tokens "$tokens" --out "$out" || die "preparing the ACLs of cairn ($TRANSPORT) failed"
+  CAIRN_ADMIN_TOKEN=$(acl_field "$out" management)
+  CAIRN_LOAD_TOKEN=$(acl_field "$out" load)
+  if [[ $TRANSPORT == acl ]]; then
+    ACL_META+=(--meta "acl_tokens_few=$(acl_field "$out" tokens)")
+  else
+    ACL_META+=(--meta "acl_tokens_many=$(acl_field "$out" tokens)"
+      --meta "acl_create_count=$(acl_field "$out" created)"
+      --meta "acl_create_seconds=$(acl_field "$out" create_seconds)"
+      --meta "acl_create_rate=$(acl_field "$out" create_rate)"
+      --meta "acl_create_connections=$(acl_field "$out" connections)"
+      --meta "acl_rule=$(acl_field "$out" rules)")
+  fi
+}
+
+# acl_field FILE KEY: one field of acl_tool.py's output, JSON text for objects.
+acl_field() {
+  python3 -c 'import json,sys; v=json.load(open(sys.argv[1]))[sys.argv[2]]; print(v if isinstance(v,(str,int,float)) else json.dumps(v))' "$1" "$2"
+}
+
 # One registration before the load: must be HTTP 200 with body {"index":N}.
 cairn_preflight() {
-  local url=$1 out
-  out=$(curl_ -sS --max-time 5 -o - -w '\n%{http_code}' -H 'Content-Type: application/json' \
+  local url=$1 out auth=()
+  [[ -n $CAIRN_LOAD_TOKEN ]] && auth=(-H "X-Cairn-Token: $CAIRN_LOAD_TOKEN")
+  out=$(curl_ -sS --max-time 5 -o - -w '\n%{http_code}' -H 'Content-Type: application/json' ${auth[@]+"${auth[@]}"} \
     -X PUT --data-binary "$REG_DOC" "$url/v1/services/bench/instances/preflight-$NONCE") ||
     die "cairn preflight PUT to $url failed"
   # Same acceptance rule as the Lua script's response(): status 200 and an "index" number.
@@ -434,7 +495,7 @@ run_wrk() {
   # timeout: wrk stops itself after -d, the extra minute only guards against a wedged wrk.
   if ! timeout --kill-after=10 $((duration + 60)) \
     wrk --latency -t "$threads" -c "$conns" -d "${duration}s" --timeout "${BENCH_TIMEOUT}s" \
-    -s "$LUA_SCRIPT" "$url" -- "$system" "$id_prefix" "$REG_DOC" "$ETCD_KEY_PREFIX" \
+    -s "$LUA_SCRIPT" "$url" -- "$system" "$id_prefix" "$REG_DOC" "$ETCD_KEY_PREFIX" "$CAIRN_LOAD_TOKEN" \
     >"$out" 2>&1; then
     tail -n 20 "$out" >&2 || true
     die "wrk failed for $system ($TRANSPORT) c=$conns $label (output in $out)"
@@ -501,9 +562,15 @@ for phase in "${PHASES[@]}"; do
       ;;
     cairn)
       start_cairn_cluster
+      case $TRANSPORT in
+        acl) cairn_acl_setup "$ACL_FEW_TOKENS" ;;
+        acl-many) cairn_acl_setup "$BENCH_ACL_TOKENS" ;;
+      esac
       bench_system cairn
       stop_pids "${CAIRN_PIDS[@]}"
       CAIRN_PIDS=()
+      CAIRN_ADMIN_TOKEN=""
+      CAIRN_LOAD_TOKEN=""
       ;;
   esac
 done
@@ -547,4 +614,5 @@ printf '\n'
   --meta "warmup=$BENCH_WARMUP" \
   --meta "command=$COMMAND_LINE" \
   ${tls_meta[@]+"${tls_meta[@]}"} \
+  ${ACL_META[@]+"${ACL_META[@]}"} \
   --meta "results_dir=${RESULTS_DIR#"$REPO_ROOT"/}/"

@@ -28,8 +28,10 @@ import benchlib  # noqa: E402
 
 START, END = benchlib.markers("registrations")
 SYSTEMS = ("cairn", "etcd")
-TRANSPORTS = ("plain", "tls")
-TRANSPORT_NAMES = {"plain": "plaintext", "tls": "TLS"}
+# A phase's "transport": plaintext, TLS, or plaintext with ACLs on (BENCH_ACL=1) with few or
+# many tokens in the registry.
+TRANSPORTS = ("plain", "tls", "acl", "acl-many")
+TRANSPORT_NAMES = {"plain": "plaintext", "tls": "TLS", "acl": "ACLs, few tokens", "acl-many": "ACLs, many tokens"}
 SYSTEM_NAMES = {"cairn": "Cairn", "etcd": "etcd"}
 # The goal of the TLS issue: TLS costs Cairn at most this share of its plaintext throughput at
 # TLS_GOAL_CONNECTIONS connections.
@@ -149,10 +151,14 @@ def build_section(runs: list[dict], meta: dict[str, str]) -> tuple[str, str]:
     systems = [s for s in SYSTEMS if any(k[0] == s for k in cells)]
     transports = [t for t in TRANSPORTS if any(k[1] == t for k in cells)]
     with_tls = "tls" in transports
+    with_acl = "acl" in transports or "acl-many" in transports
+    names = dict(TRANSPORT_NAMES, acl=f"ACLs, {meta.get('acl_tokens_few', '?')} tokens",
+                 **{"acl-many": f"ACLs, {meta.get('acl_tokens_many', '?')} tokens"})
+    many_columns = with_tls or with_acl
 
-    head = "| System | Transport | Conns |" if with_tls else "| System | Conns |"
+    head = "| System | Mode | Conns |" if many_columns else "| System | Conns |"
     rows = [head + " Req/s (median) | Req/s per run | p50 ms | p99 ms | Errors |",
-            ("|---|---|---:|" if with_tls else "|---|---:|") + "---:|---|---:|---:|---|"]
+            ("|---|---|---:|" if many_columns else "|---|---:|") + "---:|---|---:|---:|---|"]
     stats = {}
     for s in systems:
         for t in transports:
@@ -162,7 +168,7 @@ def build_section(runs: list[dict], meta: dict[str, str]) -> tuple[str, str]:
                     continue
                 st = stats[(s, t, c)] = cell_stats(rs)
                 per_run = " / ".join(f"{r['ok_rps']:.0f}" for r in sorted(rs, key=lambda r: r["run"]))
-                label = f"| {s} | {TRANSPORT_NAMES[t]} | {c} |" if with_tls else f"| {s} | {c} |"
+                label = f"| {s} | {names[t]} | {c} |" if many_columns else f"| {s} | {c} |"
                 rows.append(f"{label} {st['rps']:.0f} | {per_run} | {fmt_ms(st['p50'])} | "
                             f"{fmt_ms(st['p99'])} | {error_cell(rs, st['errors'])} |")
     tables = ["\n".join(rows)]
@@ -231,6 +237,12 @@ def build_section(runs: list[dict], meta: dict[str, str]) -> tuple[str, str]:
             table += (f"\n\nGoal: TLS costs Cairn ≤ {TLS_GOAL_COST * 100:.0f}% of its plaintext "
                       f"throughput at {TLS_GOAL_CONNECTIONS} connections → {verdict}.")
         tables.append(table)
+    if with_acl and "plain" in transports:
+        acl_stats = {(v, c): {"rps": st["rps"], "p50_ms": st["p50"] / 1000, "p99_ms": st["p99"] / 1000,
+                              "errors": st["errors"]}
+                     for (s, t, c), st in stats.items() if s == "cairn"
+                     for v in [{"plain": "off", "acl": "acl", "acl-many": "acl-many"}.get(t)] if v}
+        tables.append("\n".join(benchlib.acl_table(acl_stats, {**meta, "acl_cluster": "3-node cluster"})))
     table_all = "\n\n".join(tables)
 
     only = "" if len(systems) == 2 else f" (only {', '.join(systems)} was run)"
