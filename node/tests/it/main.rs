@@ -23,5 +23,6 @@ mod consul;
 mod deploy;
 mod dns;
 mod faults;
+mod fuzz_corpus;
 mod reads;
 mod tls;
