@@ -6,9 +6,9 @@
 
 use cairn_api::InstanceRegistration;
 use cairn_registry::model::{validate_op, validate_registration, InstanceSpec};
-use cairn_registry::Op;
+use cairn_registry::{Command, Dirty, Op, OpResult, Registry};
 
-use super::state::applies_and_snapshots;
+use super::state::snapshots;
 
 pub fn check(data: &[u8]) {
     let Ok(body) = serde_json::from_slice::<InstanceRegistration>(data) else {
@@ -34,4 +34,21 @@ pub fn accepted(service: &str, instance: InstanceSpec) {
         .unwrap_or_else(|e| panic!("cannot decode our own op ({e}): {op:?}"));
     assert_eq!(decoded, op, "the op changes through its encoding");
     applies_and_snapshots(&[op]);
+}
+
+/// Applies `ops` (each already accepted by [`validate_op`]) to a registry, reads every instance's
+/// health, and checks that the result snapshots and restores to the same data.
+fn applies_and_snapshots(ops: &[Op]) {
+    let registry = Registry::default();
+    let index = 1;
+    let results = registry.apply(
+        index,
+        &Command::new(1_000, ops.to_vec()),
+        &mut Dirty::default(),
+    );
+    assert_eq!(results.len(), ops.len());
+    if ops.len() == 1 && matches!(ops[0], Op::Register { .. }) {
+        assert_eq!(results[0], OpResult::Ok, "registering {:?}", ops[0]);
+    }
+    snapshots(&registry, index);
 }
