@@ -123,7 +123,8 @@ impl<'a> Reader<'a> {
     }
     /// Skips a name in a resource record, which may end in a compression pointer.
     fn skip_name(&mut self) -> Option<()> {
-        let mut len = 0usize;
+        // The root's zero byte counts towards the limit too.
+        let mut len = 1usize;
         loop {
             let l = self.u8()?;
             match l {
@@ -179,7 +180,9 @@ pub fn parse_query(buf: &[u8]) -> Result<Query<'_>, ParseError> {
         pos: HEADER_LEN,
     };
     let mut labels = Vec::new();
-    let mut name_len = 0usize;
+    // The name's length in wire form, the root's zero byte included (a name of 256 bytes made
+    // answers that echo it unreadable to resolvers).
+    let mut name_len = 1usize;
     loop {
         let l = r.u8().ok_or(ParseError::Reply {
             id,
@@ -765,6 +768,32 @@ mod tests {
             parse_query(&v1).unwrap_err(),
             ParseError::BadVersion { id: 0x1234 }
         );
+    }
+
+    /// Confirmed by the `dns_query` fuzz target (hickory-proto refuses the name): labels whose
+    /// length bytes and data add up to 255 make a 256-byte name once the root's zero byte is
+    /// counted, which we accepted and echoed.
+    #[test]
+    fn regression_a_question_name_of_256_bytes_is_formerr() {
+        let label = |n: usize| "a".repeat(n);
+        let longest = [label(63), label(63), label(63), label(61)].join(".");
+        let q = query(&longest, TYPE_A, None);
+        assert_eq!(parse_query(&q).unwrap().labels.len(), 4);
+        // One byte longer: the name no longer fits in 255 bytes.
+        let mut over = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        for n in [63u8, 63, 63, 62] {
+            over.push(n);
+            over.extend(std::iter::repeat_n(b'a', usize::from(n)));
+        }
+        over.extend_from_slice(&[0, 0, 1, 0, 1]);
+        assert_eq!(over.len(), HEADER_LEN + 256 + 4);
+        assert!(matches!(
+            parse_query(&over),
+            Err(ParseError::Reply {
+                rcode: RCODE_FORMERR,
+                ..
+            })
+        ));
     }
 
     #[test]

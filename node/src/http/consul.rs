@@ -590,11 +590,21 @@ fn check_from_consul(c: &Map<String, Value>, default_id: String) -> Result<Value
     Ok(Value::Object(o))
 }
 
-async fn register(
-    State(s): State<AppState>,
-    caller: Caller,
-    Body(v): Body<Value>,
-) -> Result<Response, Failure> {
+/// A Consul service registration body read as the native one: what `PUT
+/// /v1/agent/service/register` proposes, before the service name and the body are validated.
+#[derive(Debug)]
+pub struct ConsulRegistration {
+    /// The service's name as sent (`Name`).
+    pub name: String,
+    /// The instance id: `ID`, or the name when there is none.
+    pub id: String,
+    pub body: cairn_api::InstanceRegistration,
+}
+
+/// Reads a Consul service registration body (`Name`, `ID`, `Address`, `Port`, `Tags`, `Meta`,
+/// `Weights`, `Check`, `Checks`, keys in any of Consul's spellings). No I/O: the fuzz target
+/// `consul_registration` runs exactly what the route runs.
+pub fn registration_from_consul(v: &Value) -> Result<ConsulRegistration, Failure> {
     let obj = v
         .as_object()
         .ok_or_else(|| Failure::invalid("the body must be a JSON object"))?;
@@ -635,11 +645,20 @@ async fn register(
     if let Some(w) = weight {
         native["weight"] = json!(w);
     }
-    let registration: cairn_api::InstanceRegistration = serde_json::from_value(native)
+    let body = serde_json::from_value(native)
         .map_err(|e| Failure::invalid(format!("invalid registration: {e}")))?;
+    Ok(ConsulRegistration { name, id, body })
+}
+
+async fn register(
+    State(s): State<AppState>,
+    caller: Caller,
+    Body(v): Body<Value>,
+) -> Result<Response, Failure> {
+    let ConsulRegistration { name, id, body } = registration_from_consul(&v)?;
     let service = model::validate_service_name(&name)?;
     caller.service(&service, Access::Write)?;
-    let instance = model::validate_registration(&id, &registration)?;
+    let instance = model::validate_registration(&id, &body)?;
     s.cluster
         .write_as(Op::Register { service, instance }, caller.accessor())
         .await?;

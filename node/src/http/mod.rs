@@ -41,6 +41,7 @@ use axum::Router;
 
 pub use acl::Caller;
 pub use blocking::{WaitLimiter, WaitSlot, DEFAULT_MAX_WAITING_PER_CLIENT, DEFAULT_WAIT, MAX_WAIT};
+pub use consul::{registration_from_consul, ConsulRegistration};
 pub use error::Failure;
 pub use state::AppState;
 

@@ -24,5 +24,6 @@ mod deploy;
 mod dns;
 mod encrypted_dns;
 mod faults;
+mod fuzz_corpus;
 mod reads;
 mod tls;

@@ -170,42 +170,9 @@ impl Cluster {
     }
 
     /// Runs a request another node forwarded (refused with "not the leader" when this node is
-    /// not). Its op is checked by the API's rules first: a
-    /// member's word is not taken for what it may propose.
+    /// not), once [`Forward::check`] takes it.
     pub(crate) async fn execute_forwarded(&self, req: Forward) -> Result<ForwardReply, WriteError> {
-        match &req {
-            // Liveness is the leader's own observation, never another node's to propose.
-            Forward::Write {
-                op: cairn_registry::Op::SetNodeUp { .. } | cairn_registry::Op::AclExpireTokens,
-                ..
-            } => {
-                return Err(WriteError::Invalid(
-                    "forwarded write refused: only the leader marks members up or down and expires tokens".into(),
-                ))
-            }
-            Forward::Write { op, by } => {
-                if let Some(by) = by {
-                    cairn_registry::acl::validate_accessor(by).map_err(|e| {
-                        WriteError::Invalid(format!("forwarded write refused: {e}"))
-                    })?;
-                }
-                cairn_registry::model::validate_op(op)
-                    .map_err(|e| WriteError::Invalid(format!("forwarded write refused: {e}")))?
-            }
-            Forward::Join { id, rpc_addr } => {
-                let addr_ok = rpc_addr.len() <= 300
-                    && rpc_addr.rsplit_once(':').is_some_and(|(host, port)| {
-                        !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
-                    });
-                if *id == 0 || !addr_ok {
-                    return Err(WriteError::Invalid(format!(
-                        "forwarded join refused: node {id} at {:?}",
-                        rpc_addr.chars().take(64).collect::<String>()
-                    )));
-                }
-            }
-            Forward::Remove { .. } => {}
-        }
+        req.check()?;
         let deadline = Instant::now() + self.options.write_timeout * 12;
         self.execute(req, deadline).await
     }

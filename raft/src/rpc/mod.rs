@@ -15,6 +15,7 @@ pub mod server;
 use cairn_registry::{Op, OpResult};
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::WriteError;
 use crate::NodeId;
 
 /// Header naming the cluster a request is for.
@@ -60,6 +61,46 @@ pub enum Forward {
     Remove {
         id: NodeId,
     },
+}
+
+impl Forward {
+    /// Whether a leader takes this request from another node. A write's op is checked by the
+    /// API's rules ([`validate_op`](cairn_registry::model::validate_op)): a member's word is not
+    /// taken for what it may propose. Pure, so the fuzz target `rpc` runs exactly this.
+    pub fn check(&self) -> Result<(), WriteError> {
+        match self {
+            // Liveness is the leader's own observation, never another node's to propose.
+            Forward::Write {
+                op: cairn_registry::Op::SetNodeUp { .. } | cairn_registry::Op::AclExpireTokens,
+                ..
+            } => Err(WriteError::Invalid(
+                "forwarded write refused: only the leader marks members up or down and expires tokens".into(),
+            )),
+            Forward::Write { op, by } => {
+                if let Some(by) = by {
+                    cairn_registry::acl::validate_accessor(by).map_err(|e| {
+                        WriteError::Invalid(format!("forwarded write refused: {e}"))
+                    })?;
+                }
+                cairn_registry::model::validate_op(op)
+                    .map_err(|e| WriteError::Invalid(format!("forwarded write refused: {e}")))
+            }
+            Forward::Join { id, rpc_addr } => {
+                let addr_ok = rpc_addr.len() <= 300
+                    && rpc_addr.rsplit_once(':').is_some_and(|(host, port)| {
+                        !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+                    });
+                if *id == 0 || !addr_ok {
+                    return Err(WriteError::Invalid(format!(
+                        "forwarded join refused: node {id} at {:?}",
+                        rpc_addr.chars().take(64).collect::<String>()
+                    )));
+                }
+                Ok(())
+            }
+            Forward::Remove { .. } => Ok(()),
+        }
+    }
 }
 
 /// The leader's answer to a [`Forward`]: the index that committed it and the apply result.
