@@ -46,6 +46,10 @@ pub enum AgentError {
     Dns(String),
     #[error("cannot load the TLS certificates: {0}")]
     Tls(String),
+    /// Raft stopped on its own (a storage error: a full disk, an I/O error). The node exits
+    /// rather than serve a view that no longer changes; its supervisor restarts it.
+    #[error("raft stopped on a fatal error, exiting: {0}")]
+    RaftStopped(String),
 }
 
 /// The addresses the agent ended up listening on (port 0 resolved).
@@ -385,10 +389,17 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         "agent started"
     );
 
-    let result = enter_cluster(&config, &cluster, &self_rpc, &shutdown).await;
-    if result.is_ok() {
-        shutdown.cancelled().await;
-    }
+    let result = tokio::select! {
+        r = async {
+            enter_cluster(&config, &cluster, &self_rpc, &shutdown).await?;
+            shutdown.cancelled().await;
+            Ok(())
+        } => r,
+        e = cluster.stopped_by_error() => {
+            tracing::error!("raft stopped on a fatal error: {e}");
+            Err(AgentError::RaftStopped(e))
+        }
+    };
 
     tracing::info!("shutting down: draining HTTP requests");
     http_stop.cancel();

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_registry::Registry;
+use openraft::error::Fatal;
 use openraft::error::{InitializeError, RaftError};
 use openraft::{Config, Membership, ServerState, SnapshotPolicy};
 use parking_lot::Mutex;
@@ -182,6 +183,8 @@ pub struct Cluster {
     shut_down: Mutex<bool>,
     /// The snapshot being received from the leader (see [`snapshot`]).
     snapshot_in: tokio::sync::Mutex<Receiver>,
+    /// The database under the log and the state machine, to flush at shutdown.
+    store: store::Flusher,
 }
 
 impl Cluster {
@@ -198,6 +201,7 @@ impl Cluster {
         let registry = sm.registry();
         let snapshot_in = tokio::sync::Mutex::new(Receiver::new(sm.snapshot_dir()));
         let committed = log.committed_index();
+        let flusher = log.flusher();
         let config = Config {
             cluster_name: options.cluster_name.clone(),
             heartbeat_interval: options.heartbeat.as_millis() as u64,
@@ -244,6 +248,7 @@ impl Cluster {
             alive: Mutex::new(std::collections::HashMap::new()),
             shut_down: Mutex::new(false),
             snapshot_in,
+            store: flusher,
         });
         tokio::spawn(report_alive(Arc::downgrade(&cluster)));
         tokio::spawn(watch_liveness(Arc::downgrade(&cluster)));
@@ -408,7 +413,30 @@ impl Cluster {
         }
     }
 
-    /// Stops Raft. Idempotent.
+    /// Resolves once Raft has stopped by itself: a storage error (a full disk, an I/O error,
+    /// unreadable state) or a panic of its task. A node in that state still answers HTTP and DNS
+    /// from a view that no longer changes, so the agent treats this as the end of the process,
+    /// and a supervisor (systemd, Kubernetes) restarts it. Never resolves after
+    /// [`Cluster::shutdown`]. Answers the error's description.
+    pub async fn stopped_by_error(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            match &metrics.borrow_and_update().running_state {
+                Ok(()) | Err(Fatal::Stopped) => {}
+                Err(e) => return e.to_string(),
+            }
+            if metrics.changed().await.is_err() {
+                // The core's task ended without a word: a panic, unless we stopped it.
+                if *self.shut_down.lock() {
+                    std::future::pending::<()>().await;
+                }
+                return "the Raft task ended unexpectedly".into();
+            }
+        }
+    }
+
+    /// Stops Raft and flushes the store's memory tables to disk (the write-ahead log already
+    /// holds everything; a flush makes the next start quicker). Idempotent.
     pub async fn shutdown(&self) {
         {
             let mut done = self.shut_down.lock();
@@ -419,6 +447,9 @@ impl Cluster {
         }
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
+        }
+        if let Err(e) = self.store.flush() {
+            tracing::warn!("cannot flush the store at shutdown: {e}");
         }
     }
 }
