@@ -26,7 +26,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::RangeBounds;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -140,7 +140,7 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), OpenError> {
         .map_err(corrupt)?
         .map_or(0, |l| l.index);
     let committed = Arc::new(AtomicU64::new(committed));
-    let log = LogStore::new(db.clone(), committed.clone());
+    let log = LogStore::new(db.clone(), committed.clone(), dir.to_owned());
     let current: Option<SnapshotMeta<NodeId, crate::Member>> =
         read_json(&db, CF_SM, KEY_SNAPSHOT).map_err(corrupt)?;
     let snapshots = SnapshotDir::new(dir.join("snapshots"));
@@ -260,6 +260,9 @@ fn instance_key(service: &str, id: &str) -> Vec<u8> {
 pub struct LogStore {
     db: Arc<DB>,
     committed: Arc<AtomicU64>,
+    /// The data folder, and the free space its file system must keep for an append.
+    dir: PathBuf,
+    reserve: u64,
 }
 
 /// Flushes the database's memory tables into table files.
@@ -285,8 +288,50 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 impl LogStore {
-    fn new(db: Arc<DB>, committed: Arc<AtomicU64>) -> Self {
-        LogStore { db, committed }
+    fn new(db: Arc<DB>, committed: Arc<AtomicU64>, dir: PathBuf) -> Self {
+        LogStore {
+            db,
+            committed,
+            dir,
+            reserve: 0,
+        }
+    }
+
+    /// Appends fail once the data folder's file system has less than `bytes` free. RocksDB
+    /// itself handles a full disk badly (some builds abort on the write after a failed one), so
+    /// the log stops first, with a message that says why, while there is room to restart.
+    pub fn with_free_space_reserve(mut self, bytes: u64) -> Self {
+        self.reserve = bytes;
+        self
+    }
+
+    fn check_free_space(&self) -> StorageResult<()> {
+        if self.reserve == 0 {
+            return Ok(());
+        }
+        match rustix::fs::statvfs(&self.dir) {
+            Ok(fs) => {
+                let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+                if free < self.reserve {
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::StorageFull,
+                        format!(
+                            "no space left for the log: {free} bytes free on the file system of {}, \
+                             under the reserve of {} (--min-free-disk-bytes)",
+                            self.dir.display(),
+                            self.reserve
+                        ),
+                    );
+                    return Err(StorageIOError::write_logs(&e).into());
+                }
+                Ok(())
+            }
+            // Cannot tell: the write itself will say.
+            Err(e) => {
+                tracing::debug!("cannot read the free space of {}: {e}", self.dir.display());
+                Ok(())
+            }
+        }
     }
 
     /// A handle that flushes the database, usable after the store was handed to Raft.
@@ -406,6 +451,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        self.check_free_space()?;
         let mut batch = WriteBatch::default();
         for entry in entries {
             batch.put_cf(self.logs(), log_key(entry.log_id.index), to_json(&entry)?);

@@ -24,4 +24,5 @@ mod deploy;
 mod dns;
 mod faults;
 mod reads;
+mod storage;
 mod tls;

@@ -45,6 +45,9 @@ pub const DEFAULT_CLUSTER_NAME: &str = "cairn";
 pub const DEFAULT_SNAPSHOT_THRESHOLD: u64 = 100_000;
 pub const DEFAULT_KEEP_LOGS: u64 = 5_000;
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Free space the data folder's file system keeps: room for RocksDB to flush and compact and
+/// for a snapshot, so the node stops on its own terms, not on a failed write half-way.
+pub const DEFAULT_MIN_FREE_DISK: u64 = 128 * 1024 * 1024;
 
 /// How a node takes part in the cluster.
 #[derive(Debug, Clone)]
@@ -75,6 +78,9 @@ pub struct ClusterOptions {
     /// Tests only: the fault tests' proxy tells senders apart by it, since under mutual TLS it
     /// can read nothing else.
     pub rpc_source_addr: Option<IpAddr>,
+    /// An append to the log fails (and Raft stops) when the data folder's file system has less
+    /// free space than this; 0 for no check.
+    pub min_free_disk: u64,
 }
 
 impl ClusterOptions {
@@ -112,6 +118,7 @@ impl Default for ClusterOptions {
             tls: None,
             clock_offset_ms: 0,
             rpc_source_addr: None,
+            min_free_disk: DEFAULT_MIN_FREE_DISK,
         }
     }
 }
@@ -198,6 +205,7 @@ impl Cluster {
             ))
         })?;
         let (log, sm) = store::open(&options.data_dir)?;
+        let log = log.with_free_space_reserve(options.min_free_disk);
         let registry = sm.registry();
         let snapshot_in = tokio::sync::Mutex::new(Receiver::new(sm.snapshot_dir()));
         let committed = log.committed_index();
