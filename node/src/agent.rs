@@ -46,6 +46,10 @@ pub enum AgentError {
     Dns(String),
     #[error("cannot load the TLS certificates: {0}")]
     Tls(String),
+    /// Raft stopped on its own (a storage error: a full disk, an I/O error). The node exits
+    /// rather than serve a view that no longer changes; its supervisor restarts it.
+    #[error("raft stopped on a fatal error, exiting: {0}")]
+    RaftStopped(String),
 }
 
 /// The addresses the agent ended up listening on (port 0 resolved).
@@ -272,6 +276,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         clock_offset_ms: config.clock_offset_ms,
         rpc_source_addr: config.rpc_source_addr,
         tls: rpc_tls.as_ref().map(|t| t.client.clone()),
+        min_free_disk: config.min_free_disk_bytes,
         ..ClusterOptions::default()
     };
     let cluster = Cluster::start(options).await?;
@@ -446,10 +451,17 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         "agent started"
     );
 
-    let result = enter_cluster(&config, &cluster, &self_rpc, &shutdown).await;
-    if result.is_ok() {
-        shutdown.cancelled().await;
-    }
+    let result = tokio::select! {
+        r = async {
+            enter_cluster(&config, &cluster, &self_rpc, &shutdown).await?;
+            shutdown.cancelled().await;
+            Ok(())
+        } => r,
+        e = cluster.stopped_by_error() => {
+            tracing::error!("raft stopped on a fatal error: {e}");
+            Err(AgentError::RaftStopped(e))
+        }
+    };
 
     tracing::info!("shutting down: draining HTTP requests");
     http_stop.cancel();

@@ -46,6 +46,7 @@ pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 const MAX_MAX_BODY: usize = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_WAITING_PER_CLIENT: usize = crate::http::DEFAULT_MAX_WAITING_PER_CLIENT;
 pub const DEFAULT_SNAPSHOT_THRESHOLD: u64 = cairn_raft::cluster::DEFAULT_SNAPSHOT_THRESHOLD;
+pub const DEFAULT_MIN_FREE_DISK: u64 = cairn_raft::cluster::DEFAULT_MIN_FREE_DISK;
 pub const DEFAULT_SNAPSHOT_KEEP_LOGS: u64 = cairn_raft::cluster::DEFAULT_KEEP_LOGS;
 pub const DEFAULT_WRITE_TIMEOUT: Duration = cairn_raft::cluster::DEFAULT_WRITE_TIMEOUT;
 pub const DEFAULT_LOG: &str = "info";
@@ -259,6 +260,17 @@ pub struct AgentArgs {
     #[arg(long, env = "CAIRN_CHECK_CA_FILE", value_name = "FILE")]
     pub check_ca_file: Option<PathBuf>,
 
+    /// CIDR ranges health checks may connect to although a default rule denies them (e.g.
+    /// `127.0.0.0/8` for services on loopback), comma-separated. The most specific range
+    /// decides; see README "Limits and protections".
+    #[arg(long, env = "CAIRN_CHECK_ALLOW", value_name = "CIDR,...")]
+    pub check_allow: Option<Peers>,
+
+    /// CIDR ranges health checks may not connect to, besides link-local, the cloud metadata
+    /// addresses, loopback (outside --dev) and this node's own listeners, comma-separated.
+    #[arg(long, env = "CAIRN_CHECK_DENY", value_name = "CIDR,...")]
+    pub check_deny: Option<Peers>,
+
     /// Serve the cluster RPC in plaintext on a non-loopback address, without certificates:
     /// anyone who reaches the port can then act as a member. Only for trusted networks.
     #[arg(long, env = "CAIRN_INSECURE_RPC")]
@@ -302,6 +314,18 @@ pub struct AgentArgs {
         )
     )]
     pub max_waiting_per_client: Option<usize>,
+
+    #[arg(
+        long,
+        env = "CAIRN_MIN_FREE_DISK_BYTES",
+        value_name = "BYTES",
+        help = with_default(
+            "Stop the node (exit 1) rather than append to the log when the data folder's file \
+             system has less free space than this; 0 turns the check off",
+            DEFAULT_MIN_FREE_DISK
+        )
+    )]
+    pub min_free_disk_bytes: Option<u64>,
 
     #[arg(
         long,
@@ -501,6 +525,12 @@ pub struct AgentConfig {
     pub dns_tls: Option<DnsTlsConfig>,
     /// CA certificates HTTPS health checks trust besides the public roots.
     pub check_ca_file: Option<PathBuf>,
+    /// Ranges health checks may reach despite a default rule (--check-allow).
+    pub check_allow: Vec<ipnet::IpNet>,
+    /// Ranges health checks may not reach (--check-deny).
+    pub check_deny: Vec<ipnet::IpNet>,
+    /// Free space the data folder's file system must keep for the log to be appended to.
+    pub min_free_disk_bytes: u64,
     /// Whether ACLs are enforced, and their default.
     pub acl: AclMode,
     /// The secret DNS answers with, read from --dns-token-file.
@@ -637,6 +667,8 @@ impl AgentArgs {
             dns_https_addr: self.dns_https_addr.merge(under.dns_https_addr),
             dns_tls_client_ca: self.dns_tls_client_ca.merge(under.dns_tls_client_ca),
             check_ca_file: self.check_ca_file.merge(under.check_ca_file),
+            check_allow: self.check_allow.merge(under.check_allow),
+            check_deny: self.check_deny.merge(under.check_deny),
             insecure_rpc: self.insecure_rpc.merge(under.insecure_rpc),
             acl: self.acl.merge(under.acl),
             acl_default: self.acl_default.merge(under.acl_default),
@@ -646,6 +678,7 @@ impl AgentArgs {
             max_waiting_per_client: self
                 .max_waiting_per_client
                 .merge(under.max_waiting_per_client),
+            min_free_disk_bytes: self.min_free_disk_bytes.merge(under.min_free_disk_bytes),
             snapshot_threshold: self.snapshot_threshold.merge(under.snapshot_threshold),
             snapshot_keep_logs: self.snapshot_keep_logs.merge(under.snapshot_keep_logs),
             write_timeout: self.write_timeout.merge(under.write_timeout),
@@ -847,6 +880,9 @@ impl AgentArgs {
                 "must be between 1 and 1000000",
             ));
         }
+        let min_free_disk_bytes = self.min_free_disk_bytes.unwrap_or(DEFAULT_MIN_FREE_DISK);
+        let check_allow = cidr_list("--check-allow", self.check_allow.clone())?;
+        let check_deny = cidr_list("--check-deny", self.check_deny.clone())?;
         let snapshot_threshold = self
             .snapshot_threshold
             .unwrap_or(DEFAULT_SNAPSHOT_THRESHOLD);
@@ -924,6 +960,9 @@ impl AgentArgs {
             https,
             dns_tls,
             check_ca_file,
+            check_allow,
+            check_deny,
+            min_free_disk_bytes,
             acl,
             dns_token,
             join_token,
@@ -1197,6 +1236,33 @@ fn load_file(path: &Path) -> Result<AgentArgs, ConfigError> {
             format!("{}: {}", path.display(), e.to_string().trim_end()),
         )
     })
+}
+
+/// A comma-separated list of CIDR ranges (`10.0.0.0/8`, `fd00::/8`); a bare address is a range
+/// of one.
+fn cidr_list(setting: &str, list: Option<Peers>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    let list = list.map(Peers::into_vec).unwrap_or_default();
+    let mut out = Vec::new();
+    for item in list.iter().flat_map(|s| s.split(',')) {
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        let net = item
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| item.parse::<IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                bad(
+                    setting,
+                    format!("{item:?} is not a CIDR range such as 10.0.0.0/8"),
+                )
+            })?;
+        out.push(net);
+    }
+    if out.len() > 256 {
+        return Err(bad(setting, "at most 256 ranges"));
+    }
+    Ok(out)
 }
 
 fn parse_addr(setting: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -1767,6 +1833,8 @@ insecure_rpc = true
         ("dns_https_addr", Some("127.0.0.1:8443")),
         ("dns_tls_client_ca", Some("/etc/cairn/dns-clients-ca.pem")),
         ("check_ca_file", Some("/etc/cairn/checks-ca.pem")),
+        ("check_allow", Some("127.0.0.0/8,10.0.0.0/8")),
+        ("check_deny", Some("10.1.0.0/16")),
         ("insecure_rpc", None),
         ("acl", None),
         ("acl_default", Some("allow")),
@@ -1774,6 +1842,7 @@ insecure_rpc = true
         ("join_token_file", Some("/etc/cairn/join.token")),
         ("max_body_bytes", Some("4096")),
         ("max_waiting_per_client", Some("16")),
+        ("min_free_disk_bytes", Some("1048576")),
         ("snapshot_threshold", Some("500")),
         ("snapshot_keep_logs", Some("50")),
         ("write_timeout", Some("2s")),
@@ -1891,6 +1960,7 @@ insecure_rpc = true
         "cluster",
         "max_body_bytes",
         "max_waiting_per_client",
+        "min_free_disk_bytes",
         "snapshot_threshold",
         "snapshot_keep_logs",
         "write_timeout",

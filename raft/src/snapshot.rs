@@ -10,8 +10,15 @@
 //! announced, which itself is at most [`MAX_SNAPSHOT_BYTES`], and it writes the chunk straight to
 //! the file. A refused chunk ends the snapshot in progress and removes its file; so does a new
 //! snapshot id, and so does the node's start for whatever a crash left behind.
+//!
+//! Building a snapshot and installing one from the leader both replace the current snapshot's
+//! file and metadata, and openraft runs them on different tasks: they take
+//! [`SnapshotDir::lock`] for the whole replacement, so neither prunes the other's file and an
+//! older snapshot never replaces a newer one. The current snapshot's size and SHA-256
+//! ([`FileSum`]) are recorded with its metadata and checked at start, so a damaged or missing
+//! file stops the node with its path rather than being sent to a follower.
 
-use std::io::{self, BufReader, BufWriter, SeekFrom};
+use std::io::{self, BufReader, BufWriter, Read, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +27,7 @@ use std::task::{Context, Poll};
 
 use cairn_registry::format::{self, SnapshotError};
 use cairn_registry::RegistryData;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncSeek, AsyncSeekExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// Largest snapshot a node accepts from the leader, checked against the size the leader
@@ -139,17 +147,24 @@ pub enum DecodeError {
     Invalid(SnapshotError),
 }
 
+/// A snapshot file's size and SHA-256, recorded beside its metadata when it becomes current.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSum {
+    /// The snapshot id the file belongs to.
+    pub id: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
 /// The snapshot folder.
 #[derive(Debug, Clone)]
 pub struct SnapshotDir {
     dir: PathBuf,
     /// Numbers the incoming files, so two are never one.
     incoming: Arc<AtomicU64>,
-    /// Held while the current snapshot changes (a file renamed into place, the metadata record
-    /// written, the others pruned) and while it is opened from its metadata: without it, a
-    /// reader can open a file a build or install just pruned, an I/O error openraft treats as
-    /// fatal.
-    current: Arc<tokio::sync::Mutex<()>>,
+    /// Held while the current snapshot is replaced (file, metadata, pruning); shared by every
+    /// clone, so by the snapshot builder and the state machine.
+    lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SnapshotDir {
@@ -157,13 +172,46 @@ impl SnapshotDir {
         SnapshotDir {
             dir,
             incoming: Arc::new(AtomicU64::new(0)),
-            current: Arc::default(),
+            lock: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
-    /// Exclusive use of the current snapshot: its file, its metadata record and pruning.
-    pub(crate) async fn exclusive(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.current.lock().await
+    /// Taken for the whole of replacing the current snapshot: build and install never
+    /// interleave.
+    pub(crate) async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.lock.lock().await
+    }
+
+    /// Where snapshot `id`'s file is.
+    pub fn path_of(&self, id: &str) -> PathBuf {
+        self.dir.join(Self::file_name(id))
+    }
+
+    /// Size and SHA-256 of snapshot `id`'s file. Blocking; reads the whole file.
+    pub(crate) fn sum(&self, id: &str) -> io::Result<FileSum> {
+        let mut file = std::fs::File::open(self.path_of(id))?;
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut bytes = 0u64;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            ctx.update(&buf[..n]);
+            bytes += n as u64;
+        }
+        let sha256 = ctx
+            .finish()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(FileSum {
+            id: id.to_owned(),
+            bytes,
+            sha256,
+        })
     }
 
     fn file_name(id: &str) -> String {
@@ -179,10 +227,6 @@ impl SnapshotDir {
             .take(100)
             .collect();
         format!("{safe}{SNAPSHOT_SUFFIX}")
-    }
-
-    fn path_of(&self, id: &str) -> PathBuf {
-        self.dir.join(Self::file_name(id))
     }
 
     /// Makes the folder and removes everything in it but snapshot `keep`'s file: the downloads

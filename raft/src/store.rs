@@ -26,7 +26,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::RangeBounds;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -45,7 +45,7 @@ use cairn_registry::format::{ServiceRecord, FORMAT_VERSION};
 use cairn_registry::model::Instance;
 use cairn_registry::{Dirty, OpResult, Registry, RegistryData, ServiceEntry, ServiceSettings};
 
-use crate::snapshot::{DecodeError, SnapshotData, SnapshotDir};
+use crate::snapshot::{DecodeError, FileSum, SnapshotData, SnapshotDir};
 use crate::{NodeId, TypeConfig};
 
 const CF_LOGS: &str = "logs";
@@ -60,6 +60,8 @@ const KEY_APPLIED: &[u8] = b"applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_LIST_INDEX: &[u8] = b"list_index";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
+/// The current snapshot file's size and SHA-256 ([`FileSum`]), written with `KEY_SNAPSHOT`.
+const KEY_SNAPSHOT_SUM: &[u8] = b"snapshot_sum";
 const KEY_DOWN_NODES: &[u8] = b"down_nodes";
 const KEY_ACL_BOOTSTRAP: &[u8] = b"acl_bootstrap";
 /// The leader's time in the last applied entry (token expiry is judged by it).
@@ -90,6 +92,9 @@ pub enum OpenError {
     /// The stored state could not be read back.
     #[error("the data folder {path} holds unreadable state: {message}")]
     Corrupt { path: String, message: String },
+    /// The current snapshot's file is missing, damaged or unreadable.
+    #[error("the snapshot file {path} {message}")]
+    Snapshot { path: String, message: String },
 }
 
 /// Opens (or creates) the store in `dir`, loading the registry from it.
@@ -135,7 +140,7 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), OpenError> {
         .map_err(corrupt)?
         .map_or(0, |l| l.index);
     let committed = Arc::new(AtomicU64::new(committed));
-    let log = LogStore::new(db.clone(), committed.clone());
+    let log = LogStore::new(db.clone(), committed.clone(), dir.to_owned());
     let current: Option<SnapshotMeta<NodeId, crate::Member>> =
         read_json(&db, CF_SM, KEY_SNAPSHOT).map_err(corrupt)?;
     let snapshots = SnapshotDir::new(dir.join("snapshots"));
@@ -146,8 +151,57 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), OpenError> {
             path: path.clone(),
             message: format!("cannot prepare the snapshot folder: {e}"),
         })?;
+    if let Some(meta) = &current {
+        verify_snapshot(&db, &snapshots, meta).map_err(|message| OpenError::Snapshot {
+            path: snapshots.path_of(&meta.snapshot_id).display().to_string(),
+            message,
+        })?;
+    }
     let sm = StateMachine::load(db, snapshots).map_err(corrupt)?;
     Ok((log, sm))
+}
+
+/// Checks the current snapshot's file against the size and SHA-256 recorded with it, so that a
+/// damaged file stops the node here, naming it, rather than reaching a follower. A folder from
+/// before sums were recorded has its file decoded and checked instead, and its sum recorded.
+fn verify_snapshot(
+    db: &DB,
+    snapshots: &SnapshotDir,
+    meta: &SnapshotMeta<NodeId, crate::Member>,
+) -> Result<(), String> {
+    let id = meta.snapshot_id.as_str();
+    let index = meta.last_log_id.map_or(0, |l| l.index);
+    let recorded: Option<FileSum> = read_json(db, CF_SM, KEY_SNAPSHOT_SUM)
+        .map_err(|e| format!("has an unreadable sum: {e}"))?;
+    let found = match snapshots.sum(id) {
+        Ok(found) => found,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "is missing: the metadata names it the current snapshot (index {index})"
+            ))
+        }
+        Err(e) => return Err(format!("cannot be read: {e}")),
+    };
+    match recorded {
+        Some(sum) if sum.id == id => {
+            if sum != found {
+                return Err(format!(
+                    "is damaged: {} bytes with SHA-256 {}, but {} bytes with SHA-256 {} were written",
+                    found.bytes, found.sha256, sum.bytes, sum.sha256
+                ));
+            }
+            Ok(())
+        }
+        _ => {
+            let file = std::fs::File::open(snapshots.path_of(id))
+                .map_err(|e| format!("cannot be read: {e}"))?;
+            cairn_registry::format::read_snapshot(std::io::BufReader::new(file), index)
+                .map_err(|e| format!("is not a valid snapshot: {e}"))?;
+            let bytes = serde_json::to_vec(&found).map_err(|e| e.to_string())?;
+            db.put_cf(cf(db, CF_SM), KEY_SNAPSHOT_SUM, bytes)
+                .map_err(|e| format!("is valid, but its sum cannot be recorded: {e}"))
+        }
+    }
 }
 
 fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
@@ -206,6 +260,22 @@ fn instance_key(service: &str, id: &str) -> Vec<u8> {
 pub struct LogStore {
     db: Arc<DB>,
     committed: Arc<AtomicU64>,
+    /// The data folder, and the free space its file system must keep for an append.
+    dir: PathBuf,
+    reserve: u64,
+}
+
+/// Flushes the database's memory tables into table files.
+#[derive(Clone)]
+pub struct Flusher(Arc<DB>);
+
+impl Flusher {
+    pub fn flush(&self) -> Result<(), rocksdb::Error> {
+        for name in [CF_LOGS, CF_RAFT, CF_REGISTRY, CF_SM] {
+            self.0.flush_cf(cf(&self.0, name))?;
+        }
+        Ok(())
+    }
 }
 
 /// Runs a blocking disk write without stalling the other tasks of a multi-threaded runtime.
@@ -218,8 +288,55 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 impl LogStore {
-    fn new(db: Arc<DB>, committed: Arc<AtomicU64>) -> Self {
-        LogStore { db, committed }
+    fn new(db: Arc<DB>, committed: Arc<AtomicU64>, dir: PathBuf) -> Self {
+        LogStore {
+            db,
+            committed,
+            dir,
+            reserve: 0,
+        }
+    }
+
+    /// Appends fail once the data folder's file system has less than `bytes` free. RocksDB
+    /// itself handles a full disk badly (some builds abort on the write after a failed one), so
+    /// the log stops first, with a message that says why, while there is room to restart.
+    pub fn with_free_space_reserve(mut self, bytes: u64) -> Self {
+        self.reserve = bytes;
+        self
+    }
+
+    fn check_free_space(&self) -> StorageResult<()> {
+        if self.reserve == 0 {
+            return Ok(());
+        }
+        match rustix::fs::statvfs(&self.dir) {
+            Ok(fs) => {
+                let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+                if free < self.reserve {
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::StorageFull,
+                        format!(
+                            "no space left for the log: {free} bytes free on the file system of {}, \
+                             under the reserve of {} (--min-free-disk-bytes)",
+                            self.dir.display(),
+                            self.reserve
+                        ),
+                    );
+                    return Err(StorageIOError::write_logs(&e).into());
+                }
+                Ok(())
+            }
+            // Cannot tell: the write itself will say.
+            Err(e) => {
+                tracing::debug!("cannot read the free space of {}: {e}", self.dir.display());
+                Ok(())
+            }
+        }
+    }
+
+    /// A handle that flushes the database, usable after the store was handed to Raft.
+    pub fn flusher(&self) -> Flusher {
+        Flusher(self.db.clone())
     }
 
     /// The last committed index this node knows of.
@@ -334,6 +451,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        self.check_free_space()?;
         let mut batch = WriteBatch::default();
         for entry in entries {
             batch.put_cf(self.logs(), log_key(entry.log_id.index), to_json(&entry)?);
@@ -376,6 +494,15 @@ impl StateMachine {
         let membership = read_json(&db, CF_SM, KEY_MEMBERSHIP)?.unwrap_or_default();
         let list_index = read_json(&db, CF_SM, KEY_LIST_INDEX)?.unwrap_or(0);
         let mut data = load_registry(&db, list_index)?;
+        // Records written by this build's apply are well formed; these checks are for what a
+        // disk or a hand changed since: refused here, not a panic on the first request.
+        cairn_registry::format::validate_registry(&data, applied.map_or(0, |l| l.index)).map_err(
+            |e| {
+                StorageIOError::read_state_machine(&std::io::Error::other(format!(
+                    "the registry records are inconsistent: {e}"
+                )))
+            },
+        )?;
         data.down_nodes = read_json(&db, CF_SM, KEY_DOWN_NODES)?.unwrap_or_default();
         data.acl.bootstrap_index = read_json(&db, CF_SM, KEY_ACL_BOOTSTRAP)?.flatten();
         let registry = Arc::new(Registry::from_data(data, applied.map_or(0, |l| l.index)));
@@ -487,6 +614,7 @@ fn load_registry(db: &DB, list_index: u64) -> StorageResult<RegistryData> {
         let mut parts = key.split(|b| *b == 0);
         let kind = parts.next().unwrap_or_default();
         let name = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+        let rest = parts.next();
         match kind {
             b"c" => {
                 let s: ServiceSettings = serde_json::from_slice(&value)
@@ -521,6 +649,14 @@ fn load_registry(db: &DB, list_index: u64) -> StorageResult<RegistryData> {
             b"i" => {
                 let inst: Instance = serde_json::from_slice(&value)
                     .map_err(|e| bad(format!("instance in {name}: {e}")))?;
+                if rest != Some(inst.spec.id.as_bytes()) {
+                    return Err(bad(format!(
+                        "the record under {:?} holds instance {:?}",
+                        String::from_utf8_lossy(&key),
+                        inst.spec.id
+                    ))
+                    .into());
+                }
                 entry.put(Arc::new(inst));
             }
             _ => return Err(bad(format!("unknown registry key {key:?}")).into()),
@@ -661,9 +797,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut opts = WriteOptions::default();
         // The log behind this snapshot may be purged next: the snapshot must be durable first.
         opts.set_sync(true);
-        let current = self.snapshots.exclusive().await;
-        let written = match self.snapshots.adopt(&mut snapshot, &meta.snapshot_id).await {
+        // No snapshot is built while this one replaces the current one (see `snapshot`).
+        let snapshots = self.snapshots.clone();
+        let _replacing = snapshots.lock().await;
+        let written = match snapshots.adopt(&mut snapshot, &meta.snapshot_id).await {
             Ok(()) => blocking(|| {
+                let sum = snapshots.sum(&meta.snapshot_id)?;
+                batch.put_cf(
+                    cf(&self.db, CF_SM),
+                    KEY_SNAPSHOT_SUM,
+                    serde_json::to_vec(&sum)?,
+                );
                 self.db
                     .write_opt(batch, &opts)
                     .map_err(std::io::Error::other)
@@ -671,8 +815,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Err(e) => Err(e),
         };
         written.map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        self.snapshots.prune(&meta.snapshot_id);
-        drop(current);
+        snapshots.prune(&meta.snapshot_id);
 
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
@@ -684,7 +827,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
         // Once open, the file outlives a prune; between reading the record and opening it, no
         // build or install may replace it.
-        let _current = self.snapshots.exclusive().await;
+        let _current = self.snapshots.lock().await;
         let meta: Option<SnapshotMeta<NodeId, crate::Member>> =
             read_json(&self.db, CF_SM, KEY_SNAPSHOT)?;
         let Some(meta) = meta else {
@@ -724,24 +867,42 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.membership.clone(),
             snapshot_id,
         };
+        let snapshots = self.snapshots.clone();
+        // One replacement of the current snapshot at a time: an install from the leader cannot
+        // prune this file, nor this build prune the installed one.
+        let _replacing = snapshots.lock().await;
+        let current: Option<SnapshotMeta<NodeId, crate::Member>> =
+            read_json(&self.db, CF_SM, KEY_SNAPSHOT)?;
+        if let Some(current) = current.filter(|c| c.last_log_id >= meta.last_log_id) {
+            // A snapshot installed while this one waited covers as much or more: it stays
+            // current, and the metadata never goes back to an older one.
+            let data = snapshots
+                .open(&current.snapshot_id)
+                .await
+                .map_err(|e| StorageIOError::read_snapshot(Some(current.signature()), &e))?;
+            return Ok(Snapshot {
+                meta: current,
+                snapshot: Box::new(data),
+            });
+        }
+        let sm = cf(&self.db, CF_SM);
         let mut batch = WriteBatch::default();
-        batch.put_cf(cf(&self.db, CF_SM), KEY_SNAPSHOT, to_json(&meta)?);
+        batch.put_cf(sm, KEY_SNAPSHOT, to_json(&meta)?);
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         // Tens of MB for a large registry: encoded straight to the file, off the async
-        // workers' backs. The file, the record and the pruning change together, and this build's
-        // file is opened before an install could prune it.
-        let _current = self.snapshots.exclusive().await;
+        // workers' backs.
         blocking(|| {
-            self.snapshots.write(&meta.snapshot_id, registry)?;
+            snapshots.write(&meta.snapshot_id, registry)?;
+            let sum = snapshots.sum(&meta.snapshot_id)?;
+            batch.put_cf(sm, KEY_SNAPSHOT_SUM, serde_json::to_vec(&sum)?);
             self.db
                 .write_opt(batch, &opts)
                 .map_err(std::io::Error::other)
         })
         .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        self.snapshots.prune(&meta.snapshot_id);
-        let data = self
-            .snapshots
+        snapshots.prune(&meta.snapshot_id);
+        let data = snapshots
             .open(&meta.snapshot_id)
             .await
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;

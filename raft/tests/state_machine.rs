@@ -217,3 +217,151 @@ async fn the_audit_list_keeps_its_last_entries_across_a_restart() {
     );
     assert_eq!(audit.last().map(|e| e.index), Some(total));
 }
+
+/// Builds a snapshot of `sm`, then drops it; answers the snapshot file's path.
+async fn snapshot_file(mut sm: StateMachine, dir: &std::path::Path) -> std::path::PathBuf {
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    drop(sm);
+    dir.join("snapshots")
+        .join(format!("{}.snap", snap.meta.snapshot_id))
+}
+
+fn open_error(dir: &std::path::Path) -> String {
+    match store::open(dir) {
+        Ok(_) => panic!("the store opened"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn a_damaged_or_missing_snapshot_file_stops_the_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = snapshot_file(populated(dir.path()).await, dir.path()).await;
+    // The file is checked at every start, and a good one passes.
+    drop(store::open(dir.path()).unwrap());
+
+    // One byte flipped where JSON still parses: a digit of an index.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes
+        .windows(b"\"modify_index\":".len())
+        .position(|w| w == b"\"modify_index\":")
+        .unwrap()
+        + b"\"modify_index\":".len();
+    bytes[at] = if bytes[at] == b'1' { b'2' } else { b'1' };
+    std::fs::write(&path, &bytes).unwrap();
+    let err = open_error(dir.path());
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(err.contains("is damaged"), "{err}");
+
+    std::fs::remove_file(&path).unwrap();
+    let err = open_error(dir.path());
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(err.contains("is missing"), "{err}");
+}
+
+#[tokio::test]
+async fn a_snapshot_without_a_recorded_sum_is_decoded_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = snapshot_file(populated(dir.path()).await, dir.path()).await;
+    with_db(dir.path(), |db| {
+        db.delete_cf(db.cf_handle("sm").unwrap(), b"snapshot_sum")
+            .unwrap()
+    });
+    std::fs::write(
+        &path,
+        b"{\"format\": 1, \"list_index\": 99, \"services\": []}",
+    )
+    .unwrap();
+    let err = open_error(dir.path());
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(err.contains("is not a valid snapshot"), "{err}");
+}
+
+/// Runs `f` on the store's RocksDB database directly, as a disk fault or a hand would.
+fn with_db(dir: &std::path::Path, f: impl FnOnce(&rocksdb::DB)) {
+    let db = rocksdb::DB::open_cf(
+        &rocksdb::Options::default(),
+        dir,
+        ["logs", "raft", "registry", "sm"],
+    )
+    .unwrap();
+    f(&db);
+}
+
+#[tokio::test]
+async fn instance_records_that_break_the_model_are_refused_at_start() {
+    // An instance with one check state more than it has checks: the registry indexes states
+    // by position, so this would panic or mislead on the first read.
+    let dir = tempfile::tempdir().unwrap();
+    drop(populated(dir.path()).await);
+    with_db(dir.path(), |db| {
+        let reg = db.cf_handle("registry").unwrap();
+        let key = b"i\0web\0b";
+        let mut inst: serde_json::Value =
+            serde_json::from_slice(&db.get_cf(reg, key).unwrap().unwrap()).unwrap();
+        inst["checks"] =
+            serde_json::json!([{"status": "passing", "output": "", "changed_at_ms": 0}]);
+        db.put_cf(reg, key, serde_json::to_vec(&inst).unwrap())
+            .unwrap();
+    });
+    let err = open_error(dir.path());
+    assert!(err.contains(&dir.path().display().to_string()), "{err}");
+    assert!(
+        err.contains("instance \"b\" of \"web\" is inconsistent"),
+        "{err}"
+    );
+
+    // A record stored under another instance's key.
+    let dir = tempfile::tempdir().unwrap();
+    drop(populated(dir.path()).await);
+    with_db(dir.path(), |db| {
+        let reg = db.cf_handle("registry").unwrap();
+        let b = db.get_cf(reg, b"i\0web\0b").unwrap().unwrap();
+        db.put_cf(reg, b"i\0web\0z", b).unwrap();
+    });
+    let err = open_error(dir.path());
+    assert!(err.contains("holds instance \"b\""), "{err}");
+}
+
+#[tokio::test]
+async fn a_build_never_replaces_a_newer_installed_snapshot_nor_prunes_it() {
+    // A build that began at index 6 finishes after a snapshot of index 9 was installed (openraft
+    // runs the two on different tasks).
+    let a = tempfile::tempdir().unwrap();
+    let mut source = populated(a.path()).await;
+    source
+        .apply(vec![
+            register(7, "api", "x"),
+            register(8, "api", "y"),
+            register(9, "api", "z"),
+        ])
+        .await
+        .unwrap();
+    let newer = source
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(newer.meta.last_log_id, Some(log_id(9)));
+
+    let b = tempfile::tempdir().unwrap();
+    let mut target = populated(b.path()).await;
+    let mut late_builder = target.get_snapshot_builder().await;
+    target
+        .install_snapshot(&newer.meta, newer.snapshot)
+        .await
+        .unwrap();
+    let built = late_builder.build_snapshot().await.unwrap();
+    assert_eq!(built.meta, newer.meta, "the newer snapshot stays current");
+    let current = target.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, newer.meta);
+    drop((target, built, current, late_builder));
+    let (_log, again) = store::open(b.path()).unwrap();
+    assert_eq!(again.registry().applied_index(), 9);
+}

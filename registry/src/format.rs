@@ -90,7 +90,7 @@ pub fn read_snapshot(
         down_nodes: file.down_nodes,
         acl: file.acl,
     };
-    validate(&data, last_index).map_err(SnapshotError::Invalid)?;
+    validate_registry(&data, last_index).map_err(SnapshotError::Invalid)?;
     Ok(data)
 }
 
@@ -111,8 +111,10 @@ struct SnapshotWire {
     acl: crate::acl::AclData,
 }
 
-/// Names, ids and indexes of a snapshot's registry.
-fn validate(data: &RegistryData, last_index: u64) -> Result<(), String> {
+/// Checks names, ids, indexes (none past `last_index`) and the shape of every instance (one check
+/// state per check spec: the registry indexes them by position) of a registry that comes from
+/// outside the running process: a snapshot, or the records a node loads at start.
+pub fn validate_registry(data: &RegistryData, last_index: u64) -> Result<(), String> {
     if data.list_index > last_index {
         return Err(format!(
             "list index {} is past the snapshot",

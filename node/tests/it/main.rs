@@ -26,4 +26,5 @@ mod encrypted_dns;
 mod faults;
 mod fuzz_corpus;
 mod reads;
+mod storage;
 mod tls;

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_registry::Registry;
+use openraft::error::Fatal;
 use openraft::error::{InitializeError, RaftError};
 use openraft::{Config, Membership, ServerState, SnapshotPolicy};
 use parking_lot::Mutex;
@@ -44,6 +45,9 @@ pub const DEFAULT_CLUSTER_NAME: &str = "cairn";
 pub const DEFAULT_SNAPSHOT_THRESHOLD: u64 = 100_000;
 pub const DEFAULT_KEEP_LOGS: u64 = 5_000;
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Free space the data folder's file system keeps: room for RocksDB to flush and compact and
+/// for a snapshot, so the node stops on its own terms, not on a failed write half-way.
+pub const DEFAULT_MIN_FREE_DISK: u64 = 128 * 1024 * 1024;
 
 /// How a node takes part in the cluster.
 #[derive(Debug, Clone)]
@@ -74,6 +78,9 @@ pub struct ClusterOptions {
     /// Tests only: the fault tests' proxy tells senders apart by it, since under mutual TLS it
     /// can read nothing else.
     pub rpc_source_addr: Option<IpAddr>,
+    /// An append to the log fails (and Raft stops) when the data folder's file system has less
+    /// free space than this; 0 for no check.
+    pub min_free_disk: u64,
 }
 
 impl ClusterOptions {
@@ -111,6 +118,7 @@ impl Default for ClusterOptions {
             tls: None,
             clock_offset_ms: 0,
             rpc_source_addr: None,
+            min_free_disk: DEFAULT_MIN_FREE_DISK,
         }
     }
 }
@@ -182,6 +190,8 @@ pub struct Cluster {
     shut_down: Mutex<bool>,
     /// The snapshot being received from the leader (see [`snapshot`]).
     snapshot_in: tokio::sync::Mutex<Receiver>,
+    /// The database under the log and the state machine, to flush at shutdown.
+    store: store::Flusher,
 }
 
 impl Cluster {
@@ -195,9 +205,11 @@ impl Cluster {
             ))
         })?;
         let (log, sm) = store::open(&options.data_dir)?;
+        let log = log.with_free_space_reserve(options.min_free_disk);
         let registry = sm.registry();
         let snapshot_in = tokio::sync::Mutex::new(Receiver::new(sm.snapshot_dir()));
         let committed = log.committed_index();
+        let flusher = log.flusher();
         let config = Config {
             cluster_name: options.cluster_name.clone(),
             heartbeat_interval: options.heartbeat.as_millis() as u64,
@@ -244,6 +256,7 @@ impl Cluster {
             alive: Mutex::new(std::collections::HashMap::new()),
             shut_down: Mutex::new(false),
             snapshot_in,
+            store: flusher,
         });
         tokio::spawn(report_alive(Arc::downgrade(&cluster)));
         tokio::spawn(watch_liveness(Arc::downgrade(&cluster)));
@@ -408,7 +421,30 @@ impl Cluster {
         }
     }
 
-    /// Stops Raft. Idempotent.
+    /// Resolves once Raft has stopped by itself: a storage error (a full disk, an I/O error,
+    /// unreadable state) or a panic of its task. A node in that state still answers HTTP and DNS
+    /// from a view that no longer changes, so the agent treats this as the end of the process,
+    /// and a supervisor (systemd, Kubernetes) restarts it. Never resolves after
+    /// [`Cluster::shutdown`]. Answers the error's description.
+    pub async fn stopped_by_error(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            match &metrics.borrow_and_update().running_state {
+                Ok(()) | Err(Fatal::Stopped) => {}
+                Err(e) => return e.to_string(),
+            }
+            if metrics.changed().await.is_err() {
+                // The core's task ended without a word: a panic, unless we stopped it.
+                if *self.shut_down.lock() {
+                    std::future::pending::<()>().await;
+                }
+                return "the Raft task ended unexpectedly".into();
+            }
+        }
+    }
+
+    /// Stops Raft and flushes the store's memory tables to disk (the write-ahead log already
+    /// holds everything; a flush makes the next start quicker). Idempotent.
     pub async fn shutdown(&self) {
         {
             let mut done = self.shut_down.lock();
@@ -419,6 +455,9 @@ impl Cluster {
         }
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
+        }
+        if let Err(e) = self.store.flush() {
+            tracing::warn!("cannot flush the store at shutdown: {e}");
         }
     }
 }

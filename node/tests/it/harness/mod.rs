@@ -66,7 +66,11 @@ impl Node {
     /// Starts a node with `--node-id`, `--data-dir`, loopback port-0 listeners unless `args`
     /// sets them, and `args`.
     pub fn start(id: u64, dir: &Path, args: &[&str]) -> Node {
-        let data_dir = dir.join(format!("node{id}"));
+        Node::start_with_data(id, dir, dir.join(format!("node{id}")), args)
+    }
+
+    /// Like [`Node::start`], with the data folder at `data_dir` (the log stays in `dir`).
+    pub fn start_with_data(id: u64, dir: &Path, data_dir: PathBuf, args: &[&str]) -> Node {
         let mut full: Vec<String> = vec![
             "agent".into(),
             "--node-id".into(),
@@ -105,6 +109,17 @@ impl Node {
     }
 
     fn spawn(&mut self) {
+        if let Err(status) = self.try_spawn() {
+            panic!(
+                "node {} exited with {status} before listening; log:\n{}",
+                self.id,
+                self.log_tail(40)
+            );
+        }
+    }
+
+    /// Starts the process; answers its exit status if it ended before listening.
+    fn try_spawn(&mut self) -> Result<(), ExitStatus> {
         let log = File::options()
             .create(true)
             .append(true)
@@ -136,7 +151,11 @@ impl Node {
                 self.dot = l.dot;
                 self.doh = l.doh;
             }
-            Err(_) => {
+            // Standard output closed: the process ended.
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(child.wait().expect("reap cairn"));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
@@ -147,10 +166,25 @@ impl Node {
             }
         }
         self.child = Some(child);
+        Ok(())
     }
 
     /// Restarts a stopped node on the same ports and data folder.
     pub fn restart(&mut self) {
+        self.reuse_ports();
+        self.spawn();
+    }
+
+    /// Restarts a stopped node that must refuse to start: answers its exit status.
+    pub fn restart_refused(&mut self) -> ExitStatus {
+        self.reuse_ports();
+        match self.try_spawn() {
+            Err(status) => status,
+            Ok(()) => panic!("node {} started; log:\n{}", self.id, self.log_tail(20)),
+        }
+    }
+
+    fn reuse_ports(&mut self) {
         assert!(self.child.is_none(), "node {} is still running", self.id);
         let set = |args: &mut Vec<String>, flag: &str, value: String| {
             let i = args.iter().position(|a| a == flag).expect("flag present");
@@ -159,7 +193,6 @@ impl Node {
         set(&mut self.args, "--http-addr", self.http.to_string());
         set(&mut self.args, "--rpc-addr", self.rpc.to_string());
         set(&mut self.args, "--dns-addr", self.dns.to_string());
-        self.spawn();
     }
 
     pub fn is_running(&self) -> bool {
