@@ -1217,7 +1217,6 @@ fn load_file(path: &Path) -> Result<AgentArgs, ConfigError> {
     })
 }
 
-
 fn parse_addr(setting: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value.parse().map_err(|_| {
         bad(
