@@ -75,15 +75,20 @@ pub struct CheckRegistration {
     /// `http`: the URL to GET.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    /// `http`: the method, default `GET`.
+    /// `http`: the method: `GET` (the default), `HEAD`, `POST` or `PUT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
-    /// `http`: extra request headers.
+    /// `http`: extra request headers. Stored as given; every read shows their values as
+    /// `<redacted>`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
     /// `http`: accept any TLS certificate.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tls_skip_verify: bool,
+    /// `http`: keep the start of the response body in the check's output (every reader of
+    /// the service sees it); off, the output is the status line only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub output_body: bool,
     /// `tcp`: `host:port` to connect to; defaults to the instance's address and port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,

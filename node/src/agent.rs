@@ -291,11 +291,24 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             .and_then(|pem| reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| e.to_string()))
             .map_err(|e| AgentError::Tls(format!("{}: {e}", path.display())))?,
     };
-    let checker =
-        crate::checks::Checker::new(cluster.clone(), &check_roots).map_err(AgentError::Checker)?;
+    let targets = Arc::new(
+        crate::check_targets::TargetPolicy::new(
+            &config.check_allow,
+            &config.check_deny,
+            config.dev,
+        )
+        .with_own_listeners(
+            [Some(bound.rpc), Some(bound.dns), bound.http, bound.https]
+                .into_iter()
+                .flatten(),
+        ),
+    );
+    let checker = crate::checks::Checker::new(cluster.clone(), targets.clone(), &check_roots)
+        .map_err(AgentError::Checker)?;
     let state = http::AppState {
         cluster: cluster.clone(),
         checker: checker.clone(),
+        targets,
         limiter: http::WaitLimiter::new(config.max_waiting_per_client),
         shutdown: http_stop.clone(),
         acl: config.acl,

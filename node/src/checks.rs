@@ -2,11 +2,18 @@
 //! that are up, see [`Cluster::owner_of`]) and writes a check's status through Raft only when it
 //! changes: steady probing and steady heartbeats write nothing.
 //!
-//! - `http`: 2xx passing, 429 warning, anything else, an error or a time-out critical;
-//! - `tcp`: a connection within the time-out is passing;
+//! - `http`: 2xx passing, 429 warning, anything else, an error or a time-out critical; the
+//!   output is the status line, and the start of the body only when the check asks
+//!   (`output_body`);
+//! - `tcp`: a connection within the time-out is passing; the output says `connected` or the
+//!   class of the failure (refused, timed out, unreachable), no more, so that checks are not a
+//!   port scanner whose results every reader sees;
 //! - `ttl`: passing while heartbeats arrive within the TTL; heartbeats may reach any node and are
 //!   relayed to the owner, which keeps the deadline in memory. A new owner grants a full TTL from
 //!   the moment it took the check over, so ownership changes never expire a check early.
+//!
+//! Active checks connect only where [`TargetPolicy`] allows, checked on the resolved addresses
+//! before every probe (see [`crate::check_targets`]).
 //!
 //! A new owner starts from the last committed status, never from the initial one. Time spans
 //! (TTL, `deregister_after`) are measured on the owner's monotonic clock from events it saw
@@ -17,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_raft::Cluster;
-use cairn_registry::model::{CheckKindSpec, CheckSpec, MAX_OUTPUT_LEN};
+use cairn_registry::model::{CheckKindSpec, CheckSpec, CHECK_METHODS, MAX_OUTPUT_LEN};
 use cairn_registry::HealthStatus;
 use cairn_registry::Op;
 use parking_lot::Mutex;
@@ -26,6 +33,8 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::check_targets::{self, CheckedResolver, TargetPolicy};
 
 /// Probes running at once on one node; more wait their turn, so a burst of checks cannot
 /// exhaust sockets or starve the agent's other work.
@@ -72,6 +81,7 @@ struct HeartbeatSlot {
 /// The checks this node runs, and the TTL heartbeats waiting for them.
 pub struct Checker {
     cluster: Arc<Cluster>,
+    targets: Arc<TargetPolicy>,
     http: reqwest::Client,
     http_insecure: reqwest::Client,
     probes: Arc<Semaphore>,
@@ -81,12 +91,19 @@ pub struct Checker {
 impl Checker {
     /// `extra_roots`: CA certificates that HTTPS checks trust besides the public roots
     /// (`--check-ca-file`), for targets with certificates of a private CA.
+    /// `targets`: where probes may connect.
     pub fn new(
         cluster: Arc<Cluster>,
+        targets: Arc<TargetPolicy>,
         extra_roots: &[reqwest::Certificate],
     ) -> Result<Arc<Checker>, reqwest::Error> {
         let build = |insecure: bool| {
-            let mut builder = reqwest::Client::builder();
+            let mut builder = reqwest::Client::builder()
+                // Every address a connection is made to passes the policy, whatever the name
+                // resolved to a moment earlier.
+                .dns_resolver(Arc::new(CheckedResolver(targets.clone())))
+                // No proxy from the environment: the policy judges the target, not a proxy.
+                .no_proxy();
             for root in extra_roots {
                 builder = builder.add_root_certificate(root.clone());
             }
@@ -99,10 +116,12 @@ impl Checker {
                 .user_agent(concat!("cairn-health-check/", env!("CARGO_PKG_VERSION")))
                 .build()
         };
+        let (http, http_insecure) = (build(false)?, build(true)?);
         Ok(Arc::new(Checker {
             cluster,
-            http: build(false)?,
-            http_insecure: build(true)?,
+            targets,
+            http,
+            http_insecure,
             probes: Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES)),
             heartbeats: Mutex::new(HashMap::new()),
         }))
@@ -375,30 +394,53 @@ impl Checker {
     }
 
     async fn probe(&self, kind: &CheckKindSpec, timeout: Duration) -> (HealthStatus, String) {
+        let critical = |output: String| (HealthStatus::Critical, cut(output));
         match kind {
             CheckKindSpec::Http {
                 url,
                 method,
                 headers,
                 tls_skip_verify,
+                output_body,
             } => {
+                let what = format!("HTTP {method} {url}");
+                // Stored before the method rule existed, or forwarded by an older node.
+                let allowed = CHECK_METHODS.contains(&method.as_str());
+                let Some(method) = reqwest::Method::from_bytes(method.as_bytes())
+                    .ok()
+                    .filter(|_| allowed)
+                else {
+                    return critical(format!(
+                        "{what}: the method is not one of {}",
+                        CHECK_METHODS.join(", ")
+                    ));
+                };
+                let Some((host, port)) = check_targets::url_target(url) else {
+                    return critical(format!("{what}: not a URL"));
+                };
+                // The connection checks the addresses it uses (CheckedResolver), by range; this
+                // also checks the port (the node's own listeners) and catches a name that moved
+                // into a denied range while a pooled connection to its old address is open.
+                match tokio::time::timeout(timeout, self.targets.resolve(&host, port)).await {
+                    Err(_) => return critical(format!("{what}: timed out resolving {host}")),
+                    Ok(Err(e)) => return critical(format!("{what}: {e}")),
+                    Ok(Ok(_)) => {}
+                }
                 let client = if *tls_skip_verify {
                     &self.http_insecure
                 } else {
                     &self.http
                 };
-                let Ok(method) = reqwest::Method::from_bytes(method.as_bytes()) else {
-                    return (HealthStatus::Critical, format!("bad method {method}"));
-                };
-                let mut req = client.request(method.clone(), url).timeout(timeout);
+                let mut req = client.request(method, url).timeout(timeout);
                 for (k, v) in headers {
                     req = req.header(k, v);
                 }
                 let work = async {
-                    let res = req.send().await?;
+                    let mut res = req.send().await?;
                     let status = res.status();
+                    // Read (a bounded part of) the body either way, so the connection can be
+                    // reused.
                     let mut body = Vec::new();
-                    let mut res = res;
                     while body.len() < MAX_OUTPUT_LEN {
                         match res.chunk().await? {
                             Some(chunk) => body.extend_from_slice(&chunk),
@@ -416,46 +458,85 @@ impl Checker {
                         } else {
                             HealthStatus::Critical
                         };
-                        let text = String::from_utf8_lossy(&body);
-                        (
-                            health,
-                            cut(format!("HTTP {method} {url}: {status}\n{text}")),
-                        )
+                        let mut output = format!("{what}: {status}");
+                        if *output_body {
+                            output.push('\n');
+                            output.push_str(&String::from_utf8_lossy(&body));
+                        }
+                        (health, cut(output))
                     }
-                    Ok(Err(e)) if e.is_timeout() => (
-                        HealthStatus::Critical,
-                        format!("HTTP {method} {url}: timed out after {timeout:?}"),
-                    ),
-                    Ok(Err(e)) => (
-                        HealthStatus::Critical,
-                        cut(format!("HTTP {method} {url}: {e}")),
-                    ),
-                    Err(_) => (
-                        HealthStatus::Critical,
-                        format!("HTTP {method} {url}: timed out after {timeout:?}"),
-                    ),
+                    Ok(Err(e)) => critical(format!("{what}: {}", http_failure(&e, timeout))),
+                    Err(_) => critical(format!("{what}: timed out after {timeout:?}")),
                 }
             }
             CheckKindSpec::Tcp { target } => {
-                match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(target.as_str()))
-                    .await
+                let what = format!("TCP {target}");
+                let Some((host, port)) = check_targets::tcp_target(target) else {
+                    return critical(format!("{what}: not host:port"));
+                };
+                let deadline = tokio::time::Instant::now() + timeout;
+                let addrs = match tokio::time::timeout_at(
+                    deadline,
+                    self.targets.resolve(&host, port),
+                )
+                .await
                 {
-                    Ok(Ok(_)) => (
-                        HealthStatus::Passing,
-                        format!("TCP connect {target}: success"),
-                    ),
-                    Ok(Err(e)) => (
-                        HealthStatus::Critical,
-                        cut(format!("TCP connect {target}: {e}")),
-                    ),
-                    Err(_) => (
-                        HealthStatus::Critical,
-                        format!("TCP connect {target}: timed out after {timeout:?}"),
-                    ),
+                    Err(_) => return critical(format!("{what}: timed out resolving {host}")),
+                    Ok(Err(e)) => return critical(format!("{what}: {e}")),
+                    Ok(Ok(addrs)) => addrs,
+                };
+                // The addresses just checked, not the name again: nothing can swap them between
+                // the check and the connection.
+                let mut failure = "unreachable";
+                for addr in addrs {
+                    match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(addr))
+                        .await
+                    {
+                        Ok(Ok(_)) => return (HealthStatus::Passing, format!("{what}: connected")),
+                        Ok(Err(e)) => failure = io_failure(&e),
+                        Err(_) => return critical(format!("{what}: timed out after {timeout:?}")),
+                    }
                 }
+                critical(format!("{what}: {failure}"))
             }
             CheckKindSpec::Ttl { .. } => (HealthStatus::Critical, "not an active check".into()),
         }
+    }
+}
+
+/// The class of a failed connection: what a health check needs to show, and no more.
+fn io_failure(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused => "connection refused",
+        TimedOut => "timed out",
+        HostUnreachable | NetworkUnreachable | AddrNotAvailable => "unreachable",
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => "connection lost",
+        _ => "connection failed",
+    }
+}
+
+/// The class of a failed HTTP probe; a target the policy refused is named with its rule.
+fn http_failure(e: &reqwest::Error, timeout: Duration) -> String {
+    if e.is_timeout() {
+        return format!("timed out after {timeout:?}");
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(refused) = s.downcast_ref::<check_targets::Refused>() {
+            return refused.to_string();
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io_failure(io).to_owned();
+        }
+        source = s.source();
+    }
+    if e.is_connect() {
+        "connection failed".into()
+    } else if e.is_body() || e.is_decode() {
+        "bad response body".into()
+    } else {
+        "request failed".into()
     }
 }
 

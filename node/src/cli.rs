@@ -592,6 +592,7 @@ fn registration(a: &RegisterArgs) -> Result<InstanceRegistration, Failed> {
         method: None,
         headers: BTreeMap::new(),
         tls_skip_verify: false,
+        output_body: false,
         target: None,
         ttl: None,
         interval: a.interval.clone(),

@@ -260,6 +260,17 @@ pub struct AgentArgs {
     #[arg(long, env = "CAIRN_CHECK_CA_FILE", value_name = "FILE")]
     pub check_ca_file: Option<PathBuf>,
 
+    /// CIDR ranges health checks may connect to although a default rule denies them (e.g.
+    /// `127.0.0.0/8` for services on loopback), comma-separated. The most specific range
+    /// decides; see README "Limits and protections".
+    #[arg(long, env = "CAIRN_CHECK_ALLOW", value_name = "CIDR,...")]
+    pub check_allow: Option<Peers>,
+
+    /// CIDR ranges health checks may not connect to, besides link-local, the cloud metadata
+    /// addresses, loopback (outside --dev) and this node's own listeners, comma-separated.
+    #[arg(long, env = "CAIRN_CHECK_DENY", value_name = "CIDR,...")]
+    pub check_deny: Option<Peers>,
+
     /// Serve the cluster RPC in plaintext on a non-loopback address, without certificates:
     /// anyone who reaches the port can then act as a member. Only for trusted networks.
     #[arg(long, env = "CAIRN_INSECURE_RPC")]
@@ -514,6 +525,10 @@ pub struct AgentConfig {
     pub dns_tls: Option<DnsTlsConfig>,
     /// CA certificates HTTPS health checks trust besides the public roots.
     pub check_ca_file: Option<PathBuf>,
+    /// Ranges health checks may reach despite a default rule (--check-allow).
+    pub check_allow: Vec<ipnet::IpNet>,
+    /// Ranges health checks may not reach (--check-deny).
+    pub check_deny: Vec<ipnet::IpNet>,
     /// Free space the data folder's file system must keep for the log to be appended to.
     pub min_free_disk_bytes: u64,
     /// Whether ACLs are enforced, and their default.
@@ -652,6 +667,8 @@ impl AgentArgs {
             dns_https_addr: self.dns_https_addr.merge(under.dns_https_addr),
             dns_tls_client_ca: self.dns_tls_client_ca.merge(under.dns_tls_client_ca),
             check_ca_file: self.check_ca_file.merge(under.check_ca_file),
+            check_allow: self.check_allow.merge(under.check_allow),
+            check_deny: self.check_deny.merge(under.check_deny),
             insecure_rpc: self.insecure_rpc.merge(under.insecure_rpc),
             acl: self.acl.merge(under.acl),
             acl_default: self.acl_default.merge(under.acl_default),
@@ -864,6 +881,8 @@ impl AgentArgs {
             ));
         }
         let min_free_disk_bytes = self.min_free_disk_bytes.unwrap_or(DEFAULT_MIN_FREE_DISK);
+        let check_allow = cidr_list("--check-allow", self.check_allow.clone())?;
+        let check_deny = cidr_list("--check-deny", self.check_deny.clone())?;
         let snapshot_threshold = self
             .snapshot_threshold
             .unwrap_or(DEFAULT_SNAPSHOT_THRESHOLD);
@@ -941,6 +960,8 @@ impl AgentArgs {
             https,
             dns_tls,
             check_ca_file,
+            check_allow,
+            check_deny,
             min_free_disk_bytes,
             acl,
             dns_token,
@@ -1217,6 +1238,33 @@ fn load_file(path: &Path) -> Result<AgentArgs, ConfigError> {
     })
 }
 
+/// A comma-separated list of CIDR ranges (`10.0.0.0/8`, `fd00::/8`); a bare address is a range
+/// of one.
+fn cidr_list(setting: &str, list: Option<Peers>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    let list = list.map(Peers::into_vec).unwrap_or_default();
+    let mut out = Vec::new();
+    for item in list.iter().flat_map(|s| s.split(',')) {
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        let net = item
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| item.parse::<IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                bad(
+                    setting,
+                    format!("{item:?} is not a CIDR range such as 10.0.0.0/8"),
+                )
+            })?;
+        out.push(net);
+    }
+    if out.len() > 256 {
+        return Err(bad(setting, "at most 256 ranges"));
+    }
+    Ok(out)
+}
+
 fn parse_addr(setting: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value.parse().map_err(|_| {
         bad(
@@ -1408,6 +1456,14 @@ mod tests {
                 a.join = Some("http://x".into())
             })),
             "--peers/--bootstrap/--join"
+        );
+        assert_eq!(
+            err(base(|a| a.check_allow = Some("10.0.0.0/33".into()))),
+            "--check-allow"
+        );
+        assert_eq!(
+            err(base(|a| a.check_deny = Some("10.0.0.0/8,nope".into()))),
+            "--check-deny"
         );
         assert_eq!(
             err(base(|a| a.max_body_bytes = Some(1))),
@@ -1785,6 +1841,8 @@ insecure_rpc = true
         ("dns_https_addr", Some("127.0.0.1:8443")),
         ("dns_tls_client_ca", Some("/etc/cairn/dns-clients-ca.pem")),
         ("check_ca_file", Some("/etc/cairn/checks-ca.pem")),
+        ("check_allow", Some("127.0.0.0/8,10.0.0.0/8")),
+        ("check_deny", Some("10.1.0.0/16")),
         ("insecure_rpc", None),
         ("acl", None),
         ("acl_default", Some("allow")),

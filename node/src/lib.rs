@@ -1,10 +1,12 @@
 //! The Cairn agent: configuration ([`config`]), the HTTP layer ([`http`]: one core, with the
 //! native API, the Consul-compatible API, Prometheus metrics and the cluster RPC routes as
-//! leaves), the health checker ([`checks`]), the wiring of Raft, listeners and shutdown
+//! leaves), the health checker ([`checks`]) and where its probes may connect
+//! ([`check_targets`]), the wiring of Raft, listeners and shutdown
 //! ([`agent`]), and the command line ([`cli`]). The `cairn` binary is a thin command line over
 //! these.
 
 pub mod agent;
+pub mod check_targets;
 pub mod checks;
 pub mod cli;
 pub mod config;

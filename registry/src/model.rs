@@ -35,6 +35,11 @@ pub const MAX_URL_LEN: usize = 2048;
 /// HTTP headers per check, and their sizes.
 pub const MAX_CHECK_HEADERS: usize = 16;
 pub const MAX_HEADER_LEN: usize = 1024;
+/// What every read shows for a check header's value: headers carry credentials (bearer tokens,
+/// basic auth) that the registering program has and readers of the service need not.
+pub const REDACTED: &str = "<redacted>";
+/// Methods an HTTP check may use, as Consul allows: a health check reads, or at most posts.
+pub const CHECK_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT"];
 /// Probing faster than this is load, not health checking.
 pub const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// Counts in a row needed to flip a check; more is a misconfiguration.
@@ -201,6 +206,9 @@ pub enum CheckKindSpec {
         method: String,
         headers: BTreeMap<String, String>,
         tls_skip_verify: bool,
+        /// Keep the response body in the output. Absent in records written before it existed.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        output_body: bool,
     },
     Tcp {
         target: String,
@@ -219,7 +227,18 @@ impl CheckSpec {
         }
     }
 
-    /// The definition as the API shows it back, defaults filled in.
+    /// The definition as reads show it: defaults filled in, header values [`REDACTED`].
+    pub fn to_public_registration(&self) -> CheckRegistration {
+        let mut out = self.to_registration();
+        for value in out.headers.values_mut() {
+            *value = REDACTED.to_owned();
+        }
+        out
+    }
+
+    /// The definition as an API body, defaults filled in and header values as stored: what
+    /// registering it again would store. Never shown to readers (see
+    /// [`CheckSpec::to_public_registration`]).
     pub fn to_registration(&self) -> CheckRegistration {
         let ms = |v: u64| Some(format_duration(Duration::from_millis(v)));
         let mut out = CheckRegistration {
@@ -229,6 +248,7 @@ impl CheckSpec {
             method: None,
             headers: BTreeMap::new(),
             tls_skip_verify: false,
+            output_body: false,
             target: None,
             ttl: None,
             interval: None,
@@ -244,11 +264,13 @@ impl CheckSpec {
                 method,
                 headers,
                 tls_skip_verify,
+                output_body,
             } => {
                 out.url = Some(url.clone());
                 out.method = Some(method.clone());
                 out.headers = headers.clone();
                 out.tls_skip_verify = *tls_skip_verify;
+                out.output_body = *output_body;
             }
             CheckKindSpec::Tcp { target } => out.target = Some(target.clone()),
             CheckKindSpec::Ttl { ttl_ms } => out.ttl = ms(*ttl_ms),
@@ -410,13 +432,14 @@ fn validate_check(
                 ));
             }
             let method = c.method.clone().unwrap_or_else(|| "GET".into());
-            if method.is_empty()
-                || method.len() > 16
-                || !method.bytes().all(|b| b.is_ascii_uppercase())
-            {
+            if !CHECK_METHODS.contains(&method.as_str()) {
                 return Err(invalid(
                     f("method"),
-                    "must be an upper-case HTTP method such as GET or HEAD",
+                    format!(
+                        "{:?} is not one of {}",
+                        truncate_for_message(&method),
+                        CHECK_METHODS.join(", ")
+                    ),
                 ));
             }
             if c.headers.len() > MAX_CHECK_HEADERS {
@@ -437,16 +460,29 @@ fn validate_check(
                         format!("header {:?} is not valid", truncate_for_message(k)),
                     ));
                 }
+                if v == REDACTED {
+                    // A definition read back and sent again: storing the placeholder would
+                    // replace the real value.
+                    return Err(invalid(
+                        f("headers"),
+                        format!(
+                            "header {:?} holds {REDACTED:?}, what reads show; send its real value",
+                            truncate_for_message(k)
+                        ),
+                    ));
+                }
             }
             CheckKindSpec::Http {
                 url,
                 method,
                 headers: c.headers.clone(),
                 tls_skip_verify: c.tls_skip_verify,
+                output_body: c.output_body,
             }
         }
         CheckKind::Tcp => {
             unused("url", c.url.is_some())?;
+            unused("output_body", c.output_body)?;
             unused("ttl", c.ttl.is_some())?;
             let target = match &c.target {
                 None => match address_kind(address) {
@@ -472,6 +508,7 @@ fn validate_check(
         }
         CheckKind::Ttl => {
             unused("url", c.url.is_some())?;
+            unused("output_body", c.output_body)?;
             unused("target", c.target.is_some())?;
             unused("interval", c.interval.is_some())?;
             unused("timeout", c.timeout.is_some())?;
@@ -730,7 +767,7 @@ impl Instance {
                 .zip(&self.checks)
                 .map(|(spec, state)| CheckInfo {
                     id: spec.id.clone(),
-                    definition: spec.to_registration(),
+                    definition: spec.to_public_registration(),
                     state: state.into(),
                 })
                 .collect(),
@@ -902,6 +939,95 @@ mod tests {
             check(r#"{"kind":"tcp","id":"a"},{"kind":"tcp","id":"a"}"#),
             "checks[1].id"
         );
+    }
+
+    #[test]
+    fn http_checks_take_four_methods_and_hide_header_values_from_reads() {
+        let check = |c: &str| {
+            validate_registration(
+                "i",
+                &body(&format!(
+                    r#"{{"address":"10.0.0.1","port":1,"checks":[{c}]}}"#
+                )),
+            )
+        };
+        for m in CHECK_METHODS {
+            assert!(check(&format!(
+                r#"{{"kind":"http","url":"http://x/","method":"{m}"}}"#
+            ))
+            .is_ok());
+        }
+        for m in [
+            "DELETE", "PATCH", "CONNECT", "OPTIONS", "TRACE", "get", "PROPFIND",
+        ] {
+            let err = check(&format!(
+                r#"{{"kind":"http","url":"http://x/","method":"{m}"}}"#
+            ))
+            .unwrap_err();
+            assert_eq!(err.field, "checks[0].method", "{m}");
+        }
+        let spec = check(
+            r#"{"kind":"http","url":"http://x/","headers":{"Authorization":"Bearer s3cret"},"output_body":true}"#,
+        )
+        .unwrap();
+        let c = &spec.checks[0];
+        assert_eq!(
+            c.to_registration().headers["Authorization"],
+            "Bearer s3cret"
+        );
+        assert!(c.to_registration().output_body);
+        let public = c.to_public_registration();
+        assert_eq!(public.headers["Authorization"], REDACTED);
+        let inst = Instance {
+            spec: spec.clone(),
+            checks: vec![CheckState {
+                status: HealthStatus::Passing,
+                output: String::new(),
+                changed_at_ms: 0,
+            }],
+            custom_health: None,
+            maintenance: None,
+            create_index: 1,
+            modify_index: 1,
+        };
+        let shown = serde_json::to_string(&inst.to_info()).unwrap();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains(r#""Authorization":"<redacted>""#), "{shown}");
+        // Sending back what a read showed would store the placeholder: refused.
+        assert_eq!(
+            check(r#"{"kind":"http","url":"http://x/","headers":{"Authorization":"<redacted>"}}"#)
+                .unwrap_err()
+                .field,
+            "checks[0].headers"
+        );
+        // A forwarded registration keeps the real value.
+        assert_eq!(
+            validate_op(&Op::Register {
+                service: "web".into(),
+                instance: spec
+            }),
+            Ok(())
+        );
+        assert_eq!(
+            check(r#"{"kind":"tcp","output_body":true}"#)
+                .unwrap_err()
+                .field,
+            "checks[0].output_body"
+        );
+    }
+
+    #[test]
+    fn http_check_records_without_output_body_still_read() {
+        let old = r#"{"kind":"http","url":"http://x/","method":"GET","headers":{},"tls_skip_verify":false}"#;
+        let kind: CheckKindSpec = serde_json::from_str(old).unwrap();
+        assert!(matches!(
+            kind,
+            CheckKindSpec::Http {
+                output_body: false,
+                ..
+            }
+        ));
+        assert_eq!(serde_json::to_string(&kind).unwrap(), old);
     }
 
     #[test]

@@ -659,6 +659,7 @@ async fn register(
     let service = model::validate_service_name(&name)?;
     caller.service(&service, Access::Write)?;
     let instance = model::validate_registration(&id, &body)?;
+    s.check_targets(&instance).await?;
     s.cluster
         .write_as(Op::Register { service, instance }, caller.accessor())
         .await?;

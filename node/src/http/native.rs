@@ -90,6 +90,7 @@ async fn register(
     let service = model::validate_service_name(&service)?;
     caller.service(&service, Access::Write)?;
     let instance = model::validate_registration(&id, &body)?;
+    s.check_targets(&instance).await?;
     let w = s
         .cluster
         .write_as(Op::Register { service, instance }, caller.accessor())

@@ -9,12 +9,14 @@ use std::sync::Arc;
 use cairn_api::ErrorCode;
 use cairn_raft::Cluster;
 use cairn_registry::acl::AclMode;
+use cairn_registry::model::{CheckKindSpec, InstanceSpec, ValidationError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::blocking::{self, WaitLimiter};
 use super::error::Failure;
 use super::query::ReadQuery;
+use crate::check_targets::{self, TargetError, TargetPolicy};
 use crate::checks::Checker;
 
 /// What every handler sees.
@@ -22,6 +24,8 @@ use crate::checks::Checker;
 pub struct AppState {
     pub cluster: Arc<Cluster>,
     pub checker: Arc<Checker>,
+    /// Where health checks may connect; registrations are checked against it.
+    pub targets: Arc<TargetPolicy>,
     /// Waiting requests per client address.
     pub limiter: Arc<WaitLimiter>,
     /// Cancelled when the agent shuts down: waiting reads return, streams end.
@@ -33,6 +37,33 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Refuses (400, naming the check's field and the rule) a registration whose active
+    /// checks target an address the policy denies, after resolving names. A name that does
+    /// not resolve yet is let through: the probe checks it each time it runs.
+    pub(super) async fn check_targets(&self, instance: &InstanceSpec) -> Result<(), Failure> {
+        for (i, check) in instance.checks.iter().enumerate() {
+            let (field, target) = match &check.kind {
+                CheckKindSpec::Http { url, .. } => ("url", check_targets::url_target(url)),
+                CheckKindSpec::Tcp { target } => ("target", check_targets::tcp_target(target)),
+                CheckKindSpec::Ttl { .. } => continue,
+            };
+            let Some((host, port)) = target else { continue };
+            let resolved = tokio::time::timeout(
+                check_targets::REGISTRATION_RESOLVE_TIMEOUT,
+                self.targets.resolve(&host, port),
+            )
+            .await;
+            if let Ok(Err(TargetError::Refused(refused))) = resolved {
+                return Err(ValidationError {
+                    field: format!("checks[{i}].{field}"),
+                    message: format!("health checks may not connect there: {refused}"),
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
     /// Looks something up in this replica; on a miss, waits until the replica has applied
     /// everything the leader had committed and looks again. A client that registered through
     /// this node (the write is acknowledged once the leader applied it, maybe before this

@@ -27,6 +27,8 @@ struct Target {
     addr: SocketAddr,
     mode: Arc<AtomicU8>,
     hits: Arc<AtomicU32>,
+    /// The last request received, as text.
+    last: Arc<parking_lot::Mutex<String>>,
 }
 
 impl Target {
@@ -35,13 +37,15 @@ impl Target {
         let addr = listener.local_addr().unwrap();
         let mode = Arc::new(AtomicU8::new(OK));
         let hits = Arc::new(AtomicU32::new(0));
-        let (m, h) = (mode.clone(), hits.clone());
+        let last = Arc::new(parking_lot::Mutex::new(String::new()));
+        let (m, h, l) = (mode.clone(), hits.clone(), last.clone());
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
-                let (m, h) = (m.clone(), h.clone());
+                let (m, h, l) = (m.clone(), h.clone(), l.clone());
                 tokio::spawn(async move {
                     let mut buf = [0u8; 2048];
-                    let _ = s.read(&mut buf).await;
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    *l.lock() = String::from_utf8_lossy(&buf[..n]).into_owned();
                     h.fetch_add(1, Ordering::SeqCst);
                     let status = match m.load(Ordering::SeqCst) {
                         OK => "200 OK",
@@ -61,7 +65,12 @@ impl Target {
                 });
             }
         });
-        Target { addr, mode, hits }
+        Target {
+            addr,
+            mode,
+            hits,
+            last,
+        }
     }
 
     fn set(&self, mode: u8) -> u32 {
@@ -179,14 +188,19 @@ async fn t20_tcp_check_sees_a_listener_open_and_close() {
     )
     .await;
     wait_status(&c, 1, "db", "d1", "passing", Duration::from_secs(5)).await;
+    let i = instance(&c, 1, "db", "d1").await.unwrap();
+    assert_eq!(
+        i["checks"][0]["output"],
+        format!("TCP 127.0.0.1:{port}: connected"),
+        "{i}"
+    );
     drop(listener);
     wait_status(&c, 1, "db", "d1", "critical", Duration::from_secs(5)).await;
+    // The class of the failure, not the system's words for it: checks are no port scanner.
     let i = instance(&c, 1, "db", "d1").await.unwrap();
-    assert!(
-        i["checks"][0]["output"]
-            .as_str()
-            .unwrap()
-            .contains("TCP connect"),
+    assert_eq!(
+        i["checks"][0]["output"],
+        format!("TCP 127.0.0.1:{port}: connection refused"),
         "{i}"
     );
 }
@@ -549,4 +563,260 @@ async fn regression_heartbeat_right_after_registering_through_a_follower() {
             "heartbeat {i}"
         );
     }
+}
+
+/// PUTs a registration; answers the status and the error message.
+async fn try_register(c: &Cluster, id: &str, body: Value) -> (u16, String) {
+    let (status, res) = c
+        .put(1, &format!("/v1/services/ssrf/instances/{id}"), &body)
+        .await;
+    (
+        status,
+        res["message"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn t90_check_targets_in_denied_ranges_are_refused_at_registration_naming_the_rule() {
+    // Loopback is denied here, as on any node without --dev (the harness allows it otherwise).
+    let c = Cluster::start(
+        1,
+        &[
+            "--check-allow",
+            "192.0.2.0/24",
+            "--check-deny",
+            "10.9.0.0/16",
+        ],
+    )
+    .await;
+    let http = |url: &str| json!({"address": "10.0.0.1", "port": 80, "checks": [{"kind": "http", "url": url}]});
+    let tcp = |target: &str| json!({"address": "10.0.0.1", "port": 80, "checks": [{"kind": "tcp", "target": target}]});
+    let own = c.node(1).http;
+    let cases = [
+        (
+            http("http://169.254.169.254/latest/meta-data/"),
+            "checks[0].url: health checks may not connect there: 169.254.169.254 is refused by the default rule denying 169.254.169.254/32 (cloud metadata",
+        ),
+        (http("http://[fd00:ec2::254]/"), "fd00:ec2::254/128 (cloud metadata"),
+        (http("http://169.254.10.1:8080/"), "169.254.0.0/16 (link-local"),
+        (http("http://[fe80::1]/"), "fe80::/10 (link-local"),
+        (http("http://localhost:8080/"), "(loopback"),
+        (http("http://0.0.0.0:8080/"), "0.0.0.0/8 (this host"),
+        (tcp("127.0.0.1:5432"), "checks[0].target: health checks may not connect there: 127.0.0.1 is refused by the default rule denying 127.0.0.0/8 (loopback"),
+        (tcp("[::ffff:127.0.0.1]:5432"), "127.0.0.0/8 (loopback"),
+        (tcp("10.9.3.4:5432"), "10.9.3.4 is refused by --check-deny 10.9.0.0/16"),
+        (http(&format!("http://{own}/v1/services")), "this node's own listener"),
+    ];
+    for (body, want) in cases {
+        let (status, message) = try_register(&c, "x", body.clone()).await;
+        assert_eq!(status, 400, "{body}: {message}");
+        assert!(message.contains(want), "{body}: {message}");
+    }
+    // The default check of an instance on loopback is refused too.
+    let (status, message) = try_register(
+        &c,
+        "x",
+        json!({"address": "127.0.0.1", "port": 80, "checks": [{"kind": "tcp"}]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{message}");
+    // And through the Consul API.
+    let res = c
+        .http
+        .put(c.node(1).url("/v1/agent/service/register"))
+        .json(
+            &json!({"Name": "ssrf", "ID": "y", "Address": "10.0.0.1", "Port": 80,
+                      "Check": {"HTTP": "http://169.254.169.254/", "Interval": "10s"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert!(res.text().await.unwrap().contains("cloud metadata"));
+    // Allowed: another machine, and a range opened by flag.
+    for (id, url) in [("a", "http://10.0.0.1/"), ("b", "http://192.0.2.7/")] {
+        let (status, message) = try_register(&c, id, http(url)).await;
+        assert_eq!(status, 200, "{url}: {message}");
+    }
+    assert_eq!(
+        c.instance_ids(1, "ssrf").await,
+        ["a", "b"],
+        "nothing refused was stored"
+    );
+}
+
+#[tokio::test]
+async fn t91_the_nodes_own_listeners_are_refused_even_where_loopback_is_allowed() {
+    let c = Cluster::start(1, &[]).await;
+    let n = c.node(1);
+    for url in [
+        format!("http://{}/v1/services", n.http),
+        format!("http://localhost:{}/v1/cluster", n.http.port()),
+        format!("http://{}/raft/vote", n.rpc),
+    ] {
+        let (status, message) = try_register(
+            &c,
+            "x",
+            json!({"address": "10.0.0.1", "port": 80, "checks": [{"kind": "http", "url": url}]}),
+        )
+        .await;
+        assert_eq!(status, 400, "{url}: {message}");
+        assert!(
+            message.contains("this node's own listener"),
+            "{url}: {message}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn t92_every_probe_checks_the_resolved_target_against_its_nodes_rules() {
+    // Node 1 lets checks reach loopback and registers them; nodes 2 and 3 deny loopback, so
+    // the checks that land on them must never reach their targets, and say why. This is what a
+    // name that comes to resolve into a denied range after registration meets.
+    let c = Cluster::start_each(3, tempfile::tempdir().unwrap(), |id| {
+        let allow = if id == 1 {
+            "127.0.0.0/8,::1/128"
+        } else {
+            "192.0.2.0/24"
+        };
+        vec!["--check-allow".into(), allow.into()]
+    })
+    .await;
+    let mut targets = Vec::new();
+    for i in 0..12 {
+        let target = Target::start().await;
+        let check = if i % 2 == 0 {
+            json!({"kind": "http", "url": format!("http://localhost:{}/h", target.addr.port()), "interval": "200ms", "timeout": "150ms", "initial_status": "warning"})
+        } else {
+            json!({"kind": "tcp", "target": target.addr.to_string(), "interval": "200ms", "timeout": "150ms", "initial_status": "warning"})
+        };
+        register(
+            &c,
+            1,
+            "probe",
+            &format!("p{i}"),
+            json!({"address": "10.0.0.1", "port": 80, "checks": [check]}),
+        )
+        .await;
+        targets.push(target);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut refused = 0;
+    for (i, target) in targets.iter().enumerate() {
+        let inst = instance(&c, 1, "probe", &format!("p{i}")).await.unwrap();
+        let (status, output) = (
+            &inst["checks"][0]["status"],
+            inst["checks"][0]["output"].as_str().unwrap(),
+        );
+        if status == "critical" {
+            refused += 1;
+            assert!(
+                output.contains("is refused by the default rule denying"),
+                "p{i}: {output}"
+            );
+            assert!(output.contains("(loopback"), "p{i}: {output}");
+            assert_eq!(
+                target.hits.load(Ordering::SeqCst),
+                0,
+                "p{i} was probed: {output}"
+            );
+        } else {
+            assert_eq!(status, "passing", "p{i}: {inst}");
+        }
+    }
+    assert!(refused > 0, "no check landed on nodes 2 or 3");
+}
+
+#[tokio::test]
+async fn t93_header_values_are_sent_but_never_shown_and_bodies_only_when_asked() {
+    let c = Cluster::start(1, &[]).await;
+    let target = Target::start().await;
+    let url = format!("http://{}/health", target.addr);
+    register(
+        &c,
+        1,
+        "web",
+        "w1",
+        json!({"address": "10.0.0.1", "port": 80, "checks": [
+            {"kind": "http", "url": url, "interval": "200ms", "headers": {"Authorization": "Bearer s3cret-token"}},
+            {"kind": "http", "url": url, "interval": "200ms", "output_body": true},
+        ]}),
+    )
+    .await;
+    eventually(Duration::from_secs(5), "both checks passing", || async {
+        let i = instance(&c, 1, "web", "w1").await.unwrap();
+        i["checks"][0]["status"] == "passing" && i["checks"][1]["status"] == "passing"
+    })
+    .await;
+    eventually(
+        Duration::from_secs(5),
+        "the header reaches the target",
+        || async {
+            target
+                .last
+                .lock()
+                .to_ascii_lowercase()
+                .contains("authorization: bearer s3cret-token")
+        },
+    )
+    .await;
+    let i = instance(&c, 1, "web", "w1").await.unwrap();
+    assert_eq!(
+        i["checks"][0]["definition"]["headers"]["Authorization"], "<redacted>",
+        "{i}"
+    );
+    assert_eq!(
+        i["checks"][0]["output"],
+        format!("HTTP GET {url}: 200 OK"),
+        "{i}"
+    );
+    assert_eq!(
+        i["checks"][1]["output"],
+        format!("HTTP GET {url}: 200 OK\nmode 0"),
+        "{i}"
+    );
+    for path in [
+        "/v1/services/web",
+        "/v1/health/service/web",
+        "/v1/health/checks/web",
+        "/v1/catalog/service/web",
+        "/v1/agent/services",
+        "/v1/agent/checks",
+        "/v1/agent/service/w1",
+        "/v1/health/state/any",
+    ] {
+        let text = c
+            .http
+            .get(c.node(1).url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(!text.contains("s3cret"), "{path}: {text}");
+    }
+    // Sending back what a read showed is refused rather than storing the placeholder.
+    let (status, message) = try_register(
+        &c,
+        "w2",
+        json!({"address": "10.0.0.1", "port": 80, "checks": [{"kind": "http", "url": url, "headers": {"Authorization": "<redacted>"}}]}),
+    )
+    .await;
+    assert_eq!(
+        (status, message.starts_with("checks[0].headers")),
+        (400, true),
+        "{message}"
+    );
+    let (status, message) = try_register(
+        &c,
+        "w2",
+        json!({"address": "10.0.0.1", "port": 80, "checks": [{"kind": "http", "url": url, "method": "DELETE"}]}),
+    )
+    .await;
+    assert_eq!(
+        (status, message.starts_with("checks[0].method")),
+        (400, true),
+        "{message}"
+    );
 }

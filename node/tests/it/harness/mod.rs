@@ -89,6 +89,11 @@ impl Node {
         if !args.contains(&"--dns-addr") {
             full.extend(["--dns-addr".into(), "127.0.0.1:0".into()]);
         }
+        // Tests' check targets are servers they run on loopback, which health checks may not
+        // reach outside --dev by default; a test of that rule gives --check-allow itself.
+        if !args.contains(&"--check-allow") {
+            full.extend(["--check-allow".into(), "127.0.0.0/8".into()]);
+        }
         full.extend(args.iter().map(|s| s.to_string()));
         let log_path = dir.join(format!("node{id}.log"));
         let mut node = Node {
