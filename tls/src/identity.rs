@@ -47,6 +47,32 @@ pub fn check_own_certificate(
     cert: &std::path::Path,
     name: &str,
 ) -> Result<(), crate::TlsError> {
+    check_certificate(ca, cert, name, Role::ServerAndClient)
+}
+
+/// Checks a client certificate as a node will: it chains to the CA in `ca`, is valid now, serves
+/// as a client certificate, and names `name` (`client-ops.cairn.cairn`).
+pub fn check_client_certificate(
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    name: &str,
+) -> Result<(), crate::TlsError> {
+    check_certificate(ca, cert, name, Role::Client)
+}
+
+/// What a checked certificate must serve as.
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    Client,
+    ServerAndClient,
+}
+
+fn check_certificate(
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    name: &str,
+    role: Role,
+) -> Result<(), crate::TlsError> {
     use rustls::client::danger::ServerCertVerifier;
     use rustls_pki_types::UnixTime;
 
@@ -59,46 +85,19 @@ pub fn check_own_certificate(
     let (leaf, intermediates) = chain
         .split_first()
         .ok_or_else(|| refused("holds no certificate".into()))?;
-    let server_name = ServerName::try_from(name.to_owned()).map_err(|e| refused(e.to_string()))?;
-    let as_server = rustls::client::WebPkiServerVerifier::builder_with_provider(
-        roots.clone(),
-        crate::config::provider(),
-    )
-    .build()
-    .map_err(|e| refused(e.to_string()))?;
-    as_server
+    if role == Role::ServerAndClient {
+        // The server verifier also checks that the certificate names `name`.
+        let server_name =
+            ServerName::try_from(name.to_owned()).map_err(|e| refused(e.to_string()))?;
+        rustls::client::WebPkiServerVerifier::builder_with_provider(
+            roots.clone(),
+            crate::config::provider(),
+        )
+        .build()
+        .map_err(|e| refused(e.to_string()))?
         .verify_server_cert(leaf, intermediates, &server_name, &[], UnixTime::now())
         .map_err(|e| refused(e.to_string()))?;
-    let as_client = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        roots,
-        crate::config::provider(),
-    )
-    .build()
-    .map_err(|e| refused(e.to_string()))?;
-    as_client
-        .verify_client_cert(leaf, intermediates, UnixTime::now())
-        .map_err(|e| refused(e.to_string()))?;
-    Ok(())
-}
-
-/// Checks a client certificate as a node will: it chains to the CA in `ca`, is valid now, serves
-/// as a client certificate, and names `name` (`client-ops.cairn.cairn`).
-pub fn check_client_certificate(
-    ca: &std::path::Path,
-    cert: &std::path::Path,
-    name: &str,
-) -> Result<(), crate::TlsError> {
-    use rustls_pki_types::UnixTime;
-
-    let roots = Arc::new(crate::config::load_roots(ca)?);
-    let chain = crate::config::load_certs(cert)?;
-    let refused = |message: String| crate::TlsError::Refused {
-        what: format!("{} (for {name}, against {})", cert.display(), ca.display()),
-        message,
-    };
-    let (leaf, intermediates) = chain
-        .split_first()
-        .ok_or_else(|| refused("holds no certificate".into()))?;
+    }
     rustls::server::WebPkiClientVerifier::builder_with_provider(roots, crate::config::provider())
         .build()
         .map_err(|e| refused(e.to_string()))?
