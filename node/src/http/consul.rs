@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use cairn_registry::acl::Access;
-use cairn_registry::model::{self, CheckKindSpec, Instance};
+use cairn_registry::model::{self, CheckKindSpec, Instance, MAX_OUTPUT_LEN};
 use cairn_registry::HealthStatus;
 use cairn_registry::{Op, ServiceEntry};
 use serde_json::{json, Map, Value};
@@ -51,6 +51,18 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/v1/agent/service/register", put(register))
         .route("/v1/agent/service/deregister/{id}", put(deregister))
         .route("/v1/agent/check/{action}/{check}", put(check_update))
+        .route("/v1/agent/check/update/{check}", put(check_update_body))
+        .route("/v1/agent/check/register", put(check_register))
+        .route("/v1/agent/check/deregister/{check}", put(check_deregister))
+        .route("/v1/agent/members", get(agent_members))
+        .route("/v1/catalog/node/{node}", get(catalog_node))
+        .route(
+            "/v1/catalog/node-services/{node}",
+            get(catalog_node_services),
+        )
+        .route("/v1/health/node/{node}", get(health_node))
+        .route("/v1/health/connect/{service}", get(connect))
+        .route("/v1/catalog/connect/{service}", get(connect))
         .route("/v1/agent/service/maintenance/{id}", put(maintenance))
 }
 
@@ -702,24 +714,29 @@ fn find_check(
     })
 }
 
+fn unknown_check(check: &str) -> Failure {
+    Failure::not_found(format!(
+        "Unknown check ID {check:?}. Ensure that the check ID is passed, not the check name."
+    ))
+}
+
+/// Sets TTL check `check` to `status`: a pass is a heartbeat, a warning or a failure is written
+/// with `output`.
 async fn update_check(
     s: AppState,
     caller: Caller,
     check: String,
     status: HealthStatus,
-    raw: Option<String>,
+    output: String,
 ) -> Result<Response, Failure> {
-    let q = ReadQuery::consul(raw.as_deref())?;
-    let note = q.param("note").unwrap_or_default().to_owned();
-    model::validate_output(&note)?;
     let (svc, inst, kind) = s
         .lookup_fresh(|| find_check(&s, &check))
         .await?
-        .ok_or_else(|| Failure::not_found(format!("Unknown check ID {check:?}")))?;
+        .ok_or_else(|| unknown_check(&check))?;
     caller.service(&svc.name, Access::Write)?;
     if !matches!(kind, CheckKindSpec::Ttl { .. }) {
         return Err(Failure::invalid(format!(
-            "check {check:?} is not a TTL check"
+            "CheckID {check:?} does not have associated TTL"
         )));
     }
     if status == HealthStatus::Passing {
@@ -739,7 +756,7 @@ async fn update_check(
                 id: inst.spec.id.clone(),
                 check,
                 status,
-                output: note,
+                output,
             },
             caller.accessor(),
         )
@@ -747,7 +764,7 @@ async fn update_check(
     Ok(StatusCode::OK.into_response())
 }
 
-/// `PUT /v1/agent/check/{pass,warn,fail}/{id}`.
+/// `PUT /v1/agent/check/{pass,warn,fail}/{id}?note=`.
 async fn check_update(
     State(s): State<AppState>,
     caller: Caller,
@@ -760,7 +777,255 @@ async fn check_update(
         "fail" => HealthStatus::Critical,
         _ => return Err(Failure::no_such_endpoint()),
     };
-    update_check(s, caller, check, status, raw).await
+    let q = ReadQuery::consul(raw.as_deref())?;
+    let note = q.param("note").unwrap_or_default().to_owned();
+    model::validate_output(&note)?;
+    update_check(s, caller, check, status, note).await
+}
+
+/// The longest prefix of `text` that fits in a check's output, cut at a character boundary, as
+/// Consul cuts an update's output to its buffer rather than refusing it.
+fn truncate_output(mut text: String) -> String {
+    if text.len() > MAX_OUTPUT_LEN {
+        let mut end = MAX_OUTPUT_LEN;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// `PUT /v1/agent/check/update/{id}` with `{"Status", "Output"}`: what the Go client's
+/// `UpdateTTL` calls.
+async fn check_update_body(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(check): Path<String>,
+    Body(v): Body<Value>,
+) -> Result<Response, Failure> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| Failure::invalid("the body must be a JSON object"))?;
+    let raw_status = field(obj, "status").and_then(Value::as_str).unwrap_or("");
+    let status = match raw_status {
+        "passing" => HealthStatus::Passing,
+        "warning" => HealthStatus::Warning,
+        "critical" => HealthStatus::Critical,
+        other => return Err(Failure::invalid(format!("Invalid check status: '{other}'"))),
+    };
+    let output = match field(obj, "output") {
+        None => String::new(),
+        Some(Value::String(o)) => truncate_output(o.clone()),
+        Some(_) => return Err(Failure::invalid("Output: must be a string")),
+    };
+    update_check(s, caller, check, status, output).await
+}
+
+/// The instance's registration as an API body: what registering it again would store (header
+/// values as stored, never shown).
+fn registration_of(spec: &model::InstanceSpec) -> cairn_api::InstanceRegistration {
+    cairn_api::InstanceRegistration {
+        address: spec.address.clone(),
+        port: u32::from(spec.port),
+        tags: spec.tags.iter().cloned().collect(),
+        meta: spec.meta.clone(),
+        weight: Some(u32::from(spec.weight)),
+        checks: spec.checks.iter().map(|c| c.to_registration()).collect(),
+    }
+}
+
+/// Registers `body` again for the instance, after the same checks a registration gets.
+async fn reregister(
+    s: &AppState,
+    caller: &Caller,
+    service: &str,
+    id: &str,
+    body: &cairn_api::InstanceRegistration,
+) -> Result<(), Failure> {
+    let instance = model::validate_registration(id, body)?;
+    s.check_targets(&instance).await?;
+    s.cluster
+        .write_as(
+            Op::Register {
+                service: service.to_owned(),
+                instance,
+            },
+            caller.accessor(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// `PUT /v1/agent/check/register`: a check added to (or replaced on) an existing service
+/// instance, named by `ServiceID`. Cairn has no node-level checks, so `ServiceID` is required.
+async fn check_register(
+    State(s): State<AppState>,
+    caller: Caller,
+    Body(v): Body<Value>,
+) -> Result<Response, Failure> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| Failure::invalid("the body must be a JSON object"))?;
+    let name = field_str(obj, "name").ok_or_else(|| Failure::invalid("Missing check name"))?;
+    if let Some(st) = field_str(obj, "status") {
+        if !matches!(st.as_str(), "passing" | "warning" | "critical") {
+            return Err(Failure::invalid("Bad check status"));
+        }
+    }
+    let service_id = field_str(obj, "serviceid")
+        .ok_or_else(|| Failure::invalid("ServiceID: required (Cairn has no node-level checks)"))?;
+    let check = check_from_consul(obj, name)?;
+    let check: cairn_api::CheckRegistration = serde_json::from_value(check)
+        .map_err(|e| Failure::invalid(format!("invalid check: {e}")))?;
+    let (svc, inst) = s
+        .lookup_fresh(|| find_instance(&s, &service_id))
+        .await?
+        .ok_or_else(|| Failure::invalid(format!("ServiceID {service_id:?} does not exist")))?;
+    caller.service(&svc.name, Access::Write)?;
+    let mut body = registration_of(&inst.spec);
+    body.checks.retain(|c| c.id != check.id);
+    body.checks.push(check);
+    reregister(&s, &caller, &svc.name, &inst.spec.id, &body).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `PUT /v1/agent/check/deregister/{id}`: removes a check from its instance.
+async fn check_deregister(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(check): Path<String>,
+) -> Result<Response, Failure> {
+    let (svc, inst, _) = s
+        .lookup_fresh(|| find_check(&s, &check))
+        .await?
+        .ok_or_else(|| unknown_check(&check))?;
+    caller.service(&svc.name, Access::Write)?;
+    let mut body = registration_of(&inst.spec);
+    body.checks
+        .retain(|c| c.id.as_deref() != Some(check.as_str()));
+    reregister(&s, &caller, &svc.name, &inst.spec.id, &body).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `GET /v1/agent/members`: the cluster's members as Serf members (alive, or failed when the
+/// leader marked them down).
+async fn agent_members(State(s): State<AppState>, caller: Caller) -> Result<Response, Failure> {
+    caller.operator(Access::Read)?;
+    let status = s.cluster.status();
+    let up = s.cluster.up_members();
+    let members: Vec<Value> = status
+        .members
+        .iter()
+        .map(|m| {
+            let (addr, port) = m
+                .rpc_addr
+                .rsplit_once(':')
+                .map(|(h, p)| (h.trim_matches(['[', ']']), p.parse::<u16>().unwrap_or(0)))
+                .unwrap_or((m.rpc_addr.as_str(), 0));
+            json!({
+                "Name": format!("cairn-{}", m.id),
+                "Addr": addr,
+                "Port": port,
+                "Tags": {
+                    "role": "consul",
+                    "dc": DATACENTER,
+                    "id": m.id.to_string(),
+                    "voter": m.voter.to_string(),
+                },
+                "Status": if up.contains(&m.id) { 1 } else { 4 },
+                "ProtocolMin": 1,
+                "ProtocolMax": 5,
+                "ProtocolCur": 2,
+                "DelegateMin": 2,
+                "DelegateMax": 5,
+                "DelegateCur": 4,
+            })
+        })
+        .collect();
+    Ok(respond(&s, status.applied_index, members))
+}
+
+/// The instances registered at address `node` (a Consul node), with their services.
+fn node_instances<'a>(
+    services: &'a [Arc<ServiceEntry>],
+    node: &'a str,
+) -> impl Iterator<Item = (&'a ServiceEntry, &'a Arc<Instance>)> + 'a {
+    instances(services).filter(move |(_, i)| i.spec.address == node)
+}
+
+/// `GET /v1/catalog/node/{node}`: the node and its services by id; `null` for an unknown node.
+async fn catalog_node(
+    State(s): State<AppState>,
+    caller: Caller,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(node): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    whole_catalog(&s, &caller, peer, raw, |services| {
+        let mut found = false;
+        let by_id: Map<String, Value> = node_instances(services, &node)
+            .map(|(svc, i)| {
+                found = true;
+                (i.spec.id.clone(), service_obj(svc, i))
+            })
+            .collect();
+        if !found {
+            return Value::Null;
+        }
+        json!({"Node": node_obj(&node), "Services": by_id})
+    })
+    .await
+}
+
+/// `GET /v1/catalog/node-services/{node}`: the node and its services as a list; `null` for an
+/// unknown node.
+async fn catalog_node_services(
+    State(s): State<AppState>,
+    caller: Caller,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(node): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    whole_catalog(&s, &caller, peer, raw, |services| {
+        let list: Vec<Value> = node_instances(services, &node)
+            .map(|(svc, i)| service_obj(svc, i))
+            .collect();
+        if list.is_empty() {
+            return Value::Null;
+        }
+        json!({"Node": node_obj(&node), "Services": list})
+    })
+    .await
+}
+
+/// `GET /v1/health/node/{node}`: the checks of every instance at the node; `[]` for an unknown
+/// node.
+async fn health_node(
+    State(s): State<AppState>,
+    caller: Caller,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(node): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    whole_catalog(&s, &caller, peer, raw, |services| {
+        node_instances(services, &node)
+            .flat_map(|(svc, i)| check_objs(svc, i))
+            .collect()
+    })
+    .await
+}
+
+/// `GET /v1/health/connect/{s}` and `/v1/catalog/connect/{s}`: Cairn has no service mesh, so no
+/// instance is Connect-capable; `[]` with the service's index, blocking like the other reads.
+async fn connect(
+    State(s): State<AppState>,
+    caller: Caller,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(service): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    per_service(&s, &caller, peer, &service, raw, |_, _| Vec::new()).await
 }
 
 async fn maintenance(

@@ -275,3 +275,286 @@ async fn t20_py_consul_registers_checks_reads_and_blocks_against_a_three_node_cl
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+async fn put_body(c: &Cluster, path: &str, body: &str) -> (u16, String) {
+    let res = c
+        .http
+        .put(c.node(1).url(path))
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.text().await.unwrap())
+}
+
+async fn a_records(c: &Cluster, name: &str) -> usize {
+    use hickory_proto::rr::RecordType;
+    harness::dns::udp(c.node(1).dns, name, RecordType::A)
+        .await
+        .answers
+        .len()
+}
+
+/// What the Go client's `Agent().UpdateTTL`, `CheckRegister`, `CheckDeregister` and `Members`
+/// send, and the node views, over plain HTTP.
+#[tokio::test]
+async fn t30_check_update_register_deregister_members_and_node_views() {
+    let c = Cluster::start(1, &[]).await;
+    let (s, body) = put(
+        &c,
+        "/v1/agent/service/register",
+        Some(json!({
+            "ID": "api-1", "Name": "api", "Address": "10.0.1.1", "Port": 80,
+            "Check": {"CheckID": "api-ttl", "TTL": "2s"}
+        })),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        put(
+            &c,
+            "/v1/agent/service/register",
+            Some(json!({"ID": "db-1", "Name": "db", "Address": "10.0.1.1", "Port": 5432}))
+        )
+        .await
+        .0,
+        200
+    );
+
+    // A TTL check kept alive only by check/update calls stays passing and in DNS.
+    assert_eq!(
+        a_records(&c, "api.service.cairn.").await,
+        0,
+        "starts critical"
+    );
+    let update = |status: &'static str, output: &'static str| {
+        let c = &c;
+        async move {
+            put(
+                c,
+                "/v1/agent/check/update/api-ttl",
+                Some(json!({"Status": status, "Output": output})),
+            )
+            .await
+        }
+    };
+    assert_eq!(update("passing", "fine").await.0, 200);
+    eventually(Duration::from_secs(5), "api passing in DNS", || async {
+        a_records(&c, "api.service.cairn.").await == 1
+    })
+    .await;
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        assert_eq!(update("passing", "fine").await.0, 200);
+        let (_, _, checks) = get(&c, "/v1/health/checks/api").await;
+        assert_eq!(checks[0]["Status"], "passing", "{checks}");
+        assert_eq!(a_records(&c, "api.service.cairn.").await, 1);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // A status change wakes a blocking read on the service; the output is kept.
+    let (_, now, _) = get(&c, "/v1/health/service/api").await;
+    let waiter = {
+        let (http, url) = (
+            c.http.clone(),
+            c.node(1)
+                .url(&format!("/v1/health/service/api?index={now}&wait=30s")),
+        );
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let res = http.get(url).send().await.unwrap();
+            let index = harness::header_u64(&res, "x-consul-index").unwrap();
+            (t.elapsed(), index, res.json::<Value>().await.unwrap())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(update("warning", "slow disk").await.0, 200);
+    let (waited, moved, body) = waiter.await.unwrap();
+    assert!(moved > now && waited < Duration::from_secs(10), "woken");
+    assert_eq!(body[0]["Checks"][0]["Status"], "warning", "{body}");
+    assert_eq!(body[0]["Checks"][0]["Output"], "slow disk", "{body}");
+    assert_eq!(update("critical", "").await.0, 200);
+    let (_, _, checks) = get(&c, "/v1/health/checks/api").await;
+    assert_eq!(checks[0]["Status"], "critical");
+    // An output longer than a check keeps is cut, as Consul cuts it.
+    let long = "x".repeat(5000);
+    let (s, _) = put(
+        &c,
+        "/v1/agent/check/update/api-ttl",
+        Some(json!({"Status": "warning", "Output": long})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (_, _, checks) = get(&c, "/v1/health/checks/api").await;
+    assert_eq!(checks[0]["Output"].as_str().unwrap().len(), 4096);
+
+    // Errors, with Consul's status codes and texts; nothing changes.
+    let (_, before, _) = get(&c, "/v1/health/service/api").await;
+    let (s, body) = put(
+        &c,
+        "/v1/agent/check/update/nope",
+        Some(json!({"Status": "passing"})),
+    )
+    .await;
+    assert_eq!(s, 404);
+    assert!(body.contains("Unknown check ID \\\"nope\\\""), "{body}");
+    let (s, body) = put(
+        &c,
+        "/v1/agent/check/update/api-ttl",
+        Some(json!({"Status": "ok"})),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert!(body.contains("Invalid check status: 'ok'"), "{body}");
+    assert_eq!(
+        put(&c, "/v1/agent/check/update/api-ttl", Some(json!({})))
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        put_body(&c, "/v1/agent/check/update/api-ttl", "{").await.0,
+        400
+    );
+    assert_eq!(put(&c, "/v1/agent/check/fail/nope", None).await.0, 404);
+    let (_, after, _) = get(&c, "/v1/health/service/api").await;
+    assert_eq!(before, after, "refused updates write nothing");
+
+    // A check added to an existing service, and removed again.
+    let (s, body) = put(
+        &c,
+        "/v1/agent/check/register",
+        Some(json!({"Name": "db-alive", "ServiceID": "db-1", "TTL": "30s", "Status": "passing"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let (_, _, checks) = get(&c, "/v1/agent/checks").await;
+    assert_eq!(checks["db-alive"]["ServiceID"], "db-1", "{checks}");
+    assert_eq!(checks["db-alive"]["Status"], "passing");
+    assert_eq!(checks["db-alive"]["Type"], "ttl");
+    let (s, _) = put(
+        &c,
+        "/v1/agent/check/register",
+        Some(json!({"ID": "db-ttl-2", "Name": "second", "ServiceID": "db-1", "TTL": "30s"})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (_, _, health) = get(&c, "/v1/health/service/db").await;
+    assert_eq!(health[0]["Checks"].as_array().unwrap().len(), 2, "{health}");
+    assert_eq!(
+        put(&c, "/v1/agent/check/warn/db-ttl-2", None).await.0,
+        200,
+        "the added check is a TTL check like any other"
+    );
+    for (bad, why) in [
+        (
+            json!({"ServiceID": "db-1", "TTL": "30s"}),
+            "Missing check name",
+        ),
+        (json!({"Name": "x", "TTL": "30s"}), "ServiceID: required"),
+        (
+            json!({"Name": "x", "ServiceID": "nope", "TTL": "30s"}),
+            "ServiceID \\\"nope\\\" does not exist",
+        ),
+        (
+            json!({"Name": "x", "ServiceID": "db-1", "TTL": "30s", "Status": "bad"}),
+            "Bad check status",
+        ),
+        (
+            json!({"Name": "x", "ServiceID": "db-1", "Args": ["/bin/true"], "Interval": "5s"}),
+            "unsupported check",
+        ),
+        (
+            json!({"Name": "x", "ServiceID": "db-1", "TTL": "soon"}),
+            "ttl",
+        ),
+        (
+            json!({"Name": "has space", "ServiceID": "db-1", "TTL": "30s"}),
+            "not a valid check id",
+        ),
+    ] {
+        let (s, body) = put(&c, "/v1/agent/check/register", Some(bad.clone())).await;
+        assert_eq!(s, 400, "{bad}: {body}");
+        assert!(body.contains(why), "{bad}: {body}");
+    }
+    let (s, _) = put(&c, "/v1/agent/check/deregister/db-ttl-2", None).await;
+    assert_eq!(s, 200);
+    let (s, body) = put(&c, "/v1/agent/check/deregister/db-ttl-2", None).await;
+    assert_eq!(s, 404, "{body}");
+    assert!(body.contains("Unknown check ID"), "{body}");
+    let (_, _, health) = get(&c, "/v1/health/service/db").await;
+    let ids: Vec<&str> = health[0]["Checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["CheckID"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["db-alive"]);
+
+    // Members: this one node, alive.
+    let (s, _, members) = get(&c, "/v1/agent/members").await;
+    assert_eq!(s, 200);
+    assert_eq!(members.as_array().unwrap().len(), 1, "{members}");
+    assert_eq!(members[0]["Status"], 1);
+    assert_eq!(members[0]["Port"], c.node(1).rpc.port());
+    assert_eq!(members[0]["Addr"], c.node(1).rpc.ip().to_string());
+    assert_eq!(members[0]["Tags"]["dc"], "dc1");
+
+    // Node views: both instances live at 10.0.1.1.
+    let (s, index, node) = get(&c, "/v1/catalog/node/10.0.1.1").await;
+    assert_eq!(s, 200);
+    assert!(index >= 1);
+    assert_eq!(node["Node"]["Node"], "10.0.1.1");
+    assert_eq!(node["Services"]["api-1"]["Service"], "api");
+    assert_eq!(node["Services"]["db-1"]["Port"], 5432);
+    let (_, _, list) = get(&c, "/v1/catalog/node-services/10.0.1.1").await;
+    assert_eq!(list["Node"]["Address"], "10.0.1.1");
+    assert_eq!(list["Services"].as_array().unwrap().len(), 2);
+    let (_, node_index, checks) = get(&c, "/v1/health/node/10.0.1.1").await;
+    assert_eq!(checks.as_array().unwrap().len(), 2, "{checks}");
+    assert!(checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["Node"] == "10.0.1.1"));
+    let (s, i, unknown) = get(&c, "/v1/catalog/node/10.9.9.9").await;
+    assert_eq!((s, unknown), (200, Value::Null));
+    assert!(i >= 1);
+    assert_eq!(
+        get(&c, "/v1/catalog/node-services/10.9.9.9").await.2,
+        Value::Null
+    );
+    assert_eq!(get(&c, "/v1/health/node/10.9.9.9").await.2, json!([]));
+
+    // A blocking node read returns at the end of its wait, or on a change.
+    let t = Instant::now();
+    let (_, same, _) = get(
+        &c,
+        &format!("/v1/health/node/10.0.1.1?index={node_index}&wait=1s"),
+    )
+    .await;
+    assert!(t.elapsed() >= Duration::from_secs(1));
+    assert_eq!(same, node_index);
+    let waiter = {
+        let (http, url) = (
+            c.http.clone(),
+            c.node(1).url(&format!(
+                "/v1/health/node/10.0.1.1?index={node_index}&wait=30s"
+            )),
+        );
+        tokio::spawn(async move {
+            let res = http.get(url).send().await.unwrap();
+            harness::header_u64(&res, "x-consul-index").unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(put(&c, "/v1/agent/check/fail/db-alive", None).await.0, 200);
+    assert!(waiter.await.unwrap() > node_index);
+
+    // No service mesh: Connect lists are empty, with the service's index.
+    for path in ["/v1/health/connect/api", "/v1/catalog/connect/api"] {
+        let (s, i, list) = get(&c, path).await;
+        assert_eq!((s, list), (200, json!([])), "{path}");
+        assert!(i > 1, "{path}: the service's index");
+    }
+}
