@@ -558,3 +558,55 @@ async fn t30_check_update_register_deregister_members_and_node_views() {
         assert!(i > 1, "{path}: the service's index");
     }
 }
+
+/// Runs `consul_clients_check.py` with `python` against node 2 of a three-node cluster, and
+/// returns its output.
+async fn run_clients_check(python: &str) -> String {
+    let c = Cluster::start(3, &[]).await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/tools/consul_clients_check.py"
+    );
+    let out = tokio::process::Command::new(python)
+        .args([
+            script,
+            &c.node(2).http.to_string(),
+            &c.node(2).dns.to_string(),
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{python} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn t40_py_consul_drives_ttl_checks_added_checks_members_and_node_views() {
+    let python = python_with_py_consul();
+    let out = run_clients_check(&python).await;
+    assert!(out.contains("all checks passed"), "{out}");
+}
+
+#[tokio::test]
+async fn t41_debians_python_consul2_drives_the_same() {
+    let python =
+        std::env::var("CAIRN_TEST_DEBIAN_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into());
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import consul"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{python} cannot import consul: run scripts/deps --test (installs python3-consul2)"
+    );
+    let out = run_clients_check(&python).await;
+    assert!(
+        out.contains("/usr/lib/python3/dist-packages/consul: all checks passed"),
+        "not Debian's python-consul2: {out}"
+    );
+}
