@@ -7,7 +7,7 @@
 //! registered without a `CheckID` is named `service:<id>` (`service:<id>:<n>` when there are
 //! several), as Consul names them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -22,6 +22,9 @@ use cairn_registry::HealthStatus;
 use cairn_registry::{Op, ServiceEntry};
 use serde_json::{json, Map, Value};
 
+mod filter;
+
+use self::filter::Filter;
 use super::acl::{Caller, CONSUL_FILTERED_HEADER};
 use super::body::Body;
 use super::error::Failure;
@@ -63,6 +66,8 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/v1/health/node/{node}", get(health_node))
         .route("/v1/health/connect/{service}", get(connect))
         .route("/v1/catalog/connect/{service}", get(connect))
+        .route("/v1/catalog/register", put(catalog_register))
+        .route("/v1/catalog/deregister", put(catalog_deregister))
         .route("/v1/agent/service/maintenance/{id}", put(maintenance))
 }
 
@@ -118,14 +123,16 @@ fn service_obj(svc: &ServiceEntry, inst: &Instance) -> Value {
     })
 }
 
-fn node_obj(address: &str) -> Value {
+/// A Consul node: an instance's address, with the instance's meta as the node's (Cairn keeps no
+/// meta of its own for an address).
+fn node_obj(address: &str, meta: &BTreeMap<String, String>) -> Value {
     json!({
         "ID": "",
         "Node": address,
         "Address": address,
         "Datacenter": DATACENTER,
         "TaggedAddresses": {"lan": address, "wan": address},
-        "Meta": {},
+        "Meta": meta,
         "CreateIndex": 1,
         "ModifyIndex": 1,
     })
@@ -138,7 +145,7 @@ fn catalog_entry(svc: &ServiceEntry, inst: &Instance) -> Value {
         "Address": inst.spec.address,
         "Datacenter": DATACENTER,
         "TaggedAddresses": {"lan": inst.spec.address, "wan": inst.spec.address},
-        "NodeMeta": {},
+        "NodeMeta": inst.spec.meta,
         "ServiceKind": "",
         "ServiceID": inst.spec.id,
         "ServiceName": svc.name,
@@ -209,6 +216,13 @@ fn check_objs(svc: &ServiceEntry, inst: &Instance) -> Vec<Value> {
     out
 }
 
+/// Whether the instance's meta (its node's, for Consul) has every `?node-meta` pair.
+fn node_meta_ok(inst: &Instance, q: &ReadQuery) -> bool {
+    q.node_meta
+        .iter()
+        .all(|(k, v)| inst.spec.meta.get(k) == Some(v))
+}
+
 /// The service's instances that carry every `?tag`, pass `?node-meta`, and are passing when
 /// `passing` says so.
 fn filtered<'a>(
@@ -219,8 +233,26 @@ fn filtered<'a>(
     svc.instances.values().filter(move |i| {
         q.tags.iter().all(|t| i.spec.tags.contains(t))
             && (!passing || i.health() == HealthStatus::Passing)
-            && q.node_meta.is_empty()
+            && node_meta_ok(i, q)
     })
+}
+
+/// The request's `?filter`, parsed (400 naming the position when malformed); `None` when absent
+/// or empty.
+fn filter_of(q: &ReadQuery) -> Result<Option<Filter>, Failure> {
+    match q.param("filter") {
+        None | Some("") => Ok(None),
+        Some(text) => Filter::parse(text).map(Some).map_err(|e| {
+            Failure::invalid(format!(
+                "Failed to create boolean expression evaluator: {e}"
+            ))
+        }),
+    }
+}
+
+/// Whether a response item passes the request's filter.
+fn keep(filter: &Option<Filter>, item: &Value) -> bool {
+    filter.as_ref().is_none_or(|f| f.matches(item))
 }
 
 async fn agent_self(State(s): State<AppState>, caller: Caller) -> Result<Response, Failure> {
@@ -282,16 +314,27 @@ async fn catalog_services(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
     let q = ReadQuery::consul(raw.as_deref())?;
+    let filter = filter_of(&q)?;
     let registry = s.cluster.registry();
     s.prepare_read(peer, &q, registry.watches().subscribe_list())
         .await?;
     let (index, services) = registry.services();
     let (services, hidden) = readable(&caller, services);
+    // A service is listed with the tags of its instances that pass `node-meta` and the filter
+    // (whose selectors are those of `/v1/catalog/service`'s entries); with neither, every
+    // instance passes and the tags are the service's.
     let body: Map<String, Value> = services
         .iter()
-        .map(|svc| {
-            let tags: Vec<Value> = svc.tags().map(|t| Value::String(t.to_owned())).collect();
-            (svc.name.clone(), Value::Array(tags))
+        .filter_map(|svc| {
+            let mut any = false;
+            let mut tags = BTreeSet::new();
+            for i in svc.instances.values() {
+                if node_meta_ok(i, &q) && keep(&filter, &catalog_entry(svc, i)) {
+                    any = true;
+                    tags.extend(i.spec.tags.iter().cloned());
+                }
+            }
+            any.then(|| (svc.name.clone(), json!(tags)))
         })
         .collect();
     Ok(respond_filtered(&s, index, Value::Object(body), hidden))
@@ -313,7 +356,8 @@ async fn service_read(
     Ok((registry.service_index(&name), registry.service(&name)))
 }
 
-/// A read of one service's rows: blocking on the service, then `rows` over its entry.
+/// A read of one service's rows: blocking on the service, then `rows` over its entry, those that
+/// pass `?filter` kept.
 /// A service the token may not read answers as Consul answers it: an empty list, marked as
 /// filtered.
 async fn per_service(
@@ -325,13 +369,15 @@ async fn per_service(
     rows: impl Fn(&ServiceEntry, &ReadQuery) -> Vec<Value>,
 ) -> Result<Response, Failure> {
     let q = ReadQuery::consul(raw.as_deref())?;
+    let filter = filter_of(&q)?;
     let (index, svc) = service_read(s, peer, service, &q).await?;
     let hidden = !caller.may_read(&service.to_ascii_lowercase());
-    let body = svc
+    let mut body = svc
         .as_deref()
         .filter(|_| !hidden)
         .map(|svc| rows(svc, &q))
         .unwrap_or_default();
+    body.retain(|row| keep(&filter, row));
     Ok(respond_filtered(s, index, Value::Array(body), hidden))
 }
 
@@ -362,7 +408,7 @@ async fn health_service(
         filtered(svc, q, q.passing)
             .map(|i| {
                 json!({
-                    "Node": node_obj(&i.spec.address),
+                    "Node": node_obj(&i.spec.address, &i.spec.meta),
                     "Service": service_obj(svc, i),
                     "Checks": check_objs(svc, i),
                 })
@@ -388,21 +434,28 @@ async fn health_checks(
     .await
 }
 
-/// A read over the whole catalog: blocks on any applied change, then `body` over every service.
+/// A read over the whole catalog: blocks on any applied change, then `body` over every service
+/// with the request's query and `?filter` (which `body` applies to its items).
 async fn whole_catalog(
     s: &AppState,
     caller: &Caller,
     peer: SocketAddr,
     raw: Option<String>,
-    body: impl FnOnce(&[Arc<ServiceEntry>]) -> Value,
+    body: impl FnOnce(&[Arc<ServiceEntry>], &ReadQuery, &Option<Filter>) -> Value,
 ) -> Result<Response, Failure> {
     let q = ReadQuery::consul(raw.as_deref())?;
+    let filter = filter_of(&q)?;
     s.prepare_read(peer, &q, s.cluster.registry().subscribe())
         .await?;
     let index = s.cluster.registry().applied_index();
     let (_, services) = s.cluster.registry().services();
     let (services, hidden) = readable(caller, services);
-    Ok(respond_filtered(s, index, body(&services), hidden))
+    Ok(respond_filtered(
+        s,
+        index,
+        body(&services, &q, &filter),
+        hidden,
+    ))
 }
 
 /// Every instance of every service, with its service.
@@ -426,10 +479,10 @@ async fn health_state(
         "passing" | "warning" | "critical" => Some(state.clone()),
         other => return Err(Failure::invalid(format!("unknown health state {other:?}"))),
     };
-    whole_catalog(&s, &caller, peer, raw, |services| {
+    whole_catalog(&s, &caller, peer, raw, |services, _, f| {
         instances(services)
             .flat_map(|(svc, i)| check_objs(svc, i))
-            .filter(|c| want.as_deref().is_none_or(|w| c["Status"] == w))
+            .filter(|c| want.as_deref().is_none_or(|w| c["Status"] == w) && keep(f, c))
             .collect()
     })
     .await
@@ -441,11 +494,17 @@ async fn catalog_nodes(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    whole_catalog(&s, &caller, peer, raw, |services| {
-        let addrs: BTreeSet<&str> = instances(services)
-            .map(|(_, i)| i.spec.address.as_str())
-            .collect();
-        addrs.into_iter().map(node_obj).collect()
+    whole_catalog(&s, &caller, peer, raw, |services, q, f| {
+        let mut nodes: BTreeMap<&str, BTreeMap<String, String>> = BTreeMap::new();
+        for (_, i) in instances(services).filter(|(_, i)| node_meta_ok(i, q)) {
+            let meta = nodes.entry(i.spec.address.as_str()).or_default();
+            meta.extend(i.spec.meta.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        nodes
+            .iter()
+            .map(|(addr, meta)| node_obj(addr, meta))
+            .filter(|n| keep(f, n))
+            .collect()
     })
     .await
 }
@@ -456,9 +515,10 @@ async fn agent_services(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    whole_catalog(&s, &caller, peer, raw, |services| {
+    whole_catalog(&s, &caller, peer, raw, |services, _, f| {
         instances(services)
             .map(|(svc, i)| (i.spec.id.clone(), service_obj(svc, i)))
+            .filter(|(_, v)| keep(f, v))
             .collect::<Map<String, Value>>()
             .into()
     })
@@ -471,9 +531,10 @@ async fn agent_checks(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    whole_catalog(&s, &caller, peer, raw, |services| {
+    whole_catalog(&s, &caller, peer, raw, |services, _, f| {
         instances(services)
             .flat_map(|(svc, i)| check_objs(svc, i))
+            .filter(|c| keep(f, c))
             .map(|c| (c["CheckID"].as_str().unwrap_or_default().to_owned(), c))
             .collect::<Map<String, Value>>()
             .into()
@@ -954,6 +1015,13 @@ fn node_instances<'a>(
     instances(services).filter(move |(_, i)| i.spec.address == node)
 }
 
+/// A node's meta: its instances' meta, merged.
+fn node_meta(services: &[Arc<ServiceEntry>], node: &str) -> BTreeMap<String, String> {
+    node_instances(services, node)
+        .flat_map(|(_, i)| i.spec.meta.iter().map(|(k, v)| (k.clone(), v.clone())))
+        .collect()
+}
+
 /// `GET /v1/catalog/node/{node}`: the node and its services by id; `null` for an unknown node.
 async fn catalog_node(
     State(s): State<AppState>,
@@ -962,18 +1030,19 @@ async fn catalog_node(
     Path(node): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    whole_catalog(&s, &caller, peer, raw, |services| {
+    whole_catalog(&s, &caller, peer, raw, |services, _, f| {
         let mut found = false;
         let by_id: Map<String, Value> = node_instances(services, &node)
             .map(|(svc, i)| {
                 found = true;
                 (i.spec.id.clone(), service_obj(svc, i))
             })
+            .filter(|(_, v)| keep(f, v))
             .collect();
         if !found {
             return Value::Null;
         }
-        json!({"Node": node_obj(&node), "Services": by_id})
+        json!({"Node": node_obj(&node, &node_meta(services, &node)), "Services": by_id})
     })
     .await
 }
@@ -987,14 +1056,15 @@ async fn catalog_node_services(
     Path(node): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    whole_catalog(&s, &caller, peer, raw, |services| {
+    whole_catalog(&s, &caller, peer, raw, |services, _, f| {
         let list: Vec<Value> = node_instances(services, &node)
             .map(|(svc, i)| service_obj(svc, i))
             .collect();
         if list.is_empty() {
             return Value::Null;
         }
-        json!({"Node": node_obj(&node), "Services": list})
+        let list: Vec<Value> = list.into_iter().filter(|v| keep(f, v)).collect();
+        json!({"Node": node_obj(&node, &node_meta(services, &node)), "Services": list})
     })
     .await
 }
@@ -1008,9 +1078,10 @@ async fn health_node(
     Path(node): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    whole_catalog(&s, &caller, peer, raw, |services| {
+    whole_catalog(&s, &caller, peer, raw, |services, _, f| {
         node_instances(services, &node)
             .flat_map(|(svc, i)| check_objs(svc, i))
+            .filter(|c| keep(f, c))
             .collect()
     })
     .await
@@ -1064,4 +1135,203 @@ async fn maintenance(
         )
         .await?;
     Ok(StatusCode::OK.into_response())
+}
+
+fn parse_status(st: &str) -> Option<HealthStatus> {
+    match st {
+        "passing" => Some(HealthStatus::Passing),
+        "warning" => Some(HealthStatus::Warning),
+        "critical" => Some(HealthStatus::Critical),
+        _ => None,
+    }
+}
+
+/// A `PUT /v1/catalog/register` body read as a registration: the instance, the health its
+/// checks without a definition state (the worst of them, with its output), if any.
+struct CatalogRegistration {
+    reg: ConsulRegistration,
+    health: Option<(HealthStatus, String)>,
+}
+
+/// Reads a catalog registration: `Node`, `Address`, `NodeMeta`, `Service` (required: Cairn
+/// keeps services, not bare nodes), `Check`/`Checks`. A check with a `Definition` (`HTTP`,
+/// `TCP`, `TTL`) is run by the cluster like an agent check; one without is a stated status, the
+/// instance's custom health, and nothing runs for it.
+fn catalog_registration(v: &Value) -> Result<CatalogRegistration, Failure> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| Failure::invalid("the body must be a JSON object"))?;
+    field_str(obj, "node").ok_or_else(|| Failure::invalid("Must provide node"))?;
+    let node_address =
+        field_str(obj, "address").ok_or_else(|| Failure::invalid("Must provide address"))?;
+    let Some(Value::Object(svc)) = field(obj, "service") else {
+        return Err(Failure::invalid(
+            "Service: required (Cairn keeps services, not bare nodes)",
+        ));
+    };
+    let name =
+        field_str(svc, "service").ok_or_else(|| Failure::invalid("Must provide service name"))?;
+    let id = field_str(svc, "id").unwrap_or_else(|| name.clone());
+    let mut defs: Vec<&Map<String, Value>> = Vec::new();
+    if let Some(Value::Object(c)) = field(obj, "check") {
+        defs.push(c);
+    }
+    if let Some(Value::Array(cs)) = field(obj, "checks") {
+        defs.extend(cs.iter().filter_map(Value::as_object));
+    }
+    let mut checks = Vec::new();
+    let mut health: Option<(HealthStatus, String)> = None;
+    for c in defs {
+        if let Some(sid) = field_str(c, "serviceid") {
+            if sid != id {
+                return Err(Failure::invalid(format!(
+                    "check's ServiceID {sid:?} is not the registered service's ID {id:?}"
+                )));
+            }
+        }
+        let status = match field_str(c, "status") {
+            None => None,
+            Some(st) => Some(
+                parse_status(&st)
+                    .ok_or_else(|| Failure::invalid(format!("Invalid check status: '{st}'")))?,
+            ),
+        };
+        let check_id = field_str(c, "checkid").or_else(|| field_str(c, "name"));
+        match field(c, "definition").and_then(Value::as_object) {
+            Some(def) if !def.is_empty() => {
+                let mut def = def.clone();
+                if let Some(st) = status {
+                    def.insert("Status".into(), json!(st.as_str()));
+                }
+                let default = check_id.unwrap_or_else(|| format!("service:{id}"));
+                checks.push(check_from_consul(&def, default)?);
+            }
+            _ => {
+                let st = status.unwrap_or(HealthStatus::Critical);
+                let output = field_str(c, "output").unwrap_or_default();
+                let output = truncate_output(output);
+                if health.as_ref().is_none_or(|(worst, _)| st > *worst) {
+                    health = Some((st, output));
+                }
+            }
+        }
+    }
+    // The node's meta is the instance's (Cairn keeps none for an address); the service's wins.
+    let mut meta = field(obj, "nodemeta").cloned().unwrap_or(json!({}));
+    if let (Some(m), Some(Value::Object(sm))) = (meta.as_object_mut(), field(svc, "meta")) {
+        m.extend(sm.clone());
+    }
+    let mut native = json!({
+        "address": field_str(svc, "address").unwrap_or(node_address),
+        "port": field(svc, "port").and_then(Value::as_u64).unwrap_or(0),
+        "tags": field(svc, "tags").cloned().unwrap_or(json!([])),
+        "meta": meta,
+        "checks": checks,
+    });
+    if let Some(w) = field(svc, "weights")
+        .and_then(Value::as_object)
+        .and_then(|w| field(w, "passing"))
+        .and_then(Value::as_u64)
+    {
+        native["weight"] = json!(w);
+    }
+    let body = serde_json::from_value(native)
+        .map_err(|e| Failure::invalid(format!("invalid registration: {e}")))?;
+    Ok(CatalogRegistration {
+        reg: ConsulRegistration { name, id, body },
+        health,
+    })
+}
+
+/// `PUT /v1/catalog/register`: an external service (a database, a SaaS endpoint) registered
+/// with the health its registration states. Answers `true`, as Consul does.
+async fn catalog_register(
+    State(s): State<AppState>,
+    caller: Caller,
+    Body(v): Body<Value>,
+) -> Result<Response, Failure> {
+    let CatalogRegistration { reg, health } = catalog_registration(&v)?;
+    let ConsulRegistration { name, id, body } = reg;
+    let service = model::validate_service_name(&name)?;
+    caller.service(&service, Access::Write)?;
+    let instance = model::validate_registration(&id, &body)?;
+    s.check_targets(&instance).await?;
+    s.cluster
+        .write_as(
+            Op::Register {
+                service: service.clone(),
+                instance,
+            },
+            caller.accessor(),
+        )
+        .await?;
+    if let Some((status, output)) = health {
+        s.cluster
+            .write_as(
+                Op::SetHealth {
+                    service,
+                    id,
+                    status,
+                    output,
+                },
+                caller.accessor(),
+            )
+            .await?;
+    }
+    Ok(Json(true).into_response())
+}
+
+/// `PUT /v1/catalog/deregister` with `Node` and `ServiceID` (that instance), `CheckID` (that
+/// check, or the stated health), or neither (every instance at the node the token may write).
+async fn catalog_deregister(
+    State(s): State<AppState>,
+    caller: Caller,
+    Body(v): Body<Value>,
+) -> Result<Response, Failure> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| Failure::invalid("the body must be a JSON object"))?;
+    let node = field_str(obj, "node").ok_or_else(|| Failure::invalid("Must provide node"))?;
+    if let Some(id) = field_str(obj, "serviceid") {
+        let (svc, inst) = s
+            .lookup_fresh(|| find_instance(&s, &id))
+            .await?
+            .filter(|(_, i)| i.spec.address == node)
+            .ok_or_else(|| unknown_service(&id))?;
+        caller.service(&svc.name, Access::Write)?;
+        s.cluster
+            .write_as(
+                Op::Deregister {
+                    service: svc.name.clone(),
+                    id: inst.spec.id.clone(),
+                },
+                caller.accessor(),
+            )
+            .await?;
+    } else if let Some(check) = field_str(obj, "checkid") {
+        let (svc, inst, _) = s
+            .lookup_fresh(|| find_check(&s, &check))
+            .await?
+            .filter(|(_, i, _)| i.spec.address == node)
+            .ok_or_else(|| unknown_check(&check))?;
+        caller.service(&svc.name, Access::Write)?;
+        let mut body = registration_of(&inst.spec);
+        body.checks
+            .retain(|c| c.id.as_deref() != Some(check.as_str()));
+        reregister(&s, &caller, &svc.name, &inst.spec.id, &body).await?;
+    } else {
+        let (_, services) = s.cluster.registry().services();
+        let at_node: Vec<(String, String)> = node_instances(&services, &node)
+            .map(|(svc, i)| (svc.name.clone(), i.spec.id.clone()))
+            .collect();
+        for (service, _) in &at_node {
+            caller.service(service, Access::Write)?;
+        }
+        for (service, id) in at_node {
+            s.cluster
+                .write_as(Op::Deregister { service, id }, caller.accessor())
+                .await?;
+        }
+    }
+    Ok(Json(true).into_response())
 }

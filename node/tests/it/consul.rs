@@ -610,3 +610,407 @@ async fn t41_debians_python_consul2_drives_the_same() {
         "not Debian's python-consul2: {out}"
     );
 }
+
+fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// How many items a list or map response holds.
+fn count(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => a.len(),
+        Value::Object(o) => o.len(),
+        _ => usize::MAX,
+    }
+}
+
+#[tokio::test]
+async fn t50_filter_expressions_and_node_meta_on_every_list_endpoint() {
+    let c = Cluster::start(1, &[]).await;
+    for (id, addr, tags, meta, ttl) in [
+        (
+            "web-1",
+            "10.0.2.1",
+            json!(["v1", "eu"]),
+            json!({"zone": "a", "version": "1.2.0"}),
+            false,
+        ),
+        (
+            "web-2",
+            "10.0.2.2",
+            json!(["v2", "eu"]),
+            json!({"zone": "b", "version": "2.0.1"}),
+            true,
+        ),
+        (
+            "web-3",
+            "10.0.2.3",
+            json!(["v2", "us"]),
+            json!({"zone": "a"}),
+            false,
+        ),
+    ] {
+        let mut body = json!({"ID": id, "Name": "web", "Address": addr, "Port": 80, "Tags": tags, "Meta": meta});
+        if ttl {
+            body["Check"] = json!({"TTL": "30s"});
+        }
+        assert_eq!(
+            put(&c, "/v1/agent/service/register", Some(body)).await.0,
+            200
+        );
+    }
+    assert_eq!(
+        put(
+            &c,
+            "/v1/agent/service/register",
+            Some(json!({"ID": "db-1", "Name": "db", "Address": "10.0.2.9", "Port": 5432, "Check": {"TTL": "30s"}}))
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        put(&c, "/v1/agent/check/pass/service:db-1", None).await.0,
+        200
+    );
+    eventually(Duration::from_secs(5), "db passing", || async {
+        get(&c, "/v1/health/state/passing")
+            .await
+            .2
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    })
+    .await;
+
+    // Every operator, on health/service entries ({Node, Service, Checks}).
+    let ids = |body: &Value| -> Vec<String> {
+        let mut v: Vec<String> = body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["Service"]["ID"].as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    for (expr, want) in [
+        (r#"Service.Meta.zone == "a""#, vec!["web-1", "web-3"]),
+        (r#"Service.Meta.zone != "a""#, vec!["web-2"]),
+        (r#""v2" in Service.Tags"#, vec!["web-2", "web-3"]),
+        (r#""v2" not in Service.Tags"#, vec!["web-1"]),
+        (r#"Service.Tags contains "eu""#, vec!["web-1", "web-2"]),
+        (r#"Service.Tags not contains "eu""#, vec!["web-3"]),
+        ("Service.Meta.version is empty", vec!["web-3"]),
+        ("Service.Meta.version is not empty", vec!["web-1", "web-2"]),
+        (r#"Service.Meta.version matches "^2\\.""#, vec!["web-2"]),
+        (
+            r#"Service.Meta.version not matches "^2\\.""#,
+            vec!["web-1", "web-3"],
+        ),
+        (
+            r#"Service.Tags contains "v2" and Service.Meta.zone == "a""#,
+            vec!["web-3"],
+        ),
+        (
+            r#"Service.ID == "web-1" or Service.ID == "web-3""#,
+            vec!["web-1", "web-3"],
+        ),
+        (r#"not (Service.Tags contains "eu")"#, vec!["web-3"]),
+        (r#"Checks.Status == critical"#, vec!["web-2"]),
+        (r#"Checks is empty"#, vec!["web-1", "web-3"]),
+        (
+            r#"Node.Meta.zone == "b" and Service.Port == 80"#,
+            vec!["web-2"],
+        ),
+    ] {
+        let (s, _, body) = get(&c, &format!("/v1/health/service/web?filter={}", enc(expr))).await;
+        assert_eq!(s, 200, "{expr}: {body}");
+        assert_eq!(ids(&body), want, "{expr}");
+    }
+
+    // On each endpoint: one filter matching nothing, one matching everything, one malformed
+    // (400 naming the position), and the unfiltered count.
+    for (path, nothing, everything, all) in [
+        (
+            "/v1/catalog/service/web",
+            r#"ServiceMeta.zone == "z""#,
+            r#"ServiceName == "web""#,
+            3,
+        ),
+        (
+            "/v1/catalog/services",
+            r#"ServiceTags contains "nope""#,
+            "ServiceID is not empty",
+            2,
+        ),
+        (
+            "/v1/health/service/web",
+            r#"Service.Service == "db""#,
+            r#"Service.Service == "web""#,
+            3,
+        ),
+        (
+            "/v1/health/checks/web",
+            r#"Status == "passing""#,
+            r#"ServiceName == "web""#,
+            1,
+        ),
+        (
+            "/v1/health/state/any",
+            r#"Status == "warning""#,
+            "CheckID is not empty",
+            2,
+        ),
+        (
+            "/v1/agent/services",
+            r#"Meta.zone == "z""#,
+            "Port == 80 or Port == 5432",
+            4,
+        ),
+        (
+            "/v1/agent/checks",
+            r#"ServiceName == "nope""#,
+            r#"CheckID matches "^service:""#,
+            2,
+        ),
+    ] {
+        let (s, _, body) = get(&c, path).await;
+        assert_eq!((s, count(&body)), (200, all), "{path}: {body}");
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let (s, index, body) = get(&c, &format!("{path}{sep}filter={}", enc(nothing))).await;
+        assert_eq!((s, count(&body)), (200, 0), "{path} {nothing}: {body}");
+        assert!(index >= 1, "{path}: an index even when nothing matches");
+        let (s, _, body) = get(&c, &format!("{path}{sep}filter={}", enc(everything))).await;
+        assert_eq!((s, count(&body)), (200, all), "{path} {everything}: {body}");
+        let res = c
+            .http
+            .get(
+                c.node(1)
+                    .url(&format!("{path}{sep}filter={}", enc("ServiceName == "))),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 400, "{path}");
+        let text = res.text().await.unwrap();
+        assert!(
+            text.contains(
+                "Failed to create boolean expression evaluator: 1:16 (15): expected a value"
+            ),
+            "{path}: {text}"
+        );
+    }
+    // catalog/services aggregates the tags of the instances that pass.
+    let (_, _, services) = get(
+        &c,
+        &format!(
+            "/v1/catalog/services?filter={}",
+            enc(r#"ServiceMeta.zone == "a""#)
+        ),
+    )
+    .await;
+    assert_eq!(services, json!({"web": ["eu", "us", "v1", "v2"]}));
+    let (_, _, services) = get(
+        &c,
+        &format!(
+            "/v1/catalog/services?filter={}",
+            enc(r#"ServiceID == "web-2""#)
+        ),
+    )
+    .await;
+    assert_eq!(services, json!({"web": ["eu", "v2"]}));
+
+    // node-meta: the instance's meta is its node's; every pair must match.
+    let (_, _, rows) = get(&c, "/v1/catalog/service/web?node-meta=zone:a").await;
+    assert_eq!(count(&rows), 2, "{rows}");
+    assert_eq!(rows[0]["NodeMeta"]["zone"], "a");
+    let (_, _, rows) = get(
+        &c,
+        "/v1/health/service/web?node-meta=zone:a&node-meta=version:1.2.0",
+    )
+    .await;
+    assert_eq!(ids(&rows), ["web-1"]);
+    let (_, _, rows) = get(&c, "/v1/catalog/service/web?node-meta=rack:r1").await;
+    assert_eq!(count(&rows), 0, "a key no instance has matches nothing");
+    let (_, _, services) = get(&c, "/v1/catalog/services?node-meta=zone:b").await;
+    assert_eq!(services, json!({"web": ["eu", "v2"]}));
+    let (_, _, nodes) = get(&c, "/v1/catalog/nodes?node-meta=zone:a").await;
+    assert_eq!(count(&nodes), 2, "{nodes}");
+    let (_, _, nodes) = get(&c, "/v1/catalog/nodes").await;
+    assert_eq!(count(&nodes), 4, "no node-meta: every node");
+}
+
+/// External services, as consul-esm and catalog-sync tools write them: the health the
+/// registration states, no check run for it, and DNS like any other instance.
+#[tokio::test]
+async fn t60_catalog_register_and_deregister_external_services() {
+    let c = Cluster::start(1, &[]).await;
+    let (s, body) = put(
+        &c,
+        "/v1/catalog/register",
+        Some(json!({
+            "Node": "saas-db", "Address": "10.0.3.1", "NodeMeta": {"external-node": "true"},
+            "Service": {"ID": "pg-1", "Service": "pg", "Port": 5432, "Tags": ["primary"], "Meta": {"zone": "a"}},
+            "Check": {"CheckID": "pg-alive", "Name": "pg alive", "Status": "passing", "ServiceID": "pg-1", "Output": "seen by esm"}
+        })),
+    )
+    .await;
+    assert_eq!((s, body.as_str()), (200, "true"));
+    let (s, _) = put(
+        &c,
+        "/v1/catalog/register",
+        Some(json!({
+            "Node": "saas-db-2", "Address": "10.0.3.2",
+            "Service": {"ID": "pg-2", "Service": "pg", "Port": 5432},
+            "Checks": [{"CheckID": "a", "Status": "passing"}, {"CheckID": "b", "Status": "critical", "Output": "down"}]
+        })),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = put(
+        &c,
+        "/v1/catalog/register",
+        Some(json!({"Node": "n", "Address": "10.0.3.3", "Service": {"Service": "cache", "Port": 6379}})),
+    )
+    .await;
+    assert_eq!(s, 200, "no check: passing, id = name");
+
+    // In DNS: the passing ones only.
+    eventually(Duration::from_secs(5), "pg in DNS", || async {
+        a_records(&c, "pg.service.cairn.").await == 1
+    })
+    .await;
+    assert_eq!(a_records(&c, "cache.service.cairn.").await, 1);
+    let (_, _, rows) = get(&c, "/v1/catalog/service/pg").await;
+    assert_eq!(count(&rows), 2);
+    let pg1 = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["ServiceID"] == "pg-1")
+        .unwrap();
+    assert_eq!(pg1["ServiceAddress"], "10.0.3.1");
+    assert_eq!(pg1["NodeMeta"]["external-node"], "true");
+    assert_eq!(pg1["ServiceMeta"]["zone"], "a");
+    let (_, _, health) = get(&c, "/v1/health/service/pg?passing").await;
+    assert_eq!(count(&health), 1);
+    assert_eq!(health[0]["Service"]["ID"], "pg-1");
+    assert_eq!(health[0]["Checks"][0]["Output"], "seen by esm");
+    let (_, _, critical) = get(&c, "/v1/health/state/critical").await;
+    assert_eq!(critical[0]["Output"], "down", "{critical}");
+    let (_, _, cache) = get(&c, "/v1/agent/service/cache").await;
+    assert_eq!(cache["Port"], 6379);
+
+    // A definition is a check the cluster runs: a TTL one starts critical and expires.
+    let (s, _) = put(
+        &c,
+        "/v1/catalog/register",
+        Some(json!({
+            "Node": "n", "Address": "10.0.3.3", "Service": {"ID": "cache", "Service": "cache", "Port": 6379},
+            "Check": {"CheckID": "cache-ttl", "Definition": {"TTL": "30s"}}
+        })),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (_, _, checks) = get(&c, "/v1/agent/checks").await;
+    assert_eq!(checks["cache-ttl"]["Type"], "ttl", "{checks}");
+    assert_eq!(checks["cache-ttl"]["Status"], "critical");
+
+    // Bad input: 400 with Consul's text, nothing stored.
+    let (_, before, _) = get(&c, "/v1/catalog/services").await;
+    for (bad, why) in [
+        (
+            json!({"Address": "10.0.3.9", "Service": {"Service": "x", "Port": 1}}),
+            "Must provide node",
+        ),
+        (
+            json!({"Node": "n", "Service": {"Service": "x", "Port": 1}}),
+            "Must provide address",
+        ),
+        (
+            json!({"Node": "n", "Address": "10.0.3.9"}),
+            "Service: required",
+        ),
+        (
+            json!({"Node": "n", "Address": "10.0.3.9", "Service": {"Port": 1}}),
+            "Must provide service name",
+        ),
+        (
+            json!({"Node": "n", "Address": "10.0.3.9", "Service": {"Service": "x", "Port": 1}, "Check": {"Status": "fine"}}),
+            "Invalid check status: 'fine'",
+        ),
+        (
+            json!({"Node": "n", "Address": "10.0.3.9", "Service": {"Service": "x", "Port": 1}, "Check": {"Status": "passing", "ServiceID": "other"}}),
+            "is not the registered service's ID",
+        ),
+        (
+            json!({"Node": "n", "Address": "10.0.3.9", "Service": {"Service": "x"}}),
+            "port",
+        ),
+    ] {
+        let (s, body) = put(&c, "/v1/catalog/register", Some(bad.clone())).await;
+        assert_eq!(s, 400, "{bad}: {body}");
+        assert!(body.contains(why), "{bad}: {body}");
+    }
+    let (_, after, services) = get(&c, "/v1/catalog/services").await;
+    assert_eq!(before, after, "refused registrations write nothing");
+    assert!(services.get("x").is_none());
+
+    // Deregister: a check, an instance, a whole node.
+    let (s, body) = put(
+        &c,
+        "/v1/catalog/deregister",
+        Some(json!({"Node": "10.0.3.3", "CheckID": "cache-ttl"})),
+    )
+    .await;
+    assert_eq!((s, body.as_str()), (200, "true"));
+    assert!(get(&c, "/v1/agent/checks")
+        .await
+        .2
+        .get("cache-ttl")
+        .is_none());
+    let (s, body) = put(
+        &c,
+        "/v1/catalog/deregister",
+        Some(json!({"Node": "10.0.3.1", "ServiceID": "nope"})),
+    )
+    .await;
+    assert_eq!(s, 404, "{body}");
+    let (s, _) = put(
+        &c,
+        "/v1/catalog/deregister",
+        Some(json!({"Node": "10.0.3.9", "ServiceID": "pg-1"})),
+    )
+    .await;
+    assert_eq!(s, 404, "pg-1 is not at that node");
+    let (s, _) = put(
+        &c,
+        "/v1/catalog/deregister",
+        Some(json!({"Node": "10.0.3.1", "ServiceID": "pg-1"})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = put(
+        &c,
+        "/v1/catalog/deregister",
+        Some(json!({"Node": "10.0.3.2"})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (_, _, services) = get(&c, "/v1/catalog/services").await;
+    assert_eq!(services, json!({"cache": []}));
+    assert_eq!(
+        put(&c, "/v1/catalog/deregister", Some(json!({}))).await.0,
+        400
+    );
+}

@@ -122,6 +122,16 @@ def main() -> None:
     statuses = {k["CheckID"]: k["Status"] for k in result["nodes"][0]["Checks"]}
     assert statuses["pay-ttl"] == "warning", statuses
 
+    # An external service, with the health its registration states, resolves in DNS.
+    assert c.catalog.register(
+        "saas-db", "10.0.7.9",
+        service={"Service": "extdb", "ID": "extdb-1", "Port": 5432},
+        check={"CheckID": "extdb-alive", "Status": "passing", "ServiceID": "extdb-1"},
+    ), "catalog.register"
+    eventually("extdb in DNS", lambda: dns_a(dns, "extdb.service.cairn.") == ["10.0.7.9"])
+    assert c.catalog.deregister("10.0.7.9", service_id="extdb-1"), "catalog.deregister"
+    eventually("extdb gone from DNS", lambda: dns_a(dns, "extdb.service.cairn.") == [])
+
     assert c.agent.check.deregister("pay-ttl"), "agent.check.deregister"
     eventually("pay-ttl gone", lambda: "pay-ttl" not in c.agent.checks())
     print(f"{lib}: all checks passed")
