@@ -1014,3 +1014,128 @@ async fn t60_catalog_register_and_deregister_external_services() {
         400
     );
 }
+
+/// The new routes ask the rights the native ones do: a token that may only read `web`, or
+/// write `db`, cannot update, add or remove `web`'s checks or register `web` in the catalog, and
+/// its refused writes change nothing; node views and filtered lists hide what it may not read.
+#[tokio::test]
+async fn t70_acls_on_check_updates_check_registration_catalog_writes_and_node_views() {
+    let (c, _mgmt) = Cluster::start_acl(1, &[]).await;
+    for (name, rules) in [
+        ("web-read", json!({"service": {"web": "read"}})),
+        ("web-write", json!({"service": {"web": "write"}})),
+        ("db-write", json!({"service": {"db": "write"}})),
+    ] {
+        let (s, body) = c
+            .put(
+                1,
+                &format!("/v1/acl/policies/{name}"),
+                &json!({"rules": rules}),
+            )
+            .await;
+        assert_eq!(s, 200, "{body}");
+    }
+    let mut secrets = std::collections::BTreeMap::new();
+    for name in ["web-read", "web-write", "db-write"] {
+        let res = c
+            .http
+            .post(c.node(1).url("/v1/acl/tokens"))
+            .json(&json!({"policies": [name]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+        let v: Value = res.json().await.unwrap();
+        secrets.insert(name, v["secret"].as_str().unwrap().to_owned());
+    }
+    // Management registers web-1 (TTL check) and db-1 at the same address.
+    for body in [
+        json!({"ID": "web-1", "Name": "web", "Address": "10.0.4.1", "Port": 80, "Check": {"CheckID": "web-ttl", "TTL": "30s"}}),
+        json!({"ID": "db-1", "Name": "db", "Address": "10.0.4.1", "Port": 5432}),
+    ] {
+        assert_eq!(
+            put(&c, "/v1/agent/service/register", Some(body)).await.0,
+            200
+        );
+    }
+    // Without the management token the cluster's client sends.
+    let http = harness::client();
+    let call = |token: &str, path: &str, body: Option<Value>| {
+        let mut req = http
+            .put(c.node(1).url(path))
+            .header("X-Consul-Token", token.to_owned());
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let res = req.send().await.unwrap();
+            (res.status().as_u16(), res.text().await.unwrap_or_default())
+        }
+    };
+    let writes: Vec<(&str, Option<Value>)> = vec![
+        (
+            "/v1/agent/check/update/web-ttl",
+            Some(json!({"Status": "warning"})),
+        ),
+        ("/v1/agent/check/fail/web-ttl", None),
+        (
+            "/v1/agent/check/register",
+            Some(json!({"Name": "extra", "ServiceID": "web-1", "TTL": "30s"})),
+        ),
+        ("/v1/agent/check/deregister/web-ttl", None),
+        (
+            "/v1/catalog/register",
+            Some(
+                json!({"Node": "n", "Address": "10.0.4.2", "Service": {"Service": "web", "ID": "web-9", "Port": 80}}),
+            ),
+        ),
+        (
+            "/v1/catalog/deregister",
+            Some(json!({"Node": "10.0.4.1", "ServiceID": "web-1"})),
+        ),
+        ("/v1/catalog/deregister", Some(json!({"Node": "10.0.4.1"}))),
+    ];
+    for who in ["web-read", "db-write"] {
+        for (path, body) in &writes {
+            let (_, before, _) = get(&c, "/v1/health/node/10.0.4.1").await;
+            let (s, text) = call(&secrets[who], path, body.clone()).await;
+            assert_eq!(s, 403, "{who} {path}: {text}");
+            let (_, after, _) = get(&c, "/v1/health/node/10.0.4.1").await;
+            assert_eq!(before, after, "{who} {path}: refused, yet written");
+        }
+    }
+    // Members are the operator's.
+    let res = http
+        .get(c.node(1).url("/v1/agent/members"))
+        .header("X-Consul-Token", secrets["web-write"].clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 403);
+    // The write token may.
+    for (path, body) in writes.iter().take(5) {
+        let (s, text) = call(&secrets["web-write"], path, body.clone()).await;
+        assert_eq!(s, 200, "web-write {path}: {text}");
+    }
+    // Node views show only what the token may read.
+    let res = http
+        .get(c.node(1).url("/v1/catalog/node-services/10.0.4.1"))
+        .header("X-Consul-Token", secrets["web-read"].clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()
+            .get("x-consul-results-filtered-by-acls")
+            .map(|v| v.to_str().unwrap().to_owned()),
+        Some("true".into())
+    );
+    let v: Value = res.json().await.unwrap();
+    let names: Vec<&str> = v["Services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["Service"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["web"], "{v}");
+}
