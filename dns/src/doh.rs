@@ -5,7 +5,9 @@
 //! HTTP/2, the HTTPS API's certificate reloading), capped and closed when idle as DNS over TCP.
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -41,7 +43,11 @@ fn refuse(status: StatusCode, why: &str) -> Response {
     (status, format!("{why}\n")).into_response()
 }
 
-async fn by_get(State(answerer): State<Answerer>, RawQuery(query): RawQuery) -> Response {
+async fn by_get(
+    State(answerer): State<Answerer>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+) -> Response {
     let encoded = query
         .as_deref()
         .unwrap_or("")
@@ -65,10 +71,15 @@ async fn by_get(State(answerer): State<Answerer>, RawQuery(query): RawQuery) -> 
             )
         }
     };
-    answer(&answerer, &message).await
+    answer(&answerer, &message, client).await
 }
 
-async fn by_post(State(answerer): State<Answerer>, headers: HeaderMap, body: Bytes) -> Response {
+async fn by_post(
+    State(answerer): State<Answerer>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let media_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -80,11 +91,13 @@ async fn by_post(State(answerer): State<Answerer>, headers: HeaderMap, body: Byt
             "the body must be an application/dns-message",
         );
     }
-    answer(&answerer, &body).await
+    answer(&answerer, &body, client).await
 }
 
-async fn answer(answerer: &Answerer, message: &[u8]) -> Response {
-    let Some(reply) = answerer.answer_stream(message).await else {
+/// The client is the connection's peer: whether names outside the zone are forwarded for it
+/// is decided by its address, as over UDP and TCP.
+async fn answer(answerer: &Answerer, message: &[u8], client: SocketAddr) -> Response {
+    let Some(reply) = answerer.answer_stream(message, client.ip()).await else {
         return refuse(StatusCode::BAD_REQUEST, "not a DNS query");
     };
     // RFC 8484 5.1: an HTTP cache keeps the answer no longer than its records live.

@@ -33,7 +33,7 @@ pub async fn serve(
     let serve = move |stream, remote: std::net::SocketAddr, closing: CancellationToken| {
         let answerer = answerer.clone();
         async move {
-            if let Err(e) = answerer.serve_stream(stream, &closing).await {
+            if let Err(e) = answerer.serve_stream(stream, remote.ip(), &closing).await {
                 tracing::debug!(%remote, "DNS over TLS connection: {e}");
             }
         }

@@ -12,8 +12,8 @@
 //! The pieces: [`wire`] reads queries and writes messages (only what an authoritative server
 //! needs, written for speed: records are encoded once per service change, not per query);
 //! [`answer`] holds the naming scheme and the [`Zone`]; [`server`] the UDP and TCP listeners,
-//! forwarding of other names to upstream resolvers, and the [`Answerer`] every transport answers
-//! through; [`dot`] serves DNS over TLS and [`doh`] routes DNS over HTTPS, with the same answers.
+//! forwarding of other names to upstream resolvers (for allowed clients only), and the
+//! [`Answerer`] every transport answers through; [`rrl`] limits the rate of answers over UDP; [`dot`] serves DNS over TLS and [`doh`] routes DNS over HTTPS, with the same answers.
 //!
 //! ```
 //! use cairn_dns::wire;
@@ -28,8 +28,10 @@
 pub mod answer;
 pub mod doh;
 pub mod dot;
+pub mod rrl;
 pub mod server;
 pub mod wire;
 
 pub use answer::{check_domain, Nameservers, Outcome, Zone, ZoneConfig};
-pub use server::{Answerer, Listeners, ServerConfig};
+pub use rrl::RrlConfig;
+pub use server::{Answerer, DnsStats, Listeners, ServerConfig};

@@ -3,11 +3,18 @@
 //! An [`Answerer`] holds what every transport shares (the zone, the upstreams and the bound on
 //! forwards in flight); DNS over TLS and over HTTPS ([`crate::dot`], [`crate::doh`]) answer
 //! through the same one as TCP, so a question gets the same bytes over each.
+//!
+//! Names outside the zone are forwarded only for clients in
+//! [`ServerConfig::recursors_allow`]; others are REFUSED, so a node reachable from the internet
+//! is no open resolver. A relayed answer larger than a UDP client takes goes out truncated
+//! (TC=1), as our own do. Answers over UDP pass the response rate limiter ([`crate::rrl`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
@@ -15,18 +22,44 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::answer::{Outcome, Zone};
-use crate::wire::{self, ParseError};
+use crate::rrl::{Limiter, RrlConfig, Verdict};
+use crate::wire::{self, ParseError, Query};
 
 /// Largest datagram read. Queries are small; a larger one is cut and then refused as malformed.
 const UDP_READ_BUFFER: usize = 4096;
 /// Answers over a stream (TCP, TLS, HTTPS) may use the whole 16-bit length of TCP's framing.
 pub const STREAM_LIMIT: usize = 65_535;
+/// Clients names outside the zone are forwarded for, unless configured otherwise: loopback,
+/// the private ranges (RFC 1918, RFC 4193) and shared address space (RFC 6598, where
+/// Kubernetes and overlay networks often put pods). Anyone else would make the node an open
+/// resolver, a tool for amplifying forged queries at a victim.
+pub const DEFAULT_RECURSORS_ALLOW: &[&str] = &[
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "fc00::/7",
+];
+
+/// [`DEFAULT_RECURSORS_ALLOW`], parsed.
+pub fn default_recursors_allow() -> Vec<IpNet> {
+    DEFAULT_RECURSORS_ALLOW
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
 
 /// Listener settings.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Upstream resolvers for names outside the zone, tried in order.
     pub recursors: Vec<SocketAddr>,
+    /// Clients whose names outside the zone are forwarded; the others get REFUSED for them.
+    pub recursors_allow: Vec<IpNet>,
+    /// Response rate limiting over UDP.
+    pub rrl: RrlConfig,
     /// How long one upstream may take.
     pub forward_timeout: Duration,
     /// Forwarded queries in flight at once; beyond this the answer is SERVFAIL at once.
@@ -44,6 +77,8 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             recursors: Vec::new(),
+            recursors_allow: default_recursors_allow(),
+            rrl: RrlConfig::default(),
             forward_timeout: Duration::from_secs(2),
             max_forwards: 1024,
             max_tcp_connections: 512,
@@ -97,6 +132,46 @@ struct Shared {
     zone: Arc<Zone>,
     config: ServerConfig,
     forwards: Arc<Semaphore>,
+    /// `None` with RRL off.
+    rrl: Option<Limiter>,
+    stats: Arc<DnsStats>,
+}
+
+impl Shared {
+    /// Whether names outside the zone are forwarded for `client`.
+    fn may_recurse(&self, client: IpAddr) -> bool {
+        let ip = client.to_canonical();
+        self.config.recursors_allow.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Over UDP: `None` when RRL lets a response to `client` go, else what to send instead
+    /// (`slip` builds the truncated answer).
+    fn rate_limit(&self, client: IpAddr, slip: impl FnOnce() -> Vec<u8>) -> Option<Action> {
+        match self.rrl.as_ref()?.check(client) {
+            Verdict::Send => None,
+            Verdict::Slip => {
+                self.stats.rrl_slipped.fetch_add(1, Ordering::Relaxed);
+                Some(Action::Send(slip()))
+            }
+            Verdict::Drop => {
+                self.stats.rrl_dropped.fetch_add(1, Ordering::Relaxed);
+                Some(Action::Nothing)
+            }
+        }
+    }
+}
+
+/// What the DNS listeners held back, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct DnsStats {
+    /// UDP responses the rate limiter dropped.
+    pub rrl_dropped: AtomicU64,
+    /// UDP responses the rate limiter sent truncated instead.
+    pub rrl_slipped: AtomicU64,
+    /// Queries for names outside the zone refused to a client outside `recursors_allow`.
+    pub recursion_refused: AtomicU64,
+    /// Relayed answers too large for the UDP client, sent truncated.
+    pub relay_truncated: AtomicU64,
 }
 
 /// Answers DNS messages for every listener of a node: the zone's answers, and the upstreams'
@@ -106,10 +181,17 @@ pub struct Answerer(Arc<Shared>);
 
 impl Answerer {
     pub fn new(zone: Arc<Zone>, config: ServerConfig) -> Answerer {
+        Answerer::with_stats(zone, config, Arc::default())
+    }
+
+    /// [`Answerer::new`], counting into `stats` (made before, for the metrics endpoint).
+    pub fn with_stats(zone: Arc<Zone>, config: ServerConfig, stats: Arc<DnsStats>) -> Answerer {
         Answerer(Arc::new(Shared {
             zone,
             forwards: Arc::new(Semaphore::new(config.max_forwards)),
+            rrl: Limiter::new(config.rrl),
             config,
+            stats,
         }))
     }
 
@@ -117,13 +199,14 @@ impl Answerer {
         &self.0.config
     }
 
-    /// The reply to `request` over a stream transport (TCP, TLS, HTTPS), where an answer may
-    /// take [`STREAM_LIMIT`] bytes. `None`: the message earns no reply (it is not a query).
-    pub async fn answer_stream(&self, request: &[u8]) -> Option<Vec<u8>> {
+    /// The reply to `request` from `client` over a stream transport (TCP, TLS, HTTPS), where
+    /// an answer may take [`STREAM_LIMIT`] bytes. `None`: the message earns no reply (it is not
+    /// a query).
+    pub async fn answer_stream(&self, request: &[u8], client: IpAddr) -> Option<Vec<u8>> {
         let shared = &self.0;
-        match handle(shared, request, false) {
+        match handle(shared, request, client, false) {
             Action::Send(bytes) => Some(bytes),
-            Action::Forward => Some(match shared.forwards.clone().try_acquire_owned() {
+            Action::Forward { .. } => Some(match shared.forwards.clone().try_acquire_owned() {
                 Ok(_permit) => forward(&shared.config, request, true).await,
                 Err(_) => servfail(request),
             }),
@@ -137,6 +220,7 @@ impl Answerer {
     pub async fn serve_stream<S>(
         &self,
         mut stream: S,
+        client: IpAddr,
         closing: &CancellationToken,
     ) -> std::io::Result<()>
     where
@@ -157,7 +241,7 @@ impl Answerer {
             tokio::time::timeout(idle, stream.read_exact(&mut buf))
                 .await
                 .map_err(|_| std::io::Error::other("timed out reading a query"))??;
-            let Some(reply) = self.answer_stream(&buf).await else {
+            let Some(reply) = self.answer_stream(&buf, client).await else {
                 break;
             };
             let mut out = Vec::with_capacity(reply.len() + 2);
@@ -171,40 +255,102 @@ impl Answerer {
     }
 }
 
-/// What to send back for a request, over a transport with `limit` bytes.
+/// What to send back for a request.
 enum Action {
     Send(Vec<u8>),
-    Forward,
+    /// Relay to the upstreams; the client takes `limit` bytes.
+    Forward {
+        limit: usize,
+    },
     Nothing,
 }
 
-fn handle(shared: &Shared, request: &[u8], udp: bool) -> Action {
+/// The answer to `request` from `client`; over UDP, after the rate limiter.
+fn handle(shared: &Shared, request: &[u8], client: IpAddr, udp: bool) -> Action {
     match wire::parse_query(request) {
         Ok(q) => {
+            if udp {
+                let slip = || header_only(&q, wire::RCODE_NOERROR, true, false);
+                if let Some(instead) = shared.rate_limit(client, slip) {
+                    return instead;
+                }
+            }
             let limit = if udp { q.udp_limit() } else { STREAM_LIMIT };
             match shared.zone.answer(&q, limit) {
                 Outcome::Reply(bytes) => Action::Send(bytes),
-                Outcome::Forward => Action::Forward,
+                Outcome::Forward if shared.may_recurse(client) => Action::Forward { limit },
+                Outcome::Forward => {
+                    shared
+                        .stats
+                        .recursion_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    Action::Send(header_only(&q, wire::RCODE_REFUSED, false, false))
+                }
             }
         }
         Err(ParseError::Drop) => Action::Nothing,
-        Err(ParseError::Reply { id, rcode, opcode }) => {
-            Action::Send(wire::error_response(id, opcode, rcode))
+        Err(e) => {
+            let reply = error_reply(e);
+            // An error answer is no larger than the question: a slip sends it as it is.
+            match udp.then(|| shared.rate_limit(client, || reply.clone())) {
+                Some(Some(instead)) => instead,
+                _ => Action::Send(reply),
+            }
         }
-        Err(ParseError::BadVersion { id }) => {
+    }
+}
+
+/// The answer to a query that could not be read.
+fn error_reply(e: ParseError) -> Vec<u8> {
+    match e {
+        ParseError::Drop => Vec::new(),
+        ParseError::Reply { id, rcode, opcode } => wire::error_response(id, opcode, rcode),
+        ParseError::BadVersion { id } => {
             // RFC 6891: BADVERS is extended RCODE 16: 1 in the OPT's upper bits, 0 below.
             let mut r = wire::Response::new(id, &[], 64);
             r.additional(&wire::opt_rr(false, 1), 64, 0);
-            Action::Send(r.finish(wire::Flags {
+            r.finish(wire::Flags {
                 opcode: 0,
                 authoritative: false,
                 truncated: false,
                 recursion_desired: false,
                 recursion_available: false,
                 rcode: 0,
-            }))
+            })
         }
     }
+}
+
+/// An answer of no records to `q`: the header and the question, and an OPT when the query
+/// had one. Truncated (TC=1), it tells a client to ask again over TCP (RFC 1035 4.2.1, RFC 2181
+/// 9): what a slip sends, and a relayed answer too large for the client.
+fn header_only(q: &Query<'_>, rcode: u8, truncated: bool, recursion_available: bool) -> Vec<u8> {
+    let mut r = wire::Response::new(q.id, q.question, wire::HEADER_LEN + q.question.len() + 11);
+    if let Some(e) = q.edns {
+        r.additional(&wire::opt_rr(e.dnssec_ok, 0), usize::MAX, 0);
+    }
+    r.finish(wire::Flags {
+        opcode: q.opcode,
+        authoritative: false,
+        truncated,
+        recursion_desired: q.recursion_desired,
+        recursion_available,
+        rcode,
+    })
+}
+
+/// A relayed answer for a UDP client that takes `limit` bytes: as it came when it fits, else
+/// truncated to the header and question with the upstream's RCODE.
+fn clamp_relayed(stats: &DnsStats, query: &[u8], reply: Vec<u8>, limit: usize) -> Vec<u8> {
+    if reply.len() <= limit {
+        return reply;
+    }
+    let Ok(q) = wire::parse_query(query) else {
+        return servfail(query);
+    };
+    stats.relay_truncated.fetch_add(1, Ordering::Relaxed);
+    let rcode = reply.get(3).map_or(wire::RCODE_SERVFAIL, |b| b & 0x0F);
+    header_only(&q, rcode, true, true)
 }
 
 async fn udp_loop(sock: Arc<UdpSocket>, shared: Arc<Shared>, stop: CancellationToken) {
@@ -222,13 +368,13 @@ async fn udp_loop(sock: Arc<UdpSocket>, shared: Arc<Shared>, stop: CancellationT
             },
         };
         let request = &buf[..n];
-        match handle(&shared, request, true) {
+        match handle(&shared, request, peer.ip(), true) {
             Action::Send(bytes) => {
                 if let Err(e) = sock.send_to(&bytes, peer).await {
                     tracing::debug!(%peer, "DNS UDP send: {e}");
                 }
             }
-            Action::Forward => {
+            Action::Forward { limit } => {
                 let query = request.to_vec();
                 let (sock, shared) = (sock.clone(), shared.clone());
                 match shared.forwards.clone().try_acquire_owned() {
@@ -236,6 +382,7 @@ async fn udp_loop(sock: Arc<UdpSocket>, shared: Arc<Shared>, stop: CancellationT
                         tokio::spawn(async move {
                             let _permit = permit;
                             let reply = forward(&shared.config, &query, false).await;
+                            let reply = clamp_relayed(&shared.stats, &query, reply, limit);
                             let _ = sock.send_to(&reply, peer).await;
                         });
                     }
@@ -275,7 +422,7 @@ async fn tcp_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellation
             let _ = stream.set_nodelay(true);
             tokio::select! {
                 _ = stop.cancelled() => {}
-                r = answerer.serve_stream(stream, &stop) => {
+                r = answerer.serve_stream(stream, peer.ip(), &stop) => {
                     if let Err(e) = r {
                         tracing::debug!(%peer, "DNS TCP connection: {e}");
                     }

@@ -305,6 +305,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     );
     let checker = crate::checks::Checker::new(cluster.clone(), targets.clone(), &check_roots)
         .map_err(AgentError::Checker)?;
+    let dns_stats = Arc::new(cairn_dns::DnsStats::default());
     let state = http::AppState {
         cluster: cluster.clone(),
         checker: checker.clone(),
@@ -313,6 +314,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         shutdown: http_stop.clone(),
         acl: config.acl,
         data_dir: data_dir.clone(),
+        dns_stats: dns_stats.clone(),
     };
     let mut servers = JoinSet::new();
     {
@@ -409,10 +411,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         );
         let server_config = cairn_dns::ServerConfig {
             recursors: config.dns.recursors.clone(),
+            recursors_allow: config.dns.recursors_allow.clone(),
+            rrl: config.dns.rrl,
             ..cairn_dns::ServerConfig::default()
         };
         // One answerer for every transport: the same answers, and one bound on forwards.
-        let answerer = cairn_dns::Answerer::new(zone, server_config);
+        let answerer = cairn_dns::Answerer::with_stats(zone, server_config, dns_stats);
         if let Some(d) = &config.dns_tls {
             let mut reload: Vec<Arc<dyn cairn_tls::Reload>> = Vec::new();
             if let Some(listener) = dot_listener {

@@ -39,6 +39,13 @@ pub const DEFAULT_DOMAIN: &str = cairn_dns::answer::DEFAULT_DOMAIN;
 pub const DEFAULT_DNS_TTL: u32 = cairn_dns::answer::DEFAULT_TTL;
 pub const DEFAULT_DNS_NEGATIVE_TTL: u32 = cairn_dns::answer::DEFAULT_NEGATIVE_TTL;
 pub const DEFAULT_DNS_MAX_ANSWERS: usize = cairn_dns::answer::DEFAULT_MAX_ANSWERS;
+pub const DEFAULT_DNS_RRL_RATE: u32 = cairn_dns::rrl::DEFAULT_RATE;
+pub const DEFAULT_DNS_RRL_SLIP: u32 = cairn_dns::rrl::DEFAULT_SLIP;
+pub const DEFAULT_DNS_RRL_TABLE_SIZE: usize = cairn_dns::rrl::DEFAULT_TABLE_SIZE;
+/// Most responses a second per client prefix --dns-rrl-rate takes.
+const MAX_DNS_RRL_RATE: u32 = 1_000_000;
+/// Bounds of --dns-rrl-table-size: 32 bytes a bucket, so at most 512 MiB.
+const DNS_RRL_TABLE_SIZES: std::ops::RangeInclusive<usize> = 1024..=16 * 1024 * 1024;
 pub const DEFAULT_CLUSTER: &str = cairn_raft::cluster::DEFAULT_CLUSTER_NAME;
 /// Default limit on request bodies: far above any registration, far below memory trouble.
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
@@ -175,6 +182,53 @@ pub struct AgentArgs {
     /// them such names are REFUSED.
     #[arg(long, env = "CAIRN_RECURSORS", value_name = "IP:PORT,...")]
     pub recursors: Option<Peers>,
+
+    #[arg(
+        long,
+        env = "CAIRN_RECURSORS_ALLOW",
+        value_name = "CIDR,...",
+        help = with_default(
+            "Clients whose names outside the zone are forwarded to --recursors, CIDR ranges, \
+             comma-separated (empty: none); the others get REFUSED for them",
+            cairn_dns::server::DEFAULT_RECURSORS_ALLOW.join(",")
+        )
+    )]
+    pub recursors_allow: Option<Peers>,
+
+    #[arg(
+        long,
+        env = "CAIRN_DNS_RRL_RATE",
+        value_name = "N",
+        help = with_default(
+            "Response rate limit over UDP: answers a second per client /24 (IPv4) or /56 \
+             (IPv6), 0 for off",
+            DEFAULT_DNS_RRL_RATE
+        )
+    )]
+    pub dns_rrl_rate: Option<u32>,
+
+    #[arg(
+        long,
+        env = "CAIRN_DNS_RRL_SLIP",
+        value_name = "N",
+        help = with_default(
+            "Every Nth answer over the rate limit is sent truncated (the client retries over \
+             TCP), the others dropped; 0 drops all",
+            DEFAULT_DNS_RRL_SLIP
+        )
+    )]
+    pub dns_rrl_slip: Option<u32>,
+
+    #[arg(
+        long,
+        env = "CAIRN_DNS_RRL_TABLE_SIZE",
+        value_name = "N",
+        help = with_default(
+            "Client prefixes the rate limiter tracks (a fixed table of 32-byte buckets)",
+            DEFAULT_DNS_RRL_TABLE_SIZE
+        )
+    )]
+    pub dns_rrl_table_size: Option<usize>,
 
     #[arg(
         long,
@@ -490,6 +544,10 @@ pub struct DnsConfig {
     pub max_answers: usize,
     pub allow_warning: bool,
     pub recursors: Vec<SocketAddr>,
+    /// Clients names outside the zone are forwarded for (--recursors-allow).
+    pub recursors_allow: Vec<ipnet::IpNet>,
+    /// Response rate limiting over UDP.
+    pub rrl: cairn_dns::RrlConfig,
 }
 
 /// A validated agent configuration.
@@ -652,6 +710,10 @@ impl AgentArgs {
             dns_max_answers: self.dns_max_answers.merge(under.dns_max_answers),
             dns_allow_warning: self.dns_allow_warning.merge(under.dns_allow_warning),
             recursors: self.recursors.merge(under.recursors),
+            recursors_allow: self.recursors_allow.merge(under.recursors_allow),
+            dns_rrl_rate: self.dns_rrl_rate.merge(under.dns_rrl_rate),
+            dns_rrl_slip: self.dns_rrl_slip.merge(under.dns_rrl_slip),
+            dns_rrl_table_size: self.dns_rrl_table_size.merge(under.dns_rrl_table_size),
             rpc_addr: self.rpc_addr.merge(under.rpc_addr),
             advertise: self.advertise.merge(under.advertise),
             peers: self.peers.merge(under.peers),
@@ -1040,6 +1102,34 @@ impl AgentArgs {
         if recursors.len() > 8 {
             return Err(bad("--recursors", "at most 8 upstreams"));
         }
+        let recursors_allow = match &self.recursors_allow {
+            None => cairn_dns::server::default_recursors_allow(),
+            list => cidr_list("--recursors-allow", list.clone())?,
+        };
+        let rate = self.dns_rrl_rate.unwrap_or(DEFAULT_DNS_RRL_RATE);
+        if rate > MAX_DNS_RRL_RATE {
+            return Err(bad(
+                "--dns-rrl-rate",
+                format!("must be at most {MAX_DNS_RRL_RATE}"),
+            ));
+        }
+        let slip = self.dns_rrl_slip.unwrap_or(DEFAULT_DNS_RRL_SLIP);
+        if slip > 100 {
+            return Err(bad("--dns-rrl-slip", "must be at most 100"));
+        }
+        let table_size = self
+            .dns_rrl_table_size
+            .unwrap_or(DEFAULT_DNS_RRL_TABLE_SIZE);
+        if !DNS_RRL_TABLE_SIZES.contains(&table_size) {
+            return Err(bad(
+                "--dns-rrl-table-size",
+                format!(
+                    "must be between {} and {}",
+                    DNS_RRL_TABLE_SIZES.start(),
+                    DNS_RRL_TABLE_SIZES.end()
+                ),
+            ));
+        }
         Ok(DnsConfig {
             addr,
             domain: format!("{trimmed}."),
@@ -1048,6 +1138,12 @@ impl AgentArgs {
             max_answers,
             allow_warning: self.dns_allow_warning,
             recursors,
+            recursors_allow,
+            rrl: cairn_dns::RrlConfig {
+                rate,
+                slip,
+                table_size,
+            },
         })
     }
 }
@@ -1362,6 +1458,44 @@ mod tests {
     }
 
     #[test]
+    fn recursion_is_for_private_clients_and_rrl_is_off_unless_set() {
+        let c = args(|a| a.dev = true).resolve().unwrap();
+        let allowed: Vec<String> = c
+            .dns
+            .recursors_allow
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(allowed, cairn_dns::server::DEFAULT_RECURSORS_ALLOW);
+        assert_eq!(c.dns.rrl, cairn_dns::RrlConfig::default());
+        assert_eq!(c.dns.rrl.rate, 0);
+        // Empty: recursion for nobody; a bare address is a range of one.
+        let c = args(|a| {
+            a.dev = true;
+            a.recursors_allow = Some("".into());
+        })
+        .resolve()
+        .unwrap();
+        assert!(c.dns.recursors_allow.is_empty());
+        let c = args(|a| {
+            a.dev = true;
+            a.recursors_allow = Some("192.0.2.7, 2001:db8::/32".into());
+            a.dns_rrl_rate = Some(20);
+            a.dns_rrl_slip = Some(0);
+        })
+        .resolve()
+        .unwrap();
+        let allowed: Vec<String> = c
+            .dns
+            .recursors_allow
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(allowed, ["192.0.2.7/32", "2001:db8::/32"]);
+        assert_eq!((c.dns.rrl.rate, c.dns.rrl.slip), (20, 0));
+    }
+
+    #[test]
     fn dev_needs_nothing_else() {
         let c = args(|a| a.dev = true).resolve().unwrap();
         assert_eq!(c.node_id, 1);
@@ -1483,6 +1617,23 @@ mod tests {
         assert_eq!(
             err(base(|a| a.recursors = Some("8.8.8.8".into()))),
             "--recursors"
+        );
+        assert_eq!(
+            err(base(|a| a.recursors_allow = Some("10.0.0.0/8,nope".into()))),
+            "--recursors-allow"
+        );
+        assert_eq!(
+            err(base(|a| a.dns_rrl_rate = Some(1_000_001))),
+            "--dns-rrl-rate"
+        );
+        assert_eq!(err(base(|a| a.dns_rrl_slip = Some(101))), "--dns-rrl-slip");
+        assert_eq!(
+            err(base(|a| a.dns_rrl_table_size = Some(1023))),
+            "--dns-rrl-table-size"
+        );
+        assert_eq!(
+            err(base(|a| a.dns_rrl_table_size = Some(16 * 1024 * 1024 + 1))),
+            "--dns-rrl-table-size"
         );
         assert_eq!(err(base(|a| a.log = Some("=[".into()))), "--log");
         assert_eq!(
@@ -1826,6 +1977,10 @@ insecure_rpc = true
         ("dns_max_answers", Some("12")),
         ("dns_allow_warning", None),
         ("recursors", Some("1.1.1.1:53,9.9.9.9:53")),
+        ("recursors_allow", Some("10.0.0.0/8,fd00::/8")),
+        ("dns_rrl_rate", Some("50")),
+        ("dns_rrl_slip", Some("2")),
+        ("dns_rrl_table_size", Some("4096")),
         ("rpc_addr", Some("127.0.0.1:9300")),
         ("advertise", Some("cairn-7.example:9300")),
         ("peers", Some("7=a:8300,8=b:8300")),
@@ -1964,6 +2119,10 @@ insecure_rpc = true
         "dns_ttl",
         "dns_negative_ttl",
         "dns_max_answers",
+        "recursors_allow",
+        "dns_rrl_rate",
+        "dns_rrl_slip",
+        "dns_rrl_table_size",
         "rpc_addr",
         "cluster",
         "max_body_bytes",

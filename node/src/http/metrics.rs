@@ -1,4 +1,5 @@
-//! Leaf: `/metrics` in Prometheus' text format: the node's Raft state and the registry's size.
+//! Leaf: `/metrics` in Prometheus' text format: the node's Raft state, the registry's size and
+//! what the DNS listeners held back.
 //! Instance and health counts come from each service's summary, which the registry keeps up to
 //! date on every change, so a scrape costs one step per service, not per instance.
 
@@ -32,7 +33,7 @@ async fn render(State(s): State<AppState>, caller: Caller) -> Result<Response, F
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        text(&status, &services),
+        text(&status, &services) + &dns_text(&s.dns_stats),
     )
         .into_response())
 }
@@ -108,6 +109,39 @@ fn text(status: &Status, services: &[Arc<ServiceEntry>]) -> String {
     for (label, n) in ["passing", "warning", "critical"].iter().zip(by_health) {
         let _ = writeln!(out, "cairn_instances_by_health{{health=\"{label}\"}} {n}");
     }
+    out
+}
+
+/// The DNS listeners' counters: answers the rate limiter dropped or truncated, recursion
+/// refused to clients outside --recursors-allow, relayed answers truncated for UDP.
+fn dns_text(stats: &cairn_dns::DnsStats) -> String {
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let mut out = String::with_capacity(1024);
+    let _ = writeln!(
+        out,
+        "# HELP cairn_dns_rrl_responses_total UDP answers held back by the response rate limit.\n\
+         # TYPE cairn_dns_rrl_responses_total counter\n\
+         cairn_dns_rrl_responses_total{{action=\"dropped\"}} {}\n\
+         cairn_dns_rrl_responses_total{{action=\"slipped\"}} {}",
+        load(&stats.rrl_dropped),
+        load(&stats.rrl_slipped),
+    );
+    let mut counter = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    };
+    counter(
+        "cairn_dns_recursion_refused_total",
+        "Queries for names outside the zone refused to clients outside --recursors-allow.",
+        load(&stats.recursion_refused),
+    );
+    counter(
+        "cairn_dns_relayed_truncated_total",
+        "Relayed answers larger than the UDP client takes, sent truncated.",
+        load(&stats.relay_truncated),
+    );
     out
 }
 
@@ -211,6 +245,26 @@ mod tests {
         for (label, n) in ["passing", "warning", "critical"].iter().zip(walked) {
             let line = format!("\ncairn_instances_by_health{{health=\"{label}\"}} {n}\n");
             assert!(out.contains(&line), "{line:?} in {out}");
+        }
+    }
+
+    #[test]
+    fn dns_counters_are_exposed() {
+        let stats = cairn_dns::DnsStats::default();
+        stats
+            .rrl_slipped
+            .fetch_add(3, std::sync::atomic::Ordering::Relaxed);
+        stats
+            .recursion_refused
+            .fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+        let out = dns_text(&stats);
+        for line in [
+            "cairn_dns_rrl_responses_total{action=\"dropped\"} 0",
+            "cairn_dns_rrl_responses_total{action=\"slipped\"} 3",
+            "cairn_dns_recursion_refused_total 2",
+            "cairn_dns_relayed_truncated_total 0",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line:?} in {out}");
         }
     }
 

@@ -34,6 +34,8 @@ pub struct AppState {
     pub acl: AclMode,
     /// This node's data folder: `acl-bootstrap-reset` is read from it.
     pub data_dir: PathBuf,
+    /// What the DNS listeners held back (rate limiting, refused recursion), for `/metrics`.
+    pub dns_stats: Arc<cairn_dns::DnsStats>,
 }
 
 impl AppState {

@@ -396,6 +396,12 @@ async fn t50_garbage_never_ends_a_listener() {
 
 /// A stand-in upstream resolver: answers every query with one A record, 192.0.2.53.
 async fn fake_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    fake_upstream_with(1).await
+}
+
+/// A stand-in upstream resolver answering every query with `records` A records, 192.0.2.53 and
+/// on, over UDP whatever size the query allows (as a careless or hostile upstream may).
+pub async fn fake_upstream_with(records: u8) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = sock.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -406,11 +412,13 @@ async fn fake_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
             r.metadata.recursion_available = true;
             r.add_queries(q.queries.clone());
             let name = q.queries[0].name().clone();
-            r.add_answer(hickory_proto::rr::Record::from_rdata(
-                name,
-                60,
-                RData::A(hickory_proto::rr::rdata::A("192.0.2.53".parse().unwrap())),
-            ));
+            for i in 0..records {
+                r.add_answer(hickory_proto::rr::Record::from_rdata(
+                    name.clone(),
+                    60,
+                    RData::A(hickory_proto::rr::rdata::A([192, 0, 2, 53 + i].into())),
+                ));
+            }
             let _ = sock.send_to(&r.to_vec().unwrap(), peer).await;
         }
     });

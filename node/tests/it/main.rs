@@ -22,6 +22,7 @@ mod cluster;
 mod consul;
 mod deploy;
 mod dns;
+mod dns_guard;
 mod encrypted_dns;
 mod faults;
 mod fuzz_corpus;
