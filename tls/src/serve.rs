@@ -12,6 +12,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -51,7 +53,8 @@ pub struct Limits {
     /// Connections open at once (handshaking or serving); past it, new ones are closed at
     /// accept.
     pub max_connections: usize,
-    /// How long a connection may go without a request (HTTP: its headers) before it is closed.
+    /// How long a connection may go without a request (HTTP/1.1: its headers; HTTP/2: a new
+    /// stream, while none is open) before it is closed.
     pub idle_timeout: Duration,
 }
 
@@ -182,6 +185,54 @@ pub async fn serve_tls_connections<F, Fut>(
     }
 }
 
+/// The requests of one connection: how many are being answered, and when the last one began or
+/// was answered. HTTP/2 has no idle time-out of its own (hyper's keep-alive pings keep an idle
+/// connection open as long as the client acknowledges them), so the connection loop closes an
+/// HTTP/2 connection that has had no request for the idle time-out from this.
+struct Activity {
+    in_flight: AtomicUsize,
+    last: parking_lot::Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            in_flight: AtomicUsize::new(0),
+            last: parking_lot::Mutex::new(Instant::now()),
+        })
+    }
+
+    /// A request begins; it ends when the guard drops.
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        *self.last.lock() = Instant::now();
+        InFlight(self.clone())
+    }
+
+    /// When the connection will have been idle for `idle`, or, with requests being answered,
+    /// when to look again.
+    fn next_check(&self, idle: Duration) -> Instant {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            Instant::now() + idle
+        } else {
+            *self.last.lock() + idle
+        }
+    }
+
+    fn idle_for(&self, idle: Duration) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0 && self.last.lock().elapsed() >= idle
+    }
+}
+
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self.0.last.lock() = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 async fn serve_connection(
     stream: TlsStream,
     remote: SocketAddr,
@@ -189,6 +240,8 @@ async fn serve_connection(
     idle_timeout: Duration,
     closing: CancellationToken,
 ) {
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+    let activity = Activity::new();
     let peer = stream.get_ref().1.peer_certificates().map(|chain| {
         PeerCertificates(Arc::new(
             chain.iter().map(|c| c.clone().into_owned()).collect(),
@@ -201,6 +254,15 @@ async fn serve_connection(
         req.extensions_mut()
             .insert(ConnectInfo::<SocketAddr>(remote));
         req
+    });
+    let tracked = activity.clone();
+    let service = service.map_future(move |answer| {
+        let in_flight = tracked.begin();
+        async move {
+            let response = answer.await;
+            drop(in_flight);
+            response
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -215,6 +277,8 @@ async fn serve_connection(
     tokio::pin!(conn);
     let mut closed = false;
     loop {
+        // HTTP/1.1's idle time-out is hyper's header read time-out; HTTP/2's is ours.
+        let check = activity.next_check(idle_timeout);
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
@@ -225,6 +289,13 @@ async fn serve_connection(
             _ = closing.cancelled(), if !closed => {
                 conn.as_mut().graceful_shutdown();
                 closed = true;
+            }
+            () = tokio::time::sleep_until(check), if h2 && !closed => {
+                if activity.idle_for(idle_timeout) {
+                    tracing::debug!(%remote, "HTTP/2 connection idle for {idle_timeout:?}; closing it");
+                    conn.as_mut().graceful_shutdown();
+                    closed = true;
+                }
             }
         }
     }
