@@ -394,8 +394,9 @@ async fn t50_garbage_never_ends_a_listener() {
     assert_eq!(addresses(&ok).len(), 1);
 }
 
-/// A stand-in upstream resolver: answers every query with one A record, 192.0.2.53.
-async fn fake_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+/// A stand-in upstream resolver: answers every query with one A record, 192.0.2.53. (Also the
+/// upstream of the encrypted DNS tests.)
+pub(crate) async fn fake_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = sock.local_addr().unwrap();
     let task = tokio::spawn(async move {
