@@ -1054,7 +1054,7 @@ def build_tls_section(runs: list[dict], meta: dict[str, str]) -> tuple[str, str]
         "static `local-zone`, `tls-port` and `https-port` on the same certificate, OpenSSL "
         f"{meta.get('openssl_version', '?')})",
         f"- TLS: one node certificate from `cairn tls cert create` ({meta.get('cert', '?')}), "
-        "served by both; TLS 1.3 negotiated by dnsperf with each (rustls / OpenSSL); DoH over HTTP/2",
+        "served by both (rustls / OpenSSL); DoH over HTTP/2 (ALPN h2; h2load reports TLS 1.3 with both)",
         f"- Pinning: each server on CPU {meta.get('server_cpu', '?')} (`taskset`), dnsperf "
         f"{meta.get('dnsperf_version', '?')} on CPU {meta.get('client_cpu', '?')}; one server measured "
         "at a time",
