@@ -15,6 +15,9 @@ Subcommands
             fixed rate; writes a JSON summary.
   report    medians and ratios, print the Markdown tables and replace the DNS section of
             BENCHMARKS.md between its markers.
+  doh-uris  the dnsperf query file as DNS-over-HTTPS GET URIs, one a line, for h2load.
+  tls-report  the same for the encrypted DNS runs (BENCH_DNS_TLS=1: Cairn and unbound over TCP,
+            DNS over TLS and DNS over HTTPS), into the dns-tls section.
 
 The data set is a pure function of (services, instances per service, tags): service s is
 `svc<s>`, its instance i has id `i<i>`, port 8080, weight 1, tag tags[i % len(tags)] and the
@@ -28,6 +31,7 @@ Only the standard library is used.
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import ipaddress
 import json
@@ -35,6 +39,7 @@ import os
 import random
 import re
 import statistics
+import struct
 import subprocess
 import sys
 import threading
@@ -47,12 +52,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib  # noqa: E402
 
 START, END = benchlib.markers("dns")
-SERVERS = ("cairn", "knot", "hickory")
+SERVERS = ("cairn", "knot", "hickory", "unbound")
+MODES = ("udp", "tcp", "dot", "doh")
+MODE_LABEL = {"udp": "UDP", "tcp": "TCP", "dot": "DoT", "doh": "DoH"}
+# dig's flags for each transport; +https is a POST to /dns-query.
+DIG_MODE = {"udp": [], "tcp": ["+tcp"], "dot": ["+tls"], "doh": ["+https"]}
 QTYPES = ("a", "srv", "tag", "nx")
 QTYPE_LABEL = {"a": "A", "srv": "SRV", "tag": "tag A", "nx": "NXDOMAIN"}
 CLIENT_BOUND_PCT = 95  # dnsperf at or above this share of its CPU: the client set the pace
 OTHER_CPU_PCT = 15  # other processes took more than this share of a benchmark CPU: skewed
-LABEL = {"cairn": "Cairn", "knot": "Knot DNS", "hickory": "hickory-dns"}
+LABEL = {"cairn": "Cairn", "knot": "Knot DNS", "hickory": "hickory-dns", "unbound": "unbound"}
 ZONE = "cairn."
 TTL = 5
 PORT = 8080
@@ -341,9 +350,10 @@ def cmd_churn(args: argparse.Namespace) -> int:
 
 # --- Correctness check. -----------------------------------------------------------------------
 
-def dig(port: int, name: str, qtype: str) -> dict:
+def dig(port: int, name: str, qtype: str, mode: str = "udp") -> dict:
     cmd = ["dig", f"@127.0.0.1", "-p", str(port), "+tries=2", "+time=2", "+nocookie", "+norec",
-           "+noall", "+comments", "+answer", "+authority", "+additional", name, qtype]
+           *DIG_MODE[mode], "+noall", "+comments", "+answer", "+authority", "+additional", name,
+           qtype]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=15).stdout
     res = {"rcode": None, "flags": set(), "answer": set(), "authority": set(),
            "additional": set(), "raw": out}
@@ -399,17 +409,24 @@ def expected_answers(ds: DataSet, s: int) -> list[tuple[str, str, dict]]:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     ds = dataset_of(args)
+    # NAME=PORT, or NAME/MODE=PORT to ask over another transport than UDP.
     servers = dict(kv.split("=", 1) for kv in args.server)
+    for key in servers:
+        mode = key.partition("/")[2] or "udp"
+        if mode not in DIG_MODE:
+            raise SystemExit(f"error: --server {key}: the transport must be one of {', '.join(MODES)}")
     rng = random.Random(args.seed)
     sample = sorted({0, ds.services - 1, ds.services // 2,
                      *(rng.randrange(ds.services) for _ in range(max(0, args.sample - 3)))})
     failures, checked = [], 0
     partial = set(args.partial_additional)
+    no_glue = set(args.no_additional)
     glue = {srv: [0, 0] for srv in partial}
     for s in sample:
         for name, qtype, want in expected_answers(ds, s):
             for server, port in servers.items():
-                got = dig(int(port), name, qtype)
+                base, _, mode = server.partition("/")
+                got = dig(int(port), name, qtype, mode or "udp")
                 checked += 1
                 problems = []
                 if got["rcode"] != want["rcode"]:
@@ -419,11 +436,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 for sec in ("answer", "additional", "authority"):
                     if sec not in want:
                         continue
-                    if sec == "additional" and server in partial and want[sec]:
+                    if sec == "additional" and base in no_glue and not got[sec]:
+                        continue
+                    if sec == "additional" and base in partial and want[sec]:
                         # Allowed to carry only part of the glue, but nothing else and not none.
                         if got[sec] and got[sec] <= want[sec]:
-                            glue[server][0] += len(got[sec])
-                            glue[server][1] += len(want[sec])
+                            glue[base][0] += len(got[sec])
+                            glue[base][1] += len(want[sec])
                             continue
                     if got[sec] != want[sec]:
                         missing, extra = want[sec] - got[sec], got[sec] - want[sec]
@@ -476,6 +495,52 @@ def parse_dnsperf(text: str) -> dict:
         "req_bytes": num(r"^\s*Average packet size:\s+request (\d+)", int),
         "resp_bytes": num(r"^\s*Average packet size:.*response (\d+)", int),
     }
+    m = re.search(r"^\s*Response codes:\s+(.*)$", text, re.M)
+    run["rcodes"] = {k: int(v) for k, v in re.findall(r"(\w+) (\d+) \(", m.group(1))} if m else {}
+    if run["qps"] is None or run["completed"] is None:
+        raise SystemExit("error: no statistics in the dnsperf output")
+    return parse_measurements(text, run)
+
+
+def parse_h2load(text: str) -> dict:
+    """h2load's summary as the fields parse_dnsperf gives (DoH runs with BENCH_DOH_CLIENT=h2load).
+    h2load sees HTTP only: a query counts as answered on a 2xx response; the DNS rcodes were
+    checked with dig before the runs."""
+    def num(pattern: str, cast=float, default=None):
+        m = re.search(pattern, text, re.M)
+        return cast(m.group(1)) if m else default
+
+    def dur(v: str) -> float:
+        m = re.fullmatch(r"([\d.]+)(us|ms|s)", v)
+        if not m:
+            raise SystemExit(f"error: h2load duration {v!r}")
+        return float(m.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[m.group(2)]
+
+    req = re.search(r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                    r"(\d+) failed, (\d+) errored, (\d+) timeout", text, re.M)
+    lat = re.search(r"^time for request:\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)", text, re.M)
+    qps = num(r"^finished in [\d.]+m?s, ([\d.]+) req/s")
+    if not req or qps is None:
+        raise SystemExit("error: no statistics in the h2load output")
+    total, started, done, ok, failed, errored, timeout = (int(x) for x in req.groups())
+    data = num(r"^traffic: .* total, .* headers .*, [\d.]+[KMG]?B \((\d+)\) data", int)
+    two = num(r"^status codes: (\d+) 2xx", int, 0)
+    run = {
+        "sent": started, "completed": ok, "lost": failed + errored + timeout, "qps": qps,
+        "runtime_s": num(r"^finished in ([\d.]+)s"),
+        "lat_min_s": dur(lat.group(1)) if lat else None, "lat_max_s": dur(lat.group(2)) if lat else None,
+        "lat_avg_s": dur(lat.group(3)) if lat else None, "lat_stddev_s": dur(lat.group(4)) if lat else None,
+        "req_bytes": None, "resp_bytes": round(data / done) if data and done else None,
+        # A 2xx for each request done (a response whose body was still on its way when the run
+        # ended counts in the 2xx but not in done), and no failure.
+        "rcodes": {}, "http_2xx": two, "rcode_ok": two >= done and not (failed + errored + timeout),
+    }
+    return run
+
+
+def parse_measurements(text: str, run: dict) -> dict:
+    """The lines run_dnsperf appends to a client's output: how busy both CPUs were, the server's
+    CPU time and the client's."""
     cpu = re.search(r"^# cpu\d+ busy (\d+)%, cpu\d+ busy (\d+)%", text, re.M)
     if cpu:
         run["server_core_busy_pct"], run["client_core_busy_pct"] = int(cpu.group(1)), int(cpu.group(2))
@@ -489,11 +554,29 @@ def parse_dnsperf(text: str) -> dict:
         run["cpu_us_per_query"] = run["server_cpu_s"] * 1e6 / run["completed"]
         if run.get("wall_s"):
             run["server_cpu_pct"] = round(run["server_cpu_s"] * 100 / run["wall_s"])
-    m = re.search(r"^\s*Response codes:\s+(.*)$", text, re.M)
-    run["rcodes"] = {k: int(v) for k, v in re.findall(r"(\w+) (\d+) \(", m.group(1))} if m else {}
-    if run["qps"] is None or run["completed"] is None:
-        raise SystemExit("error: no statistics in the dnsperf output")
     return run
+
+
+def encode_query(name: str, qtype: str) -> bytes:
+    """A query as dnsperf -e sends it (RD, EDNS0 with a 4096-byte payload), with ID 0 as RFC 8484
+    asks of GET requests."""
+    types = {"A": 1, "AAAA": 28, "SRV": 33, "SOA": 6, "NS": 2, "TXT": 16}
+    q = struct.pack(">HHHHHH", 0, 0x0100, 1, 0, 0, 1)
+    for label in name.rstrip(".").split("."):
+        q += bytes([len(label)]) + label.encode()
+    q += b"\0" + struct.pack(">HH", types[qtype.upper()], 1)
+    return q + b"\0" + struct.pack(">HHIH", 41, 4096, 0, 0)
+
+
+def cmd_doh_uris(args: argparse.Namespace) -> int:
+    with open(args.queries) as src, open(args.out, "w") as out:
+        for line in src:
+            if not line.strip():
+                continue
+            name, qtype = line.split()[:2]
+            encoded = base64.urlsafe_b64encode(encode_query(name, qtype)).decode().rstrip("=")
+            out.write(f"{args.url}?dns={encoded}\n")
+    return 0
 
 
 def latency_percentiles(path: str) -> dict:
@@ -532,12 +615,14 @@ def latency_percentiles(path: str) -> dict:
 def cmd_record(args: argparse.Namespace) -> int:
     text = Path(args.dnsperf_output).read_text(errors="replace")
     try:
-        run = parse_dnsperf(text)
+        run = parse_h2load(text) if args.format == "h2load" else parse_dnsperf(text)
+        if args.format == "h2load":
+            parse_measurements(text, run)
     except SystemExit as e:
         print(f"{e} ({args.dnsperf_output})", file=sys.stderr)
         return 1
     run.update(server=args.server, kind=args.kind, run=args.run, clients=args.clients,
-               target_qps=args.target_qps, qtype=args.qtype)
+               target_qps=args.target_qps, qtype=args.qtype, mode=args.mode, client=args.format)
     # CPU that other processes took from the two benchmark CPUs (busy minus our process).
     if "server_cpu_pct" in run and "server_core_busy_pct" in run and "client_cpu_pct" in run:
         run["other_cpu_pct"] = max(run["server_core_busy_pct"] - run["server_cpu_pct"],
@@ -563,6 +648,8 @@ def cmd_record(args: argparse.Namespace) -> int:
         f.write(json.dumps(run, sort_keys=True) + "\n")
     lost = run["lost"] / run["sent"] if run["sent"] else 0
     kind = f"{args.kind}:{args.qtype}" if args.qtype else args.kind
+    if args.mode != "udp":
+        kind = f"{args.kind}:{args.mode}/{args.clients}"
     line = (f"{args.server:7} {kind:10} run {args.run}: {run['qps']:9.0f} qps  "
             f"avg {run['lat_avg_s'] * 1e3:6.3f} ms  sd {run['lat_stddev_s'] * 1e3:6.3f} ms  "
             f"lost {lost:.2%}")
@@ -841,6 +928,175 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- Encrypted DNS report (BENCH_DNS_TLS=1). ---------------------------------------------------
+
+TLS_START, TLS_END = benchlib.markers("dns-tls")
+# The issue's goal: Cairn serves at least unbound's queries per second over TLS.
+TLS_GOAL = 1.0
+
+
+def build_tls_section(runs: list[dict], meta: dict[str, str]) -> tuple[str, str]:
+    peak = [r for r in runs if r["kind"] == "peak"]
+    servers = [s for s in SERVERS if any(r["server"] == s for r in peak)]
+    modes = [m for m in MODES if any(r.get("mode", "udp") == m for r in peak)]
+    conns = sorted({r["clients"] for r in peak})
+
+    def cell(s: str, m: str, c: int) -> list[dict]:
+        return sorted((r for r in peak if r["server"] == s and r.get("mode", "udp") == m
+                       and r["clients"] == c), key=lambda r: r["run"])
+
+    def marks(rs: list[dict]) -> str:
+        return (" ⚠" if client_bound(rs) else "") + (" †" if contended(rs) else "")
+
+    any_bound = any(client_bound(cell(s, m, c)) for s in servers for m in modes for c in conns)
+    any_busy = any(contended(cell(s, m, c)) for s in servers for m in modes for c in conns)
+
+    head = ["| Connections | Server | " + " | ".join(f"{MODE_LABEL[m]} QPS" for m in modes) + " | "
+            + " | ".join(f"{MODE_LABEL[m]} µs/query" for m in modes) + " |",
+            "|---:|---|" + "---:|" * (2 * len(modes))]
+    for c in conns:
+        for s in servers:
+            qps, cpu_q = [], []
+            for m in modes:
+                rs = cell(s, m, c)
+                q = med(rs, "qps")
+                qps.append(f"{q:.0f}{marks(rs)}" if q is not None else "n/a")
+                cpu_q.append(num(med(rs, "cpu_us_per_query")))
+            head.append(f"| {c} | {LABEL[s]} | " + " | ".join(qps) + " | " + " | ".join(cpu_q) + " |")
+    tables = ["**Peak throughput** (no rate limit; QPS the median of the runs, server CPU time per "
+              "answered query):", "", "\n".join(head)]
+
+    verdicts = []
+    if "cairn" in servers and "unbound" in servers:
+        rr = ["| Connections | " + " | ".join(f"{MODE_LABEL[m]} QPS, Cairn/unbound" for m in modes)
+              + " | " + " | ".join(f"{MODE_LABEL[m]} CPU µs/query, Cairn/unbound" for m in modes) + " |",
+              "|---:|" + "---:|" * (2 * len(modes))]
+        tls_ratios = []
+        for c in conns:
+            q_cells, c_cells = [], []
+            for m in modes:
+                a, b = cell("cairn", m, c), cell("unbound", m, c)
+                qa, qb = med(a, "qps"), med(b, "qps")
+                both = client_bound(a) and client_bound(b)
+                q_cells.append(ratio(qa, qb) + (" ⚠ both client-bound" if both else ""))
+                c_cells.append(ratio(med(a, "cpu_us_per_query"), med(b, "cpu_us_per_query")))
+                if m in ("dot", "doh") and qa and qb:
+                    tls_ratios.append((m, c, qa / qb))
+            rr.append(f"| {c} | " + " | ".join(q_cells) + " | " + " | ".join(c_cells) + " |")
+        tables += ["", "**Cairn against unbound** (>1 QPS: Cairn faster; <1 CPU: Cairn cheaper):", "",
+                   "\n".join(rr)]
+        if tls_ratios:
+            worst = min(tls_ratios, key=lambda t: t[2])
+            listed = ", ".join(f"{MODE_LABEL[m]} {x:.2f}× at {c}" for m, c, x in tls_ratios)
+            verdicts.append(f"Goal: Cairn ≥ {TLS_GOAL:.1f}× unbound's queries per second over TLS → "
+                            f"{listed}; lowest {worst[2]:.2f}×: "
+                            f"**{'met' if worst[2] >= TLS_GOAL else 'no'}**.")
+
+    if "tcp" in modes and len(modes) > 1:
+        enc = [m for m in modes if m in ("dot", "doh")]
+        cost = ["| Connections | Server | " + " | ".join(f"{MODE_LABEL[m]} QPS / TCP QPS" for m in enc)
+                + " | " + " | ".join(f"{MODE_LABEL[m]} − TCP, µs/query" for m in enc) + " |",
+                "|---:|---|" + "---:|" * (2 * len(enc))]
+        for c in conns:
+            for s in servers:
+                base = cell(s, "tcp", c)
+                qt, ct = med(base, "qps"), med(base, "cpu_us_per_query")
+                q_cells, c_cells = [], []
+                for m in enc:
+                    rs = cell(s, m, c)
+                    q, cq = med(rs, "qps"), med(rs, "cpu_us_per_query")
+                    q_cells.append(f"{q / qt:.2f}" if q and qt else "n/a")
+                    c_cells.append(f"{cq - ct:+.1f}".replace("-", "−") if cq is not None and ct is not None
+                                   else "n/a")
+                cost.append(f"| {c} | {LABEL[s]} | " + " | ".join(q_cells) + " | " + " | ".join(c_cells) + " |")
+        tables += ["", "**What TLS costs** (each server against its own plain TCP, same connections):",
+                   "", "\n".join(cost)]
+
+    detail = ["| Connections | Server | Transport | QPS per run | CPU server / dnsperf | Avg latency ms "
+              "| Latency stddev ms | Lost | Avg response bytes | Rcodes as expected |",
+              "|---:|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for c in conns:
+        for s in servers:
+            for m in modes:
+                rs = cell(s, m, c)
+                if not rs:
+                    continue
+                sent, lost = sum(r["sent"] for r in rs), sum(r["lost"] for r in rs)
+                ok = "yes" if all(r.get("rcode_ok", True) for r in rs) else "**no**"
+                detail.append(f"| {c} | {LABEL[s]} | {MODE_LABEL[m]} | {per_run(rs)} | {cpu(rs)} | "
+                              f"{ms(med(rs, 'lat_avg_s'))} | {ms(med(rs, 'lat_stddev_s'))} | "
+                              f"{lost / sent if sent else 0:.2%} | {rs[0]['resp_bytes']} | {ok} |")
+    tables += ["", "**Every run:**", "", "\n".join(detail)]
+    if any_bound:
+        tables += ["", f"⚠ dnsperf used at least {CLIENT_BOUND_PCT}% of its CPU: the load generator, "
+                       "not the server, set the pace, so this QPS is a lower bound for the server; "
+                       "compare CPU per query instead."]
+    if any_busy:
+        tables += ["", f"† Other processes took more than {OTHER_CPU_PCT}% of a benchmark CPU during "
+                       "these runs, so they are skewed; see the raw output and re-run on a quiet machine."]
+    if verdicts:
+        tables += ["", *verdicts]
+    table_all = "\n".join(tables)
+
+    notes = [n for n in meta.get("notes", "").splitlines() if n.strip()]
+    lines = [
+        TLS_START,
+        "## Encrypted DNS: Cairn vs unbound over TCP, DNS over TLS and DNS over HTTPS",
+        "",
+        "_Written by `BENCH_DNS_TLS=1 bench/dns.sh`; do not edit by hand, re-run the script._",
+        "",
+        f"- Date: {meta.get('date', '?')}",
+        f"- Machine: {meta.get('nproc', '?')} CPUs ({meta.get('cpu', '?')}), kernel {meta.get('kernel', '?')}, "
+        f"{meta.get('os', '?')}; load average at start {meta.get('load', '?')}",
+        f"- Servers: Cairn commit {meta.get('cairn_commit', '?')} (one node, `--bootstrap`, loaded over "
+        "HTTP, `--dns-tls-addr` and `--dns-https-addr`); unbound "
+        f"{meta.get('unbound_version', '?')} (`num-threads: 1`, the records as `local-data` of a "
+        "static `local-zone`, `tls-port` and `https-port` on the same certificate, OpenSSL "
+        f"{meta.get('openssl_version', '?')})",
+        f"- TLS: one node certificate from `cairn tls cert create` ({meta.get('cert', '?')}), "
+        "served by both (rustls / OpenSSL); DoH over HTTP/2 (ALPN h2; h2load reports TLS 1.3 with both)",
+        f"- Pinning: each server on CPU {meta.get('server_cpu', '?')} (`taskset`), dnsperf "
+        f"{meta.get('dnsperf_version', '?')} on CPU {meta.get('client_cpu', '?')}; one server measured "
+        "at a time",
+        f"- Data: {meta.get('dataset', '?')}",
+        f"- Queries: {meta.get('mix', '?')}",
+        f"- Load: `{meta.get('dnsperf_cmd', 'dnsperf')}`, {meta.get('duration', '?')} s per run, "
+        f"{meta.get('runs', '?')} run{'' if meta.get('runs') == '1' else 's'} per cell, "
+        f"{meta.get('warmup', '?')} s unrecorded warm-up per cell; connections open once per run "
+        "(the handshakes are in the run, not per query)",
+        f"- Command: `{meta.get('command', '?')}`",
+        "",
+        table_all,
+        "",
+        *[f"- Note: {n}." for n in notes],
+        *([""] if notes else []),
+        "Every server is checked with dig over each measured transport (`+tcp`, `+tls`, `+https`) "
+        "against the data set before the runs. QPS is dnsperf's completed queries per second; server "
+        "CPU µs/query is the server process's user+system CPU time during a run over the queries "
+        "it answered; CPU server / dnsperf is each process's CPU time over the run's wall time "
+        "(100% = one core). dnsperf shares its -q outstanding queries among the connections, so "
+        "few connections carry many pipelined queries each (a resolver forwarding to Cairn) and "
+        f"many carry one or two (many stub clients). Raw output: "
+        f"`{meta.get('results_dir', 'bench/results/')}` (not committed).",
+        TLS_END,
+    ]
+    return "\n".join(lines), table_all
+
+
+def cmd_tls_report(args: argparse.Namespace) -> int:
+    runs = load_runs(args.runs)
+    if not runs:
+        print(f"error: no runs recorded in {args.runs}", file=sys.stderr)
+        return 1
+    meta = dict(kv.split("=", 1) for kv in args.meta)
+    section, table = build_tls_section(runs, meta)
+    print(table)
+    if args.output:
+        benchlib.replace_section(Path(args.output), "dns-tls", section)
+        print(f"\nwrote section to {args.output}", file=sys.stderr)
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -887,6 +1143,8 @@ def main() -> int:
     v.add_argument("--verbose", action="store_true")
     v.add_argument("--partial-additional", action="append", default=[], metavar="NAME",
                    help="server allowed to return a non-empty subset of the SRV glue")
+    v.add_argument("--no-additional", action="append", default=[], metavar="NAME",
+                   help="server allowed to return no additional section (no SRV glue) at all")
     v.add_argument("--notes-out", help="write notes on allowed differences here, one a line")
     v.set_defaults(func=cmd_verify)
 
@@ -899,6 +1157,9 @@ def main() -> int:
     rec.add_argument("--qtype", choices=QTYPES, help="for bytype runs: which query file")
     rec.add_argument("--run", type=int, required=True)
     rec.add_argument("--clients", type=int, required=True)
+    rec.add_argument("--mode", choices=MODES, default="udp", help="dnsperf -m")
+    rec.add_argument("--format", choices=("dnsperf", "h2load"), default="dnsperf",
+                     help="the load generator whose output --dnsperf-output holds")
     rec.add_argument("--target-qps", type=int, default=0)
     rec.add_argument("--churn", help="churn summary JSON to attach")
     rec.add_argument("--mix", required=True, help="queries.json written by `dataset`")
@@ -908,6 +1169,18 @@ def main() -> int:
     pk.add_argument("--runs", required=True)
     pk.add_argument("--server", required=True, choices=SERVERS)
     pk.set_defaults(func=cmd_peak)
+
+    du = sub.add_parser("doh-uris")
+    du.add_argument("--queries", required=True, help="dnsperf query file: NAME TYPE per line")
+    du.add_argument("--url", required=True, help="e.g. https://127.0.0.1:443/dns-query")
+    du.add_argument("--out", required=True)
+    du.set_defaults(func=cmd_doh_uris)
+
+    tr = sub.add_parser("tls-report")
+    tr.add_argument("--runs", required=True)
+    tr.add_argument("--output", help="BENCHMARKS.md to update; omit to only print")
+    tr.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
+    tr.set_defaults(func=cmd_tls_report)
 
     rep = sub.add_parser("report")
     rep.add_argument("--runs", required=True)

@@ -160,13 +160,15 @@ check_ports_free() {
 # The CLI, output line and HTTP endpoints below are the contract agreed for `cairn agent`;
 # if the binary changes them, this is the place to adapt.
 
-# wait_cairn_listening NAME PID OUT ERRLOG DEADLINE SLEEP ID HTTP DNS RPC [HTTPS]: until the
-# node prints exactly its "cairn listening ..." line on stdout (OUT). DEADLINE is a value of
-# $SECONDS, so one deadline can cover several nodes. HTTPS: the port of --https-addr, if given.
+# wait_cairn_listening NAME PID OUT ERRLOG DEADLINE SLEEP ID HTTP DNS RPC [HTTPS [REST]]: until
+# the node prints exactly its "cairn listening ..." line on stdout (OUT). DEADLINE is a value of
+# $SECONDS, so one deadline can cover several nodes. HTTPS: the port of --https-addr, if given
+# (empty if not); REST: the end of the line after it, e.g. " dot=127.0.0.1:853 doh=...".
 wait_cairn_listening() {
   local name=$1 pid=$2 out=$3 errlog=$4 deadline=$5 pause=$6
   local want="cairn listening node_id=$7 http=127.0.0.1:$8 dns=127.0.0.1:$9 rpc=127.0.0.1:${10}"
   [[ -n ${11:-} ]] && want+=" https=127.0.0.1:${11}"
+  want+=${12:-}
   until grep -qxF -- "$want" "$out"; do
     assert_alive "$name" "$pid" "$errlog"
     ((SECONDS < deadline)) || die "$name did not print '$want' within 30 s; see $out and $errlog"

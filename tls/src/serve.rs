@@ -11,8 +11,12 @@
 //! the same handshake, cap, reload and drain rules (DNS over TLS).
 
 use std::future::Future;
+use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -23,9 +27,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -51,7 +57,8 @@ pub struct Limits {
     /// Connections open at once (handshaking or serving); past it, new ones are closed at
     /// accept.
     pub max_connections: usize,
-    /// How long a connection may go without a request (HTTP: its headers) before it is closed.
+    /// How long a connection may go without a request (HTTP/1.1: its headers; HTTP/2: a new
+    /// stream, while none is open) before it is closed.
     pub idle_timeout: Duration,
 }
 
@@ -182,6 +189,165 @@ pub async fn serve_tls_connections<F, Fut>(
     }
 }
 
+/// The requests of one connection: how many are being answered, and when the last one began or
+/// was answered. HTTP/2 has no idle time-out of its own (hyper's keep-alive pings keep an idle
+/// connection open as long as the client acknowledges them), so the connection loop closes an
+/// HTTP/2 connection that has had no request for the idle time-out from this.
+struct Activity {
+    in_flight: AtomicUsize,
+    last: parking_lot::Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            in_flight: AtomicUsize::new(0),
+            last: parking_lot::Mutex::new(Instant::now()),
+        })
+    }
+
+    /// A request begins; it ends when the guard drops.
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        *self.last.lock() = Instant::now();
+        InFlight(self.clone())
+    }
+
+    /// When the connection will have been idle for `idle`, or, with requests being answered,
+    /// when to look again.
+    fn next_check(&self, idle: Duration) -> Instant {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            Instant::now() + idle
+        } else {
+            *self.last.lock() + idle
+        }
+    }
+
+    fn idle_for(&self, idle: Duration) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0 && self.last.lock().elapsed() >= idle
+    }
+}
+
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self.0.last.lock() = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Most bytes gathered before they are written: one TLS record's worth.
+const GATHER_LIMIT: usize = 16 * 1024;
+
+/// A connection's TLS stream as hyper sees it. Over HTTP/2 it gathers what is written and waits
+/// one turn of the scheduler at a flush before sending it. hyper answers each HTTP/2 stream in a
+/// task of its own, and each answered stream wakes the connection, which then flushes; on one
+/// core tokio runs the woken connection right away, so without this every small response (a DNS
+/// answer) costs a TLS record and a system call of its own. With it, the responses of the
+/// streams answered in the same turn leave together. HTTP/1.1 writes straight through.
+struct Gather {
+    inner: TlsStream,
+    h2: bool,
+    buf: Vec<u8>,
+    /// A flush already waited its turn.
+    waited: bool,
+}
+
+impl Gather {
+    fn new(inner: TlsStream, h2: bool) -> Gather {
+        Gather {
+            inner,
+            h2,
+            buf: Vec::new(),
+            waited: false,
+        }
+    }
+
+    /// Writes out everything gathered.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.buf.is_empty() {
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.buf.drain(..n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for Gather {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Gather {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if !this.h2 {
+            return Pin::new(&mut this.inner).poll_write(cx, data);
+        }
+        if this.buf.len() + data.len() > GATHER_LIMIT {
+            std::task::ready!(this.poll_drain(cx))?;
+            if data.len() >= GATHER_LIMIT {
+                return Pin::new(&mut this.inner).poll_write(cx, data);
+            }
+        }
+        this.buf.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.h2 {
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            return Pin::new(this).poll_write(cx, first);
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        // h2 then copies small DATA frames into its own buffer rather than chaining them.
+        !self.h2 && self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.h2 && !this.buf.is_empty() && !this.waited {
+            // Polled again after the tasks already queued: the streams they answer join in.
+            this.waited = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        std::task::ready!(this.poll_drain(cx))?;
+        this.waited = false;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
 async fn serve_connection(
     stream: TlsStream,
     remote: SocketAddr,
@@ -189,6 +355,8 @@ async fn serve_connection(
     idle_timeout: Duration,
     closing: CancellationToken,
 ) {
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+    let activity = Activity::new();
     let peer = stream.get_ref().1.peer_certificates().map(|chain| {
         PeerCertificates(Arc::new(
             chain.iter().map(|c| c.clone().into_owned()).collect(),
@@ -202,6 +370,15 @@ async fn serve_connection(
             .insert(ConnectInfo::<SocketAddr>(remote));
         req
     });
+    let tracked = activity.clone();
+    let service = service.map_future(move |answer| {
+        let in_flight = tracked.begin();
+        async move {
+            let response = answer.await;
+            drop(in_flight);
+            response
+        }
+    });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -211,10 +388,13 @@ async fn serve_connection(
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(idle_timeout));
-    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+    let io = Gather::new(stream, h2);
+    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(conn);
     let mut closed = false;
     loop {
+        // HTTP/1.1's idle time-out is hyper's header read time-out; HTTP/2's is ours.
+        let check = activity.next_check(idle_timeout);
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
@@ -225,6 +405,13 @@ async fn serve_connection(
             _ = closing.cancelled(), if !closed => {
                 conn.as_mut().graceful_shutdown();
                 closed = true;
+            }
+            () = tokio::time::sleep_until(check), if h2 && !closed => {
+                if activity.idle_for(idle_timeout) {
+                    tracing::debug!(%remote, "HTTP/2 connection idle for {idle_timeout:?}; closing it");
+                    conn.as_mut().graceful_shutdown();
+                    closed = true;
+                }
             }
         }
     }

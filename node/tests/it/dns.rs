@@ -394,8 +394,9 @@ async fn t50_garbage_never_ends_a_listener() {
     assert_eq!(addresses(&ok).len(), 1);
 }
 
-/// A stand-in upstream resolver: answers every query with one A record, 192.0.2.53.
-async fn fake_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+/// A stand-in upstream resolver: answers every query with one A record, 192.0.2.53. (Also the
+/// upstream of the encrypted DNS tests.)
+pub(crate) async fn fake_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     fake_upstream_with(1).await
 }
 

@@ -472,6 +472,414 @@ async fn t40_unbound_forwards_the_zone_over_tls_with_the_cluster_ca_only() {
     assert!(failed.answers.is_empty());
 }
 
+/// POSTs `q` to the node's DoH endpoint; the answer's bytes (any HTTP status but 200 fails).
+async fn doh_post(http: &reqwest::Client, doh: SocketAddr, q: &[u8]) -> Vec<u8> {
+    let r = http
+        .post(doh_url(doh))
+        .header("content-type", "application/dns-message")
+        .body(q.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "DoH POST");
+    r.bytes().await.unwrap().to_vec()
+}
+
+/// GETs `q` (with ID 0, as RFC 8484 asks) from the node's DoH endpoint.
+async fn doh_get(http: &reqwest::Client, doh: SocketAddr, q: &[u8]) -> Vec<u8> {
+    let mut q0 = q.to_vec();
+    q0[..2].copy_from_slice(&[0, 0]);
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&q0);
+    let r = http
+        .get(format!("{}?dns={encoded}", doh_url(doh)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "DoH GET");
+    r.bytes().await.unwrap().to_vec()
+}
+
+#[tokio::test]
+async fn t50_names_outside_the_zone_are_forwarded_or_refused_as_over_udp() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&dir.path().join("pki"), "cairn");
+    let outside = query("example.com.", RecordType::A, None);
+
+    // Without --recursors: REFUSED, the same bytes over every transport.
+    {
+        let c = start(&pki, tempfile::tempdir().unwrap(), &[]).await;
+        let node = c.node(1);
+        let plain = udp_raw(node.dns, &outside).await.expect("a UDP answer");
+        assert_eq!(
+            Message::from_vec(&plain).unwrap().metadata.response_code,
+            ResponseCode::Refused
+        );
+        let mut s = dot_connect(&tls_connector(&pki.ca(), None), node.dot.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(dot_exchange(&mut s, &outside).await.unwrap(), plain, "DoT");
+        let doh = node.doh.unwrap();
+        let http = pki.client(None, NODE_NAME, doh);
+        assert_eq!(doh_post(&http, doh, &outside).await, plain, "DoH POST");
+        let get = doh_get(&http, doh, &outside).await;
+        assert_eq!(without_id(&get), without_id(&plain), "DoH GET");
+    }
+
+    // With --recursors: relayed to the upstream, and its answer comes back as over UDP.
+    let (upstream, task) = crate::dns::fake_upstream().await;
+    let recursors = upstream.to_string();
+    let c = start(&pki, dir, &["--recursors", &recursors]).await;
+    let node = c.node(1);
+    let (dot, doh) = (node.dot.unwrap(), node.doh.unwrap());
+    let mut s = dot_connect(&tls_connector(&pki.ca(), None), dot)
+        .await
+        .unwrap();
+    let http = pki.client(None, NODE_NAME, doh);
+    for name in ["example.com.", "example.org."] {
+        let q = query(name, RecordType::A, None);
+        let plain = udp_raw(node.dns, &q).await.expect("a UDP answer");
+        let m = Message::from_vec(&plain).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name}");
+        assert!(m.metadata.recursion_available, "{name}");
+        let a: Vec<String> = m
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(a, ["192.0.2.53"], "the upstream's answer for {name}");
+        assert_eq!(dot_exchange(&mut s, &q).await.unwrap(), plain, "DoT {name}");
+        assert_eq!(doh_post(&http, doh, &q).await, plain, "DoH POST {name}");
+        let get = doh_get(&http, doh, &q).await;
+        assert_eq!(&get[..2], &[0, 0], "DoH GET {name}: the query's ID 0");
+        assert_eq!(without_id(&get), without_id(&plain), "DoH GET {name}");
+    }
+    // The zone's own names are still answered by the node, not the upstream.
+    let q = query("web.service.cairn.", RecordType::A, None);
+    let own = Message::from_vec(&dot_exchange(&mut s, &q).await.unwrap()).unwrap();
+    assert!(own.metadata.authoritative);
+
+    // The upstream gone: SERVFAIL (after the forwarding time-out) over each, as over UDP.
+    task.abort();
+    let _ = task.await;
+    let q = query("example.net.", RecordType::A, None);
+    let rcode = |bytes: &[u8]| Message::from_vec(bytes).unwrap().metadata.response_code;
+    let plain = udp_raw(node.dns, &q).await.expect("a UDP answer");
+    assert_eq!(rcode(&plain), ResponseCode::ServFail, "UDP");
+    assert_eq!(
+        rcode(&dot_exchange(&mut s, &q).await.unwrap()),
+        ResponseCode::ServFail,
+        "DoT"
+    );
+    assert_eq!(
+        rcode(&doh_post(&http, doh, &q).await),
+        ResponseCode::ServFail,
+        "DoH POST"
+    );
+}
+
+/// DNS over TCP's idle time-out (`cairn_dns::ServerConfig::tcp_idle_timeout`), which DoT and DoH
+/// share.
+fn idle_timeout() -> Duration {
+    cairn_dns::ServerConfig::default().tcp_idle_timeout
+}
+
+/// How long `closed` took to resolve, failing when it took more than the idle time-out and a
+/// margin.
+async fn time_until<F: std::future::Future<Output = ()>>(what: &str, closed: F) -> Duration {
+    let t0 = std::time::Instant::now();
+    let limit = idle_timeout() + Duration::from_secs(5);
+    tokio::time::timeout(limit, closed)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still open after {limit:?}"));
+    t0.elapsed()
+}
+
+/// A TLS client trusting `ca` that offers the ALPN protocol `alpn`.
+fn alpn_connector(ca: &Path, alpn: &[u8]) -> TlsConnector {
+    let mut config = cairn_tls::config::client_config(ca, None).unwrap();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    TlsConnector::from(Arc::new(config))
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length from `s`; its status line.
+async fn read_http1_response(s: &mut DotStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the connection closed before a whole response");
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0);
+        if buf.len() >= end + 4 + length {
+            return head.lines().next().unwrap_or("").to_owned();
+        }
+    }
+}
+
+#[tokio::test]
+async fn t60_dot_and_doh_connections_close_when_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&dir.path().join("pki"), "cairn");
+    let c = start(&pki, dir, &[]).await;
+    let node = c.node(1);
+    let (dot, doh) = (node.dot.unwrap(), node.doh.unwrap());
+    let q = query("web.service.cairn.", RecordType::A, None);
+    let idle = idle_timeout();
+
+    // DNS over TLS: a query, then nothing; the server closes (close_notify, then FIN).
+    let dot_idle = async {
+        let mut s = dot_connect(&tls_connector(&pki.ca(), None), dot)
+            .await
+            .unwrap();
+        dot_exchange(&mut s, &q).await.unwrap();
+        time_until("DoT", async {
+            let mut buf = [0u8; 64];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+    };
+
+    // DoH over HTTP/1.1: one request on a keep-alive connection, then nothing.
+    let h1_idle = async {
+        let tcp = TcpStream::connect(doh).await.unwrap();
+        let name = ServerName::try_from(NODE_NAME).unwrap();
+        let mut s = alpn_connector(&pki.ca(), b"http/1.1")
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let mut request = format!(
+            "POST /dns-query HTTP/1.1\r\nHost: {NODE_NAME}\r\nContent-Type: application/dns-message\r\nContent-Length: {}\r\n\r\n",
+            q.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(&q);
+        s.write_all(&request).await.unwrap();
+        let status = read_http1_response(&mut s).await;
+        assert!(status.contains(" 200"), "HTTP/1.1 DoH: {status}");
+        time_until("DoH over HTTP/1.1", async {
+            let mut buf = [0u8; 64];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+    };
+
+    // DoH over HTTP/2: one request, then nothing. The client acknowledges the server's
+    // keep-alive pings (h2 does that as long as the connection is polled), so only an idle
+    // time-out of the server closes it.
+    let h2_idle = async {
+        let tcp = TcpStream::connect(doh).await.unwrap();
+        let name = ServerName::try_from(NODE_NAME).unwrap();
+        let tls = alpn_connector(&pki.ca(), b"h2")
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
+        let (client, connection) = h2::client::handshake(tls).await.unwrap();
+        let connection = tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::post(doh_url(doh))
+            .header("content-type", "application/dns-message")
+            .body(())
+            .unwrap();
+        let (response, mut body) = client.send_request(request, false).unwrap();
+        body.send_data(bytes::Bytes::from(q.clone()), true).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200, "HTTP/2 DoH");
+        let mut data = response.into_body();
+        while let Some(chunk) = data.data().await {
+            let chunk = chunk.unwrap();
+            let _ = data.flow_control().release_capacity(chunk.len());
+        }
+        // `client` lives on: an h2 client with no handle left would close the connection itself.
+        let took = time_until("DoH over HTTP/2", async {
+            let _ = connection.await;
+        })
+        .await;
+        drop(client);
+        took
+    };
+
+    let (dot_took, h1_took, h2_took) = tokio::join!(dot_idle, h1_idle, h2_idle);
+    for (what, took) in [
+        ("DoT", dot_took),
+        ("HTTP/1.1", h1_took),
+        ("HTTP/2", h2_took),
+    ] {
+        assert!(
+            took + Duration::from_secs(1) >= idle,
+            "{what}: closed after {took:?}, before the idle time-out of {idle:?}"
+        );
+    }
+
+    // The listeners still serve new connections.
+    let mut s = dot_connect(&tls_connector(&pki.ca(), None), dot)
+        .await
+        .unwrap();
+    assert!(!dot_exchange(&mut s, &q).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn t70_dot_and_doh_connections_are_capped_per_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&dir.path().join("pki"), "cairn");
+    let c = start(&pki, dir, &[]).await;
+    let node = c.node(1);
+    let (dot, doh) = (node.dot.unwrap(), node.doh.unwrap());
+    let q = query("web.service.cairn.", RecordType::A, None);
+    let cap = cairn_dns::ServerConfig::default().max_tcp_connections;
+    let connector = tls_connector(&pki.ca(), None);
+
+    // `cap` connections that never say hello hold every place of the DoT listener (until the
+    // handshake time-out); the next client is closed at once.
+    let mut held = Vec::with_capacity(cap);
+    for _ in 0..cap {
+        held.push(TcpStream::connect(dot).await.unwrap());
+    }
+    let refused = dot_refused(&connector, dot).await;
+    assert!(refused, "DoT with {cap} connections open accepts another");
+    // The cap is per listener: DoH still serves.
+    let http = pki.client(None, NODE_NAME, doh);
+    assert!(!doh_post(&http, doh, &q).await.is_empty());
+
+    // Once they close, their places are free again.
+    drop(held);
+    eventually(Duration::from_secs(5), "DoT serves again", || async {
+        match dot_connect(&connector, dot).await {
+            Ok(mut s) => dot_exchange(&mut s, &q).await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
+
+    // The same on the DoH listener.
+    let mut held = Vec::with_capacity(cap);
+    for _ in 0..cap {
+        held.push(TcpStream::connect(doh).await.unwrap());
+    }
+    let fresh = pki.client(None, NODE_NAME, doh);
+    let over = fresh
+        .post(doh_url(doh))
+        .header("content-type", "application/dns-message")
+        .body(q.clone())
+        .send()
+        .await;
+    assert!(
+        over.is_err(),
+        "DoH with {cap} connections open accepts another"
+    );
+    drop(held);
+    eventually(Duration::from_secs(5), "DoH serves again", || async {
+        pki.client(None, NODE_NAME, doh)
+            .post(doh_url(doh))
+            .header("content-type", "application/dns-message")
+            .body(q.clone())
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn t80_new_certificates_reach_dot_and_doh_and_end_older_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&dir.path().join("pki"), "cairn");
+    let c = start(&pki, dir, &[]).await;
+    let node = c.node(1);
+    let (dot, doh) = (node.dot.unwrap(), node.doh.unwrap());
+    let q = query("web.service.cairn.", RecordType::A, None);
+    let leaf = |s: &DotStream| {
+        s.get_ref().1.peer_certificates().unwrap()[0]
+            .as_ref()
+            .to_vec()
+    };
+    let connect_to = |addr: SocketAddr, alpn: &'static [u8]| {
+        let connector = alpn_connector(&pki.ca(), alpn);
+        async move {
+            let tcp = TcpStream::connect(addr).await?;
+            connector
+                .connect(ServerName::try_from(NODE_NAME).unwrap(), tcp)
+                .await
+        }
+    };
+    let mut old = dot_connect(&tls_connector(&pki.ca(), None), dot)
+        .await
+        .unwrap();
+    dot_exchange(&mut old, &q).await.unwrap();
+    let first = leaf(&old);
+
+    // A new key and certificate in the same files, then SIGHUP (the files are also checked
+    // every few seconds without it).
+    let (cert, _) = pki.node(1);
+    let renewed = cairn_tls::config::load_certs(&cert).unwrap()[0]
+        .as_ref()
+        .to_vec();
+    assert_ne!(renewed, first);
+    node.signal("HUP");
+    eventually(
+        Duration::from_secs(10),
+        "DoT presents the new certificate",
+        || async {
+            match connect_to(dot, b"dot").await {
+                Ok(s) => leaf(&s) == renewed,
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
+    let s = connect_to(doh, b"h2").await.unwrap();
+    assert_eq!(leaf(&s), renewed, "DoH presents the new certificate");
+
+    // The connection made under the old certificate is closed; a new one answers.
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 64];
+        loop {
+            match old.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a DoT connection from before the reload stays open"
+    );
+    let mut s = connect_to(dot, b"dot").await.unwrap();
+    let m = Message::from_vec(&dot_exchange(&mut s, &q).await.unwrap()).unwrap();
+    assert_eq!(m.answers.len(), 1);
+}
+
+/// True when a DoT client at `addr` cannot get a query answered (closed at accept).
+async fn dot_refused(connector: &TlsConnector, addr: SocketAddr) -> bool {
+    let q = query("web.service.cairn.", RecordType::A, None);
+    match dot_connect(connector, addr).await {
+        Err(_) => true,
+        Ok(mut s) => dot_exchange(&mut s, &q).await.is_err(),
+    }
+}
+
 /// The path of `program` when it is installed; else a note that the part needing it is skipped.
 fn tool(program: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
