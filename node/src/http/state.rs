@@ -34,6 +34,8 @@ pub struct AppState {
     pub acl: AclMode,
     /// This node's data folder: `acl-bootstrap-reset` is read from it.
     pub data_dir: PathBuf,
+    /// Each listener's connection counts, for `/metrics`.
+    pub connections: Vec<Arc<cairn_tls::ConnStats>>,
 }
 
 impl AppState {
