@@ -1681,6 +1681,27 @@ mod tests {
         };
         assert_eq!(err(args(|_| {})), "--node-id");
         assert_eq!(err(args(|a| a.node_id = Some(1))), "--data-dir");
+        assert_eq!(
+            err(base(|a| a.http_max_conns_per_client = Some(0))),
+            "--http-max-conns-per-client"
+        );
+        assert_eq!(
+            err(base(|a| a.dns_tcp_max_conns = Some(2_000_000))),
+            "--dns-tcp-max-conns"
+        );
+        assert_eq!(
+            err(base(|a| a.http_header_timeout = Some("10ms".into()))),
+            "--http-header-timeout"
+        );
+        assert_eq!(
+            err(base(|a| a.dns_tcp_write_timeout = Some("soon".into()))),
+            "--dns-tcp-write-timeout"
+        );
+        assert_eq!(
+            err(base(|a| a.http_request_timeout = Some("5s".into()))),
+            "--http-request-timeout",
+            "not longer than the default --write-timeout of 5s"
+        );
         assert_eq!(err(base(|a| a.node_id = Some(0))), "--node-id");
         assert_eq!(
             err(base(|a| a.http_addr = Some("nope".into()))),
