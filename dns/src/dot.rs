@@ -3,15 +3,13 @@
 //! certificates that reload from their files, connections made under old certificates closed at
 //! a reload, a bounded drain at shutdown).
 //!
-//! Connections are capped and closed when idle as on DNS over TCP
-//! ([`ServerConfig::max_tcp_connections`](crate::ServerConfig::max_tcp_connections),
-//! [`ServerConfig::tcp_idle_timeout`](crate::ServerConfig::tcp_idle_timeout)).
+//! Connections are capped (in all and per client), closed when idle and dropped when they stop
+//! taking answers as on DNS over TCP ([`Answerer::serve_streams`]).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use cairn_tls::rustls::ServerConfig;
-use cairn_tls::Reloadable;
+use cairn_tls::{ConnStats, Reloadable};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -20,23 +18,16 @@ use crate::server::Answerer;
 /// The ALPN protocol of DNS over TLS (RFC 8310 names it; a client that offers none is served).
 pub const ALPN: &[u8] = b"dot";
 
-/// Serves DNS over TLS on `listener` until `stop`; open connections then get `grace` to finish
-/// the query in flight.
+/// Serves DNS over TLS on `listener` until `stop`; open connections then get the forwarding
+/// time-out to finish the query in flight.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<Reloadable<ServerConfig>>,
     answerer: Answerer,
+    stats: Arc<ConnStats>,
     stop: CancellationToken,
-    grace: Duration,
 ) {
-    let max_connections = answerer.config().max_tcp_connections;
-    let serve = move |stream, remote: std::net::SocketAddr, closing: CancellationToken| {
-        let answerer = answerer.clone();
-        async move {
-            if let Err(e) = answerer.serve_stream(stream, remote.ip(), &closing).await {
-                tracing::debug!(%remote, "DNS over TLS connection: {e}");
-            }
-        }
-    };
-    cairn_tls::serve_tls_connections(listener, tls, max_connections, stop, grace, serve).await
+    answerer
+        .serve_streams(listener, Some(tls), stats, stop)
+        .await
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use cairn_tls::{ConnStats, Limits, Reloadable};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
@@ -51,6 +52,14 @@ pub fn default_recursors_allow() -> Vec<IpNet> {
         .collect()
 }
 
+/// Default [`ServerConfig::max_tcp_connections`].
+pub const DEFAULT_MAX_TCP_CONNECTIONS: usize = 512;
+/// Default [`ServerConfig::max_tcp_per_client`]: a resolver keeps a few connections to a
+/// server, not dozens.
+pub const DEFAULT_MAX_TCP_PER_CLIENT: usize = 32;
+/// Default [`ServerConfig::tcp_write_timeout`].
+pub const DEFAULT_TCP_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Listener settings.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -67,8 +76,14 @@ pub struct ServerConfig {
     /// Open connections on each stream listener (TCP, and DNS over TLS and HTTPS when served);
     /// a connection beyond this is closed at once.
     pub max_tcp_connections: usize,
+    /// Open connections from one client IP address on each stream listener; past it, its new
+    /// ones are closed at once, so one client cannot take the whole `max_tcp_connections`.
+    pub max_tcp_per_client: usize,
     /// A connection with no query for this long is closed (TCP, TLS and HTTPS alike).
     pub tcp_idle_timeout: Duration,
+    /// A client that does not take an answer (over TCP or TLS) within this long is dropped, so
+    /// a reader that stops reading holds no connection.
+    pub tcp_write_timeout: Duration,
     /// Tasks reading the UDP socket.
     pub udp_workers: usize,
 }
@@ -81,8 +96,10 @@ impl Default for ServerConfig {
             rrl: RrlConfig::default(),
             forward_timeout: Duration::from_secs(2),
             max_forwards: 1024,
-            max_tcp_connections: 512,
+            max_tcp_connections: DEFAULT_MAX_TCP_CONNECTIONS,
+            max_tcp_per_client: DEFAULT_MAX_TCP_PER_CLIENT,
             tcp_idle_timeout: Duration::from_secs(10),
+            tcp_write_timeout: DEFAULT_TCP_WRITE_TIMEOUT,
             udp_workers: std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
         }
     }
@@ -115,15 +132,19 @@ impl Listeners {
         self.udp.local_addr()
     }
 
-    /// Serves until `stop` is cancelled.
-    pub async fn serve(self, answerer: Answerer, stop: CancellationToken) {
-        let shared = answerer.0;
+    /// Serves until `stop` is cancelled; `tcp_stats` counts the TCP listener's connections.
+    pub async fn serve(
+        self,
+        answerer: Answerer,
+        tcp_stats: Arc<ConnStats>,
+        stop: CancellationToken,
+    ) {
         let udp = Arc::new(self.udp);
         let mut tasks = JoinSet::new();
-        for _ in 0..shared.config.udp_workers.max(1) {
-            tasks.spawn(udp_loop(udp.clone(), shared.clone(), stop.clone()));
+        for _ in 0..answerer.0.config.udp_workers.max(1) {
+            tasks.spawn(udp_loop(udp.clone(), answerer.0.clone(), stop.clone()));
         }
-        tasks.spawn(tcp_loop(self.tcp, shared.clone(), stop.clone()));
+        tasks.spawn(answerer.serve_streams(self.tcp, None, tcp_stats, stop.clone()));
         tasks.join_all().await;
     }
 }
@@ -214,6 +235,38 @@ impl Answerer {
         }
     }
 
+    /// Serves DNS over TCP on `listener` (over TLS with `tls`: DNS over TLS) until `stop`, on
+    /// cairn-tls's accept loop: at most [`ServerConfig::max_tcp_connections`] connections, and
+    /// [`ServerConfig::max_tcp_per_client`] from one address; a connection past either is
+    /// closed at once. Open connections then get the forwarding time-out to finish the query
+    /// in flight.
+    pub async fn serve_streams(
+        self,
+        listener: TcpListener,
+        tls: Option<Arc<Reloadable<cairn_tls::rustls::ServerConfig>>>,
+        stats: Arc<ConnStats>,
+        stop: CancellationToken,
+    ) {
+        let config = &self.0.config;
+        let limits = Limits {
+            max_connections: config.max_tcp_connections,
+            max_per_client: config.max_tcp_per_client,
+            header_timeout: config.tcp_idle_timeout,
+            idle_timeout: config.tcp_idle_timeout,
+        };
+        let grace = config.forward_timeout;
+        let what = stats.listener;
+        let serve = move |stream, remote: SocketAddr, closing: CancellationToken| {
+            let answerer = self.clone();
+            async move {
+                if let Err(e) = answerer.serve_stream(stream, remote.ip(), &closing).await {
+                    tracing::debug!(%remote, "DNS {what} connection: {e}");
+                }
+            }
+        };
+        cairn_tls::serve_connections(listener, tls, limits, stats, stop, grace, serve).await
+    }
+
     /// Answers the queries that arrive on `stream`, each framed by its two-byte length (RFC
     /// 1035 4.2.2; RFC 7858 for TLS), until the client closes it, sends no query for the idle
     /// timeout, sends what is not a query, or `closing` is cancelled (checked between queries).
@@ -247,7 +300,9 @@ impl Answerer {
             let mut out = Vec::with_capacity(reply.len() + 2);
             out.extend_from_slice(&(reply.len() as u16).to_be_bytes());
             out.extend_from_slice(&reply);
-            stream.write_all(&out).await?;
+            tokio::time::timeout(self.0.config.tcp_write_timeout, stream.write_all(&out))
+                .await
+                .map_err(|_| std::io::Error::other("timed out writing an answer"))??;
         }
         // A clean end: TLS's close_notify, TCP's FIN.
         let _ = stream.shutdown().await;
@@ -394,44 +449,6 @@ async fn udp_loop(sock: Arc<UdpSocket>, shared: Arc<Shared>, stop: CancellationT
             Action::Nothing => {}
         }
     }
-}
-
-async fn tcp_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
-    let connections = Arc::new(Semaphore::new(shared.config.max_tcp_connections));
-    let answerer = Answerer(shared);
-    let mut open = JoinSet::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!("DNS TCP accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "DNS TCP connection limit reached; closing");
-            continue;
-        };
-        let (answerer, stop) = (answerer.clone(), stop.clone());
-        open.spawn(async move {
-            let _permit = permit;
-            let _ = stream.set_nodelay(true);
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                r = answerer.serve_stream(stream, peer.ip(), &stop) => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, "DNS TCP connection: {e}");
-                    }
-                }
-            }
-        });
-        while open.try_join_next().is_some() {}
-    }
-    open.shutdown().await;
 }
 
 fn servfail(query: &[u8]) -> Vec<u8> {

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use cairn_client::{Client, ClientError, RetryPolicy};
 use cairn_raft::{Cluster, ClusterOptions, Member, StartError};
 use tokio::net::TcpListener;
@@ -127,14 +126,6 @@ impl RpcTls {
             server: Arc::new(server),
             client: Arc::new(client),
         })
-    }
-}
-
-/// Small responses go out at once: with Nagle's algorithm a reply split in two segments waits
-/// for the peer's delayed ACK (tens of ms), which stalls Raft replication rounds and every client.
-fn no_delay(stream: &mut tokio::net::TcpStream) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!("cannot set TCP_NODELAY: {e}");
     }
 }
 
@@ -306,6 +297,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let checker = crate::checks::Checker::new(cluster.clone(), targets.clone(), &check_roots)
         .map_err(AgentError::Checker)?;
     let dns_stats = Arc::new(cairn_dns::DnsStats::default());
+    let stats = ListenerStats::new();
     let state = http::AppState {
         cluster: cluster.clone(),
         checker: checker.clone(),
@@ -315,33 +307,25 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         acl: config.acl,
         data_dir: data_dir.clone(),
         dns_stats: dns_stats.clone(),
+        connections: stats.all(),
     };
-    let mut servers = JoinSet::new();
+    let mut servers: JoinSet<()> = JoinSet::new();
     {
         let app = cairn_raft::rpc::server::router(cluster.clone(), http::rpc_routes(state.clone()));
         let stop = rpc_stop.clone();
-        match &rpc_tls {
-            Some(tls) => {
-                let server = tls.server.clone();
-                servers.spawn(async move {
-                    cairn_tls::serve_tls(rpc_listener, server, app, stop, RPC_DRAIN).await;
-                    Ok(())
-                });
-                let reload: Vec<Arc<dyn cairn_tls::Reload>> =
-                    vec![tls.server.clone(), tls.client.clone()];
-                tokio::spawn(cairn_tls::keep_fresh(
-                    reload,
-                    cairn_tls::config::CHECK_FILES_EVERY,
-                    rpc_stop.clone(),
-                ));
-            }
-            None => {
-                servers.spawn(async move {
-                    axum::serve(rpc_listener.tap_io(no_delay), app)
-                        .with_graceful_shutdown(stop.cancelled_owned())
-                        .await
-                });
-            }
+        let tls = rpc_tls.as_ref().map(|t| t.server.clone());
+        let (limits, rpc_stats) = (config.conns.rpc, stats.rpc.clone());
+        servers.spawn(async move {
+            cairn_tls::serve_http(rpc_listener, tls, app, limits, rpc_stats, stop, RPC_DRAIN).await;
+        });
+        if let Some(tls) = &rpc_tls {
+            let reload: Vec<Arc<dyn cairn_tls::Reload>> =
+                vec![tls.server.clone(), tls.client.clone()];
+            tokio::spawn(cairn_tls::keep_fresh(
+                reload,
+                cairn_tls::config::CHECK_FILES_EVERY,
+                rpc_stop.clone(),
+            ));
         }
     }
     let https_server = match (https_listener, &config.https) {
@@ -366,11 +350,17 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 cairn_tls::config::CHECK_FILES_EVERY,
                 http_stop.clone(),
             ));
-            let app = http::router(state.clone(), config.max_body_bytes);
-            Some(tokio::spawn(cairn_tls::serve_tls(
+            let app = http::router(
+                state.clone(),
+                config.max_body_bytes,
+                config.conns.request_timeout,
+            );
+            Some(tokio::spawn(cairn_tls::serve_http(
                 listener,
-                tls,
+                Some(tls),
                 app,
+                config.conns.http,
+                stats.https.clone(),
                 http_stop.clone(),
                 SHUTDOWN_GRACE,
             )))
@@ -378,16 +368,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         _ => None,
     };
     let http_server = http_listener.map(|listener| {
-        let app = http::router(state, config.max_body_bytes);
-        let stop = http_stop.clone();
-        tokio::spawn(async move {
-            axum::serve(
-                listener.tap_io(no_delay),
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        })
+        let app = http::router(state, config.max_body_bytes, config.conns.request_timeout);
+        tokio::spawn(cairn_tls::serve_http(
+            listener,
+            None,
+            app,
+            config.conns.http,
+            stats.http.clone(),
+            http_stop.clone(),
+            SHUTDOWN_GRACE,
+        ))
     });
 
     let dns_stop = CancellationToken::new();
@@ -413,6 +403,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             recursors: config.dns.recursors.clone(),
             recursors_allow: config.dns.recursors_allow.clone(),
             rrl: config.dns.rrl,
+            max_tcp_connections: config.conns.dns_tcp_max_conns,
+            max_tcp_per_client: config.conns.dns_tcp_max_conns_per_client,
+            tcp_write_timeout: config.conns.dns_tcp_write_timeout,
             ..cairn_dns::ServerConfig::default()
         };
         // One answerer for every transport: the same answers, and one bound on forwards.
@@ -423,9 +416,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 let tls = Arc::new(dns_tls(d, "DNS over TLS", &[cairn_dns::dot::ALPN])?);
                 reload.push(tls.clone());
                 let (answerer, stop) = (answerer.clone(), dns_stop.clone());
+                let dot_stats = stats.dot.clone();
                 servers.spawn(async move {
-                    cairn_dns::dot::serve(listener, tls, answerer, stop, DNS_DRAIN).await;
-                    Ok(())
+                    cairn_dns::dot::serve(listener, tls, answerer, dot_stats, stop).await;
                 });
             }
             if let Some(listener) = doh_listener {
@@ -433,13 +426,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 reload.push(tls.clone());
                 let limits = cairn_tls::Limits {
                     max_connections: answerer.config().max_tcp_connections,
+                    max_per_client: answerer.config().max_tcp_per_client,
+                    header_timeout: answerer.config().tcp_idle_timeout,
                     idle_timeout: answerer.config().tcp_idle_timeout,
                 };
                 let app = cairn_dns::doh::router(answerer.clone());
-                let stop = dns_stop.clone();
+                let (stop, doh_stats) = (dns_stop.clone(), stats.doh.clone());
                 servers.spawn(async move {
-                    cairn_tls::serve_tls_with(listener, tls, app, limits, stop, DNS_DRAIN).await;
-                    Ok(())
+                    let tls = Some(tls);
+                    cairn_tls::serve_http(listener, tls, app, limits, doh_stats, stop, DNS_DRAIN)
+                        .await;
                 });
             }
             tokio::spawn(cairn_tls::keep_fresh(
@@ -448,10 +444,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 dns_stop.clone(),
             ));
         }
-        let stop = dns_stop.clone();
+        let (stop, tcp_stats) = (dns_stop.clone(), stats.dns_tcp.clone());
         servers.spawn(async move {
-            dns_listeners.serve(answerer, stop).await;
-            Ok(())
+            dns_listeners.serve(answerer, tcp_stats, stop).await;
         });
     }
 
@@ -488,7 +483,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         }
     }
     if let Some(https) = https_server {
-        // serve_tls bounds its own drain by SHUTDOWN_GRACE.
+        // serve_http bounds its own drain by SHUTDOWN_GRACE.
         let _ = https.await;
     }
     checks_stop.cancel();
@@ -501,6 +496,42 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     drop(cluster);
     tracing::info!("stopped");
     result
+}
+
+/// The connection counts of each TCP listener, for `/metrics`.
+struct ListenerStats {
+    http: Arc<cairn_tls::ConnStats>,
+    https: Arc<cairn_tls::ConnStats>,
+    rpc: Arc<cairn_tls::ConnStats>,
+    dns_tcp: Arc<cairn_tls::ConnStats>,
+    dot: Arc<cairn_tls::ConnStats>,
+    doh: Arc<cairn_tls::ConnStats>,
+}
+
+impl ListenerStats {
+    fn new() -> ListenerStats {
+        ListenerStats {
+            http: cairn_tls::ConnStats::new("http"),
+            https: cairn_tls::ConnStats::new("https"),
+            rpc: cairn_tls::ConnStats::new("rpc"),
+            dns_tcp: cairn_tls::ConnStats::new("dns_tcp"),
+            dot: cairn_tls::ConnStats::new("dot"),
+            doh: cairn_tls::ConnStats::new("doh"),
+        }
+    }
+
+    fn all(&self) -> Vec<Arc<cairn_tls::ConnStats>> {
+        [
+            &self.http,
+            &self.https,
+            &self.rpc,
+            &self.dns_tcp,
+            &self.dot,
+            &self.doh,
+        ]
+        .map(Arc::clone)
+        .to_vec()
+    }
 }
 
 /// The TLS of DNS over TLS or HTTPS: the node's certificate (the HTTPS API's files, reloaded

@@ -52,6 +52,20 @@ pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 /// Largest accepted `--max-body-bytes`.
 const MAX_MAX_BODY: usize = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_WAITING_PER_CLIENT: usize = crate::http::DEFAULT_MAX_WAITING_PER_CLIENT;
+/// Connection limits and time-outs of the listeners (README "Limits and protections").
+pub const DEFAULT_HTTP_MAX_CONNS: usize = cairn_tls::serve::MAX_CONNECTIONS;
+pub const DEFAULT_HTTP_MAX_CONNS_PER_CLIENT: usize = cairn_tls::serve::MAX_PER_CLIENT;
+pub const DEFAULT_HTTP_HEADER_TIMEOUT: Duration = cairn_tls::serve::HEADER_TIMEOUT;
+pub const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = cairn_tls::serve::IDLE_TIMEOUT;
+/// Beyond a join's wait (12 write time-outs, 60 s by default), so only a stuck request meets it.
+pub const DEFAULT_HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
+pub const DEFAULT_RPC_MAX_CONNS: usize = cairn_tls::serve::MAX_CONNECTIONS;
+/// Peers hold a few connections each, but a follower forwards each write in flight on its own.
+pub const DEFAULT_RPC_MAX_CONNS_PER_CLIENT: usize = 1024;
+pub const DEFAULT_DNS_TCP_MAX_CONNS: usize = cairn_dns::server::DEFAULT_MAX_TCP_CONNECTIONS;
+pub const DEFAULT_DNS_TCP_MAX_CONNS_PER_CLIENT: usize =
+    cairn_dns::server::DEFAULT_MAX_TCP_PER_CLIENT;
+pub const DEFAULT_DNS_TCP_WRITE_TIMEOUT: Duration = cairn_dns::server::DEFAULT_TCP_WRITE_TIMEOUT;
 pub const DEFAULT_SNAPSHOT_THRESHOLD: u64 = cairn_raft::cluster::DEFAULT_SNAPSHOT_THRESHOLD;
 pub const DEFAULT_MIN_FREE_DISK: u64 = cairn_raft::cluster::DEFAULT_MIN_FREE_DISK;
 pub const DEFAULT_SNAPSHOT_KEEP_LOGS: u64 = cairn_raft::cluster::DEFAULT_KEEP_LOGS;
@@ -371,6 +385,116 @@ pub struct AgentArgs {
 
     #[arg(
         long,
+        env = "CAIRN_HTTP_MAX_CONNS",
+        value_name = "N",
+        help = with_default(
+            "Connections the HTTP and HTTPS API each keep open at once; past it a new one is closed",
+            DEFAULT_HTTP_MAX_CONNS
+        )
+    )]
+    pub http_max_conns: Option<usize>,
+
+    #[arg(
+        long,
+        env = "CAIRN_HTTP_MAX_CONNS_PER_CLIENT",
+        value_name = "N",
+        help = with_default(
+            "Connections one client IP address may hold open on the HTTP or HTTPS API; past it its new ones are closed",
+            DEFAULT_HTTP_MAX_CONNS_PER_CLIENT
+        )
+    )]
+    pub http_max_conns_per_client: Option<usize>,
+
+    #[arg(
+        long,
+        env = "CAIRN_HTTP_HEADER_TIMEOUT",
+        value_name = "DURATION",
+        help = with_default(
+            "How long a client of the HTTP, HTTPS or RPC listener may take to send a request's headers, from connecting or from its first byte; past it the connection is closed",
+            format_duration(DEFAULT_HTTP_HEADER_TIMEOUT)
+        )
+    )]
+    pub http_header_timeout: Option<String>,
+
+    #[arg(
+        long,
+        env = "CAIRN_HTTP_IDLE_TIMEOUT",
+        value_name = "DURATION",
+        help = with_default(
+            "How long an HTTP, HTTPS or RPC connection may stay open with no request in flight",
+            format_duration(DEFAULT_HTTP_IDLE_TIMEOUT)
+        )
+    )]
+    pub http_idle_timeout: Option<String>,
+
+    #[arg(
+        long,
+        env = "CAIRN_HTTP_REQUEST_TIMEOUT",
+        value_name = "DURATION",
+        help = with_default(
+            "How long an API request may take to send its body and get its response's headers (503 past it), besides a blocking read's wait; streams are not cut",
+            format_duration(DEFAULT_HTTP_REQUEST_TIMEOUT)
+        )
+    )]
+    pub http_request_timeout: Option<String>,
+
+    #[arg(
+        long,
+        env = "CAIRN_RPC_MAX_CONNS",
+        value_name = "N",
+        help = with_default(
+            "Connections the cluster RPC keeps open at once; past it a new one is closed",
+            DEFAULT_RPC_MAX_CONNS
+        )
+    )]
+    pub rpc_max_conns: Option<usize>,
+
+    #[arg(
+        long,
+        env = "CAIRN_RPC_MAX_CONNS_PER_CLIENT",
+        value_name = "N",
+        help = with_default(
+            "Cluster RPC connections one IP address may hold open; past it its new ones are closed",
+            DEFAULT_RPC_MAX_CONNS_PER_CLIENT
+        )
+    )]
+    pub rpc_max_conns_per_client: Option<usize>,
+
+    #[arg(
+        long,
+        env = "CAIRN_DNS_TCP_MAX_CONNS",
+        value_name = "N",
+        help = with_default(
+            "Connections DNS over TCP (and over TLS and HTTPS) each keep open at once; past it a new one is closed",
+            DEFAULT_DNS_TCP_MAX_CONNS
+        )
+    )]
+    pub dns_tcp_max_conns: Option<usize>,
+
+    #[arg(
+        long,
+        env = "CAIRN_DNS_TCP_MAX_CONNS_PER_CLIENT",
+        value_name = "N",
+        help = with_default(
+            "DNS over TCP (TLS, HTTPS) connections one client IP address may hold open; past it its new ones are closed",
+            DEFAULT_DNS_TCP_MAX_CONNS_PER_CLIENT
+        )
+    )]
+    pub dns_tcp_max_conns_per_client: Option<usize>,
+
+    #[arg(
+        long,
+        env = "CAIRN_DNS_TCP_WRITE_TIMEOUT",
+        value_name = "DURATION",
+        help = with_default(
+            "How long a DNS over TCP or TLS client may take to read an answer before it is dropped",
+            format_duration(DEFAULT_DNS_TCP_WRITE_TIMEOUT)
+        )
+    )]
+    pub dns_tcp_write_timeout: Option<String>,
+
+    #[arg(
+        long,
         env = "CAIRN_MIN_FREE_DISK_BYTES",
         value_name = "BYTES",
         help = with_default(
@@ -566,6 +690,8 @@ pub struct AgentConfig {
     pub cluster: String,
     pub max_body_bytes: usize,
     pub max_waiting_per_client: usize,
+    /// Connection caps and time-outs of the listeners.
+    pub conns: ConnLimits,
     pub snapshot_threshold: u64,
     pub snapshot_keep_logs: u64,
     pub write_timeout: Duration,
@@ -595,6 +721,20 @@ pub struct AgentConfig {
     pub dns_token: Option<Secret>,
     /// The secret sent with --join, read from --join-token-file.
     pub join_token: Option<Secret>,
+}
+
+/// The listeners' connection caps and time-outs (README "Limits and protections").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// The HTTP and HTTPS API listeners, each.
+    pub http: cairn_tls::Limits,
+    /// The cluster RPC listener (the header and idle time-outs are the API's).
+    pub rpc: cairn_tls::Limits,
+    /// An API request's time to its response head, besides a blocking read's wait.
+    pub request_timeout: Duration,
+    pub dns_tcp_max_conns: usize,
+    pub dns_tcp_max_conns_per_client: usize,
+    pub dns_tcp_write_timeout: Duration,
 }
 
 /// The HTTPS API's listener and files, checked to load.
@@ -740,6 +880,24 @@ impl AgentArgs {
             max_waiting_per_client: self
                 .max_waiting_per_client
                 .merge(under.max_waiting_per_client),
+            http_max_conns: self.http_max_conns.merge(under.http_max_conns),
+            http_max_conns_per_client: self
+                .http_max_conns_per_client
+                .merge(under.http_max_conns_per_client),
+            http_header_timeout: self.http_header_timeout.merge(under.http_header_timeout),
+            http_idle_timeout: self.http_idle_timeout.merge(under.http_idle_timeout),
+            http_request_timeout: self.http_request_timeout.merge(under.http_request_timeout),
+            rpc_max_conns: self.rpc_max_conns.merge(under.rpc_max_conns),
+            rpc_max_conns_per_client: self
+                .rpc_max_conns_per_client
+                .merge(under.rpc_max_conns_per_client),
+            dns_tcp_max_conns: self.dns_tcp_max_conns.merge(under.dns_tcp_max_conns),
+            dns_tcp_max_conns_per_client: self
+                .dns_tcp_max_conns_per_client
+                .merge(under.dns_tcp_max_conns_per_client),
+            dns_tcp_write_timeout: self
+                .dns_tcp_write_timeout
+                .merge(under.dns_tcp_write_timeout),
             min_free_disk_bytes: self.min_free_disk_bytes.merge(under.min_free_disk_bytes),
             snapshot_threshold: self.snapshot_threshold.merge(under.snapshot_threshold),
             snapshot_keep_logs: self.snapshot_keep_logs.merge(under.snapshot_keep_logs),
@@ -756,6 +914,7 @@ impl AgentArgs {
         let default_ip = if dev { DEFAULT_DEV_IP } else { DEFAULT_RPC_IP };
         let dns = self.validate_dns(DEFAULT_CLIENT_IP)?;
         let (acl, dns_token) = self.validate_acl()?;
+        let conns = self.validate_conns()?;
         let join_token = match &self.join_token_file {
             None => None,
             Some(path) => Some(read_secret("--join-token-file", path)?),
@@ -970,6 +1129,15 @@ impl AgentArgs {
                 d
             }
         };
+        if conns.request_timeout <= write_timeout {
+            return Err(bad(
+                "--http-request-timeout",
+                format!(
+                    "must be longer than --write-timeout ({}), or a slow write fails",
+                    format_duration(write_timeout)
+                ),
+            ));
+        }
         let clock_offset_ms = match &self.test_clock_offset {
             None => 0,
             Some(s) => {
@@ -1011,6 +1179,7 @@ impl AgentArgs {
             cluster,
             max_body_bytes,
             max_waiting_per_client,
+            conns,
             snapshot_threshold,
             snapshot_keep_logs,
             write_timeout,
@@ -1028,6 +1197,89 @@ impl AgentArgs {
             acl,
             dns_token,
             join_token,
+        })
+    }
+
+    /// The listeners' connection caps and time-outs.
+    fn validate_conns(&self) -> Result<ConnLimits, ConfigError> {
+        let count = |flag: &str, value: Option<usize>, default: usize| {
+            let n = value.unwrap_or(default);
+            if (1..=1_000_000).contains(&n) {
+                Ok(n)
+            } else {
+                Err(bad(flag, "must be between 1 and 1000000"))
+            }
+        };
+        let time = |flag: &str, value: &Option<String>, default: Duration| match value {
+            None => Ok(default),
+            Some(s) => {
+                let d = parse_duration(s).map_err(|e| bad(flag, e.to_string()))?;
+                if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+                    return Err(bad(flag, "must be between 100ms and 1h"));
+                }
+                Ok(d)
+            }
+        };
+        let header_timeout = time(
+            "--http-header-timeout",
+            &self.http_header_timeout,
+            DEFAULT_HTTP_HEADER_TIMEOUT,
+        )?;
+        let idle_timeout = time(
+            "--http-idle-timeout",
+            &self.http_idle_timeout,
+            DEFAULT_HTTP_IDLE_TIMEOUT,
+        )?;
+        let request_timeout = time(
+            "--http-request-timeout",
+            &self.http_request_timeout,
+            DEFAULT_HTTP_REQUEST_TIMEOUT,
+        )?;
+        Ok(ConnLimits {
+            http: cairn_tls::Limits {
+                max_connections: count(
+                    "--http-max-conns",
+                    self.http_max_conns,
+                    DEFAULT_HTTP_MAX_CONNS,
+                )?,
+                max_per_client: count(
+                    "--http-max-conns-per-client",
+                    self.http_max_conns_per_client,
+                    DEFAULT_HTTP_MAX_CONNS_PER_CLIENT,
+                )?,
+                header_timeout,
+                idle_timeout,
+            },
+            rpc: cairn_tls::Limits {
+                max_connections: count(
+                    "--rpc-max-conns",
+                    self.rpc_max_conns,
+                    DEFAULT_RPC_MAX_CONNS,
+                )?,
+                max_per_client: count(
+                    "--rpc-max-conns-per-client",
+                    self.rpc_max_conns_per_client,
+                    DEFAULT_RPC_MAX_CONNS_PER_CLIENT,
+                )?,
+                header_timeout,
+                idle_timeout,
+            },
+            request_timeout,
+            dns_tcp_max_conns: count(
+                "--dns-tcp-max-conns",
+                self.dns_tcp_max_conns,
+                DEFAULT_DNS_TCP_MAX_CONNS,
+            )?,
+            dns_tcp_max_conns_per_client: count(
+                "--dns-tcp-max-conns-per-client",
+                self.dns_tcp_max_conns_per_client,
+                DEFAULT_DNS_TCP_MAX_CONNS_PER_CLIENT,
+            )?,
+            dns_tcp_write_timeout: time(
+                "--dns-tcp-write-timeout",
+                &self.dns_tcp_write_timeout,
+                DEFAULT_DNS_TCP_WRITE_TIMEOUT,
+            )?,
         })
     }
 
@@ -1563,6 +1815,27 @@ mod tests {
         };
         assert_eq!(err(args(|_| {})), "--node-id");
         assert_eq!(err(args(|a| a.node_id = Some(1))), "--data-dir");
+        assert_eq!(
+            err(base(|a| a.http_max_conns_per_client = Some(0))),
+            "--http-max-conns-per-client"
+        );
+        assert_eq!(
+            err(base(|a| a.dns_tcp_max_conns = Some(2_000_000))),
+            "--dns-tcp-max-conns"
+        );
+        assert_eq!(
+            err(base(|a| a.http_header_timeout = Some("10ms".into()))),
+            "--http-header-timeout"
+        );
+        assert_eq!(
+            err(base(|a| a.dns_tcp_write_timeout = Some("soon".into()))),
+            "--dns-tcp-write-timeout"
+        );
+        assert_eq!(
+            err(base(|a| a.http_request_timeout = Some("5s".into()))),
+            "--http-request-timeout",
+            "not longer than the default --write-timeout of 5s"
+        );
         assert_eq!(err(base(|a| a.node_id = Some(0))), "--node-id");
         assert_eq!(
             err(base(|a| a.http_addr = Some("nope".into()))),
@@ -2005,6 +2278,16 @@ insecure_rpc = true
         ("join_token_file", Some("/etc/cairn/join.token")),
         ("max_body_bytes", Some("4096")),
         ("max_waiting_per_client", Some("16")),
+        ("http_max_conns", Some("1000")),
+        ("http_max_conns_per_client", Some("20")),
+        ("http_header_timeout", Some("3s")),
+        ("http_idle_timeout", Some("30s")),
+        ("http_request_timeout", Some("2m")),
+        ("rpc_max_conns", Some("2000")),
+        ("rpc_max_conns_per_client", Some("100")),
+        ("dns_tcp_max_conns", Some("100")),
+        ("dns_tcp_max_conns_per_client", Some("4")),
+        ("dns_tcp_write_timeout", Some("5s")),
         ("min_free_disk_bytes", Some("1048576")),
         ("snapshot_threshold", Some("500")),
         ("snapshot_keep_logs", Some("50")),
@@ -2127,6 +2410,16 @@ insecure_rpc = true
         "cluster",
         "max_body_bytes",
         "max_waiting_per_client",
+        "http_max_conns",
+        "http_max_conns_per_client",
+        "http_header_timeout",
+        "http_idle_timeout",
+        "http_request_timeout",
+        "rpc_max_conns",
+        "rpc_max_conns_per_client",
+        "dns_tcp_max_conns",
+        "dns_tcp_max_conns_per_client",
+        "dns_tcp_write_timeout",
         "min_free_disk_bytes",
         "snapshot_threshold",
         "snapshot_keep_logs",

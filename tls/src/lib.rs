@@ -7,8 +7,9 @@
 //!   without a restart (SIGHUP, or a change of the files);
 //! - [`identity`]: node names (`node-<id>.<cluster>.cairn`) and the check that a peer's
 //!   certificate carries the one it claims;
-//! - [`serve`]: an axum router served over TLS, each request carrying its connection's peer
-//!   certificate, and the accept loop beneath it for other protocols over TLS.
+//! - [`serve`]: every TCP listener's accept loop, plain or TLS, with connection caps (in all and
+//!   per client) and a drain at shutdown, and axum routers served on it with header and idle
+//!   time-outs, each request carrying its connection's peer certificate.
 
 pub mod certs;
 pub mod config;
@@ -19,4 +20,4 @@ pub use config::{keep_fresh, Reload, Reloadable, TlsError};
 pub use identity::{node_name, PeerCertificates};
 /// The rustls this crate builds configurations with, for callers that name its types.
 pub use rustls;
-pub use serve::{serve_tls, serve_tls_connections, serve_tls_with, Limits};
+pub use serve::{serve_connections, serve_http, ConnStats, Limits, Stream};

@@ -1,35 +1,39 @@
-//! An axum router served over TLS, with a bounded graceful shutdown.
+//! Every TCP listener's accept loop, over TLS or not, with the same bounds, and an axum router
+//! served on it with a bounded graceful shutdown.
 //!
-//! Each connection is handshaken (within [`HANDSHAKE_TIMEOUT`], before any request is read)
-//! with the configuration in use at accept time; a reload closes the connections made before
-//! it. Connections are capped at [`MAX_CONNECTIONS`], and request headers must arrive within
-//! [`HEADER_READ_TIMEOUT`] (other bounds: [`serve_tls_with`]). Every request then carries, as
-//! extensions, the connection's [`PeerCertificates`] (when the client presented one) and its
-//! `ConnectInfo<SocketAddr>`, as `axum::serve` gives plain connections.
-//!
-//! The accept loop under it, [`serve_tls_connections`], serves other protocols over TLS with
-//! the same handshake, cap, reload and drain rules (DNS over TLS).
+//! [`serve_connections`] accepts, caps connections (all of them, and each client address's),
+//! handshakes TLS when the listener has a configuration (within [`HANDSHAKE_TIMEOUT`], with the
+//! configuration in use at accept time; a reload closes the connections made before it), and
+//! drains at shutdown. [`serve_http`] serves an axum router on it (the HTTP API, HTTPS, the
+//! cluster RPC, DNS over HTTPS): a client must send a request's headers within
+//! [`Limits::header_timeout`] of connecting or of its first byte after an idle spell, and a
+//! connection with no request in flight for [`Limits::idle_timeout`] is closed. Every request
+//! carries, as extensions, the connection's `ConnectInfo<SocketAddr>` and its
+//! [`PeerCertificates`] (when the client presented one). DNS over TCP and over TLS use the
+//! accept loop with their own framing.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::io::IoSlice;
-use std::net::SocketAddr;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use parking_lot::Mutex;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -41,24 +45,34 @@ use crate::identity::PeerCertificates;
 
 /// A client that has not finished its handshake by then is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A client that has not sent a request's headers by then (after the handshake) is dropped, so
-/// a slow or idle client holds a socket for a bounded time.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Connections open at once (handshaking or serving); past it, new ones are closed at accept.
-/// Bounds memory and file descriptors whatever the clients do.
+/// Default [`Limits::header_timeout`].
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`Limits::idle_timeout`].
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default [`Limits::max_connections`]: bounds memory and file descriptors whatever the
+/// clients do.
 pub const MAX_CONNECTIONS: usize = 4096;
+/// Default [`Limits::max_per_client`], as Consul's `http_max_conns_per_client`.
+pub const MAX_PER_CLIENT: usize = 200;
 
 /// A connection after its handshake.
 pub type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
 
-/// Bounds on the connections of one TLS listener.
+/// Bounds on the connections of one listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Connections open at once (handshaking or serving); past it, new ones are closed at
     /// accept.
     pub max_connections: usize,
-    /// How long a connection may go without a request (HTTP/1.1: its headers; HTTP/2: a new
-    /// stream, while none is open) before it is closed.
+    /// Connections one client IP address may hold open at once; past it, its new ones are
+    /// closed at accept, so one client cannot take the whole `max_connections`.
+    pub max_per_client: usize,
+    /// HTTP/1: how long a client may take to send a request's headers, from its connection or
+    /// from the first byte of a request on a kept-alive one. HTTP/2: the time to the first
+    /// request.
+    pub header_timeout: Duration,
+    /// How long a connection may stay open with no request in flight (the first request's
+    /// wait counts under `header_timeout`). A blocking read or a stream in flight is not idle.
     pub idle_timeout: Duration,
 }
 
@@ -66,62 +80,247 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: MAX_CONNECTIONS,
-            idle_timeout: HEADER_READ_TIMEOUT,
+            max_per_client: MAX_PER_CLIENT,
+            header_timeout: HEADER_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
         }
     }
 }
 
-/// Serves `app` on `listener` over TLS until `stop`, then gives open connections `grace` to
-/// finish their requests and closes the rest.
+/// What one listener's accept loop counted, for `/metrics`.
+#[derive(Debug)]
+pub struct ConnStats {
+    /// The listener's name in metrics: `http`, `https`, `rpc`, `dns_tcp`, ...
+    pub listener: &'static str,
+    open: AtomicU64,
+    refused_full: AtomicU64,
+    refused_per_client: AtomicU64,
+    header_timeouts: AtomicU64,
+}
+
+impl ConnStats {
+    pub fn new(listener: &'static str) -> Arc<ConnStats> {
+        Arc::new(ConnStats {
+            listener,
+            open: AtomicU64::new(0),
+            refused_full: AtomicU64::new(0),
+            refused_per_client: AtomicU64::new(0),
+            header_timeouts: AtomicU64::new(0),
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed at accept because `max_connections` were open.
+    pub fn refused_full(&self) -> u64 {
+        self.refused_full.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed at accept because their client held `max_per_client`.
+    pub fn refused_per_client(&self) -> u64 {
+        self.refused_per_client.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed because a request's headers (or a DNS query) did not arrive in time.
+    pub fn header_timeouts(&self) -> u64 {
+        self.header_timeouts.load(Ordering::Relaxed)
+    }
+
+    /// Counts one more connection closed for being too slow.
+    pub fn count_header_timeout(&self) {
+        self.header_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection: plain TCP, or TLS after its handshake.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+impl Stream {
+    /// Whether the client chose HTTP/2 by ALPN (over TLS).
+    fn is_h2(&self) -> bool {
+        match self {
+            Stream::Plain(_) => false,
+            Stream::Tls(s) => s.get_ref().1.alpn_protocol() == Some(b"h2".as_slice()),
+        }
+    }
+
+    /// The certificate chain the client presented, over TLS.
+    pub fn peer_certificates(&self) -> Option<PeerCertificates> {
+        match self {
+            Stream::Plain(_) => None,
+            Stream::Tls(s) => s.get_ref().1.peer_certificates().map(|chain| {
+                PeerCertificates(Arc::new(
+                    chain.iter().map(|c| c.clone().into_owned()).collect(),
+                ))
+            }),
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, b),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, b),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Open connections per client address.
+struct PerClient {
+    max: usize,
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place in [`PerClient`]; released on drop.
+struct ClientSlot {
+    clients: Arc<PerClient>,
+    ip: IpAddr,
+}
+
+impl PerClient {
+    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
+        let mut counts = self.counts.lock();
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            clients: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut counts = self.clients.counts.lock();
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Keeps [`ConnStats::open`] while a connection lives.
+struct OpenGuard(Arc<ConnStats>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves `app` on `listener` (over TLS with `tls`) until `stop`, then gives open connections
+/// `grace` to finish their requests and closes the rest.
 ///
 /// When the certificates reload, every open connection is closed gracefully (its request in
 /// flight finishes) and its client reconnects under the new ones: a peer admitted under the old
 /// CA or certificate keeps nothing from it.
-pub async fn serve_tls(
+pub async fn serve_http(
     listener: TcpListener,
-    tls: Arc<Reloadable<ServerConfig>>,
-    app: Router,
-    stop: CancellationToken,
-    grace: Duration,
-) {
-    serve_tls_with(listener, tls, app, Limits::default(), stop, grace).await
-}
-
-/// [`serve_tls`] with other bounds than the defaults.
-pub async fn serve_tls_with(
-    listener: TcpListener,
-    tls: Arc<Reloadable<ServerConfig>>,
+    tls: Option<Arc<Reloadable<ServerConfig>>>,
     app: Router,
     limits: Limits,
+    stats: Arc<ConnStats>,
     stop: CancellationToken,
     grace: Duration,
 ) {
+    let conn_stats = stats.clone();
     let serve = move |stream, remote, closing| {
-        serve_connection(stream, remote, app.clone(), limits.idle_timeout, closing)
+        serve_connection(
+            stream,
+            remote,
+            app.clone(),
+            limits,
+            conn_stats.clone(),
+            closing,
+        )
     };
-    serve_tls_connections(listener, tls, limits.max_connections, stop, grace, serve).await
+    serve_connections(listener, tls, limits, stats, stop, grace, serve).await
 }
 
-/// The accept loop under [`serve_tls`], for any protocol over TLS (DNS over TLS uses it too).
+/// The accept loop under [`serve_http`], for any protocol (DNS over TCP and TLS use it too).
 ///
-/// Each connection accepted on `listener` is handshaken (within [`HANDSHAKE_TIMEOUT`]) with the
-/// configuration in use at accept time, then handed to `serve` with a token that is cancelled
-/// when the connection should close: at `stop`, or when the certificates reload (a peer
-/// admitted under the old ones keeps nothing from them). `serve` then finishes the request in
-/// flight and returns. At most `max_connections` are open at once; past it, new ones are
-/// closed at accept. After `stop`, open connections get `grace`, then are dropped.
-pub async fn serve_tls_connections<F, Fut>(
+/// Each connection accepted on `listener` is handshaken, when `tls` is given, within
+/// [`HANDSHAKE_TIMEOUT`] with the configuration in use at accept time; then it is handed to
+/// `serve` with a token that is cancelled when the connection should close: at `stop`, or when
+/// the certificates reload (a peer admitted under the old ones keeps nothing from them).
+/// `serve` then finishes the request in flight and returns. At most `limits.max_connections`
+/// are open at once, and `limits.max_per_client` from one IP address; past either, a new
+/// connection is closed at accept (and counted in `stats`). After `stop`, open connections get
+/// `grace`, then are dropped.
+pub async fn serve_connections<F, Fut>(
     listener: TcpListener,
-    tls: Arc<Reloadable<ServerConfig>>,
-    max_connections: usize,
+    tls: Option<Arc<Reloadable<ServerConfig>>>,
+    limits: Limits,
+    stats: Arc<ConnStats>,
     stop: CancellationToken,
     grace: Duration,
     serve: F,
 ) where
-    F: Fn(TlsStream, SocketAddr, CancellationToken) -> Fut + Clone + Send + 'static,
+    F: Fn(Stream, SocketAddr, CancellationToken) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let permits = Arc::new(Semaphore::new(max_connections));
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let clients = Arc::new(PerClient {
+        max: limits.max_per_client.max(1),
+        counts: Mutex::new(HashMap::new()),
+    });
     let mut connections = JoinSet::new();
     loop {
         let (tcp, remote) = tokio::select! {
@@ -138,16 +337,31 @@ pub async fn serve_tls_connections<F, Fut>(
         };
         while connections.try_join_next().is_some() {}
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::debug!(%remote, "{max_connections} connections open; closing a new one");
+            stats.refused_full.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%remote, listener = stats.listener, "{} connections open; closing a new one", limits.max_connections);
             continue;
         };
+        let Some(slot) = clients.acquire(remote.ip().to_canonical()) else {
+            stats.refused_per_client.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%remote, listener = stats.listener, "{} connections open from this client; closing a new one", clients.max);
+            continue;
+        };
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        let open = OpenGuard(stats.clone());
+        // Small responses go out at once: with Nagle's algorithm a reply split in two segments
+        // waits for the peer's delayed ACK (tens of ms), which stalls Raft replication rounds
+        // and every client.
         let _ = tcp.set_nodelay(true);
-        let acceptor = TlsAcceptor::from(tls.current());
-        let mut reloaded = tls.subscribe();
         let closing = stop.child_token();
         let serve = serve.clone();
+        let tls = tls
+            .as_ref()
+            .map(|t| (TlsAcceptor::from(t.current()), t.subscribe()));
         connections.spawn(async move {
-            let _permit = permit;
+            let _held = (permit, slot, open);
+            let Some((acceptor, mut reloaded)) = tls else {
+                return serve(Stream::Plain(tcp), remote, closing).await;
+            };
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
             {
                 Ok(Ok(stream)) => stream,
@@ -160,7 +374,7 @@ pub async fn serve_tls_connections<F, Fut>(
                     return;
                 }
             };
-            let connection = serve(stream, remote, closing.clone());
+            let connection = serve(Stream::Tls(Box::new(stream)), remote, closing.clone());
             tokio::pin!(connection);
             tokio::select! {
                 () = &mut connection => return,
@@ -189,65 +403,153 @@ pub async fn serve_tls_connections<F, Fut>(
     }
 }
 
-/// The requests of one connection: how many are being answered, and when the last one began or
-/// was answered. HTTP/2 has no idle time-out of its own (hyper's keep-alive pings keep an idle
-/// connection open as long as the client acknowledges them), so the connection loop closes an
-/// HTTP/2 connection that has had no request for the idle time-out from this.
+/// When an HTTP connection must next hear from its client, as its reads and requests move it.
 struct Activity {
-    in_flight: AtomicUsize,
-    last: parking_lot::Mutex<Instant>,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    state: Mutex<ActivityState>,
+    /// Woken when a deadline moves earlier (a first byte after an idle spell).
+    changed: Notify,
+}
+
+struct ActivityState {
+    /// Requests whose response is not finished (its body dropped).
+    in_flight: usize,
+    /// The headers of a request must be in by then (from the connection, or a first byte).
+    header_deadline: Option<Instant>,
+    /// With nothing in flight, the connection closes then.
+    idle_deadline: Option<Instant>,
+    /// HTTP/2: its pings and settings are bytes too, so bytes start no header deadline.
+    h2: bool,
+}
+
+enum Expired {
+    Header,
+    Idle,
 }
 
 impl Activity {
-    fn new() -> Arc<Activity> {
+    fn new(header_timeout: Duration, idle_timeout: Duration) -> Arc<Activity> {
         Arc::new(Activity {
-            in_flight: AtomicUsize::new(0),
-            last: parking_lot::Mutex::new(Instant::now()),
+            header_timeout,
+            idle_timeout,
+            state: Mutex::new(ActivityState {
+                in_flight: 0,
+                header_deadline: Some(Instant::now() + header_timeout),
+                idle_deadline: None,
+                h2: false,
+            }),
+            changed: Notify::new(),
         })
     }
 
-    /// A request begins; it ends when the guard drops.
-    fn begin(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        *self.last.lock() = Instant::now();
-        InFlight(self.clone())
-    }
-
-    /// When the connection will have been idle for `idle`, or, with requests being answered,
-    /// when to look again.
-    fn next_check(&self, idle: Duration) -> Instant {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            Instant::now() + idle
-        } else {
-            *self.last.lock() + idle
+    /// Bytes arrived from the client.
+    fn read(&self) {
+        let mut s = self.state.lock();
+        if s.in_flight == 0 && s.header_deadline.is_none() && !s.h2 {
+            // A request is starting: its headers are due, and the connection is no longer idle.
+            s.header_deadline = Some(Instant::now() + self.header_timeout);
+            s.idle_deadline = None;
+            drop(s);
+            self.changed.notify_one();
         }
     }
 
-    fn idle_for(&self, idle: Duration) -> bool {
-        self.in_flight.load(Ordering::Relaxed) == 0 && self.last.lock().elapsed() >= idle
+    /// A request's headers are in; it is served until the returned guard drops.
+    fn request(self: &Arc<Self>, h2: bool) -> Busy {
+        let mut s = self.state.lock();
+        s.in_flight += 1;
+        s.h2 |= h2;
+        s.header_deadline = None;
+        s.idle_deadline = None;
+        Busy(self.clone())
+    }
+
+    /// The earliest deadline, and what expires when it passes; the idle one only with `idle`.
+    fn next(&self, idle: bool) -> Option<(Instant, Expired)> {
+        let s = self.state.lock();
+        let idle_deadline = s.idle_deadline.filter(|_| idle);
+        match (s.header_deadline, idle_deadline) {
+            (Some(h), Some(i)) if i < h => Some((i, Expired::Idle)),
+            (Some(h), _) => Some((h, Expired::Header)),
+            (None, Some(i)) => Some((i, Expired::Idle)),
+            (None, None) => None,
+        }
     }
 }
 
-struct InFlight(Arc<Activity>);
+/// A request in flight on its connection; the connection is not idle while one lives.
+struct Busy(Arc<Activity>);
 
-impl Drop for InFlight {
+impl Drop for Busy {
     fn drop(&mut self) {
-        *self.0.last.lock() = Instant::now();
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let mut s = self.0.state.lock();
+        s.in_flight = s.in_flight.saturating_sub(1);
+        if s.in_flight == 0 {
+            s.idle_deadline = Some(Instant::now() + self.0.idle_timeout);
+        }
+    }
+}
+
+/// A stream that tells its connection's [`Activity`] when the client sends bytes.
+struct Watched {
+    inner: Stream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.read();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, b)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
 /// Most bytes gathered before they are written: one TLS record's worth.
 const GATHER_LIMIT: usize = 16 * 1024;
 
-/// A connection's TLS stream as hyper sees it. Over HTTP/2 it gathers what is written and waits
+/// A connection's stream as hyper sees it. Over HTTP/2 it gathers what is written and waits
 /// one turn of the scheduler at a flush before sending it. hyper answers each HTTP/2 stream in a
 /// task of its own, and each answered stream wakes the connection, which then flushes; on one
 /// core tokio runs the woken connection right away, so without this every small response (a DNS
 /// answer) costs a TLS record and a system call of its own. With it, the responses of the
 /// streams answered in the same turn leave together. HTTP/1.1 writes straight through.
 struct Gather {
-    inner: TlsStream,
+    inner: Watched,
     h2: bool,
     buf: Vec<u8>,
     /// A flush already waited its turn.
@@ -255,7 +557,7 @@ struct Gather {
 }
 
 impl Gather {
-    fn new(inner: TlsStream, h2: bool) -> Gather {
+    fn new(inner: Watched, h2: bool) -> Gather {
         Gather {
             inner,
             h2,
@@ -265,11 +567,11 @@ impl Gather {
     }
 
     /// Writes out everything gathered.
-    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.buf.is_empty() {
             let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf))?;
             if n == 0 {
-                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.buf.drain(..n);
         }
@@ -282,7 +584,7 @@ impl AsyncRead for Gather {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
     }
 }
@@ -292,7 +594,7 @@ impl AsyncWrite for Gather {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if !this.h2 {
             return Pin::new(&mut this.inner).poll_write(cx, data);
@@ -310,8 +612,8 @@ impl AsyncWrite for Gather {
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if this.h2 {
             let first = bufs
@@ -328,7 +630,7 @@ impl AsyncWrite for Gather {
         !self.h2 && self.inner.is_write_vectored()
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.h2 && !this.buf.is_empty() && !this.waited {
             // Polled again after the tasks already queued: the streams they answer join in.
@@ -341,60 +643,90 @@ impl AsyncWrite for Gather {
         Pin::new(&mut this.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         std::task::ready!(this.poll_drain(cx))?;
         Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
 
+/// A response body that keeps its request [`Busy`] until it is sent or dropped, so a watch
+/// stream or a long download is not an idle connection.
+struct TrackedBody {
+    body: axum::body::Body,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 async fn serve_connection(
-    stream: TlsStream,
+    stream: Stream,
     remote: SocketAddr,
     app: Router,
-    idle_timeout: Duration,
+    limits: Limits,
+    stats: Arc<ConnStats>,
     closing: CancellationToken,
 ) {
-    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-    let activity = Activity::new();
-    let peer = stream.get_ref().1.peer_certificates().map(|chain| {
-        PeerCertificates(Arc::new(
-            chain.iter().map(|c| c.clone().into_owned()).collect(),
-        ))
-    });
-    let service = app.map_request(move |mut req: Request<Incoming>| {
+    let peer = stream.peer_certificates();
+    let h2 = stream.is_h2();
+    let activity = Activity::new(limits.header_timeout, limits.idle_timeout);
+    let watched = Watched {
+        inner: stream,
+        activity: activity.clone(),
+    };
+    let requests = activity.clone();
+    let service = tower::service_fn(move |mut req: Request<Incoming>| {
+        let busy = requests.request(req.version() == hyper::Version::HTTP_2);
         if let Some(peer) = &peer {
             req.extensions_mut().insert(peer.clone());
         }
         req.extensions_mut()
             .insert(ConnectInfo::<SocketAddr>(remote));
-        req
-    });
-    let tracked = activity.clone();
-    let service = service.map_future(move |answer| {
-        let in_flight = tracked.begin();
+        let app = app.clone();
         async move {
-            let response = answer.await;
-            drop(in_flight);
-            response
+            let res = app.oneshot(req).await?;
+            // The request stays in flight until its response body is sent or dropped.
+            Ok::<_, std::convert::Infallible>(
+                res.map(|body| axum::body::Body::new(TrackedBody { body, _busy: busy })),
+            )
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's own header time-out (which also runs while a kept-alive connection waits) is only
+    // a backstop behind `Activity`'s, which tells the two waits apart.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(idle_timeout);
+        .header_read_timeout(limits.header_timeout + limits.idle_timeout);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(Some(idle_timeout));
-    let io = Gather::new(stream, h2);
+        .keep_alive_interval(Some(limits.idle_timeout));
+    let io = Gather::new(watched, h2);
     let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(conn);
     let mut closed = false;
     loop {
-        // HTTP/1.1's idle time-out is hyper's header read time-out; HTTP/2's is ours.
-        let check = activity.next_check(idle_timeout);
+        // Once closing, only the header deadline still matters.
+        let deadline = activity.next(!closed).map(|(at, _)| at);
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
@@ -406,13 +738,30 @@ async fn serve_connection(
                 conn.as_mut().graceful_shutdown();
                 closed = true;
             }
-            () = tokio::time::sleep_until(check), if h2 && !closed => {
-                if activity.idle_for(idle_timeout) {
-                    tracing::debug!(%remote, "HTTP/2 connection idle for {idle_timeout:?}; closing it");
-                    conn.as_mut().graceful_shutdown();
-                    closed = true;
+            () = activity.changed.notified() => {}
+            () = sleep_until(deadline) => {
+                // The deadline slept on may have moved since (a request came): look again.
+                match activity.next(!closed) {
+                    Some((at, Expired::Header)) if at <= Instant::now() => {
+                        stats.count_header_timeout();
+                        tracing::debug!(%remote, "no request headers within {:?}; closing", limits.header_timeout);
+                        return;
+                    }
+                    Some((at, Expired::Idle)) if at <= Instant::now() => {
+                        conn.as_mut().graceful_shutdown();
+                        closed = true;
+                    }
+                    _ => {}
                 }
             }
         }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -1,5 +1,5 @@
-//! Leaf: `/metrics` in Prometheus' text format: the node's Raft state, the registry's size and
-//! what the DNS listeners held back.
+//! Leaf: `/metrics` in Prometheus' text format: the node's Raft state, the registry's size,
+//! what the DNS listeners held back, and each listener's connections.
 //! Instance and health counts come from each service's summary, which the registry keeps up to
 //! date on every change, so a scrape costs one step per service, not per instance.
 
@@ -14,6 +14,7 @@ use axum::Router;
 use cairn_raft::Status;
 use cairn_registry::acl::Access;
 use cairn_registry::ServiceEntry;
+use cairn_tls::ConnStats;
 
 use super::acl::Caller;
 use super::error::Failure;
@@ -33,7 +34,7 @@ async fn render(State(s): State<AppState>, caller: Caller) -> Result<Response, F
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        text(&status, &services) + &dns_text(&s.dns_stats),
+        text(&status, &services) + &dns_text(&s.dns_stats) + &connections(&s.connections),
     )
         .into_response())
 }
@@ -141,6 +142,56 @@ fn dns_text(stats: &cairn_dns::DnsStats) -> String {
         "cairn_dns_relayed_truncated_total",
         "Relayed answers larger than the UDP client takes, sent truncated.",
         load(&stats.relay_truncated),
+    );
+    out
+}
+
+/// Each listener's open connections, and those its limits closed.
+fn connections(listeners: &[Arc<ConnStats>]) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, u64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in rows {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    };
+    family(
+        "cairn_connections_open",
+        "gauge",
+        "Connections open, by listener.",
+        listeners
+            .iter()
+            .map(|l| (format!("listener=\"{}\"", l.listener), l.open()))
+            .collect(),
+    );
+    family(
+        "cairn_connections_refused_total",
+        "counter",
+        "Connections closed at accept: the listener's cap (max_conns) or the client's (per_client).",
+        listeners
+            .iter()
+            .flat_map(|l| {
+                [
+                    ("max_conns", l.refused_full()),
+                    ("per_client", l.refused_per_client()),
+                ]
+                .map(|(reason, n)| {
+                    (
+                        format!("listener=\"{}\",reason=\"{reason}\"", l.listener),
+                        n,
+                    )
+                })
+            })
+            .collect(),
+    );
+    family(
+        "cairn_connections_header_timeouts_total",
+        "counter",
+        "Connections closed because a request's headers did not arrive in time.",
+        listeners
+            .iter()
+            .map(|l| (format!("listener=\"{}\"", l.listener), l.header_timeouts()))
+            .collect(),
     );
     out
 }
@@ -310,5 +361,21 @@ cairn_instances_by_health{health=\"warning\"} 1
 cairn_instances_by_health{health=\"critical\"} 2
 ";
         assert_eq!(text(&status(), &services), expected);
+    }
+
+    #[test]
+    fn each_listener_has_its_open_and_refused_connections() {
+        let http = ConnStats::new("http");
+        http.count_header_timeout();
+        let out = connections(&[http, ConnStats::new("dns_tcp")]);
+        for line in [
+            "cairn_connections_open{listener=\"http\"} 0",
+            "cairn_connections_refused_total{listener=\"http\",reason=\"per_client\"} 0",
+            "cairn_connections_refused_total{listener=\"dns_tcp\",reason=\"max_conns\"} 0",
+            "cairn_connections_header_timeouts_total{listener=\"http\"} 1",
+            "# TYPE cairn_connections_refused_total counter",
+        ] {
+            assert!(out.contains(&format!("{line}\n")), "{line} in {out}");
+        }
     }
 }

@@ -7,6 +7,7 @@
 //!   [`cairn_raft::WriteError`]s) to statuses, and the one helper for 400s;
 //! - `body`: the JSON body extractor, whose size and syntax errors are API errors;
 //! - `query`: the one query-string parser, with a strict native dialect and Consul's lenient one;
+//! - `deadline`: the request time-out, with a blocking read's wait on top;
 //! - `blocking`: [`DEFAULT_WAIT`], [`MAX_WAIT`], the wait itself, and [`WaitLimiter`], the
 //!   per-client limit on waiting requests;
 //! - `headers`: the index and freshness headers of a read (`X-Cairn-Index`, known leader, last
@@ -24,6 +25,7 @@
 mod acl;
 mod blocking;
 mod body;
+mod deadline;
 mod error;
 mod headers;
 mod query;
@@ -36,6 +38,8 @@ mod native;
 mod rpc;
 mod tokens;
 
+use std::time::Duration;
+
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
 
@@ -46,9 +50,10 @@ pub use error::Failure;
 pub use state::AppState;
 
 /// The HTTP API's router: the native API, the Consul-compatible API and `/metrics` on one
-/// listener. `max_body` bounds every request body (413 beyond it); a path no route serves is a
-/// 404 `not_found` in the API's error shape.
-pub fn router(state: AppState, max_body: usize) -> Router {
+/// listener. `max_body` bounds every request body (413 beyond it); `request_timeout` bounds the
+/// time to a response's head besides a blocking read's wait (503 beyond it); a path no route
+/// serves is a 404 `not_found` in the API's error shape.
+pub fn router(state: AppState, max_body: usize, request_timeout: Duration) -> Router {
     Router::new()
         .merge(native::routes())
         .merge(consul::routes())
@@ -56,6 +61,10 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .merge(tokens::routes())
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            request_timeout,
+            deadline::limit,
+        ))
         .with_state(state)
 }
 

@@ -36,6 +36,8 @@ pub struct AppState {
     pub data_dir: PathBuf,
     /// What the DNS listeners held back (rate limiting, refused recursion), for `/metrics`.
     pub dns_stats: Arc<cairn_dns::DnsStats>,
+    /// Each listener's connection counts, for `/metrics`.
+    pub connections: Vec<Arc<cairn_tls::ConnStats>>,
 }
 
 impl AppState {

@@ -27,5 +27,6 @@ mod encrypted_dns;
 mod faults;
 mod fuzz_corpus;
 mod reads;
+mod slowloris;
 mod storage;
 mod tls;
