@@ -23,6 +23,9 @@ pub enum ErrorCode {
     Conflict,
     /// This client has too many requests waiting (blocking queries, streams) (HTTP 429).
     TooManyRequests,
+    /// The write would take the registry past a quota (bytes, services, instances per service,
+    /// checks); writes that do not grow it still work (HTTP 507).
+    QuotaExceeded,
     /// An unexpected fault on the server (HTTP 500).
     Internal,
 }
@@ -37,6 +40,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict => 409,
             ErrorCode::TooManyRequests => 429,
+            ErrorCode::QuotaExceeded => 507,
             ErrorCode::NoLeader | ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
         }
@@ -54,6 +58,7 @@ impl ErrorCode {
             | ErrorCode::PermissionDenied
             | ErrorCode::NotFound
             | ErrorCode::Conflict
+            | ErrorCode::QuotaExceeded
             | ErrorCode::Internal => false,
         }
     }
@@ -69,6 +74,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Conflict => "conflict",
             ErrorCode::TooManyRequests => "too_many_requests",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::Internal => "internal",
         }
     }
@@ -106,6 +112,7 @@ mod tests {
             ErrorCode::Unavailable,
             ErrorCode::Conflict,
             ErrorCode::TooManyRequests,
+            ErrorCode::QuotaExceeded,
             ErrorCode::Internal,
         ] {
             let json = serde_json::to_string(&code).unwrap();

@@ -659,6 +659,16 @@ impl Client {
         .await
     }
 
+    /// Removes a service's settings; its DNS answers go back to the agent's defaults.
+    pub async fn delete_settings(&self, service: &str) -> Result<WriteResult, ClientError> {
+        self.write::<()>(
+            Method::DELETE,
+            &format!("/v1/services/{service}/settings"),
+            None,
+        )
+        .await
+    }
+
     pub async fn cluster(&self) -> Result<ClusterStatus, ClientError> {
         Ok(self.get("/v1/cluster", None).await?.value)
     }

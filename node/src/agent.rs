@@ -268,6 +268,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         rpc_source_addr: config.rpc_source_addr,
         tls: rpc_tls.as_ref().map(|t| t.client.clone()),
         min_free_disk: config.min_free_disk_bytes,
+        quotas: config.quotas,
         ..ClusterOptions::default()
     };
     let cluster = Cluster::start(options).await?;

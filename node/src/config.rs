@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use cairn_api::{format_duration, parse_duration};
 use cairn_registry::acl::{Access, AclMode, Secret};
+use cairn_registry::quota::Quotas;
 use clap::Args;
 use serde::Deserialize;
 
@@ -68,6 +69,10 @@ pub const DEFAULT_DNS_TCP_MAX_CONNS_PER_CLIENT: usize =
 pub const DEFAULT_DNS_TCP_WRITE_TIMEOUT: Duration = cairn_dns::server::DEFAULT_TCP_WRITE_TIMEOUT;
 pub const DEFAULT_SNAPSHOT_THRESHOLD: u64 = cairn_raft::cluster::DEFAULT_SNAPSHOT_THRESHOLD;
 pub const DEFAULT_MIN_FREE_DISK: u64 = cairn_raft::cluster::DEFAULT_MIN_FREE_DISK;
+pub use cairn_registry::quota::{
+    DEFAULT_QUOTA_BYTES, DEFAULT_QUOTA_CHECKS, DEFAULT_QUOTA_INSTANCES_PER_SERVICE,
+    DEFAULT_QUOTA_SERVICES,
+};
 pub const DEFAULT_SNAPSHOT_KEEP_LOGS: u64 = cairn_raft::cluster::DEFAULT_KEEP_LOGS;
 pub const DEFAULT_WRITE_TIMEOUT: Duration = cairn_raft::cluster::DEFAULT_WRITE_TIMEOUT;
 pub const DEFAULT_LOG: &str = "info";
@@ -507,6 +512,54 @@ pub struct AgentArgs {
 
     #[arg(
         long,
+        env = "CAIRN_QUOTA_BYTES",
+        value_name = "BYTES",
+        help = with_default(
+            "Refuse (507 quota_exceeded) writes that would grow the registry's records past this \
+             many bytes; deletes and health changes still work; 0 for no limit",
+            DEFAULT_QUOTA_BYTES
+        )
+    )]
+    pub quota_bytes: Option<u64>,
+
+    #[arg(
+        long,
+        env = "CAIRN_QUOTA_SERVICES",
+        value_name = "N",
+        help = with_default(
+            "Refuse (507 quota_exceeded) registrations that would make more services than this; \
+             0 for no limit",
+            DEFAULT_QUOTA_SERVICES
+        )
+    )]
+    pub quota_services: Option<u64>,
+
+    #[arg(
+        long,
+        env = "CAIRN_QUOTA_INSTANCES_PER_SERVICE",
+        value_name = "N",
+        help = with_default(
+            "Refuse (507 quota_exceeded) registrations that would give a service more instances \
+             than this; 0 for no limit",
+            DEFAULT_QUOTA_INSTANCES_PER_SERVICE
+        )
+    )]
+    pub quota_instances_per_service: Option<u64>,
+
+    #[arg(
+        long,
+        env = "CAIRN_QUOTA_CHECKS",
+        value_name = "N",
+        help = with_default(
+            "Refuse (507 quota_exceeded) registrations that would make the cluster run more \
+             health checks than this in all; 0 for no limit",
+            DEFAULT_QUOTA_CHECKS
+        )
+    )]
+    pub quota_checks: Option<u64>,
+
+    #[arg(
+        long,
         env = "CAIRN_SNAPSHOT_THRESHOLD",
         value_name = "ENTRIES",
         help = with_default(
@@ -715,6 +768,8 @@ pub struct AgentConfig {
     pub check_deny: Vec<ipnet::IpNet>,
     /// Free space the data folder's file system must keep for the log to be appended to.
     pub min_free_disk_bytes: u64,
+    /// What the leader admits writes against (0: no limit).
+    pub quotas: Quotas,
     /// Whether ACLs are enforced, and their default.
     pub acl: AclMode,
     /// The secret DNS answers with, read from --dns-token-file.
@@ -899,6 +954,12 @@ impl AgentArgs {
                 .dns_tcp_write_timeout
                 .merge(under.dns_tcp_write_timeout),
             min_free_disk_bytes: self.min_free_disk_bytes.merge(under.min_free_disk_bytes),
+            quota_bytes: self.quota_bytes.merge(under.quota_bytes),
+            quota_services: self.quota_services.merge(under.quota_services),
+            quota_instances_per_service: self
+                .quota_instances_per_service
+                .merge(under.quota_instances_per_service),
+            quota_checks: self.quota_checks.merge(under.quota_checks),
             snapshot_threshold: self.snapshot_threshold.merge(under.snapshot_threshold),
             snapshot_keep_logs: self.snapshot_keep_logs.merge(under.snapshot_keep_logs),
             write_timeout: self.write_timeout.merge(under.write_timeout),
@@ -1102,6 +1163,14 @@ impl AgentArgs {
             ));
         }
         let min_free_disk_bytes = self.min_free_disk_bytes.unwrap_or(DEFAULT_MIN_FREE_DISK);
+        let quotas = Quotas {
+            bytes: self.quota_bytes.unwrap_or(DEFAULT_QUOTA_BYTES),
+            services: self.quota_services.unwrap_or(DEFAULT_QUOTA_SERVICES),
+            instances_per_service: self
+                .quota_instances_per_service
+                .unwrap_or(DEFAULT_QUOTA_INSTANCES_PER_SERVICE),
+            checks: self.quota_checks.unwrap_or(DEFAULT_QUOTA_CHECKS),
+        };
         let check_allow = cidr_list("--check-allow", self.check_allow.clone())?;
         let check_deny = cidr_list("--check-deny", self.check_deny.clone())?;
         let snapshot_threshold = self
@@ -1194,6 +1263,7 @@ impl AgentArgs {
             check_allow,
             check_deny,
             min_free_disk_bytes,
+            quotas,
             acl,
             dns_token,
             join_token,
@@ -2289,6 +2359,10 @@ insecure_rpc = true
         ("dns_tcp_max_conns_per_client", Some("4")),
         ("dns_tcp_write_timeout", Some("5s")),
         ("min_free_disk_bytes", Some("1048576")),
+        ("quota_bytes", Some("1073741824")),
+        ("quota_services", Some("500")),
+        ("quota_instances_per_service", Some("1000")),
+        ("quota_checks", Some("5000")),
         ("snapshot_threshold", Some("500")),
         ("snapshot_keep_logs", Some("50")),
         ("write_timeout", Some("2s")),
@@ -2421,6 +2495,10 @@ insecure_rpc = true
         "dns_tcp_max_conns_per_client",
         "dns_tcp_write_timeout",
         "min_free_disk_bytes",
+        "quota_bytes",
+        "quota_services",
+        "quota_instances_per_service",
+        "quota_checks",
         "snapshot_threshold",
         "snapshot_keep_logs",
         "write_timeout",

@@ -32,7 +32,9 @@ use std::fmt;
 use cairn_registry::{Command, OpResult};
 use serde::{Deserialize, Serialize};
 
-pub use cluster::{Cluster, ClusterOptions, MemberStatus, StartError, Status, WriteError, Written};
+pub use cluster::{
+    Cluster, ClusterOptions, MemberStatus, QuotaStatus, StartError, Status, WriteError, Written,
+};
 
 /// A node's id in the cluster, as given by `--node-id`.
 pub type NodeId = u64;

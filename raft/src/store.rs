@@ -555,8 +555,9 @@ impl StateMachine {
             }
         }
         for name in &dirty.settings {
-            if let Some(s) = self.registry.settings(name) {
-                batch.put_cf(reg, settings_key(name), to_json(&*s)?);
+            match self.registry.settings(name) {
+                Some(s) => batch.put_cf(reg, settings_key(name), to_json(&*s)?),
+                None => batch.delete_cf(reg, settings_key(name)),
             }
         }
         let sm = cf(&self.db, CF_SM);

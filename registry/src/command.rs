@@ -56,6 +56,10 @@ pub enum Op {
         service: String,
         settings: SettingsSpec,
     },
+    /// Remove a service's settings (its DNS answers go back to the agent's defaults).
+    DeleteSettings {
+        service: String,
+    },
     /// Record a check's new status, decided by the node that owns the check. Only changes of
     /// status are proposed; the output travels along.
     SetCheckStatus {
@@ -138,7 +142,9 @@ impl Op {
                     + checks
             }
             Op::Deregister { service, id } => FIXED + service.len() + id.len(),
-            Op::SetSettings { service, .. } => FIXED + service.len(),
+            Op::SetSettings { service, .. } | Op::DeleteSettings { service } => {
+                FIXED + service.len()
+            }
             Op::SetCheckStatus {
                 service,
                 id,
@@ -186,6 +192,7 @@ impl Op {
             Op::Register { .. } => "register",
             Op::Deregister { .. } => "deregister",
             Op::SetSettings { .. } => "set_settings",
+            Op::DeleteSettings { .. } => "delete_settings",
             Op::SetCheckStatus { .. } => "set_check_status",
             Op::SetMaintenance { .. } => "set_maintenance",
             Op::SetNodeUp { .. } => "set_node_up",
@@ -230,6 +237,7 @@ impl Op {
             Op::Register { service, .. }
             | Op::Deregister { service, .. }
             | Op::SetSettings { service, .. }
+            | Op::DeleteSettings { service }
             | Op::SetCheckStatus { service, .. }
             | Op::SetMaintenance { service, .. }
             | Op::SetHealth { service, .. } => Some(service),

@@ -31,6 +31,7 @@ pub mod format;
 pub mod hash;
 pub mod health;
 pub mod model;
+pub mod quota;
 pub mod registry;
 pub mod watch;
 

@@ -669,6 +669,7 @@ pub fn validate_op(op: &Op) -> Result<(), ValidationError> {
                 _ => Ok(()),
             }
         }
+        Op::DeleteSettings { service } => canonical(service),
         Op::SetCheckStatus {
             service,
             id,

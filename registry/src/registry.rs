@@ -18,7 +18,8 @@ use crate::acl::{self, AclData, AclState, AuditEntry, Policy, Token};
 use crate::command::{Command, Op, OpResult};
 use crate::hash::Fnv1a;
 use crate::health::{CheckState, HealthStatus};
-use crate::model::{Instance, SettingsSpec};
+use crate::model::{Instance, InstanceSpec, SettingsSpec};
+use crate::quota::{instance_bytes, settings_bytes, Usage};
 use crate::watch::Watches;
 
 /// A service and its instances at one point in the log.
@@ -43,6 +44,12 @@ pub struct ServiceEntry {
     /// Instances with at least one check, so the checker can skip services without any.
     #[serde(skip_serializing)]
     checked: u32,
+    /// Checks of all instances, for the checks quota.
+    #[serde(skip_serializing)]
+    checks: u64,
+    /// What the instances' records take in storage ([`instance_bytes`]), for the bytes quota.
+    #[serde(skip_serializing)]
+    bytes: u64,
 }
 
 /// What a service looks like serialized: the derived counts are rebuilt on the way in.
@@ -84,6 +91,8 @@ impl ServiceEntry {
             tag_counts: OrdMap::new(),
             health_counts: [0; 3],
             checked: 0,
+            checks: 0,
+            bytes: 0,
         }
     }
 
@@ -105,6 +114,15 @@ impl ServiceEntry {
         *slot = slot.saturating_add_signed(delta);
         if !inst.spec.checks.is_empty() {
             self.checked = self.checked.saturating_add_signed(delta);
+        }
+        let checks = inst.spec.checks.len() as u64;
+        let bytes = instance_bytes(&self.name, inst);
+        if delta > 0 {
+            self.checks += checks;
+            self.bytes += bytes;
+        } else {
+            self.checks = self.checks.saturating_sub(checks);
+            self.bytes = self.bytes.saturating_sub(bytes);
         }
         tags_changed
     }
@@ -143,6 +161,16 @@ impl ServiceEntry {
     /// How many instances have at least one check.
     pub fn checked_instances(&self) -> u32 {
         self.checked
+    }
+
+    /// How many checks the instances have in all.
+    pub fn checks(&self) -> u64 {
+        self.checks
+    }
+
+    /// What the instances' records take in storage, keys included ([`instance_bytes`]).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// The union of the instances' tags, sorted.
@@ -220,6 +248,11 @@ pub struct Registry {
     time_ms: AtomicU64,
     list_index: AtomicU64,
     applied_index: AtomicU64,
+    /// What the services' and settings' records take in storage, kept by apply so a quota check
+    /// never walks the registry: the sum of [`ServiceEntry::bytes`] and [`settings_bytes`].
+    bytes: AtomicU64,
+    /// Checks of every instance: the sum of [`ServiceEntry::checks`].
+    checks: AtomicU64,
     /// Odd while a batch is being applied (a sequence lock), so [`Registry::digest`] can read a
     /// state that belongs to exactly one applied index without blocking apply.
     apply_seq: AtomicU64,
@@ -241,6 +274,8 @@ impl Default for Registry {
             time_ms: AtomicU64::new(0),
             list_index: AtomicU64::new(0),
             applied_index: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            checks: AtomicU64::new(0),
             apply_seq: AtomicU64::new(0),
             changes: tokio::sync::watch::Sender::new(0),
             watches: Watches::default(),
@@ -347,6 +382,15 @@ impl Registry {
         self.list_index.load(Ordering::Acquire)
     }
 
+    /// How much the registry holds, as the quotas count it. Cheap: counters apply keeps.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            bytes: self.bytes.load(Ordering::Acquire),
+            services: self.services.read().len() as u64,
+            checks: self.checks.load(Ordering::Acquire),
+        }
+    }
+
     /// Index of the last log entry applied to this view.
     pub fn applied_index(&self) -> u64 {
         self.applied_index.load(Ordering::Acquire)
@@ -373,11 +417,22 @@ impl Registry {
     /// Replaces everything (snapshot install, restart).
     pub fn replace(&self, data: RegistryData, applied_index: u64) {
         self.apply_seq.fetch_add(1, Ordering::AcqRel);
-        let map = data
+        let map: HashMap<String, Arc<ServiceEntry>> = data
             .services
             .into_iter()
             .map(|s| (s.name.clone(), s))
             .collect();
+        // The entries counted their own instances as they were built (restart, snapshot): one
+        // step per service and per settings record here, none per instance.
+        let bytes = map.values().map(|s| s.bytes).sum::<u64>()
+            + data
+                .settings
+                .iter()
+                .map(|(name, s)| settings_bytes(name, s))
+                .sum::<u64>();
+        self.bytes.store(bytes, Ordering::Release);
+        self.checks
+            .store(map.values().map(|s| s.checks).sum(), Ordering::Release);
         *self.settings.write() = data.settings.into_iter().collect();
         *self.down_nodes.write() = data.down_nodes;
         *self.acl.write() = Arc::new(AclState::from_data(data.acl));
@@ -622,43 +677,34 @@ impl Registry {
                     settings: settings.clone(),
                     modify_index: index,
                 };
-                self.settings
+                self.bytes
+                    .fetch_add(settings_bytes(service, &stored), Ordering::AcqRel);
+                let old = self
+                    .settings
                     .write()
                     .insert(service.clone(), Arc::new(stored));
+                if let Some(old) = old {
+                    self.bytes
+                        .fetch_sub(settings_bytes(service, &old), Ordering::AcqRel);
+                }
+                dirty.settings.insert(service.clone());
+                OpResult::Ok
+            }
+            Op::DeleteSettings { service } => {
+                let Some(old) = self.settings.write().remove(service) else {
+                    return OpResult::NotFound {
+                        message: format!("service {service:?} has no settings"),
+                    };
+                };
+                self.bytes
+                    .fetch_sub(settings_bytes(service, &old), Ordering::AcqRel);
                 dirty.settings.insert(service.clone());
                 OpResult::Ok
             }
             Op::Register { service, instance } => {
                 self.edit_service(service, index, dirty, |entry, _| {
                     let prev = entry.instances.get(&instance.id).cloned();
-                    let prev = prev.as_deref();
-                    let checks = instance
-                        .checks
-                        .iter()
-                        .map(|spec| {
-                            // A check that survives a re-registration keeps its committed result.
-                            prev.and_then(|p| {
-                                p.spec
-                                    .checks
-                                    .iter()
-                                    .position(|c| c.id == spec.id && c.kind() == spec.kind())
-                                    .and_then(|i| p.checks.get(i).cloned())
-                            })
-                            .unwrap_or_else(|| CheckState {
-                                status: spec.initial_status,
-                                output: String::new(),
-                                changed_at_ms: time_ms,
-                            })
-                        })
-                        .collect();
-                    let inst = Instance {
-                        spec: instance.clone(),
-                        checks,
-                        custom_health: prev.and_then(|p| p.custom_health.clone()),
-                        maintenance: prev.and_then(|p| p.maintenance.clone()),
-                        create_index: prev.map_or(index, |p| p.create_index),
-                        modify_index: index,
-                    };
+                    let inst = registered_instance(instance, prev.as_deref(), index, time_ms);
                     let tags_changed = entry.put(Arc::new(inst));
                     Edit::Moved {
                         id: instance.id.clone(),
@@ -818,18 +864,61 @@ impl Registry {
         }
     }
 
+    /// Publishes service `name`'s new entry (`None`: the service is gone), and moves the
+    /// registry's byte and check counts by the difference with the old one.
     fn swap(&self, name: &str, entry: Option<ServiceEntry>) -> Option<Arc<ServiceEntry>> {
         let entry = entry.map(Arc::new);
         let mut guard = self.services.write();
-        match &entry {
-            Some(e) => {
-                guard.insert(name.to_owned(), e.clone());
-            }
-            None => {
-                guard.remove(name);
-            }
-        }
+        let old = match &entry {
+            Some(e) => guard.insert(name.to_owned(), e.clone()),
+            None => guard.remove(name),
+        };
+        drop(guard);
+        let (new_bytes, new_checks) = entry.as_ref().map_or((0, 0), |e| (e.bytes, e.checks));
+        let (old_bytes, old_checks) = old.as_ref().map_or((0, 0), |e| (e.bytes, e.checks));
+        // Only apply calls this, one op at a time: add before subtracting, never below zero.
+        self.bytes.fetch_add(new_bytes, Ordering::AcqRel);
+        self.bytes.fetch_sub(old_bytes, Ordering::AcqRel);
+        self.checks.fetch_add(new_checks, Ordering::AcqRel);
+        self.checks.fetch_sub(old_checks, Ordering::AcqRel);
         entry
+    }
+}
+
+/// The instance a registration of `spec` at log `index` and leader time `time_ms` stores, over
+/// `prev` (the instance it replaces, if any).
+pub(crate) fn registered_instance(
+    spec: &InstanceSpec,
+    prev: Option<&Instance>,
+    index: u64,
+    time_ms: u64,
+) -> Instance {
+    let checks = spec
+        .checks
+        .iter()
+        .map(|check| {
+            // A check that survives a re-registration keeps its committed result.
+            prev.and_then(|p| {
+                p.spec
+                    .checks
+                    .iter()
+                    .position(|c| c.id == check.id && c.kind() == check.kind())
+                    .and_then(|i| p.checks.get(i).cloned())
+            })
+            .unwrap_or_else(|| CheckState {
+                status: check.initial_status,
+                output: String::new(),
+                changed_at_ms: time_ms,
+            })
+        })
+        .collect();
+    Instance {
+        spec: spec.clone(),
+        checks,
+        custom_health: prev.and_then(|p| p.custom_health.clone()),
+        maintenance: prev.and_then(|p| p.maintenance.clone()),
+        create_index: prev.map_or(index, |p| p.create_index),
+        modify_index: index,
     }
 }
 

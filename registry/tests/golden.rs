@@ -178,6 +178,22 @@ fn log_entry_payload() {
     check("command.json", &command());
 }
 
+/// Operations added after the format was first pinned, each in its own file: adding a variant
+/// leaves every encoding above unchanged, so the format version stays.
+#[test]
+fn later_operations() {
+    check(
+        "command_delete_settings.json",
+        &Command {
+            by: Vec::new(),
+            time_ms: 1_700_000_000_000,
+            ops: vec![Op::DeleteSettings {
+                service: "web".into(),
+            }],
+        },
+    );
+}
+
 #[test]
 fn apply_results() {
     check(

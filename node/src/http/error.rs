@@ -55,7 +55,7 @@ impl From<ValidationError> for Failure {
 }
 
 /// How a write that did not commit is told: no leader and unreachable leaders are retryable
-/// (503), the rest is the client's (400, 404, 409) or ours (500).
+/// (503), the rest is the client's (400, 404, 409, 507 over a quota) or ours (500).
 impl From<WriteError> for Failure {
     fn from(e: WriteError) -> Self {
         let code = match &e {
@@ -64,6 +64,7 @@ impl From<WriteError> for Failure {
             WriteError::NotFound(_) => ErrorCode::NotFound,
             WriteError::Conflict(_) => ErrorCode::Conflict,
             WriteError::Denied(_) => ErrorCode::PermissionDenied,
+            WriteError::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
             WriteError::Invalid(_) => ErrorCode::InvalidArgument,
             WriteError::Internal(_) => ErrorCode::Internal,
         };

@@ -1,5 +1,5 @@
-//! Leaf: `/metrics` in Prometheus' text format: the node's Raft state, the registry's size,
-//! what the DNS listeners held back, and each listener's connections.
+//! Leaf: `/metrics` in Prometheus' text format: the node's Raft state, the registry's size and
+//! its quotas, what the DNS listeners held back, and each listener's connections.
 //! Instance and health counts come from each service's summary, which the registry keeps up to
 //! date on every change, so a scrape costs one step per service, not per instance.
 
@@ -11,8 +11,9 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use cairn_raft::Status;
+use cairn_raft::{QuotaStatus, Status};
 use cairn_registry::acl::Access;
+use cairn_registry::quota::{QuotaKind, Usage};
 use cairn_registry::ServiceEntry;
 use cairn_tls::ConnStats;
 
@@ -29,14 +30,65 @@ async fn render(State(s): State<AppState>, caller: Caller) -> Result<Response, F
     caller.operator(Access::Read)?;
     let status = s.cluster.status();
     let (_, services) = s.cluster.registry().services();
+    let usage = s.cluster.registry().usage();
+    let mut body = text(&status, &services);
+    body.push_str(&quota_text(usage, &services, &s.cluster.quotas()));
     Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        text(&status, &services) + &dns_text(&s.dns_stats) + &connections(&s.connections),
+        body + &dns_text(&s.dns_stats) + &connections(&s.connections),
     )
         .into_response())
+}
+
+/// The quotas' exposition text: each one's usage and limit (0: none), and, on the leader that
+/// enforces them, the writes it refused and whether the quota is being hit now.
+fn quota_text(usage: Usage, services: &[Arc<ServiceEntry>], quotas: &[QuotaStatus]) -> String {
+    let largest = services
+        .iter()
+        .map(|s| s.instances.len() as u64)
+        .max()
+        .unwrap_or(0);
+    let used = |kind: QuotaKind| match kind {
+        QuotaKind::Bytes => usage.bytes,
+        QuotaKind::Services => usage.services,
+        QuotaKind::InstancesPerService => largest,
+        QuotaKind::Checks => usage.checks,
+    };
+    let mut out = String::with_capacity(1024);
+    let mut family = |name: &str, kind: &str, help: &str, value: &dyn Fn(&QuotaStatus) -> u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for q in quotas {
+            let _ = writeln!(out, "{name}{{quota=\"{}\"}} {}", q.kind.name(), value(q));
+        }
+    };
+    family(
+        "cairn_quota_usage",
+        "gauge",
+        "What each quota counts now (instances_per_service: the largest service).",
+        &|q| used(q.kind),
+    );
+    family(
+        "cairn_quota_limit",
+        "gauge",
+        "Each quota's limit (0: none).",
+        &|q| q.limit,
+    );
+    family(
+        "cairn_quota_refused_total",
+        "counter",
+        "Writes this node refused with 507 quota_exceeded while leading, by quota.",
+        &|q| q.refused,
+    );
+    family(
+        "cairn_quota_exceeded",
+        "gauge",
+        "1 while the last write that grew what the quota counts was refused (leader).",
+        &|q| u64::from(q.exceeded),
+    );
+    out
 }
 
 /// The exposition text of `status` and `services`.
@@ -316,6 +368,37 @@ mod tests {
             "cairn_dns_relayed_truncated_total 0",
         ] {
             assert!(out.lines().any(|l| l == line), "{line:?} in {out}");
+        }
+    }
+
+    #[test]
+    fn quota_usage_is_the_registrys_counts() {
+        let r = registry();
+        let (_, services) = r.services();
+        let quotas: Vec<QuotaStatus> = QuotaKind::ALL
+            .iter()
+            .map(|&kind| QuotaStatus {
+                kind,
+                limit: 10,
+                refused: u64::from(kind == QuotaKind::Services) * 3,
+                exceeded: kind == QuotaKind::Services,
+            })
+            .collect();
+        let usage = r.usage();
+        assert!(usage.bytes > 0);
+        let out = quota_text(usage, &services, &quotas);
+        for line in [
+            format!("cairn_quota_usage{{quota=\"bytes\"}} {}", usage.bytes),
+            "cairn_quota_usage{quota=\"services\"} 2".into(),
+            "cairn_quota_usage{quota=\"instances_per_service\"} 3".into(),
+            "cairn_quota_usage{quota=\"checks\"} 0".into(),
+            "cairn_quota_limit{quota=\"checks\"} 10".into(),
+            "cairn_quota_refused_total{quota=\"services\"} 3".into(),
+            "cairn_quota_refused_total{quota=\"bytes\"} 0".into(),
+            "cairn_quota_exceeded{quota=\"services\"} 1".into(),
+            "# TYPE cairn_quota_refused_total counter".into(),
+        ] {
+            assert!(out.contains(&format!("{line}\n")), "{line:?} in {out}");
         }
     }
 

@@ -60,7 +60,7 @@ pub(super) fn routes() -> Router<AppState> {
         )
         .route(
             "/v1/services/{service}/settings",
-            get(get_settings).put(put_settings),
+            get(get_settings).put(put_settings).delete(delete_settings),
         )
         .route("/v1/cluster", get(cluster_status))
         .route("/v1/cluster/digest", get(cluster_digest))
@@ -223,6 +223,22 @@ async fn put_settings(
     let w = s
         .cluster
         .write_as(Op::SetSettings { service, settings }, caller.accessor())
+        .await?;
+    Ok(written(w))
+}
+
+/// Removes a service's settings, so settings left by services long gone do not pile up: 404
+/// when it has none.
+async fn delete_settings(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(service): Path<String>,
+) -> Result<Response, Failure> {
+    let service = model::validate_service_name(&service)?;
+    caller.service(&service, Access::Write)?;
+    let w = s
+        .cluster
+        .write_as(Op::DeleteSettings { service }, caller.accessor())
         .await?;
     Ok(written(w))
 }

@@ -26,6 +26,7 @@ mod dns_guard;
 mod encrypted_dns;
 mod faults;
 mod fuzz_corpus;
+mod quotas;
 mod reads;
 mod slowloris;
 mod storage;

@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use cairn_registry::{Command, Op};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::quota::Gate;
 use super::write::{client_write_error, WriteError};
 use crate::rpc::ForwardReply;
 use crate::Raft;
@@ -40,11 +41,14 @@ pub(super) fn now_ms(offset_ms: i64) -> u64 {
     now.saturating_add_signed(offset_ms)
 }
 
-/// Proposes queued writes in batches (see [`MAX_BATCH_OPS`]), each as one log entry.
+/// Proposes queued writes in batches (see [`MAX_BATCH_OPS`]), each as one log entry. Each
+/// write passes the quota `gate` as it is taken into a batch; a refused one is answered at once
+/// and never proposed.
 pub(super) async fn run_batcher(
     raft: Raft,
     mut queue: mpsc::Receiver<Proposal>,
     clock_offset_ms: i64,
+    gate: Arc<Gate>,
 ) {
     let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
     loop {
@@ -55,18 +59,30 @@ pub(super) async fn run_batcher(
         let Some(first) = queue.recv().await else {
             return;
         };
-        let mut bytes = first.op.approx_size();
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
-            match queue.try_recv() {
-                Ok(p) => {
+        let mut bytes = 0;
+        let mut batch = Vec::new();
+        let mut growth = Vec::new();
+        let mut next = Some(first);
+        while let Some(p) = next.take() {
+            match gate.admit(&p.op) {
+                Ok(g) => {
                     bytes += p.op.approx_size();
                     batch.push(p);
+                    growth.push(g);
                 }
-                Err(_) => break,
+                Err(e) => {
+                    let _ = p.reply.send(Err(WriteError::QuotaExceeded(e.message)));
+                }
+            }
+            if batch.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
+                next = queue.try_recv().ok();
             }
         }
+        if batch.is_empty() {
+            continue;
+        }
         let raft = raft.clone();
+        let gate = gate.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let mut ops = Vec::with_capacity(batch.len());
@@ -85,7 +101,12 @@ pub(super) async fn run_batcher(
                 ops,
                 by,
             };
-            match raft.client_write(cmd).await {
+            let written = raft.client_write(cmd).await;
+            // Applied (the leader answers after applying) or failed: either way the view, not
+            // the pending growth, now tells. Released before the replies, so a client's next
+            // write is admitted against a view that holds its last one.
+            gate.release(&growth);
+            match written {
                 Ok(resp) => {
                     let index = resp.log_id.index;
                     for (reply, result) in replies.into_iter().zip(resp.data) {

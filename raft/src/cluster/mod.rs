@@ -12,6 +12,7 @@ mod barrier;
 mod batch;
 mod liveness;
 mod membership;
+mod quota;
 mod snapshot;
 mod write;
 
@@ -22,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cairn_registry::quota::Quotas;
 use cairn_registry::Registry;
 use openraft::error::Fatal;
 use openraft::error::{InitializeError, RaftError};
@@ -37,6 +39,7 @@ use crate::{Member, NodeId, Raft};
 use batch::{run_batcher, Proposal, PROPOSAL_QUEUE};
 use liveness::{report_alive, watch_liveness};
 
+pub use quota::QuotaStatus;
 pub use snapshot::SnapshotRefused;
 pub use write::{WriteError, Written};
 
@@ -81,6 +84,8 @@ pub struct ClusterOptions {
     /// An append to the log fails (and Raft stops) when the data folder's file system has less
     /// free space than this; 0 for no check.
     pub min_free_disk: u64,
+    /// The limits this node admits writes against while it leads (see `quota`).
+    pub quotas: Quotas,
 }
 
 impl ClusterOptions {
@@ -119,6 +124,7 @@ impl Default for ClusterOptions {
             clock_offset_ms: 0,
             rpc_source_addr: None,
             min_free_disk: DEFAULT_MIN_FREE_DISK,
+            quotas: Quotas::default(),
         }
     }
 }
@@ -185,6 +191,8 @@ pub struct Cluster {
     /// Serialises membership changes from this node: openraft allows one at a time anyway.
     membership_lock: tokio::sync::Mutex<()>,
     proposals: mpsc::Sender<Proposal>,
+    /// Admits writes against the quotas before they are proposed.
+    gate: Arc<quota::Gate>,
     /// Leader only: when each member last said it was alive.
     alive: Mutex<std::collections::HashMap<NodeId, Instant>>,
     shut_down: Mutex<bool>,
@@ -240,7 +248,13 @@ impl Cluster {
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
         let (proposals, queue) = mpsc::channel(PROPOSAL_QUEUE);
-        tokio::spawn(run_batcher(raft.clone(), queue, options.clock_offset_ms));
+        let gate = Arc::new(quota::Gate::new(registry.clone(), options.quotas));
+        tokio::spawn(run_batcher(
+            raft.clone(),
+            queue,
+            options.clock_offset_ms,
+            gate.clone(),
+        ));
         let cluster = Arc::new(Cluster {
             id: options.node_id,
             name: options.cluster_name.clone(),
@@ -253,6 +267,7 @@ impl Cluster {
             leader_contact_ms: AtomicU64::new(u64::MAX),
             membership_lock: tokio::sync::Mutex::new(()),
             proposals,
+            gate,
             alive: Mutex::new(std::collections::HashMap::new()),
             shut_down: Mutex::new(false),
             snapshot_in,
@@ -368,6 +383,11 @@ impl Cluster {
             .post(node, &addr, path, body, timeout)
             .await
             .map_err(|e| e.to_string())
+    }
+
+    /// Each quota's limit and what this node refused for it while leading.
+    pub fn quotas(&self) -> Vec<QuotaStatus> {
+        self.gate.status()
     }
 
     /// The current leader, if this node knows one.

@@ -43,6 +43,10 @@ pub enum WriteError {
     /// The change is not permitted (a second ACL bootstrap).
     #[error("{0}")]
     Denied(String),
+    /// The write would take the registry past a quota; it was not proposed. Writes that do not
+    /// grow the registry (deletes, health) are still taken.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// The leader refused the request as malformed.
     #[error("{0}")]
     Invalid(String),
