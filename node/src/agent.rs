@@ -312,6 +312,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         limiter: http::WaitLimiter::new(config.max_waiting_per_client),
         shutdown: http_stop.clone(),
         acl: config.acl,
+        rights: Arc::new(cairn_registry::acl::RightsCache::new(
+            config.acl,
+            config.acl_cache_size,
+        )),
         data_dir: data_dir.clone(),
     };
     let mut servers = JoinSet::new();

@@ -47,6 +47,11 @@ const MAX_MAX_BODY: usize = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_WAITING_PER_CLIENT: usize = crate::http::DEFAULT_MAX_WAITING_PER_CLIENT;
 pub const DEFAULT_SNAPSHOT_THRESHOLD: u64 = cairn_raft::cluster::DEFAULT_SNAPSHOT_THRESHOLD;
 pub const DEFAULT_MIN_FREE_DISK: u64 = cairn_raft::cluster::DEFAULT_MIN_FREE_DISK;
+/// Tokens whose rights a node keeps ready (--acl-cache-size): more than the clients of most
+/// clusters use at once, a few MiB with policies of a few rules each.
+pub const DEFAULT_ACL_CACHE_SIZE: usize = 10_000;
+/// Largest accepted `--acl-cache-size`.
+const MAX_ACL_CACHE_SIZE: usize = 1_000_000;
 pub const DEFAULT_SNAPSHOT_KEEP_LOGS: u64 = cairn_raft::cluster::DEFAULT_KEEP_LOGS;
 pub const DEFAULT_WRITE_TIMEOUT: Duration = cairn_raft::cluster::DEFAULT_WRITE_TIMEOUT;
 pub const DEFAULT_LOG: &str = "info";
@@ -298,6 +303,18 @@ pub struct AgentArgs {
 
     #[arg(
         long,
+        env = "CAIRN_ACL_CACHE_SIZE",
+        value_name = "N",
+        help = with_default(
+            "With --acl: tokens whose rights are kept ready, so a request need not hash its \
+             secret and merge its policies again; 0 turns the cache off",
+            DEFAULT_ACL_CACHE_SIZE
+        )
+    )]
+    pub acl_cache_size: Option<usize>,
+
+    #[arg(
+        long,
         env = "CAIRN_MAX_BODY_BYTES",
         value_name = "BYTES",
         help = with_default("Largest accepted request body in bytes", DEFAULT_MAX_BODY)
@@ -537,6 +554,8 @@ pub struct AgentConfig {
     pub dns_token: Option<Secret>,
     /// The secret sent with --join, read from --join-token-file.
     pub join_token: Option<Secret>,
+    /// Tokens whose rights are kept ready (--acl-cache-size).
+    pub acl_cache_size: usize,
 }
 
 /// The HTTPS API's listener and files, checked to load.
@@ -674,6 +693,7 @@ impl AgentArgs {
             acl_default: self.acl_default.merge(under.acl_default),
             dns_token_file: self.dns_token_file.merge(under.dns_token_file),
             join_token_file: self.join_token_file.merge(under.join_token_file),
+            acl_cache_size: self.acl_cache_size.merge(under.acl_cache_size),
             max_body_bytes: self.max_body_bytes.merge(under.max_body_bytes),
             max_waiting_per_client: self
                 .max_waiting_per_client
@@ -881,6 +901,13 @@ impl AgentArgs {
             ));
         }
         let min_free_disk_bytes = self.min_free_disk_bytes.unwrap_or(DEFAULT_MIN_FREE_DISK);
+        let acl_cache_size = self.acl_cache_size.unwrap_or(DEFAULT_ACL_CACHE_SIZE);
+        if acl_cache_size > MAX_ACL_CACHE_SIZE {
+            return Err(bad(
+                "--acl-cache-size",
+                format!("must be between 0 and {MAX_ACL_CACHE_SIZE}"),
+            ));
+        }
         let check_allow = cidr_list("--check-allow", self.check_allow.clone())?;
         let check_deny = cidr_list("--check-deny", self.check_deny.clone())?;
         let snapshot_threshold = self
@@ -966,6 +993,7 @@ impl AgentArgs {
             acl,
             dns_token,
             join_token,
+            acl_cache_size,
         })
     }
 
@@ -1848,6 +1876,7 @@ insecure_rpc = true
         ("acl_default", Some("allow")),
         ("dns_token_file", Some("/etc/cairn/dns.token")),
         ("join_token_file", Some("/etc/cairn/join.token")),
+        ("acl_cache_size", Some("500")),
         ("max_body_bytes", Some("4096")),
         ("max_waiting_per_client", Some("16")),
         ("min_free_disk_bytes", Some("1048576")),
@@ -1966,6 +1995,7 @@ insecure_rpc = true
         "dns_max_answers",
         "rpc_addr",
         "cluster",
+        "acl_cache_size",
         "max_body_bytes",
         "max_waiting_per_client",
         "min_free_disk_bytes",

@@ -38,9 +38,9 @@ impl Caller {
     /// The authorizer of `secret` (`None`: anonymous) on this node, now.
     pub fn resolve(s: &AppState, secret: Option<&str>) -> Result<Caller, Failure> {
         let registry = s.cluster.registry();
-        let acl = registry.acl();
-        acl.authorize(s.acl, secret, registry.time_ms())
-            .map(|z| Caller(Arc::new(z)))
+        s.rights
+            .authorize(registry, secret)
+            .map(Caller)
             .map_err(token_refused)
     }
 
