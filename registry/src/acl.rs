@@ -227,7 +227,9 @@ pub enum AclMode {
 pub enum TokenError {
     #[error("ACL not found")]
     NotFound,
-    #[error("token {0} has expired")]
+    /// Consul treats an expired token as one that does not exist, and its clients look for
+    /// "ACL not found".
+    #[error("ACL not found: token {0} has expired")]
     Expired(String),
 }
 
