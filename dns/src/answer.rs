@@ -113,8 +113,9 @@ pub struct Zone {
     nameservers: Nameservers,
     cache: RwLock<HashMap<SetKey, Arc<RecordSet>>>,
     /// The DNS token's rights, with the ACL version they were computed at (`None`: the token is
-    /// unknown or expired, and DNS answers for no service).
-    rights: parking_lot::Mutex<(u64, Option<Arc<Authorizer>>)>,
+    /// unknown or expired, and DNS answers for no service). Queries only read it; the first
+    /// query after a change of tokens or policies recomputes it.
+    rights: RwLock<(u64, Option<Authorizer>)>,
 }
 
 /// The relative name inside the zone, classified.
@@ -223,36 +224,43 @@ impl Zone {
             registry,
             nameservers,
             cache: RwLock::new(HashMap::new()),
-            rights: parking_lot::Mutex::new((u64::MAX, None)),
+            rights: RwLock::new((u64::MAX, None)),
         })
     }
 
     /// Whether the DNS token may read `service`. Rights are computed once per change of the ACL
-    /// state, not per query.
+    /// state, not per query, and checked against the token's expiry on every query, so an
+    /// expired DNS token stops answering at once, before the leader deletes it.
     fn may_answer(&self, service: &str) -> bool {
         if self.config.acl == AclMode::Off {
             return true;
         }
         let version = self.registry.acl_version();
-        let rights = {
-            let mut cached = self.rights.lock();
-            if cached.0 != version {
-                let acl = self.registry.acl();
-                let z = acl.authorize(
-                    self.config.acl,
-                    self.config.token.as_ref().map(Secret::expose),
-                    self.registry.time_ms(),
-                );
-                if let Err(e) = &z {
-                    tracing::warn!(
-                        "the DNS token cannot be used ({e}): DNS answers for no service"
-                    );
-                }
-                *cached = (version, z.ok().map(Arc::new));
-            }
-            cached.1.clone()
+        let allows = |z: &Option<Authorizer>| {
+            z.as_ref().is_some_and(|z| {
+                z.check_expiry(self.registry.time_ms()).is_ok()
+                    && z.service(service).allows(Access::Read)
+            })
         };
-        rights.is_some_and(|z| z.service(service).allows(Access::Read))
+        {
+            let cached = self.rights.read();
+            if cached.0 == version {
+                return allows(&cached.1);
+            }
+        }
+        let mut cached = self.rights.write();
+        if cached.0 != version {
+            let z = self.registry.acl().authorize(
+                self.config.acl,
+                self.config.token.as_ref().map(Secret::expose),
+                self.registry.time_ms(),
+            );
+            if let Err(e) = &z {
+                tracing::warn!("the DNS token cannot be used ({e}): DNS answers for no service");
+            }
+            *cached = (version, z.ok());
+        }
+        allows(&cached.1)
     }
 
     pub fn config(&self) -> &ZoneConfig {
@@ -640,6 +648,74 @@ impl Draft {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dns_token_stops_answering_at_its_expiry_and_follows_acl_changes() {
+        use cairn_registry::acl::{hash_secret, AclData, Policy, PolicySpec, Token};
+        use cairn_registry::RegistryData;
+        let policy = Policy {
+            spec: PolicySpec {
+                name: "dns".into(),
+                description: String::new(),
+                rules: serde_json::from_value(serde_json::json!({"service": {"web": "read"}}))
+                    .unwrap(),
+            },
+            create_index: 2,
+            modify_index: 2,
+        };
+        let token = Token {
+            accessor: "dns-1".into(),
+            secret_hash: Some(hash_secret("dns-secret")),
+            description: String::new(),
+            policies: ["dns".to_owned()].into(),
+            expires_at_ms: Some(10_000),
+            create_time_ms: 0,
+            create_index: 3,
+            modify_index: 3,
+        };
+        let data = |tokens: Vec<Token>| RegistryData {
+            acl: AclData {
+                bootstrap_index: Some(1),
+                policies: vec![policy.clone()],
+                tokens,
+            },
+            ..RegistryData::default()
+        };
+        let registry = Arc::new(Registry::default());
+        registry.replace(data(vec![token.clone()]), 5);
+        registry.set_time_ms(9_999);
+        let zone = Zone::new(
+            ZoneConfig {
+                acl: AclMode::On {
+                    default: Access::Deny,
+                },
+                token: Some(Secret::new("dns-secret".into())),
+                ..ZoneConfig::default()
+            },
+            registry.clone(),
+            Arc::new(Vec::new),
+        )
+        .unwrap();
+        assert!(zone.may_answer("web"));
+        assert!(!zone.may_answer("db"), "no rule for db: default deny");
+        // Leader time reaches the expiry before any ACL change: refused at once.
+        registry.set_time_ms(10_000);
+        assert!(
+            !zone.may_answer("web"),
+            "an expired DNS token still answers"
+        );
+        // A change of the ACL state is seen by the next query: the token renewed, then deleted.
+        registry.replace(
+            data(vec![Token {
+                expires_at_ms: None,
+                ..token
+            }]),
+            6,
+        );
+        assert!(zone.may_answer("web"));
+        registry.replace(data(Vec::new()), 7);
+        assert!(!zone.may_answer("web"), "a deleted DNS token still answers");
+    }
 
     #[test]
     fn addr_labels_round_trip() {

@@ -73,6 +73,11 @@ pub use cairn_registry::quota::{
     DEFAULT_QUOTA_BYTES, DEFAULT_QUOTA_CHECKS, DEFAULT_QUOTA_INSTANCES_PER_SERVICE,
     DEFAULT_QUOTA_SERVICES,
 };
+/// Tokens whose rights a node keeps ready (--acl-cache-size): more than the clients of most
+/// clusters use at once, a few MiB with policies of a few rules each.
+pub const DEFAULT_ACL_CACHE_SIZE: usize = 10_000;
+/// Largest accepted `--acl-cache-size`.
+const MAX_ACL_CACHE_SIZE: usize = 1_000_000;
 pub const DEFAULT_SNAPSHOT_KEEP_LOGS: u64 = cairn_raft::cluster::DEFAULT_KEEP_LOGS;
 pub const DEFAULT_WRITE_TIMEOUT: Duration = cairn_raft::cluster::DEFAULT_WRITE_TIMEOUT;
 pub const DEFAULT_LOG: &str = "info";
@@ -368,6 +373,18 @@ pub struct AgentArgs {
     /// cluster enforces ACLs.
     #[arg(long, env = "CAIRN_JOIN_TOKEN_FILE", value_name = "FILE")]
     pub join_token_file: Option<PathBuf>,
+
+    #[arg(
+        long,
+        env = "CAIRN_ACL_CACHE_SIZE",
+        value_name = "N",
+        help = with_default(
+            "With --acl: tokens whose rights are kept ready, so a request need not hash its \
+             secret and merge its policies again; 0 turns the cache off",
+            DEFAULT_ACL_CACHE_SIZE
+        )
+    )]
+    pub acl_cache_size: Option<usize>,
 
     #[arg(
         long,
@@ -776,6 +793,8 @@ pub struct AgentConfig {
     pub dns_token: Option<Secret>,
     /// The secret sent with --join, read from --join-token-file.
     pub join_token: Option<Secret>,
+    /// Tokens whose rights are kept ready (--acl-cache-size).
+    pub acl_cache_size: usize,
 }
 
 /// The listeners' connection caps and time-outs (README "Limits and protections").
@@ -931,6 +950,7 @@ impl AgentArgs {
             acl_default: self.acl_default.merge(under.acl_default),
             dns_token_file: self.dns_token_file.merge(under.dns_token_file),
             join_token_file: self.join_token_file.merge(under.join_token_file),
+            acl_cache_size: self.acl_cache_size.merge(under.acl_cache_size),
             max_body_bytes: self.max_body_bytes.merge(under.max_body_bytes),
             max_waiting_per_client: self
                 .max_waiting_per_client
@@ -1171,6 +1191,13 @@ impl AgentArgs {
                 .unwrap_or(DEFAULT_QUOTA_INSTANCES_PER_SERVICE),
             checks: self.quota_checks.unwrap_or(DEFAULT_QUOTA_CHECKS),
         };
+        let acl_cache_size = self.acl_cache_size.unwrap_or(DEFAULT_ACL_CACHE_SIZE);
+        if acl_cache_size > MAX_ACL_CACHE_SIZE {
+            return Err(bad(
+                "--acl-cache-size",
+                format!("must be between 0 and {MAX_ACL_CACHE_SIZE}"),
+            ));
+        }
         let check_allow = cidr_list("--check-allow", self.check_allow.clone())?;
         let check_deny = cidr_list("--check-deny", self.check_deny.clone())?;
         let snapshot_threshold = self
@@ -1267,6 +1294,7 @@ impl AgentArgs {
             acl,
             dns_token,
             join_token,
+            acl_cache_size,
         })
     }
 
@@ -2346,6 +2374,7 @@ insecure_rpc = true
         ("acl_default", Some("allow")),
         ("dns_token_file", Some("/etc/cairn/dns.token")),
         ("join_token_file", Some("/etc/cairn/join.token")),
+        ("acl_cache_size", Some("500")),
         ("max_body_bytes", Some("4096")),
         ("max_waiting_per_client", Some("16")),
         ("http_max_conns", Some("1000")),
@@ -2482,6 +2511,7 @@ insecure_rpc = true
         "dns_rrl_table_size",
         "rpc_addr",
         "cluster",
+        "acl_cache_size",
         "max_body_bytes",
         "max_waiting_per_client",
         "http_max_conns",

@@ -13,7 +13,8 @@
 //! [`Op`]: crate::Op
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::sync::{Arc, LazyLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -203,8 +204,14 @@ impl std::fmt::Debug for Secret {
 
 /// The hex SHA-256 of a secret: the only form of it the registry keeps.
 pub fn hash_secret(secret: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    let mut hex = String::with_capacity(2 * digest.as_ref().len());
+    for b in digest.as_ref() {
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    hex
 }
 
 /// How ACLs are enforced on this node: off (everything allowed), or on with a default for what no
@@ -220,7 +227,9 @@ pub enum AclMode {
 pub enum TokenError {
     #[error("ACL not found")]
     NotFound,
-    #[error("token {0} has expired")]
+    /// Consul treats an expired token as one that does not exist, and its clients look for
+    /// "ACL not found".
+    #[error("ACL not found: token {0} has expired")]
     Expired(String),
 }
 
@@ -236,6 +245,8 @@ pub struct Authorizer {
     prefixes: Vec<(String, Access)>,
     operator: Option<Access>,
     acl: Option<Access>,
+    /// The token's expiry (leader time), so a kept authorizer can tell when it no longer holds.
+    expires_at_ms: Option<u64>,
 }
 
 impl Authorizer {
@@ -249,10 +260,16 @@ impl Authorizer {
             prefixes: Vec::new(),
             operator: None,
             acl: None,
+            expires_at_ms: None,
         }
     }
 
-    fn new<'a>(accessor: &str, default: Access, rules: impl Iterator<Item = &'a Rules>) -> Self {
+    fn new<'a>(
+        accessor: &str,
+        expires_at_ms: Option<u64>,
+        default: Access,
+        rules: impl Iterator<Item = &'a Rules>,
+    ) -> Self {
         let mut exact: HashMap<String, Access> = HashMap::new();
         let mut prefixes: HashMap<String, Access> = HashMap::new();
         let (mut operator, mut acl) = (None::<Access>, None::<Access>);
@@ -289,6 +306,16 @@ impl Authorizer {
             prefixes,
             operator,
             acl,
+            expires_at_ms,
+        }
+    }
+
+    /// Refuses the token once leader time `now_ms` has reached its expiry, as
+    /// [`AclState::authorize`] does: for an authorizer kept beyond the request it was made for.
+    pub fn check_expiry(&self, now_ms: u64) -> Result<(), TokenError> {
+        match (&self.accessor, self.expires_at_ms) {
+            (Some(accessor), Some(t)) if t <= now_ms => Err(TokenError::Expired(accessor.clone())),
+            _ => Ok(()),
         }
     }
 
@@ -441,25 +468,197 @@ impl AclState {
         let token = token.or_else(|| self.tokens.get(ANONYMOUS).map(|t| &**t));
         let Some(token) = token else {
             // No anonymous token stored yet: it has no policies.
-            return Ok(Authorizer::new(ANONYMOUS, default, std::iter::empty()));
+            return Ok(Authorizer::new(
+                ANONYMOUS,
+                None,
+                default,
+                std::iter::empty(),
+            ));
         };
         if token.expires_at_ms.is_some_and(|t| t <= now_ms) {
             return Err(TokenError::Expired(token.accessor.clone()));
         }
-        let management = Rules::management();
+        static MANAGEMENT: LazyLock<Rules> = LazyLock::new(Rules::management);
         let rules = token.policies.iter().filter_map(|name| {
             if name == MANAGEMENT_POLICY {
-                Some(&management)
+                Some(&*MANAGEMENT)
             } else {
                 self.policies.get(name).map(|p| &p.spec.rules)
             }
         });
-        Ok(Authorizer::new(&token.accessor, default, rules))
+        Ok(Authorizer::new(
+            &token.accessor,
+            token.expires_at_ms,
+            default,
+            rules,
+        ))
     }
 
     /// The earliest expiry of any token, for the leader's reaper.
     pub fn next_expiry(&self) -> Option<u64> {
         self.expiries.get_min().map(|(e, _)| *e)
+    }
+}
+
+/// Authorizers of the secrets recently used on this node, so that a request with a known token
+/// costs a map lookup instead of a SHA-256 and a merge of the token's policies.
+///
+/// What it answers is what [`AclState::authorize`] answers: entries are tagged with the ACL
+/// version ([`Registry::acl_version`]) they were computed at and served only while it stays the
+/// same (a change to any token or policy moves it, and the first request that sees the new one
+/// empties the cache), and the token's expiry is checked against the leader time on every hit.
+/// Only tokens that exist are kept, never an unknown secret, and at most `capacity` of them: a
+/// full cache is emptied before it takes one more. Entries are found by a keyed hash of the
+/// secret (random keys per process) and the secret is then compared in constant time, so a
+/// lookup tells a caller nothing about other secrets.
+///
+/// [`Registry::acl_version`]: crate::Registry::acl_version
+pub struct RightsCache {
+    mode: AclMode,
+    capacity: usize,
+    keys: RandomState,
+    /// ACLs off: the one authorizer every request gets.
+    open: Arc<Authorizer>,
+    inner: parking_lot::RwLock<CachedRights>,
+}
+
+/// The entries computed at one ACL version.
+#[derive(Default)]
+struct CachedRights {
+    /// `None` before the first entry.
+    version: Option<u64>,
+    anonymous: Option<Arc<Authorizer>>,
+    /// Keyed hash of the secret → the secret and its authorizer.
+    by_secret: HashMap<u64, CachedToken, BuildHasherDefault<KeyedHash>>,
+}
+
+/// A secret, and the authorizer of its token.
+type CachedToken = (Box<[u8]>, Arc<Authorizer>);
+
+/// The map's hasher: its keys are already keyed hashes, so it passes them through.
+#[derive(Default)]
+struct KeyedHash(u64);
+
+impl Hasher for KeyedHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// Whether two secrets are equal, in a time that depends only on their lengths.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len()
+        && std::hint::black_box(a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y))) == 0
+}
+
+impl std::fmt::Debug for RightsCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secrets.
+        f.debug_struct("RightsCache")
+            .field("mode", &self.mode)
+            .field("capacity", &self.capacity)
+            .field("cached", &self.len())
+            .finish()
+    }
+}
+
+impl RightsCache {
+    /// A cache for a node in `mode`, keeping at most `capacity` tokens (0: none).
+    pub fn new(mode: AclMode, capacity: usize) -> RightsCache {
+        RightsCache {
+            mode,
+            capacity,
+            keys: RandomState::new(),
+            open: Arc::new(Authorizer::open()),
+            inner: parking_lot::RwLock::default(),
+        }
+    }
+
+    /// The authorizer of `secret` (`None`: the anonymous token) on this node now: what
+    /// [`AclState::authorize`] answers for the registry's current ACL state and leader time.
+    pub fn authorize(
+        &self,
+        registry: &crate::Registry,
+        secret: Option<&str>,
+    ) -> Result<Arc<Authorizer>, TokenError> {
+        // The version first: rights computed from the state read after it are at least as new.
+        self.authorize_at(
+            registry.acl_version(),
+            || registry.acl(),
+            secret,
+            registry.time_ms(),
+        )
+    }
+
+    /// [`RightsCache::authorize`] with the ACL version, the state read at (or after) it, and
+    /// the leader time given.
+    fn authorize_at(
+        &self,
+        version: u64,
+        state: impl FnOnce() -> Arc<AclState>,
+        secret: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Arc<Authorizer>, TokenError> {
+        if self.mode == AclMode::Off {
+            return Ok(self.open.clone());
+        }
+        let key = secret.map(|s| self.keys.hash_one(s.as_bytes()));
+        {
+            let cached = self.inner.read();
+            if cached.version == Some(version) {
+                let hit = match (secret, key) {
+                    (Some(s), Some(k)) => cached
+                        .by_secret
+                        .get(&k)
+                        .filter(|(kept, _)| same_secret(kept, s.as_bytes()))
+                        .map(|(_, z)| z),
+                    _ => cached.anonymous.as_ref(),
+                };
+                if let Some(z) = hit {
+                    z.check_expiry(now_ms)?;
+                    return Ok(z.clone());
+                }
+            }
+        }
+        let z = Arc::new(state().authorize(self.mode, secret, now_ms)?);
+        if self.capacity > 0 {
+            let mut cached = self.inner.write();
+            if cached.version != Some(version) {
+                *cached = CachedRights {
+                    version: Some(version),
+                    ..CachedRights::default()
+                };
+            }
+            match (secret, key) {
+                (Some(s), Some(k)) => {
+                    if cached.by_secret.len() >= self.capacity {
+                        cached.by_secret.clear();
+                    }
+                    cached.by_secret.insert(k, (s.as_bytes().into(), z.clone()));
+                }
+                _ => cached.anonymous = Some(z.clone()),
+            }
+        }
+        Ok(z)
+    }
+
+    /// How many tokens' authorizers are kept.
+    pub fn len(&self) -> usize {
+        self.inner.read().by_secret.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -707,6 +906,153 @@ mod tests {
         assert_eq!(
             s.authorize(DENY, Some("s1"), 0).unwrap().service("x"),
             Access::Deny
+        );
+    }
+
+    fn token(accessor: &str, secret: &str, policies: &[&str], expires: Option<u64>) -> Token {
+        Token {
+            accessor: accessor.into(),
+            secret_hash: Some(hash_secret(secret)),
+            description: String::new(),
+            policies: policies.iter().map(|p| (*p).to_string()).collect(),
+            expires_at_ms: expires,
+            create_time_ms: 0,
+            create_index: 2,
+            modify_index: 2,
+        }
+    }
+
+    #[test]
+    fn hash_secret_is_the_hex_sha256() {
+        // sha256("abc"), FIPS 180-2 appendix B.1.
+        assert_eq!(
+            hash_secret("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn the_rights_cache_answers_what_the_state_answers() {
+        let s = Arc::new(state_with(
+            &[("web", r#"{"service_prefix": {"web": "read"}}"#)],
+            &["web"],
+        ));
+        let cache = RightsCache::new(DENY, 8);
+        let a = cache.authorize_at(1, || s.clone(), Some("s1"), 0).unwrap();
+        let b = cache.authorize_at(1, || s.clone(), Some("s1"), 0).unwrap();
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "the second request is served from the cache"
+        );
+        assert_eq!(b.service("web"), Access::Read);
+        assert_eq!(cache.len(), 1);
+
+        // An unknown secret is refused and never kept; one that differs in a byte is not the
+        // cached one.
+        for bad in ["nope", "s2", "s", "s1 "] {
+            assert_eq!(
+                cache
+                    .authorize_at(1, || s.clone(), Some(bad), 0)
+                    .unwrap_err(),
+                TokenError::NotFound
+            );
+        }
+        assert_eq!(cache.len(), 1);
+
+        // Expiry is judged on every hit, by the leader time given.
+        assert_eq!(
+            cache
+                .authorize_at(1, || s.clone(), Some("s1"), 1_000)
+                .unwrap_err(),
+            TokenError::Expired("t1".into())
+        );
+
+        // The anonymous token is cached too, and follows the state like the others.
+        let anon = cache.authorize_at(1, || s.clone(), None, 0).unwrap();
+        assert!(Arc::ptr_eq(
+            &anon,
+            &cache.authorize_at(1, || s.clone(), None, 0).unwrap()
+        ));
+        assert_eq!(anon.service("web"), Access::Deny);
+
+        // A changed policy and a deleted token are seen by the first request on the new state.
+        let mut changed = (*s).clone();
+        changed.policies.insert(
+            "web".into(),
+            Arc::new(Policy {
+                spec: PolicySpec {
+                    name: "web".into(),
+                    description: String::new(),
+                    rules: rules(r#"{"service_prefix": {"web": "write"}}"#),
+                },
+                create_index: 1,
+                modify_index: 3,
+            }),
+        );
+        changed.put_token(Token {
+            secret_hash: None,
+            ..token(ANONYMOUS, "", &["web"], None)
+        });
+        let changed = Arc::new(changed);
+        let c = cache
+            .authorize_at(2, || changed.clone(), Some("s1"), 0)
+            .unwrap();
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(c.service("web"), Access::Write);
+        assert_eq!(
+            cache
+                .authorize_at(2, || changed.clone(), None, 0)
+                .unwrap()
+                .service("web"),
+            Access::Write
+        );
+        let mut deleted = (*changed).clone();
+        deleted.remove_token("t1");
+        let deleted = Arc::new(deleted);
+        assert_eq!(
+            cache
+                .authorize_at(3, || deleted.clone(), Some("s1"), 0)
+                .unwrap_err(),
+            TokenError::NotFound
+        );
+    }
+
+    #[test]
+    fn the_rights_cache_keeps_at_most_its_capacity() {
+        let mut s = state_with(&[], &[]);
+        for i in 0..10 {
+            s.put_token(token(&format!("a{i}"), &format!("secret-{i}"), &[], None));
+        }
+        let s = Arc::new(s);
+        let cache = RightsCache::new(DENY, 3);
+        for round in 0..2 {
+            for i in 0..10 {
+                let z = cache
+                    .authorize_at(1, || s.clone(), Some(&format!("secret-{i}")), 0)
+                    .unwrap();
+                assert_eq!(
+                    z.accessor(),
+                    Some(format!("a{i}").as_str()),
+                    "round {round}"
+                );
+                assert!(cache.len() <= 3);
+            }
+        }
+        let none = RightsCache::new(DENY, 0);
+        let a = none
+            .authorize_at(1, || s.clone(), Some("secret-1"), 0)
+            .unwrap();
+        let b = none
+            .authorize_at(1, || s.clone(), Some("secret-1"), 0)
+            .unwrap();
+        assert!(!Arc::ptr_eq(&a, &b), "capacity 0 keeps nothing");
+        assert!(none.is_empty());
+        let open = RightsCache::new(AclMode::Off, 3);
+        assert_eq!(
+            open.authorize_at(1, || s.clone(), Some("nope"), 0)
+                .unwrap()
+                .acl(),
+            Access::Write
         );
     }
 

@@ -242,6 +242,9 @@ pub struct Registry {
     /// The applied index at the last change to tokens or policies, for whoever must notice a
     /// revocation (open watch streams).
     acl_changes: tokio::sync::watch::Sender<u64>,
+    /// The same index, stored after the state it belongs to: what every request compares its
+    /// cached rights against, with a plain load.
+    acl_version: AtomicU64,
     /// The most recent changes made through the API: this node's, bounded, persisted.
     audit: parking_lot::Mutex<VecDeque<AuditEntry>>,
     /// The leader's time in the last applied entry: the clock token expiry is judged by.
@@ -270,6 +273,7 @@ impl Default for Registry {
             down_nodes: RwLock::default(),
             acl: RwLock::default(),
             acl_changes: tokio::sync::watch::Sender::new(0),
+            acl_version: AtomicU64::new(0),
             audit: parking_lot::Mutex::default(),
             time_ms: AtomicU64::new(0),
             list_index: AtomicU64::new(0),
@@ -332,9 +336,10 @@ impl Registry {
     }
 
     /// The applied index of the last change to tokens or policies: a cache of rights is current
-    /// while it stays the same.
+    /// while it stays the same. It moves only after the new state is in place, so rights
+    /// computed from [`Registry::acl`] after reading it are at least as new as it says.
     pub fn acl_version(&self) -> u64 {
-        *self.acl_changes.borrow()
+        self.acl_version.load(Ordering::Acquire)
     }
 
     /// The leader's time in the last applied entry.
@@ -447,6 +452,7 @@ impl Registry {
             data.list_index,
         );
         self.changes.send_replace(applied_index);
+        self.acl_version.store(applied_index, Ordering::Release);
         self.acl_changes.send_replace(applied_index);
     }
 
@@ -650,6 +656,7 @@ impl Registry {
             _ => return OpResult::Ok,
         };
         *self.acl.write() = Arc::new(state);
+        self.acl_version.store(index, Ordering::Release);
         self.acl_changes.send_replace(index);
         result
     }

@@ -12,7 +12,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use cairn_api::ErrorCode;
-use cairn_registry::acl::{Access, AclMode, Authorizer, TokenError};
+use cairn_registry::acl::{Access, AclMode, Authorizer, TokenError, ANONYMOUS};
 
 use super::error::Failure;
 use super::query::{decode, Dialect};
@@ -38,9 +38,9 @@ impl Caller {
     /// The authorizer of `secret` (`None`: anonymous) on this node, now.
     pub fn resolve(s: &AppState, secret: Option<&str>) -> Result<Caller, Failure> {
         let registry = s.cluster.registry();
-        let acl = registry.acl();
-        acl.authorize(s.acl, secret, registry.time_ms())
-            .map(|z| Caller(Arc::new(z)))
+        s.rights
+            .authorize(registry, secret)
+            .map(Caller)
             .map_err(token_refused)
     }
 
@@ -105,12 +105,23 @@ impl Caller {
         if has.allows(need) {
             return Ok(());
         }
-        let who = self.0.accessor().unwrap_or("anonymous");
-        let on = name.map(|n| format!(" on {n:?}")).unwrap_or_default();
+        // Consul's words (acl.PermissionDeniedError), which its clients and users know.
+        let accessor = self.0.accessor().unwrap_or(ANONYMOUS);
+        let who = if accessor == ANONYMOUS {
+            "anonymous token".to_owned()
+        } else {
+            format!("token with AccessorID '{accessor}'")
+        };
+        let on = name.map(|n| format!(" on \"{n}\"")).unwrap_or_default();
+        let hint = if accessor == ANONYMOUS {
+            ". The anonymous token is used implicitly when a request does not specify a token."
+        } else {
+            ""
+        };
         Err(Failure::new(
             ErrorCode::PermissionDenied,
             format!(
-                "Permission denied: token {who} lacks permission '{resource}:{}'{on}",
+                "Permission denied: {who} lacks permission '{resource}:{}'{on}{hint}",
                 need.as_str()
             ),
         ))

@@ -27,7 +27,7 @@ mod filter;
 use self::filter::Filter;
 use super::acl::{Caller, CONSUL_FILTERED_HEADER};
 use super::body::Body;
-use super::error::Failure;
+use super::error::{DeniedMessage, Failure};
 use super::headers::read_response;
 use super::query::{Dialect, ReadQuery};
 use super::state::AppState;
@@ -69,6 +69,17 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/v1/catalog/register", put(catalog_register))
         .route("/v1/catalog/deregister", put(catalog_deregister))
         .route("/v1/agent/service/maintenance/{id}", put(maintenance))
+        .layer(axum::middleware::map_response(permission_denied_as_consul))
+}
+
+/// Consul answers a missing right or an unusable token with 403 and the error's text as the
+/// whole body (`Permission denied: token with AccessorID '…' lacks permission 'service:write' on
+/// "db"`, `ACL not found`), which Consul clients report as they get it: so do these routes.
+async fn permission_denied_as_consul(mut res: Response) -> Response {
+    match res.extensions_mut().remove::<DeniedMessage>() {
+        Some(DeniedMessage(message)) => (StatusCode::FORBIDDEN, message).into_response(),
+        None => res,
+    }
 }
 
 fn respond<T: serde::Serialize>(s: &AppState, index: u64, body: T) -> Response {

@@ -35,11 +35,21 @@ impl Failure {
     }
 }
 
+/// The message of a 403, kept on the response beside its JSON body, so that the Consul routes
+/// can answer it as Consul does: the bare text.
+#[derive(Debug, Clone)]
+pub(super) struct DeniedMessage(pub String);
+
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.0.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let denied = (self.0.code == ErrorCode::PermissionDenied)
+            .then(|| DeniedMessage(self.0.message.clone()));
         let mut res = (status, Json(self.0)).into_response();
+        if let Some(denied) = denied {
+            res.extensions_mut().insert(denied);
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

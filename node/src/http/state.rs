@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use cairn_api::ErrorCode;
 use cairn_raft::Cluster;
-use cairn_registry::acl::AclMode;
+use cairn_registry::acl::{AclMode, RightsCache};
 use cairn_registry::model::{CheckKindSpec, InstanceSpec, ValidationError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,9 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Whether ACLs are enforced, and the default for what no rule decides.
     pub acl: AclMode,
+    /// The rights of recently used tokens (`--acl-cache-size`), so a request does not hash its
+    /// secret and merge its token's policies again.
+    pub rights: Arc<RightsCache>,
     /// This node's data folder: `acl-bootstrap-reset` is read from it.
     pub data_dir: PathBuf,
     /// What the DNS listeners held back (rate limiting, refused recursion), for `/metrics`.
