@@ -5,7 +5,9 @@
 //! cannot say a rule exactly, the schema says a little less than the server accepts, never more,
 //! so a request that matches the document is one the server takes.
 
-use utoipa::openapi::schema::{AnyOfBuilder, ArrayBuilder, ObjectBuilder, SchemaFormat, Type};
+use utoipa::openapi::schema::{
+    AnyOfBuilder, ArrayBuilder, ObjectBuilder, SchemaFormat, SchemaType, Type,
+};
 use utoipa::openapi::{KnownFormat, RefOr, Schema};
 
 /// A DNS label: a service name or a tag (stored lower-case).
@@ -42,6 +44,13 @@ fn string(pattern: &str) -> ObjectBuilder {
         .pattern(Some(pattern))
 }
 
+/// A string or `null`: an `Option` field (`null` reads as absent).
+fn opt_string(pattern: &str) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .pattern(Some(pattern))
+}
+
 /// `tags`: at most 64 DNS labels.
 pub fn tags() -> impl Into<RefOr<Schema>> {
     ArrayBuilder::new()
@@ -57,11 +66,10 @@ pub fn meta() -> impl Into<RefOr<Schema>> {
     ObjectBuilder::new()
         .schema_type(Type::Object)
         .property_names(Some(string(META_KEY)))
-        // 512 bytes: 128 characters are 512 bytes even when each takes four.
         .additional_properties(Some(
             ObjectBuilder::new()
                 .schema_type(Type::String)
-                .max_length(Some(128))
+                .max_length(Some(512))
                 .description(Some("at most 512 bytes of UTF-8")),
         ))
         .max_properties(Some(64))
@@ -88,7 +96,7 @@ pub fn address() -> impl Into<RefOr<Schema>> {
 
 /// A duration field (`ttl`, `interval`, ...).
 pub fn duration() -> impl Into<RefOr<Schema>> {
-    string(DURATION).description(Some(
+    opt_string(DURATION).description(Some(
         "a duration: a number and a unit (ns, us, ms, s, m, h), e.g. 500ms, 10s, 5m; a bare number is seconds",
     ))
 }
@@ -108,7 +116,7 @@ pub fn check_headers() -> impl Into<RefOr<Schema>> {
 
 /// `target` of a TCP check: `host:port`, `ipv4:port` or `[ipv6]:port`.
 pub fn tcp_target() -> impl Into<RefOr<Schema>> {
-    string(
+    opt_string(
         "^(([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.)*[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?|([1-9]|[1-9][0-9]|1[0-9][0-9]|2[01][0-9]|22[0-3])(\\.([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])){3}|\\[[0-9A-Ea-e:][0-9A-Fa-f:]*[1-9A-Fa-f][0-9A-Fa-f:]*\\]):([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$",
     )
     .max_length(Some(260))
@@ -146,7 +154,7 @@ pub fn policy_names() -> impl Into<RefOr<Schema>> {
 
 /// `expiration_ttl` of a token: 1 second to a day in the forms of [`DURATION`].
 pub fn token_ttl() -> impl Into<RefOr<Schema>> {
-    string("^([1-9][0-9]{0,3}|[1-9][0-9]{0,3}s|[1-9][0-9]{3,6}ms|[1-9][0-9]{0,2}m|([1-9]|1[0-9]|2[0-4])h)$")
+    opt_string("^([1-9][0-9]{0,3}|[1-9][0-9]{0,3}s|[1-9][0-9]{3,6}ms|[1-9][0-9]{0,2}m|([1-9]|1[0-9]|2[0-4])h)$")
         .description(Some("the token is refused, then deleted, this long after it was made (1s to a day)"))
 }
 
@@ -162,25 +170,36 @@ pub fn instance_id() -> impl Into<RefOr<Schema>> {
 
 /// A check id.
 pub fn check_id() -> impl Into<RefOr<Schema>> {
-    string(CHECK_ID)
+    opt_string(CHECK_ID)
 }
 
 /// A policy name.
 pub fn policy_name() -> impl Into<RefOr<Schema>> {
-    string(POLICY_NAME)
+    opt_string(POLICY_NAME)
 }
 
 /// An access in a rule: `read`, `write` or `deny`.
 pub fn access() -> impl Into<RefOr<Schema>> {
-    string(ACCESS)
+    opt_string(ACCESS)
 }
 
-/// A description: at most 256 bytes (64 characters are, however wide), no control characters.
+/// A description: at most 256 bytes, no control characters.
 pub fn description() -> impl Into<RefOr<Schema>> {
-    string(NO_CONTROL).max_length(Some(64))
+    string(NO_CONTROL).max_length(Some(256))
 }
 
 /// A service's DNS TTL.
 pub fn dns_ttl() -> impl Into<RefOr<Schema>> {
-    string(DNS_TTL)
+    opt_string(DNS_TTL)
+}
+
+/// A registry index, as `?index=` takes it: any `u64`.
+pub fn index() -> impl Into<RefOr<Schema>> {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(0u64))
+        .maximum(Some(u64::MAX))
+        .description(Some(
+            "block until the resource's index differs from this one (or `wait` ends)",
+        ))
 }

@@ -147,7 +147,7 @@ pub struct HealthUpdate {
     pub status: HealthStatus,
     /// At most 4096 bytes.
     #[serde(default)]
-    #[cfg_attr(feature = "openapi", schema(max_length = 1024))]
+    #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
     pub output: Option<String>,
 }
 
@@ -184,7 +184,7 @@ pub struct MaintenanceUpdate {
     pub enable: bool,
     /// At most 4096 bytes; `maintenance` when absent.
     #[serde(default)]
-    #[cfg_attr(feature = "openapi", schema(max_length = 1024))]
+    #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
     pub reason: Option<String>,
 }
 

@@ -48,7 +48,7 @@ pub(super) struct InstancePath {
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)] // read by the derive only
 pub(super) struct ReadParams {
-    /// Block until the resource's index differs from this one (or `wait` ends).
+    #[param(schema_with = cairn_api::schema::index)]
     index: Option<u64>,
     /// How long to block with `index` (default 5m, at most 10m).
     #[param(schema_with = cairn_api::schema::duration)]

@@ -6,6 +6,8 @@
 //! - `error`: [`Failure`], the one error type, the one place that maps error codes (and
 //!   [`cairn_raft::WriteError`]s) to statuses, and the one helper for 400s;
 //! - `body`: the JSON body extractor, whose size and syntax errors are API errors;
+//! - `path`: the path extractor, whose errors are API errors too;
+//! - `doc`: the OpenAPI document's shared parameters, error responses and security;
 //! - `query`: the one query-string parser, with a strict native dialect and Consul's lenient one;
 //! - `blocking`: [`DEFAULT_WAIT`], [`MAX_WAIT`], the wait itself, and [`WaitLimiter`], the
 //!   per-client limit on waiting requests;
@@ -28,6 +30,7 @@ mod body;
 mod doc;
 mod error;
 mod headers;
+mod path;
 mod query;
 mod relay;
 mod state;

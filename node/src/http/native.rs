@@ -11,7 +11,7 @@ mod watch;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -32,6 +32,7 @@ use super::body::Body;
 use super::doc::{InstancePath, ReadParams, ServicePath};
 use super::error::Failure;
 use super::headers::{read_response, set_index};
+use super::path::Path;
 use super::query::{Dialect, ReadQuery};
 use super::state::AppState;
 use crate::checks::CheckKey;
@@ -237,13 +238,13 @@ async fn maintenance(
     let service = model::validate_service_name(&service)?;
     caller.service(&service, Access::Write)?;
     model::validate_id("id", &id)?;
-    let reason = if body.enable {
-        let r = body.reason.unwrap_or_else(|| "maintenance".into());
-        model::validate_output(&r)?;
-        Some(r)
-    } else {
-        None
-    };
+    // Checked even when it is not used (`enable: false`): bad input is refused, not ignored.
+    if let Some(r) = &body.reason {
+        model::validate_output(r)?;
+    }
+    let reason = body
+        .enable
+        .then(|| body.reason.unwrap_or_else(|| "maintenance".into()));
     let w = s
         .cluster
         .write_as(

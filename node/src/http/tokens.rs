@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
@@ -27,6 +27,7 @@ use super::acl::Caller;
 use super::body::Body;
 use super::error::Failure;
 use super::headers::{read_response, set_index};
+use super::path::Path;
 use super::query::{Dialect, ReadQuery};
 use super::state::AppState;
 
@@ -37,7 +38,7 @@ const MAX_AUDIT_READ: usize = acl::AUDIT_LEN;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/acl/bootstrap", put(bootstrap).post(bootstrap))
+        .route("/v1/acl/bootstrap", put(bootstrap).post(bootstrap_post))
         .route("/v1/acl/whoami", get(whoami))
         .route("/v1/acl/tokens", get(list_tokens).post(create_token))
         .route(
@@ -56,6 +57,7 @@ pub(super) fn routes() -> Router<AppState> {
 #[derive(utoipa::OpenApi)]
 #[openapi(paths(
     bootstrap,
+    bootstrap_post,
     whoami,
     list_tokens,
     create_token,
@@ -146,9 +148,9 @@ fn policy_info(p: &Policy) -> PolicyInfo {
 /// of the bootstrap to undo (the file is removed once the new bootstrap is applied).
 #[utoipa::path(put, path = "/v1/acl/bootstrap", tag = "acl",
     summary = "Make the first management token (once; needs no token)",
-    description = "`POST` works as well. Refused once done, unless this node's data folder holds `acl-bootstrap-reset` with the index of the bootstrap to undo.",
+    description = "`POST` works as well. Refused (403) once done, unless this node's data folder holds `acl-bootstrap-reset` with the index of the bootstrap to undo.",
     responses((status = 200, description = "The management token, with its secret (shown only here).", body = TokenInfo),
-        (status = 400), (status = 409), (status = 503)))]
+        (status = 400), (status = 403), (status = 503)))]
 async fn bootstrap(State(s): State<AppState>) -> Result<Response, Failure> {
     acl_enabled(&s)?;
     let reset_path = s.data_dir.join(BOOTSTRAP_RESET_FILE);
@@ -196,6 +198,15 @@ async fn bootstrap(State(s): State<AppState>) -> Result<Response, Failure> {
         },
     };
     Ok(written(w, info))
+}
+
+/// `POST /v1/acl/bootstrap`: the same as `PUT`, as Consul takes it.
+#[utoipa::path(post, path = "/v1/acl/bootstrap", tag = "acl",
+    summary = "Make the first management token (as PUT)",
+    responses((status = 200, description = "The management token, with its secret (shown only here).", body = TokenInfo),
+        (status = 400), (status = 403), (status = 503)))]
+async fn bootstrap_post(state: State<AppState>) -> Result<Response, Failure> {
+    bootstrap(state).await
 }
 
 #[utoipa::path(get, path = "/v1/acl/whoami", tag = "acl",
@@ -291,7 +302,7 @@ fn policy_names(names: &[String]) -> Result<BTreeSet<String>, Failure> {
     summary = "Make a token",
     request_body = TokenRequest, security(("token" = [])),
     responses((status = 201, description = "The token, with its secret (shown only here).", body = TokenInfo),
-        (status = 400), (status = 403), (status = 413), (status = 503), (status = 507)))]
+        (status = 400), (status = 403), (status = 404), (status = 413), (status = 503), (status = 507)))]
 async fn create_token(
     State(s): State<AppState>,
     caller: Caller,

@@ -25,6 +25,7 @@ mod dns;
 mod encrypted_dns;
 mod faults;
 mod fuzz_corpus;
+mod openapi;
 mod reads;
 mod storage;
 mod tls;
