@@ -526,7 +526,8 @@ async fn put_policy(
     summary = "Delete a policy (not global-management)",
     params(("name" = String, Path, pattern = "^[A-Za-z0-9_.-]{1,128}$", description = "The policy's name.")),
     security(("token" = [])),
-    responses((status = 200, description = "Committed at this Raft index (also in `X-Cairn-Index`).", body = WriteResult), (status = 400), (status = 403), (status = 404), (status = 503)))]
+    responses((status = 200, description = "Committed at this Raft index (also in `X-Cairn-Index`).", body = WriteResult), (status = 400), (status = 403), (status = 404),
+        (status = 409, description = "`conflict`: a token still names the policy."), (status = 503)))]
 async fn delete_policy(
     State(s): State<AppState>,
     caller: Caller,
