@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Why a call failed. The string forms are stable: programs match on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ErrorCode {
@@ -82,6 +83,7 @@ impl ErrorCode {
 
 /// The JSON body of every error response: `{"code": "not_found", "message": "..."}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[error("{code:?}: {message}")]
 pub struct ApiError {
     pub code: ErrorCode,

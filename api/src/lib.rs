@@ -21,6 +21,8 @@
 mod acl;
 mod duration;
 mod error;
+#[cfg(feature = "openapi")]
+pub mod schema;
 mod types;
 
 pub use acl::*;

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 /// The health of a check or an instance. Ordered from best to worst, so the health of an
 /// instance is the `max` of its checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum HealthStatus {
     Passing,
@@ -32,6 +33,7 @@ impl std::fmt::Display for HealthStatus {
 
 /// The kind of an active or passive health check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum CheckKind {
     /// `GET url`: 2xx passing, 429 warning, anything else or a time-out critical.
@@ -44,43 +46,58 @@ pub enum CheckKind {
 
 /// Body of `PUT /v1/services/{service}/instances/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct InstanceRegistration {
     /// An IPv4 or IPv6 literal, or a DNS host name (answered as CNAME).
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::schema::address))]
     pub address: String,
     /// 1-65535.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65535))]
     pub port: u32,
     /// DNS labels; duplicates are folded.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::schema::tags))]
     pub tags: Vec<String>,
     /// Free-form string pairs, bounded in count and size.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::schema::meta))]
     pub meta: BTreeMap<String, String>,
     /// 1-65535, default 1: share of DNS answers and SRV weight.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65535))]
     pub weight: Option<u32>,
     /// Health checks; none means the instance is passing.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 16))]
     pub checks: Vec<CheckRegistration>,
 }
 
 /// One check in an [`InstanceRegistration`]. Which fields apply depends on `kind`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CheckRegistration {
     /// Unique within the instance; defaults to the kind, numbered when repeated (`http`, `http-2`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::schema::check_id))]
     pub id: Option<String>,
     pub kind: CheckKind,
     /// `http`: the URL to GET.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(max_length = 2048, pattern = "^https?://[!-~]+$")
+    )]
     pub url: Option<String>,
     /// `http`: the method: `GET` (the default), `HEAD`, `POST` or `PUT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(GET|HEAD|POST|PUT)$"))]
     pub method: Option<String>,
     /// `http`: extra request headers. Stored as given; every read shows their values as
     /// `<redacted>`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::schema::check_headers))]
     pub headers: BTreeMap<String, String>,
     /// `http`: accept any TLS certificate.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -91,41 +108,52 @@ pub struct CheckRegistration {
     pub output_body: bool,
     /// `tcp`: `host:port` to connect to; defaults to the instance's address and port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::schema::tcp_target))]
     pub target: Option<String>,
     /// `ttl`: how long a heartbeat keeps the check passing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::schema::duration))]
     pub ttl: Option<String>,
     /// Active checks: time between probes (default 10s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::schema::duration))]
     pub interval: Option<String>,
     /// Active checks: time a probe may take (default 5s, at most the interval).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::schema::duration))]
     pub timeout: Option<String>,
     /// Successes in a row before passing (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
     pub rise: Option<u32>,
     /// Failures in a row before critical (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
     pub fall: Option<u32>,
     /// Status until the first result (default critical).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_status: Option<HealthStatus>,
     /// Remove the instance once this check has been critical for this long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::schema::duration))]
     pub deregister_after: Option<String>,
 }
 
 /// Body of `PUT /v1/services/{service}/instances/{id}/health`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HealthUpdate {
     pub status: HealthStatus,
+    /// At most 4096 bytes.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
     pub output: Option<String>,
 }
 
 /// Body of `PUT /v1/services/{service}/settings`, and (with `index`) the answer to its GET.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSettingsBody {
     /// When no instance is healthy, DNS hands out all of them instead of none (like Cloud Map's
@@ -134,11 +162,13 @@ pub struct ServiceSettingsBody {
     pub fail_open: Option<bool>,
     /// TTL of the service's DNS answers, e.g. `"30s"`; the agent's `--dns-ttl` when absent.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::schema::dns_ttl))]
     pub dns_ttl: Option<String>,
 }
 
 /// `GET /v1/services/{service}/settings`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceSettingsView {
     pub fail_open: bool,
     pub dns_ttl: Option<String>,
@@ -148,21 +178,26 @@ pub struct ServiceSettingsView {
 
 /// Body of `PUT /v1/services/{service}/instances/{id}/maintenance`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MaintenanceUpdate {
     pub enable: bool,
+    /// At most 4096 bytes; `maintenance` when absent.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
     pub reason: Option<String>,
 }
 
 /// Answer to every successful write: the Raft log index that committed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WriteResult {
     pub index: u64,
 }
 
 /// One row of `GET /v1/services`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceSummary {
     pub name: String,
     /// Index of the last change to this service or its instances.
@@ -177,6 +212,7 @@ pub struct ServiceSummary {
 
 /// `GET /v1/services`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceList {
     /// Moves when a service appears or disappears or its set of tags changes.
     pub index: u64,
@@ -185,6 +221,7 @@ pub struct ServiceList {
 
 /// `GET /v1/services/{service}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceInstances {
     pub name: String,
     pub index: u64,
@@ -193,6 +230,7 @@ pub struct ServiceInstances {
 
 /// An instance as stored, with its health.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InstanceInfo {
     pub id: String,
     pub address: String,
@@ -215,6 +253,7 @@ pub struct InstanceInfo {
 
 /// A check's definition and its last committed result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CheckInfo {
     pub id: String,
     pub definition: CheckRegistration,
@@ -224,6 +263,7 @@ pub struct CheckInfo {
 
 /// A status with its output and the leader-stamped time (Unix ms) it last changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CheckState {
     pub status: HealthStatus,
     pub output: String,
@@ -232,6 +272,7 @@ pub struct CheckState {
 
 /// `GET /v1/cluster`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClusterStatus {
     pub cluster: String,
     /// The node that answered.
@@ -252,6 +293,7 @@ pub struct ClusterStatus {
 
 /// A member of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MemberInfo {
     pub id: u64,
     pub rpc_addr: String,
@@ -261,9 +303,43 @@ pub struct MemberInfo {
 
 /// Body of `POST /v1/cluster/members`: add a node, as a learner until caught up, then a voter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct JoinRequest {
     pub id: u64,
     /// `host:port` of the new node's cluster RPC listener, as the others reach it.
     pub rpc_addr: String,
+}
+
+/// Answer to `PUT /v1/services/{service}/instances/{id}/heartbeat`: the TTL checks passed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HeartbeatResult {
+    pub checks: Vec<String>,
+}
+
+/// `GET /v1/cluster/digest`: a hash of this replica's registry at its applied index; replicas
+/// at the same index must agree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClusterDigest {
+    pub node_id: u64,
+    pub applied_index: u64,
+    /// 16 hexadecimal digits.
+    pub digest: String,
+}
+
+/// `GET /v1/live`: `{"status": "live"}` while the process serves HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LiveStatus {
+    pub status: String,
+}
+
+/// `GET /v1/ready`: this node knows a leader, so it can serve reads and accept writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReadyStatus {
+    pub status: String,
+    pub leader: u64,
 }

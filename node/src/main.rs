@@ -43,6 +43,10 @@ struct OperatorCli {
 enum Operator {
     /// Run a Cairn server node (`cairn agent --help` lists its flags).
     Agent,
+    /// Print the native API's OpenAPI document (what `GET /v1/openapi.json` serves):
+    /// `cairn openapi > api/openapi.json` after changing a route or a wire type.
+    #[command(hide = true)]
+    Openapi,
     #[command(flatten)]
     Command(Box<cli::Command>),
 }
@@ -72,6 +76,10 @@ fn main() -> ExitCode {
     };
     let command = match parsed.command {
         Operator::Command(c) => *c,
+        Operator::Openapi => {
+            print!("{}", cairn_node::http::openapi_json_text());
+            return ExitCode::SUCCESS;
+        }
         // Only reached with flags before `agent`, e.g. `cairn --json agent`.
         Operator::Agent => {
             eprintln!("cairn: put `agent` first: cairn agent [FLAGS]");

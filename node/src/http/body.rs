@@ -1,7 +1,8 @@
 //! [`Body`]: the JSON body extractor. axum's own `Json` answers a wrong Content-Type, a body over
 //! the limit or bad JSON in plain text; this one reads the body whatever its Content-Type (curl
 //! users forget it) and turns each failure into an API error: 413 `body_too_large` beyond
-//! `--max-body-bytes`, 400 `invalid_argument` for anything else.
+//! `--max-body-bytes`, 400 `invalid_argument` for anything else, a body that is not a JSON
+//! object included.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -30,6 +31,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             }
             other => Failure::invalid(format!("cannot read the request body: {other}")),
         })?;
+        // serde reads a struct from a JSON array too (`[null, null]` as the fields in order);
+        // every body of the API is an object, and anything else is refused.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(Failure::invalid(
+                "invalid JSON body: expected a JSON object",
+            ));
+        }
         serde_json::from_slice(&bytes)
             .map(Body)
             .map_err(|e| Failure::invalid(format!("invalid JSON body: {e}")))

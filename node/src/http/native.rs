@@ -11,14 +11,15 @@ mod watch;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use cairn_api::{
-    ErrorCode, HealthUpdate, InstanceInfo, InstanceRegistration, JoinRequest, MaintenanceUpdate,
+    ClusterDigest, ClusterStatus, ErrorCode, HealthUpdate, HeartbeatResult, InstanceInfo,
+    InstanceRegistration, JoinRequest, LiveStatus, MaintenanceUpdate, ReadyStatus,
     ServiceInstances, ServiceList, ServiceSettingsBody, ServiceSettingsView, WriteResult,
 };
 use cairn_raft::Written;
@@ -28,8 +29,10 @@ use cairn_registry::{HealthStatus, Op, ServiceEntry};
 
 use super::acl::{Caller, FILTERED_HEADER};
 use super::body::Body;
+use super::doc::{InstancePath, ReadParams, ServicePath};
 use super::error::Failure;
 use super::headers::{read_response, set_index};
+use super::path::Path;
 use super::query::{Dialect, ReadQuery};
 use super::state::AppState;
 use crate::checks::CheckKey;
@@ -70,6 +73,29 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/v1/ready", get(ready))
 }
 
+/// The routes above, as the OpenAPI document describes them (composed in `http::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    list_services,
+    get_service,
+    watch_service,
+    register,
+    deregister,
+    set_health,
+    heartbeat,
+    maintenance,
+    get_settings,
+    put_settings,
+    delete_settings,
+    cluster_status,
+    cluster_digest,
+    join,
+    remove_member,
+    live,
+    ready
+))]
+pub(super) struct Doc;
+
 /// A write's response: its index, in the body and in `X-Cairn-Index`.
 fn written(w: Written) -> Response {
     let mut res = Json(WriteResult { index: w.index }).into_response();
@@ -81,6 +107,10 @@ fn respond<T: serde::Serialize>(s: &AppState, index: u64, body: T) -> Response {
     read_response(&s.cluster, Dialect::Native, index, body)
 }
 
+#[utoipa::path(put, path = "/v1/services/{service}/instances/{id}", tag = "services",
+    summary = "Register or replace an instance",
+    params(InstancePath), request_body = InstanceRegistration, security(("token" = [])),
+    responses((status = 200, description = "Committed at this Raft index (also in `X-Cairn-Index`).", body = WriteResult), (status = 400), (status = 403), (status = 413), (status = 503), (status = 507)))]
 async fn register(
     State(s): State<AppState>,
     caller: Caller,
@@ -98,6 +128,10 @@ async fn register(
     Ok(written(w))
 }
 
+#[utoipa::path(delete, path = "/v1/services/{service}/instances/{id}", tag = "services",
+    summary = "Deregister an instance",
+    params(InstancePath), security(("token" = [])),
+    responses((status = 200, description = "Committed at this Raft index (also in `X-Cairn-Index`).", body = WriteResult), (status = 400), (status = 403), (status = 404), (status = 503)))]
 async fn deregister(
     State(s): State<AppState>,
     caller: Caller,
@@ -113,6 +147,10 @@ async fn deregister(
     Ok(written(w))
 }
 
+#[utoipa::path(put, path = "/v1/services/{service}/instances/{id}/health", tag = "services",
+    summary = "Set an instance's custom health",
+    params(InstancePath), request_body = HealthUpdate, security(("token" = [])),
+    responses((status = 200, description = "Committed at this Raft index (also in `X-Cairn-Index`).", body = WriteResult), (status = 400), (status = 403), (status = 404), (status = 413), (status = 503), (status = 507)))]
 async fn set_health(
     State(s): State<AppState>,
     caller: Caller,
@@ -140,6 +178,13 @@ async fn set_health(
 }
 
 /// `?check=<id>` picks one TTL check; without it, every TTL check of the instance.
+#[utoipa::path(put, path = "/v1/services/{service}/instances/{id}/heartbeat", tag = "services",
+    summary = "Pass an instance's TTL checks",
+    params(InstancePath, ("check" = Option<String>, Query, pattern = "^[A-Za-z0-9_.:-]{1,128}$",
+        description = "Only this TTL check (by id); without it, every TTL check of the instance.")),
+    security(("token" = [])),
+    responses((status = 200, description = "The TTL checks passed.", body = HeartbeatResult),
+        (status = 400), (status = 403), (status = 404), (status = 503)))]
 async fn heartbeat(
     State(s): State<AppState>,
     caller: Caller,
@@ -178,9 +223,13 @@ async fn heartbeat(
         };
         s.relay_heartbeat(key, &caller).await?;
     }
-    Ok(Json(serde_json::json!({"checks": ttl_checks})).into_response())
+    Ok(Json(HeartbeatResult { checks: ttl_checks }).into_response())
 }
 
+#[utoipa::path(put, path = "/v1/services/{service}/instances/{id}/maintenance", tag = "services",
+    summary = "Put an instance in or out of maintenance",
+    params(InstancePath), request_body = MaintenanceUpdate, security(("token" = [])),
+    responses((status = 200, description = "Committed at this Raft index (also in `X-Cairn-Index`).", body = WriteResult), (status = 400), (status = 403), (status = 404), (status = 413), (status = 503), (status = 507)))]
 async fn maintenance(
     State(s): State<AppState>,
     caller: Caller,
@@ -190,13 +239,13 @@ async fn maintenance(
     let service = model::validate_service_name(&service)?;
     caller.service(&service, Access::Write)?;
     model::validate_id("id", &id)?;
-    let reason = if body.enable {
-        let r = body.reason.unwrap_or_else(|| "maintenance".into());
-        model::validate_output(&r)?;
-        Some(r)
-    } else {
-        None
-    };
+    // Checked even when it is not used (`enable: false`): bad input is refused, not ignored.
+    if let Some(r) = &body.reason {
+        model::validate_output(r)?;
+    }
+    let reason = body
+        .enable
+        .then(|| body.reason.unwrap_or_else(|| "maintenance".into()));
     let w = s
         .cluster
         .write_as(
@@ -211,6 +260,10 @@ async fn maintenance(
     Ok(written(w))
 }
 
+#[utoipa::path(put, path = "/v1/services/{service}/settings", tag = "services",
+    summary = "Set a service's settings",
+    params(ServicePath), request_body = ServiceSettingsBody, security(("token" = [])),
+    responses((status = 200, description = "Committed at this Raft index (also in `X-Cairn-Index`).", body = WriteResult), (status = 400), (status = 403), (status = 413), (status = 503), (status = 507)))]
 async fn put_settings(
     State(s): State<AppState>,
     caller: Caller,
@@ -229,6 +282,10 @@ async fn put_settings(
 
 /// Removes a service's settings, so settings left by services long gone do not pile up: 404
 /// when it has none.
+#[utoipa::path(delete, path = "/v1/services/{service}/settings", tag = "services",
+    summary = "Remove a service's settings (back to the defaults)",
+    params(ServicePath), security(("token" = [])),
+    responses((status = 200, description = "Committed at this Raft index (also in `X-Cairn-Index`).", body = WriteResult), (status = 400), (status = 403), (status = 404), (status = 503)))]
 async fn delete_settings(
     State(s): State<AppState>,
     caller: Caller,
@@ -243,6 +300,11 @@ async fn delete_settings(
     Ok(written(w))
 }
 
+#[utoipa::path(get, path = "/v1/services/{service}/settings", tag = "services",
+    summary = "A service's settings (defaults when never set)",
+    params(ServicePath), security(("token" = [])),
+    responses((status = 200, description = "The settings.", body = ServiceSettingsView),
+        (status = 400), (status = 403)))]
 async fn get_settings(
     State(s): State<AppState>,
     caller: Caller,
@@ -262,6 +324,12 @@ async fn get_settings(
     Ok(respond(&s, index, body))
 }
 
+#[utoipa::path(get, path = "/v1/services", tag = "services",
+    summary = "Every service, with its tags and instance counts by health",
+    description = "With ACLs, only the services the token may read (`X-Cairn-Filtered: true` when some were left out).",
+    params(ReadParams), security((), ("token" = [])),
+    responses((status = 200, description = "The services.", body = ServiceList),
+        (status = 400), (status = 403), (status = 429), (status = 503)))]
 async fn list_services(
     State(s): State<AppState>,
     caller: Caller,
@@ -294,6 +362,18 @@ async fn list_services(
     Ok(res)
 }
 
+#[utoipa::path(get, path = "/v1/services/{service}", tag = "services",
+    summary = "A service's instances, with their health",
+    params(ServicePath,
+        ("health" = Option<String>, Query, pattern = "^(passing|any)$",
+            description = "`passing`: only passing instances; `any` (the default): all."),
+        ("tag" = Option<String>, Query, description = "Only instances with this tag (any case)."),
+        ReadParams),
+    security(("token" = [])),
+    responses((status = 200, description = "The service.", body = ServiceInstances),
+        (status = 400), (status = 403),
+        (status = 404, description = "`not_found`: the service has no instances (`X-Cairn-Index` is still set, to block on)."),
+        (status = 429), (status = 503)))]
 async fn get_service(
     State(s): State<AppState>,
     caller: Caller,
@@ -353,6 +433,15 @@ fn instance_infos(
 /// (`state`) is the whole service; then each change is a `change` event whose id is its index.
 /// A client reconnecting with `Last-Event-ID` (or `?index=`) is replayed every change after it,
 /// or sent a `state` event when that index is too old to replay.
+#[utoipa::path(get, path = "/v1/services/{service}/watch", tag = "services",
+    summary = "Server-Sent Events of a service's changes",
+    description = "A `state` event with the whole service (a `ServiceInstances`), then a `change` event per change, its id the change's index. Reconnecting with `Last-Event-ID` (or `?index=`) replays what followed; a revoked token ends the stream with an `error` event (an `ApiError`). The stream lasts until the client or the node ends it.",
+    params(ServicePath,
+        ("index" = Option<u64>, Query, description = "Resume after this index (as `Last-Event-ID`)."),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this index.")),
+    security(("token" = [])),
+    responses((status = 200, description = "The event stream.", content_type = "text/event-stream", body = String),
+        (status = 400), (status = 403), (status = 429)))]
 async fn watch_service(
     State(s): State<AppState>,
     caller: Caller,
@@ -384,6 +473,11 @@ async fn watch_service(
         .into_response())
 }
 
+#[utoipa::path(get, path = "/v1/cluster", tag = "cluster",
+    summary = "This node's view of the cluster",
+    params(ReadParams), security(("token" = [])),
+    responses((status = 200, description = "Members, role, leader, term and indexes.", body = ClusterStatus),
+        (status = 400), (status = 403), (status = 429), (status = 503)))]
 async fn cluster_status(
     State(s): State<AppState>,
     caller: Caller,
@@ -400,8 +494,8 @@ async fn cluster_status(
 }
 
 /// The cluster's view of itself, in the API's shape.
-fn cluster_status_body(st: cairn_raft::Status) -> cairn_api::ClusterStatus {
-    cairn_api::ClusterStatus {
+fn cluster_status_body(st: cairn_raft::Status) -> ClusterStatus {
+    ClusterStatus {
         cluster: st.cluster,
         node_id: st.node_id,
         role: st.role.to_owned(),
@@ -425,20 +519,29 @@ fn cluster_status_body(st: cairn_raft::Status) -> cairn_api::ClusterStatus {
 }
 
 /// This replica's state digest at its applied index: replicas at the same index must agree.
+#[utoipa::path(get, path = "/v1/cluster/digest", tag = "cluster",
+    summary = "A hash of this replica's registry at its applied index",
+    security(("token" = [])),
+    responses((status = 200, description = "Replicas at the same applied index report the same digest.", body = ClusterDigest),
+        (status = 403), (status = 500)))]
 async fn cluster_digest(State(s): State<AppState>, caller: Caller) -> Result<Response, Failure> {
     caller.operator(Access::Read)?;
     let registry = s.cluster.registry().clone();
     let (index, digest) = tokio::task::spawn_blocking(move || registry.digest())
         .await
         .map_err(|e| Failure::new(ErrorCode::Internal, e.to_string()))?;
-    let body = serde_json::json!({
-        "node_id": s.cluster.id(),
-        "applied_index": index,
-        "digest": format!("{digest:016x}"),
-    });
+    let body = ClusterDigest {
+        node_id: s.cluster.id(),
+        applied_index: index,
+        digest: format!("{digest:016x}"),
+    };
     Ok(respond(&s, index, body))
 }
 
+#[utoipa::path(post, path = "/v1/cluster/members", tag = "cluster",
+    summary = "Add a node: a learner until it caught up, then a voter",
+    request_body = JoinRequest, security(("token" = [])),
+    responses((status = 200, description = "Committed at this Raft index (also in `X-Cairn-Index`).", body = WriteResult), (status = 400), (status = 403), (status = 409), (status = 413), (status = 503)))]
 async fn join(
     State(s): State<AppState>,
     caller: Caller,
@@ -461,6 +564,10 @@ async fn join(
     Ok(written(w))
 }
 
+#[utoipa::path(delete, path = "/v1/cluster/members/{id}", tag = "cluster",
+    summary = "Remove a node (the last voter cannot be removed)",
+    params(("id" = u64, Path, description = "The node's id.")), security(("token" = [])),
+    responses((status = 200, description = "Committed at this Raft index (also in `X-Cairn-Index`).", body = WriteResult), (status = 400), (status = 403), (status = 404), (status = 409), (status = 503)))]
 async fn remove_member(
     State(s): State<AppState>,
     caller: Caller,
@@ -474,16 +581,27 @@ async fn remove_member(
     Ok(written(w))
 }
 
+#[utoipa::path(get, path = "/v1/live", tag = "health",
+    summary = "Liveness: the process serves HTTP",
+    responses((status = 200, description = "Live.", body = LiveStatus)))]
 async fn live() -> Response {
-    Json(serde_json::json!({"status": "live"})).into_response()
+    Json(LiveStatus {
+        status: "live".into(),
+    })
+    .into_response()
 }
 
 /// Ready when this node knows a leader: it can then serve reads and accept writes.
+#[utoipa::path(get, path = "/v1/ready", tag = "health",
+    summary = "Readiness: this node knows a leader",
+    responses((status = 200, description = "Ready.", body = ReadyStatus), (status = 503)))]
 async fn ready(State(s): State<AppState>) -> Result<Response, Failure> {
     match s.cluster.leader() {
-        Some(leader) => {
-            Ok(Json(serde_json::json!({"status": "ready", "leader": leader})).into_response())
-        }
+        Some(leader) => Ok(Json(ReadyStatus {
+            status: "ready".into(),
+            leader,
+        })
+        .into_response()),
         None => Err(Failure::new(
             ErrorCode::NoLeader,
             "this node knows no leader yet",

@@ -7,14 +7,14 @@
 
 use std::collections::BTreeSet;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use cairn_api::{
     parse_duration, AclRules, AuditInfo, AuditList, ErrorCode, PolicyInfo, PolicyList,
-    PolicyRequest, TokenInfo, TokenList, TokenRequest, WhoAmI,
+    PolicyRequest, TokenInfo, TokenList, TokenRequest, WhoAmI, WriteResult,
 };
 use cairn_raft::Written;
 use cairn_registry::acl::{
@@ -27,6 +27,7 @@ use super::acl::Caller;
 use super::body::Body;
 use super::error::Failure;
 use super::headers::{read_response, set_index};
+use super::path::Path;
 use super::query::{Dialect, ReadQuery};
 use super::state::AppState;
 
@@ -37,7 +38,7 @@ const MAX_AUDIT_READ: usize = acl::AUDIT_LEN;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/acl/bootstrap", put(bootstrap).post(bootstrap))
+        .route("/v1/acl/bootstrap", put(bootstrap).post(bootstrap_post))
         .route("/v1/acl/whoami", get(whoami))
         .route("/v1/acl/tokens", get(list_tokens).post(create_token))
         .route(
@@ -51,6 +52,26 @@ pub(super) fn routes() -> Router<AppState> {
         )
         .route("/v1/audit", get(audit))
 }
+
+/// The routes above, as the OpenAPI document describes them (composed in `http::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    bootstrap,
+    bootstrap_post,
+    whoami,
+    list_tokens,
+    create_token,
+    read_token,
+    update_token,
+    delete_token,
+    list_policies,
+    create_policy,
+    read_policy,
+    put_policy,
+    delete_policy,
+    audit
+))]
+pub(super) struct Doc;
 
 /// A random id in UUID form (version 4): accessors and secrets alike.
 fn random_id() -> Result<String, Failure> {
@@ -125,6 +146,11 @@ fn policy_info(p: &Policy) -> PolicyInfo {
 /// `PUT /v1/acl/bootstrap`: the first management token, once. Needs no token. A second call is
 /// refused unless the file [`BOOTSTRAP_RESET_FILE`] in this node's data folder holds the index
 /// of the bootstrap to undo (the file is removed once the new bootstrap is applied).
+#[utoipa::path(put, path = "/v1/acl/bootstrap", tag = "acl",
+    summary = "Make the first management token (once; needs no token)",
+    description = "`POST` works as well. Refused (403) once done, unless this node's data folder holds `acl-bootstrap-reset` with the index of the bootstrap to undo.",
+    responses((status = 200, description = "The management token, with its secret (shown only here).", body = TokenInfo),
+        (status = 400), (status = 403), (status = 503)))]
 async fn bootstrap(State(s): State<AppState>) -> Result<Response, Failure> {
     acl_enabled(&s)?;
     let reset_path = s.data_dir.join(BOOTSTRAP_RESET_FILE);
@@ -174,6 +200,19 @@ async fn bootstrap(State(s): State<AppState>) -> Result<Response, Failure> {
     Ok(written(w, info))
 }
 
+/// `POST /v1/acl/bootstrap`: the same as `PUT`, as Consul takes it.
+#[utoipa::path(post, path = "/v1/acl/bootstrap", tag = "acl",
+    summary = "Make the first management token (as PUT)",
+    responses((status = 200, description = "The management token, with its secret (shown only here).", body = TokenInfo),
+        (status = 400), (status = 403), (status = 503)))]
+async fn bootstrap_post(state: State<AppState>) -> Result<Response, Failure> {
+    bootstrap(state).await
+}
+
+#[utoipa::path(get, path = "/v1/acl/whoami", tag = "acl",
+    summary = "The request's token (none when anonymous), and whether ACLs are enforced",
+    security((), ("token" = [])),
+    responses((status = 200, description = "The caller.", body = WhoAmI), (status = 403)))]
 async fn whoami(State(s): State<AppState>, caller: Caller) -> Result<Response, Failure> {
     let registry = s.cluster.registry();
     let acl = registry.acl();
@@ -201,6 +240,9 @@ async fn whoami(State(s): State<AppState>, caller: Caller) -> Result<Response, F
     ))
 }
 
+#[utoipa::path(get, path = "/v1/acl/tokens", tag = "acl",
+    summary = "Every token, without secrets", security(("token" = [])),
+    responses((status = 200, description = "The tokens.", body = TokenList), (status = 403)))]
 async fn list_tokens(State(s): State<AppState>, caller: Caller) -> Result<Response, Failure> {
     caller.acl(Access::Read)?;
     let registry = s.cluster.registry();
@@ -215,6 +257,12 @@ async fn list_tokens(State(s): State<AppState>, caller: Caller) -> Result<Respon
     ))
 }
 
+#[utoipa::path(get, path = "/v1/acl/tokens/{accessor}", tag = "acl",
+    summary = "One token, without its secret",
+    params(("accessor" = String, Path, description = "The token's accessor id.")),
+    security(("token" = [])),
+    responses((status = 200, description = "The token.", body = TokenInfo),
+        (status = 403), (status = 404), (status = 503)))]
 async fn read_token(
     State(s): State<AppState>,
     caller: Caller,
@@ -250,6 +298,11 @@ fn policy_names(names: &[String]) -> Result<BTreeSet<String>, Failure> {
     Ok(set)
 }
 
+#[utoipa::path(post, path = "/v1/acl/tokens", tag = "acl",
+    summary = "Make a token",
+    request_body = TokenRequest, security(("token" = [])),
+    responses((status = 201, description = "The token, with its secret (shown only here).", body = TokenInfo),
+        (status = 400), (status = 403), (status = 404), (status = 413), (status = 503), (status = 507)))]
 async fn create_token(
     State(s): State<AppState>,
     caller: Caller,
@@ -302,6 +355,11 @@ async fn create_token(
     Ok(res)
 }
 
+#[utoipa::path(put, path = "/v1/acl/tokens/{accessor}", tag = "acl",
+    summary = "Change a token's description and policies",
+    params(("accessor" = String, Path, pattern = "^[a-z0-9-]{1,64}$", description = "The token's accessor id.")),
+    request_body = TokenRequest, security(("token" = [])),
+    responses((status = 200, description = "Committed at this Raft index (also in `X-Cairn-Index`).", body = WriteResult), (status = 400), (status = 403), (status = 404), (status = 413), (status = 503), (status = 507)))]
 async fn update_token(
     State(s): State<AppState>,
     caller: Caller,
@@ -327,9 +385,14 @@ async fn update_token(
         .cluster
         .write_as(Op::AclSetToken { token: spec }, caller.accessor())
         .await?;
-    Ok(written(w, cairn_api::WriteResult { index: w.index }))
+    Ok(written(w, WriteResult { index: w.index }))
 }
 
+#[utoipa::path(delete, path = "/v1/acl/tokens/{accessor}", tag = "acl",
+    summary = "Delete a token (not the anonymous one)",
+    params(("accessor" = String, Path, pattern = "^[a-z0-9-]{1,64}$", description = "The token's accessor id.")),
+    security(("token" = [])),
+    responses((status = 200, description = "Committed at this Raft index (also in `X-Cairn-Index`).", body = WriteResult), (status = 400), (status = 403), (status = 404), (status = 503)))]
 async fn delete_token(
     State(s): State<AppState>,
     caller: Caller,
@@ -347,9 +410,12 @@ async fn delete_token(
         .cluster
         .write_as(Op::AclDeleteToken { accessor }, caller.accessor())
         .await?;
-    Ok(written(w, cairn_api::WriteResult { index: w.index }))
+    Ok(written(w, WriteResult { index: w.index }))
 }
 
+#[utoipa::path(get, path = "/v1/acl/policies", tag = "acl",
+    summary = "Every policy, the built-in global-management included", security(("token" = [])),
+    responses((status = 200, description = "The policies.", body = PolicyList), (status = 403)))]
 async fn list_policies(State(s): State<AppState>, caller: Caller) -> Result<Response, Failure> {
     caller.acl(Access::Read)?;
     let registry = s.cluster.registry();
@@ -371,6 +437,12 @@ async fn list_policies(State(s): State<AppState>, caller: Caller) -> Result<Resp
     ))
 }
 
+#[utoipa::path(get, path = "/v1/acl/policies/{name}", tag = "acl",
+    summary = "One policy",
+    params(("name" = String, Path, description = "The policy's name.")),
+    security(("token" = [])),
+    responses((status = 200, description = "The policy.", body = PolicyInfo),
+        (status = 403), (status = 404), (status = 503)))]
 async fn read_policy(
     State(s): State<AppState>,
     caller: Caller,
@@ -405,9 +477,13 @@ async fn set_policy(s: &AppState, caller: &Caller, spec: PolicySpec) -> Result<R
         .cluster
         .write_as(Op::AclSetPolicy { policy: spec }, caller.accessor())
         .await?;
-    Ok(written(w, cairn_api::WriteResult { index: w.index }))
+    Ok(written(w, WriteResult { index: w.index }))
 }
 
+#[utoipa::path(post, path = "/v1/acl/policies", tag = "acl",
+    summary = "Make or replace a policy (named in the body)",
+    request_body = PolicyRequest, security(("token" = [])),
+    responses((status = 200, description = "Committed at this Raft index (also in `X-Cairn-Index`).", body = WriteResult), (status = 400), (status = 403), (status = 413), (status = 503), (status = 507)))]
 async fn create_policy(
     State(s): State<AppState>,
     caller: Caller,
@@ -424,6 +500,11 @@ async fn create_policy(
     set_policy(&s, &caller, spec).await
 }
 
+#[utoipa::path(put, path = "/v1/acl/policies/{name}", tag = "acl",
+    summary = "Make or replace a policy",
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9_.-]{1,128}$", description = "The policy's name.")),
+    request_body = PolicyRequest, security(("token" = [])),
+    responses((status = 200, description = "Committed at this Raft index (also in `X-Cairn-Index`).", body = WriteResult), (status = 400), (status = 403), (status = 413), (status = 503), (status = 507)))]
 async fn put_policy(
     State(s): State<AppState>,
     caller: Caller,
@@ -441,6 +522,12 @@ async fn put_policy(
     set_policy(&s, &caller, spec).await
 }
 
+#[utoipa::path(delete, path = "/v1/acl/policies/{name}", tag = "acl",
+    summary = "Delete a policy (not global-management)",
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9_.-]{1,128}$", description = "The policy's name.")),
+    security(("token" = [])),
+    responses((status = 200, description = "Committed at this Raft index (also in `X-Cairn-Index`).", body = WriteResult), (status = 400), (status = 403), (status = 404),
+        (status = 409, description = "`conflict`: a token still names the policy."), (status = 503)))]
 async fn delete_policy(
     State(s): State<AppState>,
     caller: Caller,
@@ -458,11 +545,16 @@ async fn delete_policy(
         .cluster
         .write_as(Op::AclDeletePolicy { name }, caller.accessor())
         .await?;
-    Ok(written(w, cairn_api::WriteResult { index: w.index }))
+    Ok(written(w, WriteResult { index: w.index }))
 }
 
 /// `GET /v1/audit[?limit=N]`: the most recent changes made through the API on this node's
 /// replica, oldest first.
+#[utoipa::path(get, path = "/v1/audit", tag = "acl",
+    summary = "The most recent changes made through the API on this node's replica, oldest first",
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Only the last N entries (default and most 1000).")),
+    security(("token" = [])),
+    responses((status = 200, description = "The entries.", body = AuditList), (status = 400), (status = 403)))]
 async fn audit(
     State(s): State<AppState>,
     caller: Caller,

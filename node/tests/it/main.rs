@@ -27,6 +27,7 @@ mod encrypted_dns;
 mod faults;
 mod fuzz_corpus;
 mod quotas;
+mod openapi;
 mod reads;
 mod slowloris;
 mod storage;
