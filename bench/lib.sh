@@ -14,6 +14,14 @@
 
 # The driver that sourced this file: its header comment is its --help text.
 BENCH_SCRIPT=${BASH_SOURCE[1]}
+
+# Every load generator here opens its connections from one address (127.0.0.1): lift the
+# per-client connection caps that protect a node from one noisy client (README "Limits and
+# protections"), or a 256-connection wrk run or 10,000 watchers would be refused at accept.
+# The agents the drivers start read these from the environment, as they read every flag.
+export CAIRN_HTTP_MAX_CONNS=${CAIRN_HTTP_MAX_CONNS:-20000}
+export CAIRN_HTTP_MAX_CONNS_PER_CLIENT=${CAIRN_HTTP_MAX_CONNS_PER_CLIENT:-20000}
+export CAIRN_DNS_TCP_MAX_CONNS_PER_CLIENT=${CAIRN_DNS_TCP_MAX_CONNS_PER_CLIENT:-512}
 BENCH_LOG_TAG=${BENCH_LOG_TAG:-bench}
 WORK_DIR=""
 RESULTS_DIR=""
