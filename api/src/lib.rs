@@ -5,7 +5,10 @@
 //!
 //! This crate is serde and nothing else: the server (`cairn-node`) and the client
 //! (`cairn-client`) both speak through it, and a program with its own HTTP stack can depend on it
-//! alone. What the cluster stores and replicates is *not* these types: the registry keeps its own
+//! alone. With the feature `openapi` (the server's), the types also derive their JSON Schemas
+//! (utoipa), and the module `schema` holds the rules the derives cannot say alone; the server's
+//! OpenAPI document (`api/openapi.json`) is built from them. What the cluster stores and
+//! replicates is *not* these types: the registry keeps its own
 //! persisted types (crate `cairn-registry`), so a change here never changes the replicated format.
 //!
 //! ```
