@@ -43,8 +43,8 @@ mod native;
 mod rpc;
 mod tokens;
 
-use std::time::Duration;
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::header;

@@ -89,8 +89,18 @@ async fn t10_names_outside_the_zone_are_forwarded_only_for_allowed_clients() {
     let refused = Message::from_vec(&refused).unwrap();
     assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
 
-    // In-zone answers are everyone's.
-    let own = udp_from("127.0.0.1", dns, "node-1.node.cairn.", None).await;
+    // In-zone answers are everyone's. The node's own record exists once its bootstrap has
+    // committed, which the queries above did not wait for.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let own = loop {
+        let own = udp_from("127.0.0.1", dns, "node-1.node.cairn.", None).await;
+        if own.metadata.response_code == ResponseCode::NoError
+            || std::time::Instant::now() > deadline
+        {
+            break own;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert_eq!(own.metadata.response_code, ResponseCode::NoError);
     assert_eq!(addresses(&own), BTreeSet::from(["127.0.0.1".into()]));
 
