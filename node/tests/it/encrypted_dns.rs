@@ -586,6 +586,17 @@ fn idle_timeout() -> Duration {
     cairn_dns::ServerConfig::default().tcp_idle_timeout
 }
 
+/// Reads from `s` until the server closes it (end of stream or an error).
+async fn until_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) {
+    let mut buf = [0u8; 64];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
 /// How long `closed` took to resolve, failing when it took more than the idle time-out and a
 /// margin.
 async fn time_until<F: std::future::Future<Output = ()>>(what: &str, closed: F) -> Duration {
@@ -643,16 +654,7 @@ async fn t60_dot_and_doh_connections_close_when_idle() {
             .await
             .unwrap();
         dot_exchange(&mut s, &q).await.unwrap();
-        time_until("DoT", async {
-            let mut buf = [0u8; 64];
-            loop {
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await
+        time_until("DoT", until_closed(&mut s)).await
     };
 
     // DoH over HTTP/1.1: one request on a keep-alive connection, then nothing.
@@ -672,16 +674,7 @@ async fn t60_dot_and_doh_connections_close_when_idle() {
         s.write_all(&request).await.unwrap();
         let status = read_http1_response(&mut s).await;
         assert!(status.contains(" 200"), "HTTP/1.1 DoH: {status}");
-        time_until("DoH over HTTP/1.1", async {
-            let mut buf = [0u8; 64];
-            loop {
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await
+        time_until("DoH over HTTP/1.1", until_closed(&mut s)).await
     };
 
     // DoH over HTTP/2: one request, then nothing. The client acknowledges the server's
@@ -852,16 +845,7 @@ async fn t80_new_certificates_reach_dot_and_doh_and_end_older_connections() {
     assert_eq!(leaf(&s), renewed, "DoH presents the new certificate");
 
     // The connection made under the old certificate is closed; a new one answers.
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        let mut buf = [0u8; 64];
-        loop {
-            match old.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), until_closed(&mut old)).await;
     assert!(
         closed.is_ok(),
         "a DoT connection from before the reload stays open"
