@@ -1,5 +1,7 @@
 //! `cairn acl`: bootstrap, tokens and policies, and `cairn audit`.
 
+use std::path::{Path, PathBuf};
+
 use cairn_client::{AclRules, Client, PolicyRequest, TokenInfo, TokenRequest};
 use clap::Subcommand;
 
@@ -52,12 +54,21 @@ pub enum TokenAction {
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyAction {
-    /// Create or replace a policy. Rules are JSON:
-    /// '{"service_prefix": {"web": "write"}, "operator": "read"}'.
+    /// Create or replace a policy. Rules are JSON,
+    /// '{"service_prefix": {"web": "write"}, "operator": "read"}', or Consul's HCL form,
+    /// 'service_prefix "web" { policy = "write" }  operator = "read"'.
     Create {
         name: String,
-        #[arg(long)]
-        rules: String,
+        /// The rules, JSON or HCL.
+        #[arg(
+            long,
+            required_unless_present = "rules_file",
+            conflicts_with = "rules_file"
+        )]
+        rules: Option<String>,
+        /// A file holding the rules, JSON or HCL (a Consul policy file).
+        #[arg(long, value_name = "PATH")]
+        rules_file: Option<PathBuf>,
         #[arg(long, default_value = "")]
         description: String,
     },
@@ -156,10 +167,16 @@ pub(super) async fn run(client: &Client, target: &Target, action: AclAction) -> 
             PolicyAction::Create {
                 name,
                 rules,
+                rules_file,
                 description,
             } => {
-                let rules: AclRules = serde_json::from_str(&rules)
-                    .map_err(|e| usage(format!("--rules: not policy rules: {e}")))?;
+                let rules = match (rules, rules_file) {
+                    (Some(text), _) => {
+                        parse_rules(&text).map_err(|e| usage(format!("--rules: {e}")))?
+                    }
+                    (None, Some(path)) => read_rules(&path)?,
+                    (None, None) => return Err(usage("give --rules or --rules-file")),
+                };
                 let req = PolicyRequest {
                     name: None,
                     description,
@@ -229,4 +246,190 @@ pub(super) async fn audit(
         )
     );
     Ok(())
+}
+
+/// Largest rules file read: a policy is a handful of lines, the server takes 64 KiB of JSON.
+const MAX_RULES_FILE: u64 = 64 << 10;
+
+fn read_rules(path: &Path) -> Result<AclRules, Failed> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| usage(format!("--rules-file {shown}: {e}")))?;
+    if meta.len() > MAX_RULES_FILE {
+        return Err(usage(format!(
+            "--rules-file {shown}: {} bytes, more than the {MAX_RULES_FILE} a policy may have",
+            meta.len()
+        )));
+    }
+    let text =
+        std::fs::read_to_string(path).map_err(|e| usage(format!("--rules-file {shown}: {e}")))?;
+    parse_rules(&text).map_err(|e| usage(format!("--rules-file {shown}: {e}")))
+}
+
+/// Policy rules from JSON (Cairn's API form) or from Consul's HCL form:
+///
+/// ```hcl
+/// service "web" { policy = "write" }
+/// service_prefix "" { policy = "read" }
+/// operator = "read"
+/// acl = "write"
+/// ```
+///
+/// Text whose first non-blank character is `{` is JSON; anything else is HCL. Only Cairn's
+/// resources are accepted: a Consul rule for something Cairn does not have (`key_prefix`,
+/// `node`, `agent`, ...) is an error naming it, not a rule silently dropped. The access words
+/// themselves (`read`, `write`, `deny`) are checked by the server, as for JSON.
+pub(crate) fn parse_rules(text: &str) -> Result<AclRules, String> {
+    if text.trim_start().starts_with('{') {
+        return serde_json::from_str(text).map_err(|e| format!("not policy rules (JSON): {e}"));
+    }
+    let body = hcl::parse(text).map_err(|e| format!("not policy rules (HCL): {e}"))?;
+    let mut rules = AclRules::default();
+    for structure in body.into_iter() {
+        match structure {
+            hcl::Structure::Attribute(attr) => {
+                let key = attr.key.as_str();
+                let slot = match key {
+                    "operator" => &mut rules.operator,
+                    "acl" => &mut rules.acl,
+                    _ => return Err(unknown_rule(key)),
+                };
+                if slot.is_some() {
+                    return Err(format!("`{key}` is given twice"));
+                }
+                *slot = Some(string_value(&attr.expr, key)?);
+            }
+            hcl::Structure::Block(block) => {
+                let kind = block.identifier.as_str();
+                let map = match kind {
+                    "service" => &mut rules.service,
+                    "service_prefix" => &mut rules.service_prefix,
+                    _ => return Err(unknown_rule(kind)),
+                };
+                let [label] = block.labels.as_slice() else {
+                    return Err(format!(
+                        "`{kind}` needs one name: {kind} \"web\" {{ policy = \"read\" }}"
+                    ));
+                };
+                let name = label.as_str().to_owned();
+                let mut policy = None;
+                for inner in block.body.into_iter() {
+                    match inner {
+                        hcl::Structure::Attribute(a) if a.key.as_str() == "policy" => {
+                            if policy.is_some() {
+                                return Err(format!("{kind} \"{name}\": `policy` is given twice"));
+                            }
+                            policy = Some(string_value(&a.expr, "policy")?);
+                        }
+                        hcl::Structure::Attribute(a) => {
+                            return Err(format!(
+                                "{kind} \"{name}\": `{}` is not supported (only `policy`)",
+                                a.key.as_str()
+                            ))
+                        }
+                        hcl::Structure::Block(b) => {
+                            return Err(format!(
+                                "{kind} \"{name}\": block `{}` is not supported (only `policy`)",
+                                b.identifier.as_str()
+                            ))
+                        }
+                    }
+                }
+                let Some(policy) = policy else {
+                    return Err(format!("{kind} \"{name}\" has no `policy`"));
+                };
+                if map.insert(name.clone(), policy).is_some() {
+                    return Err(format!("{kind} \"{name}\" is given twice"));
+                }
+            }
+        }
+    }
+    Ok(rules)
+}
+
+fn string_value(expr: &hcl::Expression, key: &str) -> Result<String, String> {
+    match expr {
+        hcl::Expression::String(s) => Ok(s.clone()),
+        other => Err(format!(
+            "`{key}` must be a quoted string such as \"read\", not {other}"
+        )),
+    }
+}
+
+fn unknown_rule(kind: &str) -> String {
+    format!(
+        "`{kind}` is not a Cairn rule: policies have `service`, `service_prefix`, `operator` and \
+         `acl` (Consul's other resources, such as key_prefix or node, have nothing to guard here)"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hcl_and_json_give_the_same_rules() {
+        let hcl = r#"
+            # A Consul policy file.
+            service "web" { policy = "write" }
+            service_prefix "" {
+              policy = "read"
+            }
+            operator = "read"
+            acl = "deny"
+        "#;
+        let json = r#"{"service": {"web": "write"}, "service_prefix": {"": "read"},
+                       "operator": "read", "acl": "deny"}"#;
+        let from_hcl = parse_rules(hcl).unwrap();
+        assert_eq!(from_hcl, parse_rules(json).unwrap());
+        assert_eq!(
+            from_hcl.service.get("web").map(String::as_str),
+            Some("write")
+        );
+        assert_eq!(
+            from_hcl.service_prefix.get("").map(String::as_str),
+            Some("read")
+        );
+    }
+
+    #[test]
+    fn consul_rules_cairn_lacks_are_errors_not_dropped() {
+        for text in [
+            r#"key_prefix "" { policy = "write" }"#,
+            r#"node_prefix "" { policy = "read" }"#,
+            r#"keyring = "write""#,
+        ] {
+            let e = parse_rules(text).unwrap_err();
+            assert!(e.contains("is not a Cairn rule"), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn malformed_hcl_is_an_error_naming_what_is_wrong() {
+        let cases = [
+            (r#"service "web" { policy = "write" "#, "HCL"),
+            (r#"service { policy = "write" }"#, "needs one name"),
+            (r#"service "a" "b" { policy = "write" }"#, "needs one name"),
+            (r#"service "web" { }"#, "has no `policy`"),
+            (
+                "service \"web\" {\n policy = \"read\"\n intentions = \"read\"\n}",
+                "`intentions`",
+            ),
+            (r#"service "web" { policy = read }"#, "quoted string"),
+            (r#"operator = 1"#, "quoted string"),
+            (
+                r#"service "web" { policy = "read" }
+                   service "web" { policy = "write" }"#,
+                "given twice",
+            ),
+            (
+                r#"operator = "read"
+                operator = "write""#,
+                "redefined attribute",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = parse_rules(text).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
 }

@@ -710,3 +710,92 @@ else:
     );
     assert_eq!(c.instance_ids(1, "web").await, ["web-1"]);
 }
+
+/// `cairn acl policy create NAME --rules-file F` with F as a Consul policy file (HCL): the
+/// policy the cluster stores grants what the file says; a Consul rule Cairn has no resource for
+/// is refused (exit 64) and stores nothing.
+#[tokio::test]
+async fn t70_the_cli_takes_consul_hcl_policy_files() {
+    let (c, mgmt) = Cluster::start_acl(1, &[]).await;
+    let addr = c.node(1).http.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(args)
+            .args(["--http-addr", &addr, "--token", &mgmt])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let file = dir.path().join("web.hcl");
+    std::fs::write(
+        &file,
+        "# web's deployer\nservice_prefix \"web\" {\n  policy = \"write\"\n}\nservice \"db\" { policy = \"read\" }\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let (code, _, err) = cli(&["acl", "policy", "create", "web-deploy", "--rules-file", f]);
+    assert_eq!(code, 0, "{err}");
+    let (s, body) = call(&c, 1, Some(&mgmt), Method::GET, "/v1/acl/policies", None).await;
+    assert_eq!(s, 200, "{body}");
+    let stored = body["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "web-deploy")
+        .unwrap_or_else(|| panic!("no web-deploy policy in {body}"));
+    assert_eq!(
+        stored["rules"],
+        json!({"service_prefix": {"web": "write"}, "service": {"db": "read"}})
+    );
+    let (_, secret) = token(&c, &["web-deploy"], None).await;
+    let reg = json!({"address": "10.0.0.1", "port": 80});
+    let (s, body) = call(
+        &c,
+        1,
+        Some(&secret),
+        Method::PUT,
+        "/v1/services/web-api/instances/a",
+        Some(reg.clone()),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let (s, _) = call(
+        &c,
+        1,
+        Some(&secret),
+        Method::PUT,
+        "/v1/services/db/instances/a",
+        Some(reg),
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, _) = call(&c, 1, Some(&secret), Method::GET, "/v1/services/db", None).await;
+    assert!(s == 200 || s == 404, "read on db: {s}");
+
+    // Consul's KV rule: no such resource here; refused before anything is sent.
+    let before = digest(&c, 1).await;
+    std::fs::write(&file, "key_prefix \"\" { policy = \"write\" }\n").unwrap();
+    let (code, _, err) = cli(&["acl", "policy", "create", "kv", "--rules-file", f]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("`key_prefix` is not a Cairn rule"), "{err}");
+    let (code, _, err) = cli(&[
+        "acl",
+        "policy",
+        "create",
+        "kv",
+        "--rules",
+        "service \"x\" {",
+    ]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("not policy rules (HCL)"), "{err}");
+    assert_eq!(
+        digest(&c, 1).await.1,
+        before.1,
+        "a refused policy changed the registry"
+    );
+}
