@@ -299,6 +299,10 @@ pub struct MemberInfo {
     pub rpc_addr: String,
     /// Voters make the quorum; learners only replicate.
     pub voter: bool,
+    /// Only in the leader's answer: the last log index known to be on this member, so its lag
+    /// is the leader's `last_log_index` minus this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched_index: Option<u64>,
 }
 
 /// Body of `POST /v1/cluster/members`: add a node, as a learner until caught up, then a voter.

@@ -513,6 +513,7 @@ fn cluster_status_body(st: cairn_raft::Status) -> ClusterStatus {
                 id: m.id,
                 rpc_addr: m.rpc_addr,
                 voter: m.voter,
+                matched_index: m.matched_index,
             })
             .collect(),
     }

@@ -170,6 +170,10 @@ pub struct MemberStatus {
     pub rpc_addr: String,
     /// Voters make the quorum; learners only replicate.
     pub voter: bool,
+    /// On the leader: the last log index known to be on this member (the leader's own last
+    /// index for itself), so its lag is the leader's last index minus this. `None` elsewhere,
+    /// and for a member nothing was confirmed on yet.
+    pub matched_index: Option<u64>,
 }
 
 /// How long a `--peers` node other than the lowest id waits for that one to initialise the
@@ -419,13 +423,21 @@ impl Cluster {
             ServerState::Follower if voters.contains(&self.id) => "follower",
             ServerState::Follower => "learner",
         };
+        let last_log_index = m.last_log_index.unwrap_or(0);
+        let matched = |id: &NodeId| -> Option<u64> {
+            let replication = m.replication.as_ref()?;
+            if *id == self.id {
+                return Some(last_log_index);
+            }
+            replication.get(id)?.map(|l| l.index)
+        };
         Status {
             cluster: self.name.clone(),
             node_id: self.id,
             role,
             leader: m.current_leader,
             term: m.current_term,
-            last_log_index: m.last_log_index.unwrap_or(0),
+            last_log_index,
             commit_index: self.committed.load(Ordering::Acquire),
             applied_index: m.last_applied.map_or(0, |l| l.index),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
@@ -436,6 +448,7 @@ impl Cluster {
                     id: *id,
                     rpc_addr: node.rpc_addr.clone(),
                     voter: voters.contains(id),
+                    matched_index: matched(id),
                 })
                 .collect(),
         }
