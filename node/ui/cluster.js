@@ -61,7 +61,7 @@ function draw(c, summary, body) {
       h("td", { "data-label": "Node", text: m.id === c.node_id ? `${m.id} (this node)` : m.id }),
       h("td", { "data-label": "Role", class: "role" }, badge(role)),
       h("td", { "data-label": "Cluster RPC", text: m.rpc_addr }),
-      h("td", { class: "num", "data-label": "Matched index", text: matched === null ? "—" : matched }),
-      h("td", { class: "num", "data-label": "Lag", text: matched === null ? "—" : Math.max(0, c.last_log_index - matched) }));
+      h("td", { class: "num matched", "data-label": "Matched index", text: matched === null ? "—" : matched }),
+      h("td", { class: "num lag", "data-label": "Lag", text: matched === null ? "—" : Math.max(0, c.last_log_index - matched) }));
   }));
 }

@@ -44,10 +44,12 @@ export function servicesView(root, ctx) {
     empty.hidden = shown.length > 0;
     empty.textContent = services.length === 0 ? "No services registered." : "No service matches the filter.";
   };
-  filter.addEventListener("input", () => {
+  const onFilter = () => {
     filterText = filter.value;
     draw();
-  });
+  };
+  filter.addEventListener("input", onFilter);
+  filter.addEventListener("change", onFilter);
 
   (async () => {
     let index = 0;
