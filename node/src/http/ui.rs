@@ -189,7 +189,13 @@ mod tests {
     #[test]
     fn no_view_sets_html_from_a_string() {
         for a in ASSETS.iter().filter(|a| a.name.ends_with(".js")) {
-            for bad in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("] {
+            for bad in [
+                "innerHTML",
+                "outerHTML",
+                "insertAdjacentHTML",
+                "document.write",
+                "eval(",
+            ] {
                 assert!(!a.body.contains(bad), "{} uses {bad}", a.name);
             }
         }

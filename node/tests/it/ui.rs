@@ -188,11 +188,18 @@ async fn t10_assets_need_no_token_and_carry_csp_cache_headers_and_etags() {
 
     for path in ["/ui/", "/ui/app.js", "/ui/style.css", "/ui/service.js"] {
         let res = plain.get(c.node(1).url(path)).send().await.unwrap();
-        assert_eq!(res.status(), 200, "{path} without a token on a deny-by-default cluster");
+        assert_eq!(
+            res.status(),
+            200,
+            "{path} without a token on a deny-by-default cluster"
+        );
         let h = res.headers().clone();
         let csp = h["content-security-policy"].to_str().unwrap();
         assert!(csp.contains("script-src 'self'"), "{csp}");
-        assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{csp}");
+        assert!(
+            !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+            "{csp}"
+        );
         assert_eq!(h["cache-control"], "no-cache");
         assert_eq!(h["x-content-type-options"], "nosniff");
         let etag = h["etag"].clone();
@@ -210,12 +217,20 @@ async fn t10_assets_need_no_token_and_carry_csp_cache_headers_and_etags() {
         .unwrap()
         .starts_with("text/javascript"));
     // Only the embedded files: no path reaches the file system.
-    for path in ["/ui/nope.js", "/ui/..%2fCargo.toml", "/ui/%2e%2e/Cargo.toml"] {
+    for path in [
+        "/ui/nope.js",
+        "/ui/..%2fCargo.toml",
+        "/ui/%2e%2e/Cargo.toml",
+    ] {
         let res = plain.get(c.node(1).url(path)).send().await.unwrap();
         assert_eq!(res.status(), 404, "{path}");
     }
     // The data is not open: the API behind the page still wants a token.
-    let res = plain.get(c.node(1).url("/v1/cluster")).send().await.unwrap();
+    let res = plain
+        .get(c.node(1).url("/v1/cluster"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 403);
 }
 
@@ -259,7 +274,8 @@ async fn t20_services_page_lists_registrations_and_a_killed_check_target_turns_c
 
     // The services page, from a node that did not take every registration.
     b.open(&c.node(2).url("/")).await;
-    b.wait("#services tr[data-service='web']", "web", 10.0).await;
+    b.wait("#services tr[data-service='web']", "web", 10.0)
+        .await;
     b.wait("#services tr[data-service='db']", "primary", 10.0)
         .await;
     // Sorted by name.
@@ -286,7 +302,10 @@ async fn t20_services_page_lists_registrations_and_a_killed_check_target_turns_c
         assert!(card.contains(shown), "{shown:?} in {card}");
     }
     // Meta is shown as the text it is, never as markup.
-    assert!(card.contains("<img src=x onerror=alert(1)><b>bold</b>"), "{card}");
+    assert!(
+        card.contains("<img src=x onerror=alert(1)><b>bold</b>"),
+        "{card}"
+    );
     assert_eq!(b.count("#instances img, #instances b").await, 0);
     b.screenshot("service.png").await;
 
@@ -361,16 +380,16 @@ async fn t30_writes_from_the_ui_are_what_the_token_allows() {
     }
     let (read_token, write_token) = (secrets[0].clone(), secrets[1].clone());
     for id in ["web-1", "web-2"] {
-        register_with(
-            &c,
-            1,
-            "web",
-            id,
-            json!({"address": "10.0.0.1", "port": 80}),
-        )
-        .await;
+        register_with(&c, 1, "web", id, json!({"address": "10.0.0.1", "port": 80})).await;
     }
-    register_with(&c, 1, "db", "db-1", json!({"address": "10.0.0.9", "port": 5432})).await;
+    register_with(
+        &c,
+        1,
+        "db",
+        "db-1",
+        json!({"address": "10.0.0.9", "port": 5432}),
+    )
+    .await;
 
     let shots = shots_dir(c.dir.path());
     let mut b = Browser::start(shots).await;
@@ -390,11 +409,16 @@ async fn t30_writes_from_the_ui_are_what_the_token_allows() {
     b.type_text("#token", &read_token).await;
     b.click("#token-use", false).await;
     b.wait("#whoami", "web-read", 10.0).await;
-    b.wait("#services tr[data-service='web']", "web", 10.0).await;
+    b.wait("#services tr[data-service='web']", "web", 10.0)
+        .await;
     b.wait("#filtered", "not shown", 10.0).await;
     assert_eq!(b.count("#services tr[data-service='db']").await, 0);
     let stored = b.eval("sessionStorage.getItem('cairn.token')").await;
-    assert_eq!(stored, json!(read_token), "the token is kept in sessionStorage");
+    assert_eq!(
+        stored,
+        json!(read_token),
+        "the token is kept in sessionStorage"
+    );
     assert_eq!(b.eval("localStorage.length").await, json!(0));
     b.click("#services tr[data-service='web'] a", false).await;
     b.wait(&instance("web-1"), "web-1", 10.0).await;
@@ -454,7 +478,10 @@ async fn t30_writes_from_the_ui_are_what_the_token_allows() {
     // Forget: back to anonymous, and the token is gone from the tab.
     b.click("#token-forget", false).await;
     b.wait("#whoami", "anonymous", 10.0).await;
-    assert_eq!(b.eval("sessionStorage.getItem('cairn.token')").await, Value::Null);
+    assert_eq!(
+        b.eval("sessionStorage.getItem('cairn.token')").await,
+        Value::Null
+    );
     let errors = b.console_errors().await;
     // Refused API calls are logged by the browser as failed loads; nothing else may be.
     let others: Vec<_> = errors
@@ -483,8 +510,13 @@ async fn t40_cluster_page_shows_the_new_leader_after_the_leader_is_killed() {
     assert_eq!(b.count("#members tbody tr").await, 3);
     b.wait(&format!("[data-member='{follower}'] .lag"), "0", 5.0)
         .await;
-    let matched = b.text(&format!("[data-member='{follower}'] .matched")).await;
-    assert!(matched.parse::<u64>().unwrap() >= 2, "matched index {matched}");
+    let matched = b
+        .text(&format!("[data-member='{follower}'] .matched"))
+        .await;
+    assert!(
+        matched.parse::<u64>().unwrap() >= 2,
+        "matched index {matched}"
+    );
     b.screenshot("cluster.png").await;
 
     // On a follower: the page keeps reading, and shows the new leader once there is one.
