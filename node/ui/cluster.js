@@ -56,7 +56,8 @@ function draw(c, summary, body) {
   const members = [...c.members].sort((a, b) => a.id - b.id);
   replace(body, members.map((m) => {
     const role = m.id === c.leader ? "leader" : m.voter ? "follower" : "learner";
-    const matched = typeof m.matched_index === "number" ? m.matched_index : null;
+    const progress = (c.replication || []).find((p) => p.id === m.id);
+    const matched = progress ? progress.matched_index : null;
     return h("tr", { "data-member": m.id, class: m.id === c.node_id ? "self" : "" },
       h("td", { "data-label": "Node", text: m.id === c.node_id ? `${m.id} (this node)` : m.id }),
       h("td", { "data-label": "Role", class: "role" }, badge(role)),

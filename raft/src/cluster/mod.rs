@@ -454,6 +454,21 @@ impl Cluster {
         }
     }
 
+    /// Only on the leader: each member's matched index, the last log index known to be on it
+    /// (the leader's own last index for itself), so a member's lag is the leader's last log index
+    /// minus it. A member nothing was confirmed on yet is absent; empty on other nodes.
+    pub fn matched(&self) -> BTreeMap<NodeId, u64> {
+        let m = self.raft.metrics().borrow().clone();
+        let Some(replication) = m.replication else {
+            return BTreeMap::new();
+        };
+        replication
+            .iter()
+            .filter_map(|(id, log)| Some((*id, log.as_ref()?.index)))
+            .chain([(self.id, m.last_log_index.unwrap_or(0))])
+            .collect()
+    }
+
     /// Resolves once Raft has stopped by itself: a storage error (a full disk, an I/O error,
     /// unreadable state) or a panic of its task. A node in that state still answers HTTP and DNS
     /// from a view that no longer changes, so the agent treats this as the end of the process,
