@@ -98,7 +98,7 @@ export async function follow(path, signal, onEvent, onState) {
       }
     } catch (e) {
       if (signal.aborted) return;
-      onState(false, e instanceof ApiError ? e : null);
+      onState(false, e instanceof ApiError ? e : new Error("lost the connection to the node; reconnecting"));
     }
     await sleep(RECONNECT_MS, signal);
   }

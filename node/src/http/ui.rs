@@ -20,6 +20,7 @@ use axum::routing::get;
 use axum::Router;
 
 use super::error::Failure;
+use super::path::Path;
 use super::state::AppState;
 
 /// What the UI's pages may load and reach: this origin only, and nothing inline.
@@ -117,10 +118,7 @@ async fn index(headers: HeaderMap) -> Response {
     serve(0, &headers)
 }
 
-async fn asset(
-    axum::extract::Path(file): axum::extract::Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, Failure> {
+async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Result<Response, Failure> {
     ASSETS
         .iter()
         .position(|a| a.name == file)
