@@ -24,12 +24,23 @@ static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// The longest one browser command may take (page loads and waits have their own, shorter).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The longest a browser test may take, waits for the browser lock included: a hang fails it.
+const TEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Runs a browser test body within [`TEST_TIMEOUT`].
+async fn bounded(body: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(TEST_TIMEOUT, body)
+        .await
+        .expect("the browser test finished within its time-out");
+}
+
 /// How soon a health flip must show in an open page: from the target's death to the badge.
 const FLIP_BOUND_S: f64 = 3.0;
 
 struct Browser {
     child: Child,
-    stdin: ChildStdin,
+    /// Taken on drop: its end tells the driver to close the browser.
+    stdin: Option<ChildStdin>,
     stdout: Lines<BufReader<ChildStdout>>,
     shots: PathBuf,
 }
@@ -50,7 +61,7 @@ impl Browser {
         let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut b = Browser {
             child,
-            stdin,
+            stdin: Some(stdin),
             stdout,
             shots,
         };
@@ -67,12 +78,21 @@ impl Browser {
         match line {
             Ok(Some(l)) => serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l}")),
             _ => {
+                // Bounded: a browser process the driver left behind may hold its stderr open.
+                let _ = self.child.start_kill();
+                let status = tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
                 let mut err = String::new();
                 if let Some(mut s) = self.child.stderr.take() {
                     use tokio::io::AsyncReadExt;
-                    let _ = s.read_to_string(&mut err).await;
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        s.read_to_string(&mut err),
+                    )
+                    .await;
                 }
-                let status = self.child.wait().await.ok();
                 panic!(
                     "the browser driver (tests/tools/ui_browser.py) ended with {status:?}; \
                      chromium, chromium-driver and selenium come with `scripts/deps --test`:\n{err}"
@@ -84,8 +104,9 @@ impl Browser {
     async fn send(&mut self, cmd: Value) -> Value {
         let mut line = cmd.to_string();
         line.push('\n');
-        self.stdin.write_all(line.as_bytes()).await.unwrap();
-        self.stdin.flush().await.unwrap();
+        let stdin = self.stdin.as_mut().expect("the browser is open");
+        stdin.write_all(line.as_bytes()).await.unwrap();
+        stdin.flush().await.unwrap();
         let answer = self.read().await;
         assert_eq!(answer["ok"], true, "browser: {cmd} -> {answer}");
         answer
@@ -163,6 +184,20 @@ impl Browser {
     }
 }
 
+impl Drop for Browser {
+    /// On a failure: end the driver's input, so that it closes chromium (its `finally`), and
+    /// give it a moment before the child is killed (`kill_on_drop`).
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        for _ in 0..50 {
+            if self.child.try_wait().is_ok_and(|s| s.is_some()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 /// Where screenshots go: `CAIRN_UI_SCREENSHOTS`, or `dir`.
 fn shots_dir(dir: &std::path::Path) -> PathBuf {
     let d = std::env::var_os("CAIRN_UI_SCREENSHOTS").map_or_else(|| dir.to_owned(), PathBuf::from);
@@ -236,6 +271,10 @@ async fn t10_assets_need_no_token_and_carry_csp_cache_headers_and_etags() {
 
 #[tokio::test]
 async fn t20_services_page_lists_registrations_and_a_killed_check_target_turns_critical_live() {
+    bounded(services_listed_and_a_health_flip_shown_live()).await;
+}
+
+async fn services_listed_and_a_health_flip_shown_live() {
     let _one = ONE_BROWSER.lock().await;
     let c = Cluster::start(3, &[]).await;
     let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -350,6 +389,10 @@ async fn t20_services_page_lists_registrations_and_a_killed_check_target_turns_c
 
 #[tokio::test]
 async fn t30_writes_from_the_ui_are_what_the_token_allows() {
+    bounded(writes_done_as_the_token_allows()).await;
+}
+
+async fn writes_done_as_the_token_allows() {
     let _one = ONE_BROWSER.lock().await;
     let (c, _mgmt) = Cluster::start_acl(3, &[]).await;
     for (name, rules) in [
@@ -494,6 +537,10 @@ async fn t30_writes_from_the_ui_are_what_the_token_allows() {
 
 #[tokio::test]
 async fn t40_cluster_page_shows_the_new_leader_after_the_leader_is_killed() {
+    bounded(new_leader_shown()).await;
+}
+
+async fn new_leader_shown() {
     let _one = ONE_BROWSER.lock().await;
     let mut c = Cluster::start(3, &[]).await;
     c.register(1, "web", "web-1").await;
