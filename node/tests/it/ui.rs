@@ -87,11 +87,9 @@ impl Browser {
                 let mut err = String::new();
                 if let Some(mut s) = self.child.stderr.take() {
                     use tokio::io::AsyncReadExt;
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(5),
-                        s.read_to_string(&mut err),
-                    )
-                    .await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut err))
+                            .await;
                 }
                 panic!(
                     "the browser driver (tests/tools/ui_browser.py) ended with {status:?}; \
