@@ -289,6 +289,19 @@ pub struct ClusterStatus {
     /// when it never has).
     pub last_contact_ms: Option<u64>,
     pub members: Vec<MemberInfo>,
+    /// Only in the leader's answer: how far each member's log is known to match the leader's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replication: Vec<MemberProgress>,
+}
+
+/// A member's replication progress, as the leader knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MemberProgress {
+    pub id: u64,
+    /// The last log index known to be on the member (the leader's own last index for itself);
+    /// its replication lag is the leader's `last_log_index` minus this.
+    pub matched_index: u64,
 }
 
 /// A member of the cluster.

@@ -42,6 +42,7 @@ mod metrics;
 mod native;
 mod rpc;
 mod tokens;
+mod ui;
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -69,6 +70,7 @@ pub fn router(state: AppState, max_body: usize, request_timeout: Duration) -> Ro
         .merge(consul::routes())
         .merge(metrics::routes())
         .merge(tokens::routes())
+        .merge(ui::routes())
         .route("/v1/openapi.json", get(openapi_json))
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(max_body))

@@ -488,7 +488,13 @@ async fn cluster_status(
     let q = ReadQuery::native(raw.as_deref(), &[])?;
     s.prepare_read(peer, &q, s.cluster.registry().subscribe())
         .await?;
-    let status = cluster_status_body(s.cluster.status());
+    let mut status = cluster_status_body(s.cluster.status());
+    status.replication = s
+        .cluster
+        .matched()
+        .into_iter()
+        .map(|(id, matched_index)| cairn_api::MemberProgress { id, matched_index })
+        .collect();
     let index = status.applied_index;
     Ok(respond(&s, index, status))
 }
@@ -515,6 +521,7 @@ fn cluster_status_body(st: cairn_raft::Status) -> ClusterStatus {
                 voter: m.voter,
             })
             .collect(),
+        replication: Vec::new(),
     }
 }
 

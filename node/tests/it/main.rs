@@ -32,3 +32,4 @@ mod reads;
 mod slowloris;
 mod storage;
 mod tls;
+mod ui;

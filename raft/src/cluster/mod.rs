@@ -170,6 +170,10 @@ pub struct MemberStatus {
     pub rpc_addr: String,
     /// Voters make the quorum; learners only replicate.
     pub voter: bool,
+    /// On the leader: the last log index known to be on this member (the leader's own last
+    /// index for itself), so its lag is the leader's last index minus this. `None` elsewhere,
+    /// and for a member nothing was confirmed on yet.
+    pub matched_index: Option<u64>,
 }
 
 /// How long a `--peers` node other than the lowest id waits for that one to initialise the
@@ -419,13 +423,21 @@ impl Cluster {
             ServerState::Follower if voters.contains(&self.id) => "follower",
             ServerState::Follower => "learner",
         };
+        let last_log_index = m.last_log_index.unwrap_or(0);
+        let matched = |id: &NodeId| -> Option<u64> {
+            let replication = m.replication.as_ref()?;
+            if *id == self.id {
+                return Some(last_log_index);
+            }
+            replication.get(id)?.map(|l| l.index)
+        };
         Status {
             cluster: self.name.clone(),
             node_id: self.id,
             role,
             leader: m.current_leader,
             term: m.current_term,
-            last_log_index: m.last_log_index.unwrap_or(0),
+            last_log_index,
             commit_index: self.committed.load(Ordering::Acquire),
             applied_index: m.last_applied.map_or(0, |l| l.index),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
@@ -436,9 +448,25 @@ impl Cluster {
                     id: *id,
                     rpc_addr: node.rpc_addr.clone(),
                     voter: voters.contains(id),
+                    matched_index: matched(id),
                 })
                 .collect(),
         }
+    }
+
+    /// Only on the leader: each member's matched index, the last log index known to be on it
+    /// (the leader's own last index for itself), so a member's lag is the leader's last log index
+    /// minus it. A member nothing was confirmed on yet is absent; empty on other nodes.
+    pub fn matched(&self) -> BTreeMap<NodeId, u64> {
+        let m = self.raft.metrics().borrow().clone();
+        let Some(replication) = m.replication else {
+            return BTreeMap::new();
+        };
+        replication
+            .iter()
+            .filter_map(|(id, log)| Some((*id, log.as_ref()?.index)))
+            .chain([(self.id, m.last_log_index.unwrap_or(0))])
+            .collect()
     }
 
     /// Resolves once Raft has stopped by itself: a storage error (a full disk, an I/O error,
