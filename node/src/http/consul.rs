@@ -19,7 +19,7 @@ use axum::{Json, Router};
 use cairn_registry::acl::Access;
 use cairn_registry::model::{self, CheckKindSpec, Instance, MAX_OUTPUT_LEN};
 use cairn_registry::HealthStatus;
-use cairn_registry::{Op, ServiceEntry};
+use cairn_registry::{Op, ServiceEntry, StatedHealth};
 use serde_json::{json, Map, Value};
 
 mod filter;
@@ -745,7 +745,14 @@ async fn register(
     let instance = model::validate_registration(&id, &body)?;
     s.check_targets(&instance).await?;
     s.cluster
-        .write_as(Op::Register { service, instance }, caller.accessor())
+        .write_as(
+            Op::Register {
+                service,
+                instance,
+                health: None,
+            },
+            caller.accessor(),
+        )
         .await?;
     Ok(StatusCode::OK.into_response())
 }
@@ -922,6 +929,7 @@ async fn reregister(
             Op::Register {
                 service: service.to_owned(),
                 instance,
+                health: None,
             },
             caller.accessor(),
         )
@@ -1267,28 +1275,18 @@ async fn catalog_register(
     caller.service(&service, Access::Write)?;
     let instance = model::validate_registration(&id, &body)?;
     s.check_targets(&instance).await?;
+    // One entry: the instance and its stated health appear together, so no reader (DNS, a
+    // blocking read, a watch) ever sees a critical external service as passing.
     s.cluster
         .write_as(
             Op::Register {
-                service: service.clone(),
+                service,
                 instance,
+                health: health.map(|(status, output)| StatedHealth { status, output }),
             },
             caller.accessor(),
         )
         .await?;
-    if let Some((status, output)) = health {
-        s.cluster
-            .write_as(
-                Op::SetHealth {
-                    service,
-                    id,
-                    status,
-                    output,
-                },
-                caller.accessor(),
-            )
-            .await?;
-    }
     Ok(Json(true).into_response())
 }
 
