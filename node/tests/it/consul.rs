@@ -812,6 +812,101 @@ async fn t50_filter_expressions_and_node_meta_on_every_list_endpoint() {
             "{path}: {text}"
         );
     }
+    // A selector that names no field of the endpoint's items is a 400 with Consul's text, on
+    // every endpoint that filters, before anything is read; a map's keys stay free.
+    let unknown = |sel: &str| {
+        format!("Failed to create boolean expression evaluator: Selector {sel:?} is not valid")
+    };
+    for (path, valid, bad, named) in [
+        (
+            "/v1/catalog/service/web",
+            r#"ServiceMeta.anything == "x""#,
+            "ServiceWeights.Heavy == 1",
+            "ServiceWeights.Heavy",
+        ),
+        (
+            "/v1/catalog/services",
+            r#"NodeMeta["any key"] == "x""#,
+            r#"Service.Tags contains "v1""#,
+            "Service",
+        ),
+        (
+            "/v1/catalog/nodes",
+            r#"Meta.anything == "x""#,
+            r#"Meta.zone.deeper == "x""#,
+            "Meta.zone.deeper",
+        ),
+        (
+            "/v1/health/service/web",
+            r#"Service.Meta.anything == "x" and Node.Meta.x == "y""#,
+            r#"Service.Foo == "x""#,
+            "Service.Foo",
+        ),
+        (
+            "/v1/health/checks/web",
+            r#"Status == "critical" and ServiceTags is empty"#,
+            r#"Foo.Bar == "x""#,
+            "Foo",
+        ),
+        (
+            "/v1/health/state/any",
+            r#"checkid is not empty"#,
+            r#"not (Status == "passing" or Sttus == "x")"#,
+            "Sttus",
+        ),
+        (
+            "/v1/health/node/10.0.2.1",
+            r#"Output is empty"#,
+            r#"Service.ID == "web-1""#,
+            "Service",
+        ),
+        (
+            "/v1/agent/services",
+            r#"Weights.Passing == 1 and Proxy.Upstreams is empty"#,
+            r#"ServiceName == "web""#,
+            "ServiceName",
+        ),
+        (
+            "/v1/agent/checks",
+            r#"Definition.HTTP is empty"#,
+            r#""v1" in Tags"#,
+            "Tags",
+        ),
+        (
+            "/v1/catalog/node/10.0.2.1",
+            r#"Meta.anything is empty"#,
+            r#"Node == "x""#,
+            "Node",
+        ),
+        (
+            "/v1/catalog/node-services/10.0.2.1",
+            r#"Service == "web""#,
+            r#"Checks is empty"#,
+            "Checks",
+        ),
+    ] {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let (s, _, body) = get(&c, &format!("{path}{sep}filter={}", enc(valid))).await;
+        assert_eq!(s, 200, "{path} {valid}: {body}");
+        let t = Instant::now();
+        let res = c
+            .http
+            .get(c.node(1).url(&format!(
+                "{path}{sep}filter={}&index=99999999&wait=30s",
+                enc(bad)
+            )))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 400, "{path} {bad}");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{path}: refused before blocking"
+        );
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["message"], unknown(named), "{path} {bad}");
+    }
+
     // catalog/services aggregates the tags of the instances that pass.
     let (_, _, services) = get(
         &c,
