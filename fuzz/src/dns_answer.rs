@@ -123,6 +123,7 @@ fn register(service: &str, id: &str, body: serde_json::Value) -> Op {
     Op::Register {
         service: service.into(),
         instance,
+        health: None,
     }
 }
 

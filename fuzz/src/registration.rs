@@ -24,6 +24,7 @@ pub fn accepted(service: &str, instance: InstanceSpec) {
     let op = Op::Register {
         service: service.to_owned(),
         instance,
+        health: None,
     };
     if let Err(e) = validate_op(&op) {
         panic!("the leader refuses what the API accepted ({e}): {op:?}");

@@ -84,6 +84,7 @@ fn seeded() -> Registry {
     let op = cairn_registry::Op::Register {
         service: "web".into(),
         instance,
+        health: None,
     };
     registry.apply(1, &Command::new(1_000, vec![op]), &mut Dirty::default());
     registry

@@ -17,7 +17,7 @@
 //! let node = Cluster::start(ClusterOptions::dev(std::path::Path::new("/tmp/cairn"), "127.0.0.1:8300")).await?;
 //! let body = serde_json::from_str(r#"{"address": "10.0.0.7", "port": 8080}"#)?;
 //! let instance = cairn_registry::model::validate_registration("web-1", &body)?;
-//! let written = node.write(Op::Register { service: "web".into(), instance }).await?;
+//! let written = node.write(Op::Register { service: "web".into(), instance, health: None }).await?;
 //! println!("committed at index {}", written.index);
 //! # Ok(()) }
 //! ```

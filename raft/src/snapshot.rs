@@ -536,6 +536,7 @@ mod tests {
                 ops: vec![Op::Register {
                     service: "web".into(),
                     instance,
+                    health: None,
                 }],
             };
             registry.apply(i, &cmd, &mut dirty);

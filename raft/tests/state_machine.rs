@@ -27,6 +27,7 @@ fn register(index: u64, service: &str, id: &str) -> Entry<TypeConfig> {
             ops: vec![Op::Register {
                 service: service.into(),
                 instance,
+                health: None,
             }],
         }),
     }

@@ -41,10 +41,15 @@ impl Command {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
-    /// Create or replace an instance.
+    /// Create or replace an instance. `health`, when set, is the instance's custom health from
+    /// this very entry on (an external service registered with the health it states), so no
+    /// reader ever sees the instance without it.
     Register {
         service: String,
         instance: InstanceSpec,
+        /// Added after the format was pinned: absent from older entries, which mean `None`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        health: Option<StatedHealth>,
     },
     /// Remove an instance; the service goes with its last instance.
     Deregister {
@@ -117,7 +122,11 @@ impl Op {
     pub fn approx_size(&self) -> usize {
         const FIXED: usize = 128;
         match self {
-            Op::Register { service, instance } => {
+            Op::Register {
+                service,
+                instance,
+                health,
+            } => {
                 let strings = |m: &std::collections::BTreeMap<String, String>| {
                     m.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>()
                 };
@@ -140,6 +149,7 @@ impl Op {
                     + instance.tags.iter().map(|t| t.len() + 4).sum::<usize>()
                     + strings(&instance.meta)
                     + checks
+                    + health.as_ref().map_or(0, |h| h.output.len() + 32)
             }
             Op::Deregister { service, id } => FIXED + service.len() + id.len(),
             Op::SetSettings { service, .. } | Op::DeleteSettings { service } => {
@@ -250,6 +260,14 @@ impl Op {
             | Op::AclExpireTokens => None,
         }
     }
+}
+
+/// A health stated by whoever registers an instance (Consul's `catalog/register` with a check
+/// status), stored as the instance's custom health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatedHealth {
+    pub status: HealthStatus,
+    pub output: String,
 }
 
 /// The result of applying one operation. The index that committed it travels beside it.

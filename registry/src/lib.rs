@@ -20,7 +20,7 @@
 //! let body = serde_json::from_str(r#"{"address": "10.0.0.7", "port": 8080}"#).unwrap();
 //! let instance = cairn_registry::model::validate_registration("web-1", &body).unwrap();
 //! let registry = Registry::default();
-//! let cmd = Command::new(1_700_000_000_000, vec![Op::Register { service: "web".into(), instance }]);
+//! let cmd = Command::new(1_700_000_000_000, vec![Op::Register { service: "web".into(), instance, health: None }]);
 //! assert_eq!(registry.apply(7, &cmd, &mut Dirty::default()), [OpResult::Ok]);
 //! assert_eq!(registry.service("web").unwrap().modify_index, 7);
 //! ```
@@ -35,6 +35,6 @@ pub mod quota;
 pub mod registry;
 pub mod watch;
 
-pub use command::{Command, Op, OpResult};
+pub use command::{Command, Op, OpResult, StatedHealth};
 pub use health::{CheckState, HealthStatus};
 pub use registry::{Dirty, Registry, RegistryData, ServiceEntry, ServiceSettings};

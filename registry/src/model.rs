@@ -633,8 +633,15 @@ pub fn validate_op(op: &Op) -> Result<(), ValidationError> {
         }
     };
     match op {
-        Op::Register { service, instance } => {
+        Op::Register {
+            service,
+            instance,
+            health,
+        } => {
             canonical(service)?;
+            if let Some(h) = health {
+                validate_output(&h.output)?;
+            }
             let body = InstanceRegistration {
                 address: instance.address.clone(),
                 port: u32::from(instance.port),
@@ -1005,7 +1012,8 @@ mod tests {
         assert_eq!(
             validate_op(&Op::Register {
                 service: "web".into(),
-                instance: spec
+                instance: spec,
+                health: None,
             }),
             Ok(())
         );
@@ -1056,9 +1064,25 @@ mod tests {
         let register = |service: &str, instance: InstanceSpec| Op::Register {
             service: service.into(),
             instance,
+            health: None,
         };
         assert_eq!(validate_op(&register("web", spec.clone())), Ok(()));
         // What the API would never have produced, built by hand.
+        let stated = |output: String| Op::Register {
+            service: "web".into(),
+            instance: spec.clone(),
+            health: Some(crate::StatedHealth {
+                status: crate::HealthStatus::Critical,
+                output,
+            }),
+        };
+        assert_eq!(validate_op(&stated("down".into())), Ok(()));
+        assert_eq!(
+            validate_op(&stated("x".repeat(MAX_OUTPUT_LEN + 1)))
+                .unwrap_err()
+                .field,
+            "output"
+        );
         assert!(validate_op(&register("Web", spec.clone())).is_err());
         let mut bad = spec.clone();
         bad.port = 0;

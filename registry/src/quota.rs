@@ -249,13 +249,18 @@ impl Registry {
     /// (its committed check results and health stay as they are).
     pub fn growth(&self, op: &Op) -> Growth {
         match op {
-            Op::Register { service, instance } => {
+            Op::Register {
+                service,
+                instance,
+                health,
+            } => {
                 let entry = self.service(service);
                 let prev = entry
                     .as_ref()
                     .and_then(|e| e.instances.get(&instance.id).cloned());
                 let new = registered_instance(
                     instance,
+                    health.as_ref(),
                     prev.as_deref(),
                     self.applied_index() + 1,
                     self.time_ms(),
@@ -424,6 +429,7 @@ mod tests {
                 id,
                 serde_json::json!({"address": "10.0.0.1", "port": 80, "tags": tags, "checks": checks}),
             ),
+            health: None,
         }
     }
 

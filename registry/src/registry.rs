@@ -15,7 +15,7 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::acl::{self, AclData, AclState, AuditEntry, Policy, Token};
-use crate::command::{Command, Op, OpResult};
+use crate::command::{Command, Op, OpResult, StatedHealth};
 use crate::hash::Fnv1a;
 use crate::health::{CheckState, HealthStatus};
 use crate::model::{Instance, InstanceSpec, SettingsSpec};
@@ -708,17 +708,20 @@ impl Registry {
                 dirty.settings.insert(service.clone());
                 OpResult::Ok
             }
-            Op::Register { service, instance } => {
-                self.edit_service(service, index, dirty, |entry, _| {
-                    let prev = entry.instances.get(&instance.id).cloned();
-                    let inst = registered_instance(instance, prev.as_deref(), index, time_ms);
-                    let tags_changed = entry.put(Arc::new(inst));
-                    Edit::Moved {
-                        id: instance.id.clone(),
-                        tags_changed,
-                    }
-                })
-            }
+            Op::Register {
+                service,
+                instance,
+                health,
+            } => self.edit_service(service, index, dirty, |entry, _| {
+                let prev = entry.instances.get(&instance.id).cloned();
+                let inst =
+                    registered_instance(instance, health.as_ref(), prev.as_deref(), index, time_ms);
+                let tags_changed = entry.put(Arc::new(inst));
+                Edit::Moved {
+                    id: instance.id.clone(),
+                    tags_changed,
+                }
+            }),
             Op::Deregister { service, id } => {
                 self.edit_service(service, index, dirty, |entry, _| match entry.take(id) {
                     Some((_, tags_changed)) => Edit::Moved {
@@ -893,9 +896,11 @@ impl Registry {
 }
 
 /// The instance a registration of `spec` at log `index` and leader time `time_ms` stores, over
-/// `prev` (the instance it replaces, if any).
+/// `prev` (the instance it replaces, if any). A stated `health` becomes the custom health (its
+/// time of change kept when the status is the one already stored); without one, `prev`'s stays.
 pub(crate) fn registered_instance(
     spec: &InstanceSpec,
+    health: Option<&StatedHealth>,
     prev: Option<&Instance>,
     index: u64,
     time_ms: u64,
@@ -922,7 +927,17 @@ pub(crate) fn registered_instance(
     Instance {
         spec: spec.clone(),
         checks,
-        custom_health: prev.and_then(|p| p.custom_health.clone()),
+        custom_health: match health {
+            Some(h) => Some(CheckState {
+                status: h.status,
+                output: h.output.clone(),
+                changed_at_ms: prev
+                    .and_then(|p| p.custom_health.as_ref())
+                    .filter(|c| c.status == h.status)
+                    .map_or(time_ms, |c| c.changed_at_ms),
+            }),
+            None => prev.and_then(|p| p.custom_health.clone()),
+        },
         maintenance: prev.and_then(|p| p.maintenance.clone()),
         create_index: prev.map_or(index, |p| p.create_index),
         modify_index: index,
@@ -957,6 +972,7 @@ mod tests {
             ops: vec![Op::Register {
                 service: service.into(),
                 instance: spec,
+                health: None,
             }],
         }
     }
@@ -1061,6 +1077,7 @@ mod tests {
             ops: vec![Op::Register {
                 service: "web".into(),
                 instance: spec,
+                health: None,
             }],
         };
         r.apply(1, &register("web", "plain", &[]), &mut d);
@@ -1143,6 +1160,64 @@ mod tests {
             "still down"
         );
         assert_eq!(s.summary().critical, 1);
+    }
+
+    fn register_stating(id: &str, status: HealthStatus, output: &str, time_ms: u64) -> Command {
+        let mut cmd = register("db", id, &[]);
+        cmd.time_ms = time_ms;
+        if let Some(Op::Register { health, .. }) = cmd.ops.first_mut() {
+            *health = Some(StatedHealth {
+                status,
+                output: output.into(),
+            });
+        }
+        cmd
+    }
+
+    #[test]
+    fn a_registration_with_stated_health_shows_it_from_its_own_index() {
+        let r = Registry::default();
+        let mut d = Dirty::default();
+        let cmd = register_stating("a", HealthStatus::Critical, "down", 1000);
+        assert_eq!(r.apply(1, &cmd, &mut d), [OpResult::Ok]);
+        let s = r.service("db").unwrap();
+        assert_eq!((s.create_index, s.modify_index), (1, 1));
+        assert_eq!(s.instances["a"].health(), HealthStatus::Critical);
+        assert_eq!(s.summary().critical, 1);
+        assert_eq!(s.summary().passing, 0);
+
+        // Stated again with the same status: its time of change stays; with another, it moves.
+        let cmd = register_stating("a", HealthStatus::Critical, "still down", 5000);
+        r.apply(2, &cmd, &mut d);
+        let h = r.service("db").unwrap().instances["a"]
+            .custom_health
+            .clone();
+        assert_eq!(
+            h.map(|h| (h.output, h.changed_at_ms)),
+            Some(("still down".into(), 1000))
+        );
+        let cmd = register_stating("a", HealthStatus::Passing, "", 6000);
+        r.apply(3, &cmd, &mut d);
+        let s = r.service("db").unwrap();
+        assert_eq!(s.instances["a"].health(), HealthStatus::Passing);
+        assert_eq!(
+            s.instances["a"]
+                .custom_health
+                .as_ref()
+                .unwrap()
+                .changed_at_ms,
+            6000
+        );
+
+        // A registration stating nothing keeps the stored custom health, as before.
+        r.apply(
+            4,
+            &set_health("db", "a", HealthStatus::Warning, "slow"),
+            &mut d,
+        );
+        r.apply(5, &register("db", "a", &[]), &mut d);
+        let s = r.service("db").unwrap();
+        assert_eq!(s.instances["a"].health(), HealthStatus::Warning);
     }
 
     #[test]

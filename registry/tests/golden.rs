@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use cairn_registry::format::{self, ServiceRecord, SnapshotFile, FORMAT_VERSION};
 use cairn_registry::model::{CheckKindSpec, CheckSpec, Instance, InstanceSpec, SettingsSpec};
 use cairn_registry::{
-    CheckState, Command, Dirty, HealthStatus, Op, OpResult, Registry, ServiceSettings,
+    CheckState, Command, Dirty, HealthStatus, Op, OpResult, Registry, ServiceSettings, StatedHealth,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -138,6 +138,7 @@ fn command() -> Command {
             Op::Register {
                 service: "web".into(),
                 instance: instance_spec(),
+                health: None,
             },
             Op::Deregister {
                 service: "web".into(),
@@ -189,6 +190,21 @@ fn later_operations() {
             time_ms: 1_700_000_000_000,
             ops: vec![Op::DeleteSettings {
                 service: "web".into(),
+            }],
+        },
+    );
+    check(
+        "command_register_health.json",
+        &Command {
+            by: Vec::new(),
+            time_ms: 1_700_000_000_000,
+            ops: vec![Op::Register {
+                service: "pg".into(),
+                instance: instance_spec(),
+                health: Some(StatedHealth {
+                    status: HealthStatus::Critical,
+                    output: "seen down by esm".into(),
+                }),
             }],
         },
     );

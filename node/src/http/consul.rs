@@ -19,12 +19,13 @@ use axum::{Json, Router};
 use cairn_registry::acl::Access;
 use cairn_registry::model::{self, CheckKindSpec, Instance, MAX_OUTPUT_LEN};
 use cairn_registry::HealthStatus;
-use cairn_registry::{Op, ServiceEntry};
+use cairn_registry::{Op, ServiceEntry, StatedHealth};
 use serde_json::{json, Map, Value};
 
+mod fields;
 mod filter;
 
-use self::filter::Filter;
+use self::filter::{Field, Filter};
 use super::acl::{Caller, CONSUL_FILTERED_HEADER};
 use super::body::Body;
 use super::error::{DeniedMessage, Failure};
@@ -250,15 +251,20 @@ fn filtered<'a>(
 
 /// The request's `?filter`, parsed (400 naming the position when malformed); `None` when absent
 /// or empty.
-fn filter_of(q: &ReadQuery) -> Result<Option<Filter>, Failure> {
-    match q.param("filter") {
-        None | Some("") => Ok(None),
-        Some(text) => Filter::parse(text).map(Some).map_err(|e| {
+/// A selector naming no field of the endpoint's items (`fields`) is a 400 too, as in Consul.
+fn filter_of(q: &ReadQuery, fields: &Field) -> Result<Option<Filter>, Failure> {
+    let text = match q.param("filter") {
+        None | Some("") => return Ok(None),
+        Some(text) => text,
+    };
+    Filter::parse(text)
+        .and_then(|f| f.check_selectors(fields).map(|()| f))
+        .map(Some)
+        .map_err(|e| {
             Failure::invalid(format!(
                 "Failed to create boolean expression evaluator: {e}"
             ))
-        }),
-    }
+        })
 }
 
 /// Whether a response item passes the request's filter.
@@ -325,7 +331,7 @@ async fn catalog_services(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
     let q = ReadQuery::consul(raw.as_deref())?;
-    let filter = filter_of(&q)?;
+    let filter = filter_of(&q, &fields::CATALOG_ENTRY)?;
     let registry = s.cluster.registry();
     s.prepare_read(peer, &q, registry.watches().subscribe_list())
         .await?;
@@ -377,10 +383,11 @@ async fn per_service(
     peer: SocketAddr,
     service: &str,
     raw: Option<String>,
+    fields: &Field,
     rows: impl Fn(&ServiceEntry, &ReadQuery) -> Vec<Value>,
 ) -> Result<Response, Failure> {
     let q = ReadQuery::consul(raw.as_deref())?;
-    let filter = filter_of(&q)?;
+    let filter = filter_of(&q, fields)?;
     let (index, svc) = service_read(s, peer, service, &q).await?;
     let hidden = !caller.may_read(&service.to_ascii_lowercase());
     let mut body = svc
@@ -399,12 +406,20 @@ async fn catalog_service(
     Path(service): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    per_service(&s, &caller, peer, &service, raw, |svc, q| {
-        // The catalog lists every instance; `passing` only filters health endpoints.
-        filtered(svc, q, false)
-            .map(|i| catalog_entry(svc, i))
-            .collect()
-    })
+    per_service(
+        &s,
+        &caller,
+        peer,
+        &service,
+        raw,
+        &fields::CATALOG_ENTRY,
+        |svc, q| {
+            // The catalog lists every instance; `passing` only filters health endpoints.
+            filtered(svc, q, false)
+                .map(|i| catalog_entry(svc, i))
+                .collect()
+        },
+    )
     .await
 }
 
@@ -415,17 +430,25 @@ async fn health_service(
     Path(service): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    per_service(&s, &caller, peer, &service, raw, |svc, q| {
-        filtered(svc, q, q.passing)
-            .map(|i| {
-                json!({
-                    "Node": node_obj(&i.spec.address, &i.spec.meta),
-                    "Service": service_obj(svc, i),
-                    "Checks": check_objs(svc, i),
+    per_service(
+        &s,
+        &caller,
+        peer,
+        &service,
+        raw,
+        &fields::HEALTH_ENTRY,
+        |svc, q| {
+            filtered(svc, q, q.passing)
+                .map(|i| {
+                    json!({
+                        "Node": node_obj(&i.spec.address, &i.spec.meta),
+                        "Service": service_obj(svc, i),
+                        "Checks": check_objs(svc, i),
+                    })
                 })
-            })
-            .collect()
-    })
+                .collect()
+        },
+    )
     .await
 }
 
@@ -436,12 +459,20 @@ async fn health_checks(
     Path(service): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    per_service(&s, &caller, peer, &service, raw, |svc, _| {
-        svc.instances
-            .values()
-            .flat_map(|i| check_objs(svc, i))
-            .collect()
-    })
+    per_service(
+        &s,
+        &caller,
+        peer,
+        &service,
+        raw,
+        &fields::CHECK,
+        |svc, _| {
+            svc.instances
+                .values()
+                .flat_map(|i| check_objs(svc, i))
+                .collect()
+        },
+    )
     .await
 }
 
@@ -452,10 +483,11 @@ async fn whole_catalog(
     caller: &Caller,
     peer: SocketAddr,
     raw: Option<String>,
+    fields: &Field,
     body: impl FnOnce(&[Arc<ServiceEntry>], &ReadQuery, &Option<Filter>) -> Value,
 ) -> Result<Response, Failure> {
     let q = ReadQuery::consul(raw.as_deref())?;
-    let filter = filter_of(&q)?;
+    let filter = filter_of(&q, fields)?;
     s.prepare_read(peer, &q, s.cluster.registry().subscribe())
         .await?;
     let index = s.cluster.registry().applied_index();
@@ -490,7 +522,7 @@ async fn health_state(
         "passing" | "warning" | "critical" => Some(state.clone()),
         other => return Err(Failure::invalid(format!("unknown health state {other:?}"))),
     };
-    whole_catalog(&s, &caller, peer, raw, |services, _, f| {
+    whole_catalog(&s, &caller, peer, raw, &fields::CHECK, |services, _, f| {
         instances(services)
             .flat_map(|(svc, i)| check_objs(svc, i))
             .filter(|c| want.as_deref().is_none_or(|w| c["Status"] == w) && keep(f, c))
@@ -505,7 +537,7 @@ async fn catalog_nodes(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    whole_catalog(&s, &caller, peer, raw, |services, q, f| {
+    whole_catalog(&s, &caller, peer, raw, &fields::NODE, |services, q, f| {
         let mut nodes: BTreeMap<&str, BTreeMap<String, String>> = BTreeMap::new();
         for (_, i) in instances(services).filter(|(_, i)| node_meta_ok(i, q)) {
             let meta = nodes.entry(i.spec.address.as_str()).or_default();
@@ -526,13 +558,20 @@ async fn agent_services(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    whole_catalog(&s, &caller, peer, raw, |services, _, f| {
-        instances(services)
-            .map(|(svc, i)| (i.spec.id.clone(), service_obj(svc, i)))
-            .filter(|(_, v)| keep(f, v))
-            .collect::<Map<String, Value>>()
-            .into()
-    })
+    whole_catalog(
+        &s,
+        &caller,
+        peer,
+        raw,
+        &fields::SERVICE,
+        |services, _, f| {
+            instances(services)
+                .map(|(svc, i)| (i.spec.id.clone(), service_obj(svc, i)))
+                .filter(|(_, v)| keep(f, v))
+                .collect::<Map<String, Value>>()
+                .into()
+        },
+    )
     .await
 }
 
@@ -542,7 +581,7 @@ async fn agent_checks(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    whole_catalog(&s, &caller, peer, raw, |services, _, f| {
+    whole_catalog(&s, &caller, peer, raw, &fields::CHECK, |services, _, f| {
         instances(services)
             .flat_map(|(svc, i)| check_objs(svc, i))
             .filter(|c| keep(f, c))
@@ -745,7 +784,14 @@ async fn register(
     let instance = model::validate_registration(&id, &body)?;
     s.check_targets(&instance).await?;
     s.cluster
-        .write_as(Op::Register { service, instance }, caller.accessor())
+        .write_as(
+            Op::Register {
+                service,
+                instance,
+                health: None,
+            },
+            caller.accessor(),
+        )
         .await?;
     Ok(StatusCode::OK.into_response())
 }
@@ -922,6 +968,7 @@ async fn reregister(
             Op::Register {
                 service: service.to_owned(),
                 instance,
+                health: None,
             },
             caller.accessor(),
         )
@@ -1041,20 +1088,27 @@ async fn catalog_node(
     Path(node): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    whole_catalog(&s, &caller, peer, raw, |services, _, f| {
-        let mut found = false;
-        let by_id: Map<String, Value> = node_instances(services, &node)
-            .map(|(svc, i)| {
-                found = true;
-                (i.spec.id.clone(), service_obj(svc, i))
-            })
-            .filter(|(_, v)| keep(f, v))
-            .collect();
-        if !found {
-            return Value::Null;
-        }
-        json!({"Node": node_obj(&node, &node_meta(services, &node)), "Services": by_id})
-    })
+    whole_catalog(
+        &s,
+        &caller,
+        peer,
+        raw,
+        &fields::SERVICE,
+        |services, _, f| {
+            let mut found = false;
+            let by_id: Map<String, Value> = node_instances(services, &node)
+                .map(|(svc, i)| {
+                    found = true;
+                    (i.spec.id.clone(), service_obj(svc, i))
+                })
+                .filter(|(_, v)| keep(f, v))
+                .collect();
+            if !found {
+                return Value::Null;
+            }
+            json!({"Node": node_obj(&node, &node_meta(services, &node)), "Services": by_id})
+        },
+    )
     .await
 }
 
@@ -1067,16 +1121,23 @@ async fn catalog_node_services(
     Path(node): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    whole_catalog(&s, &caller, peer, raw, |services, _, f| {
-        let list: Vec<Value> = node_instances(services, &node)
-            .map(|(svc, i)| service_obj(svc, i))
-            .collect();
-        if list.is_empty() {
-            return Value::Null;
-        }
-        let list: Vec<Value> = list.into_iter().filter(|v| keep(f, v)).collect();
-        json!({"Node": node_obj(&node, &node_meta(services, &node)), "Services": list})
-    })
+    whole_catalog(
+        &s,
+        &caller,
+        peer,
+        raw,
+        &fields::SERVICE,
+        |services, _, f| {
+            let list: Vec<Value> = node_instances(services, &node)
+                .map(|(svc, i)| service_obj(svc, i))
+                .collect();
+            if list.is_empty() {
+                return Value::Null;
+            }
+            let list: Vec<Value> = list.into_iter().filter(|v| keep(f, v)).collect();
+            json!({"Node": node_obj(&node, &node_meta(services, &node)), "Services": list})
+        },
+    )
     .await
 }
 
@@ -1089,7 +1150,7 @@ async fn health_node(
     Path(node): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    whole_catalog(&s, &caller, peer, raw, |services, _, f| {
+    whole_catalog(&s, &caller, peer, raw, &fields::CHECK, |services, _, f| {
         node_instances(services, &node)
             .flat_map(|(svc, i)| check_objs(svc, i))
             .filter(|c| keep(f, c))
@@ -1107,7 +1168,10 @@ async fn connect(
     Path(service): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Failure> {
-    per_service(&s, &caller, peer, &service, raw, |_, _| Vec::new()).await
+    per_service(&s, &caller, peer, &service, raw, &Field::Open, |_, _| {
+        Vec::new()
+    })
+    .await
 }
 
 async fn maintenance(
@@ -1267,28 +1331,18 @@ async fn catalog_register(
     caller.service(&service, Access::Write)?;
     let instance = model::validate_registration(&id, &body)?;
     s.check_targets(&instance).await?;
+    // One entry: the instance and its stated health appear together, so no reader (DNS, a
+    // blocking read, a watch) ever sees a critical external service as passing.
     s.cluster
         .write_as(
             Op::Register {
-                service: service.clone(),
+                service,
                 instance,
+                health: health.map(|(status, output)| StatedHealth { status, output }),
             },
             caller.accessor(),
         )
         .await?;
-    if let Some((status, output)) = health {
-        s.cluster
-            .write_as(
-                Op::SetHealth {
-                    service,
-                    id,
-                    status,
-                    output,
-                },
-                caller.accessor(),
-            )
-            .await?;
-    }
     Ok(Json(true).into_response())
 }
 

@@ -272,6 +272,7 @@ mod tests {
             Op::Register {
                 service: service.into(),
                 instance,
+                health: None,
             },
         );
     }

@@ -123,7 +123,14 @@ async fn register(
     s.check_targets(&instance).await?;
     let w = s
         .cluster
-        .write_as(Op::Register { service, instance }, caller.accessor())
+        .write_as(
+            Op::Register {
+                service,
+                instance,
+                health: None,
+            },
+            caller.accessor(),
+        )
         .await?;
     Ok(written(w))
 }

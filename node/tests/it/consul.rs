@@ -3,6 +3,8 @@
 //! Prometheus' consul_sd is not tested: Debian 12's prometheus (2.42.0+ds) is built without it
 //! (its configuration parser rejects `consul_sd_configs`).
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -810,6 +812,101 @@ async fn t50_filter_expressions_and_node_meta_on_every_list_endpoint() {
             "{path}: {text}"
         );
     }
+    // A selector that names no field of the endpoint's items is a 400 with Consul's text, on
+    // every endpoint that filters, before anything is read; a map's keys stay free.
+    let unknown = |sel: &str| {
+        format!("Failed to create boolean expression evaluator: Selector {sel:?} is not valid")
+    };
+    for (path, valid, bad, named) in [
+        (
+            "/v1/catalog/service/web",
+            r#"ServiceMeta.anything == "x""#,
+            "ServiceWeights.Heavy == 1",
+            "ServiceWeights.Heavy",
+        ),
+        (
+            "/v1/catalog/services",
+            r#"NodeMeta["any key"] == "x""#,
+            r#"Service.Tags contains "v1""#,
+            "Service",
+        ),
+        (
+            "/v1/catalog/nodes",
+            r#"Meta.anything == "x""#,
+            r#"Meta.zone.deeper == "x""#,
+            "Meta.zone.deeper",
+        ),
+        (
+            "/v1/health/service/web",
+            r#"Service.Meta.anything == "x" and Node.Meta.x == "y""#,
+            r#"Service.Foo == "x""#,
+            "Service.Foo",
+        ),
+        (
+            "/v1/health/checks/web",
+            r#"Status == "critical" and ServiceTags is empty"#,
+            r#"Foo.Bar == "x""#,
+            "Foo",
+        ),
+        (
+            "/v1/health/state/any",
+            r#"checkid is not empty"#,
+            r#"not (Status == "passing" or Sttus == "x")"#,
+            "Sttus",
+        ),
+        (
+            "/v1/health/node/10.0.2.1",
+            r#"Output is empty"#,
+            r#"Service.ID == "web-1""#,
+            "Service",
+        ),
+        (
+            "/v1/agent/services",
+            r#"Weights.Passing == 1 and Proxy.Upstreams is empty"#,
+            r#"ServiceName == "web""#,
+            "ServiceName",
+        ),
+        (
+            "/v1/agent/checks",
+            r#"Definition.HTTP is empty"#,
+            r#""v1" in Tags"#,
+            "Tags",
+        ),
+        (
+            "/v1/catalog/node/10.0.2.1",
+            r#"Meta.anything is empty"#,
+            r#"Node == "x""#,
+            "Node",
+        ),
+        (
+            "/v1/catalog/node-services/10.0.2.1",
+            r#"Service == "web""#,
+            r#"Checks is empty"#,
+            "Checks",
+        ),
+    ] {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let (s, _, body) = get(&c, &format!("{path}{sep}filter={}", enc(valid))).await;
+        assert_eq!(s, 200, "{path} {valid}: {body}");
+        let t = Instant::now();
+        let res = c
+            .http
+            .get(c.node(1).url(&format!(
+                "{path}{sep}filter={}&index=99999999&wait=30s",
+                enc(bad)
+            )))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 400, "{path} {bad}");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{path}: refused before blocking"
+        );
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["message"], unknown(named), "{path} {bad}");
+    }
+
     // catalog/services aggregates the tags of the instances that pass.
     let (_, _, services) = get(
         &c,
@@ -1138,4 +1235,171 @@ async fn t70_acls_on_check_updates_check_registration_catalog_writes_and_node_vi
         .map(|s| s["Service"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["web"], "{v}");
+}
+
+/// Counts of what the pollers of [`t80_an_external_service_registered_critical_is_never_seen_passing`] saw.
+#[derive(Default)]
+struct Seen {
+    polls: AtomicU64,
+    passing: AtomicU64,
+}
+
+/// An external service registered with `Status: critical` is one log entry: no watch event,
+/// blocking read, health list or DNS answer on any node ever shows it passing. Written as a
+/// registration then a health change, each watch stream would show every instance passing at
+/// the registration's index (an event per index), and the pollers may catch the same window.
+#[tokio::test]
+async fn t80_an_external_service_registered_critical_is_never_seen_passing() {
+    use hickory_proto::op::Message;
+    use hickory_proto::rr::RecordType;
+
+    const INSTANCES: usize = 12;
+    let c = Cluster::start(3, &[]).await;
+    let mut watches = Vec::new();
+    for n in 1..=3 {
+        let mut res = c
+            .http
+            .get(c.node(n).url("/v1/services/pg/watch"))
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let first = crate::reads::read_events(&mut res, 1, Duration::from_secs(5)).await;
+        assert_eq!(first[0].0, "state");
+        watches.push(res);
+    }
+
+    // Pollers on every node: DNS, the passing health list, and a chain of blocking reads.
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Seen::default());
+    let mut pollers = Vec::new();
+    for n in 1..=3 {
+        let (dns, stop1, seen1) = (c.node(n).dns, stop.clone(), seen.clone());
+        pollers.push(tokio::spawn(async move {
+            let q = harness::dns::query("pg.service.cairn.", RecordType::A, None);
+            while !stop1.load(Ordering::Relaxed) {
+                let Some(bytes) = harness::dns::udp_raw(dns, &q).await else {
+                    continue;
+                };
+                seen1.polls.fetch_add(1, Ordering::Relaxed);
+                if Message::from_vec(&bytes).is_ok_and(|m| !m.answers.is_empty()) {
+                    seen1.passing.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+        let (http, url) = (
+            c.http.clone(),
+            c.node(n).url("/v1/health/service/pg?passing"),
+        );
+        let (stop2, seen2) = (stop.clone(), seen.clone());
+        pollers.push(tokio::spawn(async move {
+            let mut index = 0;
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok(res) = http
+                    .get(format!("{url}&index={index}&wait=2s"))
+                    .send()
+                    .await
+                else {
+                    continue;
+                };
+                index = harness::header_u64(&res, "x-consul-index").unwrap_or(index);
+                let rows: Value = res.json().await.unwrap_or(Value::Null);
+                seen2.polls.fetch_add(1, Ordering::Relaxed);
+                if count(&rows) > 0 {
+                    seen2.passing.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+        let (http, url) = (
+            c.http.clone(),
+            c.node(n).url("/v1/health/service/pg?passing"),
+        );
+        let (stop3, seen3) = (stop.clone(), seen.clone());
+        pollers.push(tokio::spawn(async move {
+            while !stop3.load(Ordering::Relaxed) {
+                let Ok(res) = http.get(&url).send().await else {
+                    continue;
+                };
+                let rows: Value = res.json().await.unwrap_or(Value::Null);
+                seen3.polls.fetch_add(1, Ordering::Relaxed);
+                if count(&rows) > 0 {
+                    seen3.passing.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+
+    // Registered through every node in turn: forwarded writes carry the stated health too.
+    for i in 0..INSTANCES {
+        let via = c.node(i as u64 % 3 + 1);
+        let res = c
+            .http
+            .put(via.url("/v1/catalog/register"))
+            .json(&json!({
+                "Node": format!("db-{i}"), "Address": format!("10.0.4.{}", i + 1),
+                "Service": {"ID": format!("pg-{i}"), "Service": "pg", "Port": 5432},
+                "Check": {"CheckID": format!("pg-{i}-alive"), "Status": "critical", "Output": "down"}
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for p in pollers {
+        p.await.unwrap();
+    }
+
+    for (n, res) in watches.iter_mut().enumerate() {
+        let events = crate::reads::read_events(res, INSTANCES, Duration::from_secs(10)).await;
+        assert_eq!(
+            events.len(),
+            INSTANCES,
+            "node {}: one event per registration",
+            n + 1
+        );
+        for (kind, index, data) in &events {
+            let instances = data["instances"].as_array().unwrap();
+            for inst in instances {
+                assert_eq!(
+                    inst["health"],
+                    "critical",
+                    "node {}, event {kind} at {index}: {inst}",
+                    n + 1
+                );
+            }
+        }
+        let last = &events[INSTANCES - 1].2["instances"];
+        assert_eq!(last.as_array().map(Vec::len), Some(INSTANCES));
+    }
+    let polls = seen.polls.load(Ordering::Relaxed);
+    assert_eq!(
+        seen.passing.load(Ordering::Relaxed),
+        0,
+        "of {polls} polls, some saw pg passing"
+    );
+    assert!(polls > 100, "the pollers ran: {polls} polls");
+    eprintln!("t80: {polls} polls of DNS and health/service on 3 nodes, none saw pg passing");
+
+    // The same pollers would have seen a passing one.
+    let (s, _) = put(
+        &c,
+        "/v1/catalog/register",
+        Some(json!({"Node": "db-ok", "Address": "10.0.4.99", "Service": {"ID": "pg-ok", "Service": "pg", "Port": 5432}})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    for n in 1..=3 {
+        let dns = c.node(n).dns;
+        eventually(Duration::from_secs(5), "pg-ok in DNS", || async {
+            harness::dns::udp(dns, "pg.service.cairn.", RecordType::A)
+                .await
+                .answers
+                .len()
+                == 1
+        })
+        .await;
+    }
 }

@@ -187,7 +187,7 @@ async fn t40_max_stale_refuses_on_a_node_cut_off_from_the_leader() {
 }
 
 /// Reads Server-Sent Events from a response until `n` events came or `timeout` passed.
-async fn read_events(
+pub(crate) async fn read_events(
     res: &mut reqwest::Response,
     n: usize,
     timeout: Duration,

@@ -1,5 +1,6 @@
-//! Storage faults: damaged files stop a node at start naming them, and a full disk stops it
-//! (non-zero exit, the error named) without losing an acknowledged write.
+//! Storage faults: damaged files stop a node at start naming them (and the node, removed, wiped
+//! and joined again, catches up), and a full disk stops it (non-zero exit, the error named)
+//! without losing an acknowledged write.
 //!
 //! The full-disk test mounts a tmpfs, so it needs root; without it, it says so and passes.
 
@@ -25,9 +26,31 @@ fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     out
 }
 
+/// Flips a byte in a record of `service` in the table file under `data_dir` holding it: answers
+/// the file.
+fn flip_a_record_byte(data_dir: &Path, service: &str) -> PathBuf {
+    let key = format!("i\0{service}\0").into_bytes();
+    let (table, at) = files_ending(data_dir, ".sst")
+        .into_iter()
+        .find_map(|path| {
+            let bytes = std::fs::read(&path).unwrap();
+            let at = bytes.windows(key.len()).position(|w| w == key)?;
+            Some((path, at))
+        })
+        .expect("a table file holds the registry's records");
+    let mut bytes = std::fs::read(&table).unwrap();
+    bytes[at + key.len() + 1] ^= 0x01;
+    std::fs::write(&table, &bytes).unwrap();
+    table
+}
+
 /// Stops node 1 of `c` with SIGTERM, as an operator would.
 fn stop(c: &mut Cluster) {
-    let node = c.node_mut(1);
+    stop_node(c, 1);
+}
+
+fn stop_node(c: &mut Cluster, id: u64) {
+    let node = c.node_mut(id);
     node.signal("TERM");
     let status = node.wait_exit(Duration::from_secs(20)).expect("node stops");
     assert!(status.success(), "{status}");
@@ -35,7 +58,11 @@ fn stop(c: &mut Cluster) {
 
 /// Restarts node 1, which must refuse: answers its log.
 fn refused_start(c: &mut Cluster) -> String {
-    let node = c.node_mut(1);
+    refused_start_of(c, 1)
+}
+
+fn refused_start_of(c: &mut Cluster, id: u64) -> String {
+    let node = c.node_mut(id);
     let status = node.restart_refused();
     assert!(
         !status.success(),
@@ -82,22 +109,139 @@ async fn t20_a_flipped_byte_in_a_table_file_stops_the_start_naming_it() {
     }
     // A clean stop flushes the registry's records into table files.
     stop(&mut c);
-    let key = b"i\0flipsvc\0";
-    let (table, at) = files_ending(&c.node(1).data_dir, ".sst")
-        .into_iter()
-        .find_map(|path| {
-            let bytes = std::fs::read(&path).unwrap();
-            let at = bytes.windows(key.len()).position(|w| w == key)?;
-            Some((path, at))
-        })
-        .expect("a table file holds the registry's records");
-    let mut bytes = std::fs::read(&table).unwrap();
-    bytes[at + key.len() + 1] ^= 0x01;
-    std::fs::write(&table, &bytes).unwrap();
+    let table = flip_a_record_byte(&c.node(1).data_dir, "flipsvc");
 
     let log = refused_start(&mut c);
     assert!(log.contains(&table.display().to_string()), "{log}");
     assert!(log.contains("Corruption"), "{log}");
+}
+
+/// The README's runbook for a node whose data is damaged: remove it from the cluster, wipe its
+/// data folder, start it again with `--join` (same id and addresses). It joins as a learner,
+/// catches up from the others (a snapshot, then the log) while registrations go on, becomes a
+/// voter, and its replica ends equal to the others': same digest at the same index, every
+/// acknowledged registration present, and DNS answers from it for a service registered while it
+/// was out.
+#[tokio::test]
+async fn t25_a_damaged_node_removed_wiped_and_rejoined_catches_up_under_writes() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let mut c = Cluster::start(3, &["--snapshot-threshold", "20"]).await;
+    for i in 0..30 {
+        c.register(1, "flipsvc", &format!("f{i}")).await;
+    }
+    let leader = c.leader().await;
+    let damaged = (1..=3).rev().find(|n| *n != leader).unwrap();
+    let live: Vec<u64> = (1..=3).filter(|n| *n != damaged).collect();
+    stop_node(&mut c, damaged);
+    let table = flip_a_record_byte(&c.node(damaged).data_dir, "flipsvc");
+    let log = refused_start_of(&mut c, damaged);
+    assert!(log.contains(&table.display().to_string()), "{log}");
+
+    // Registrations go on through the two live nodes the whole time.
+    let stop_writes = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (http, stop_writes) = (c.http.clone(), stop_writes.clone());
+        let urls: Vec<String> = live.iter().map(|n| c.node(*n).url("")).collect();
+        async move {
+            let mut acked = Vec::new();
+            let mut i = 0;
+            while !stop_writes.load(Ordering::Relaxed) {
+                let id = format!("l{i}");
+                let url = format!("{}/v1/services/live/instances/{id}", urls[i % urls.len()]);
+                let res = http
+                    .put(url)
+                    .json(&json!({"address": "10.0.0.2", "port": 80}))
+                    .send()
+                    .await;
+                if res.is_ok_and(|r| r.status() == 200) {
+                    acked.push(id);
+                }
+                i += 1;
+            }
+            acked
+        }
+    });
+
+    // 1. Remove it, through any live member.
+    let (status, body) = c
+        .delete(live[0], &format!("/v1/cluster/members/{damaged}"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    c.wait_voters(2).await;
+    c.register(live[1], "probe", "p1").await;
+    // 2. Wipe its data folder. 3. Start it with --join, on its old id and addresses.
+    let node = c.node(damaged);
+    let (data_dir, http, rpc, dns) = (node.data_dir.clone(), node.http, node.rpc, node.dns);
+    std::fs::remove_dir_all(&data_dir).unwrap();
+    let join = c.node(live[0]).url("");
+    let (http, rpc, dns) = (http.to_string(), rpc.to_string(), dns.to_string());
+    let fresh = Node::start_with_data(
+        damaged,
+        c.dir.path(),
+        data_dir,
+        &[
+            "--join",
+            &join,
+            "--http-addr",
+            &http,
+            "--rpc-addr",
+            &rpc,
+            "--dns-addr",
+            &dns,
+            "--snapshot-threshold",
+            "20",
+        ],
+    );
+    *c.node_mut(damaged) = fresh;
+    c.wait_voters(3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_writes.store(true, Ordering::Relaxed);
+    let acked = writer.await.unwrap();
+    assert!(
+        acked.len() > 20,
+        "writes went on: {} acknowledged",
+        acked.len()
+    );
+
+    // Caught up: the same registry at the same index on all three.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut seen = Vec::new();
+        for n in 1..=3 {
+            let (_, d) = c.get(n, "/v1/cluster/digest").await;
+            seen.push((d["applied_index"].as_u64(), d["digest"].clone()));
+        }
+        if seen.iter().all(|s| *s == seen[0]) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "digests differ: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ids = c.instance_ids(damaged, "live").await;
+    let missing: Vec<&String> = acked.iter().filter(|id| !ids.contains(id)).collect();
+    assert!(
+        missing.is_empty(),
+        "missing on the rejoined node: {missing:?}"
+    );
+    assert_eq!(c.instance_ids(damaged, "flipsvc").await.len(), 30);
+    let answers = crate::harness::dns::udp(
+        c.node(damaged).dns,
+        "probe.service.cairn.",
+        hickory_proto::rr::RecordType::A,
+    )
+    .await
+    .answers
+    .len();
+    assert_eq!(answers, 1, "DNS from the rejoined node");
+    eprintln!(
+        "node {damaged} rejoined; {} registrations acknowledged meanwhile, digests equal",
+        acked.len()
+    );
 }
 
 /// A tmpfs mounted for the test and unmounted when dropped.

@@ -102,6 +102,66 @@ impl Filter {
     }
 }
 
+/// The fields of an endpoint's items, for refusing a selector that names none (Consul answers
+/// `Selector "Foo" is not valid` before it filters anything, even an empty list).
+#[derive(Debug)]
+pub enum Field {
+    /// A value with nothing under it.
+    Leaf,
+    /// A map: any key, then the map's values.
+    MapOf(&'static Field),
+    /// Settings Cairn never fills (Connect, proxies, tagged service addresses): any path under
+    /// it is accepted, and selects nothing.
+    Open,
+    /// An object, or a list of objects, with these fields.
+    Struct(&'static [(&'static str, Field)]),
+}
+
+impl Field {
+    /// Where `path` stops naming a field: the length of the invalid prefix, `None` when valid.
+    /// Names match regardless of case, as evaluation does.
+    fn invalid_prefix(&self, path: &[String]) -> Option<usize> {
+        let mut at = self;
+        for (i, part) in path.iter().enumerate() {
+            at = match at {
+                Field::Leaf => return Some(i + 1),
+                Field::Open => return None,
+                Field::MapOf(values) => values,
+                Field::Struct(fields) => {
+                    match fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(part)) {
+                        Some((_, f)) => f,
+                        None => return Some(i + 1),
+                    }
+                }
+            };
+        }
+        None
+    }
+}
+
+impl Filter {
+    /// Refuses the first selector that names no field of `fields`, with Consul's message.
+    pub fn check_selectors(&self, fields: &Field) -> Result<(), FilterError> {
+        check_selectors(&self.0, fields)
+    }
+}
+
+fn check_selectors(e: &Expr, fields: &Field) -> Result<(), FilterError> {
+    match e {
+        Expr::Or(terms) | Expr::And(terms) => {
+            terms.iter().try_for_each(|t| check_selectors(t, fields))
+        }
+        Expr::Not(inner) => check_selectors(inner, fields),
+        Expr::Match { selector, .. } => match fields.invalid_prefix(selector) {
+            None => Ok(()),
+            Some(n) => Err(FilterError(format!(
+                "Selector {:?} is not valid",
+                selector[..n].join(".")
+            ))),
+        },
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Lexing
 
@@ -829,5 +889,48 @@ mod tests {
         let long = "a".repeat(MAX_FILTER_LEN + 1);
         assert_eq!(err(&long), "filter longer than 2048 bytes");
         assert!(err(r#"Service.ID matches "a{1000}{1000}""#).contains("invalid regular expression"));
+    }
+
+    #[test]
+    fn selectors_are_checked_against_the_fields_and_map_keys_stay_free() {
+        const META: Field = Field::MapOf(&Field::Leaf);
+        const FIELDS: Field = Field::Struct(&[
+            ("ID", Field::Leaf),
+            ("Meta", META),
+            ("Proxy", Field::Open),
+            ("Checks", Field::Struct(&[("Status", Field::Leaf)])),
+        ]);
+        let check = |text: &str| {
+            Filter::parse(text)
+                .and_then(|f| f.check_selectors(&FIELDS))
+                .map_err(|e| e.0)
+        };
+        for ok in [
+            r#"ID == "a""#,
+            r#"id == "a""#,
+            r#"Meta.anything == "x""#,
+            r#"Meta["a key"] is empty"#,
+            r#"Proxy.Upstreams.Datacenter == "dc""#,
+            r#"Checks.Status == critical"#,
+            r#""v1" in Checks.Status"#,
+        ] {
+            assert_eq!(check(ok), Ok(()), "{ok}");
+        }
+        for (bad, named) in [
+            (r#"Foo.Bar == "x""#, "Foo"),
+            (r#"ID.Deeper == "x""#, "ID.Deeper"),
+            (r#"Meta.zone.deeper == "x""#, "Meta.zone.deeper"),
+            (r#"Checks.Output is empty"#, "Checks.Output"),
+            (
+                r#"ID == "a" and not (Meta.x == "y" or Nope is empty)"#,
+                "Nope",
+            ),
+        ] {
+            assert_eq!(
+                check(bad),
+                Err(format!("Selector {named:?} is not valid")),
+                "{bad}"
+            );
+        }
     }
 }
