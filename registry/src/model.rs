@@ -585,6 +585,10 @@ pub struct SettingsSpec {
     pub fail_open: bool,
     /// TTL of this service's DNS answers; the agent's default when `None`.
     pub dns_ttl_s: Option<u32>,
+    /// What the Cloud Map-compatible API keeps: a Cloud Map service's configuration, or (under
+    /// a namespace key) a namespace. Absent in every record written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloudmap: Option<crate::cloudmap::CloudMapRecord>,
 }
 
 /// Validates a settings body.
@@ -605,6 +609,7 @@ pub fn validate_settings(body: &ServiceSettingsBody) -> Result<SettingsSpec, Val
     Ok(SettingsSpec {
         fail_open: body.fail_open.unwrap_or(false),
         dns_ttl_s,
+        cloudmap: None,
     })
 }
 
@@ -660,7 +665,12 @@ pub fn validate_op(op: &Op) -> Result<(), ValidationError> {
             validate_id("id", id)
         }
         Op::SetSettings { service, settings } => {
-            canonical(service)?;
+            if let Some(record) = &settings.cloudmap {
+                crate::cloudmap::validate_record(service, record)?;
+            }
+            if !service.starts_with(crate::cloudmap::NAMESPACE_KEY_PREFIX) {
+                canonical(service)?;
+            }
             match settings.dns_ttl_s {
                 Some(ttl) if ttl > MAX_DNS_TTL_S => Err(invalid(
                     "dns_ttl",
@@ -669,7 +679,12 @@ pub fn validate_op(op: &Op) -> Result<(), ValidationError> {
                 _ => Ok(()),
             }
         }
-        Op::DeleteSettings { service } => canonical(service),
+        Op::DeleteSettings { service } => {
+            match service.strip_prefix(crate::cloudmap::NAMESPACE_KEY_PREFIX) {
+                Some(id) if crate::cloudmap::is_namespace_id(id) => Ok(()),
+                _ => canonical(service),
+            }
+        }
         Op::SetCheckStatus {
             service,
             id,
@@ -1102,6 +1117,7 @@ mod tests {
             settings: SettingsSpec {
                 fail_open: true,
                 dns_ttl_s: Some(MAX_DNS_TTL_S + 1),
+                cloudmap: None,
             },
         })
         .is_err());
