@@ -164,6 +164,7 @@ fn registry() -> Registry {
             settings: SettingsSpec {
                 fail_open: true,
                 dns_ttl_s: None,
+                cloudmap: None,
             },
         },
         Op::SetSettings {
@@ -171,6 +172,7 @@ fn registry() -> Registry {
             settings: SettingsSpec {
                 fail_open: false,
                 dns_ttl_s: Some(60),
+                cloudmap: None,
             },
         },
     ];

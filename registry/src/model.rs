@@ -586,9 +586,10 @@ pub struct SettingsSpec {
     /// TTL of this service's DNS answers; the agent's default when `None`.
     pub dns_ttl_s: Option<u32>,
     /// What the Cloud Map-compatible API keeps: a Cloud Map service's configuration, or (under
-    /// a namespace key) a namespace. Absent in every record written before it existed.
+    /// a namespace key) a namespace. Absent in every record written before it existed. Boxed:
+    /// it is large beside the other settings, and ops carry settings by value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cloudmap: Option<crate::cloudmap::CloudMapRecord>,
+    pub cloudmap: Option<Box<crate::cloudmap::CloudMapRecord>>,
 }
 
 /// Validates a settings body.

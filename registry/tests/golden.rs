@@ -290,7 +290,7 @@ fn cloudmap_settings_records() {
             settings: SettingsSpec {
                 fail_open: false,
                 dns_ttl_s: None,
-                cloudmap: Some(CloudMapRecord::Namespace(NamespaceRecord {
+                cloudmap: Some(Box::new(CloudMapRecord::Namespace(NamespaceRecord {
                     id: "ns-0123456789abcdef".into(),
                     name: "example.internal".into(),
                     kind: "DNS_PRIVATE".into(),
@@ -298,7 +298,7 @@ fn cloudmap_settings_records() {
                     creator_request_id: Some("req-1".into()),
                     create_ms: 1_700_000_000_000,
                     tags: tags.clone(),
-                })),
+                }))),
             },
             modify_index: 12,
         },
@@ -309,7 +309,7 @@ fn cloudmap_settings_records() {
             settings: SettingsSpec {
                 fail_open: false,
                 dns_ttl_s: Some(60),
-                cloudmap: Some(CloudMapRecord::Service(ServiceRecord {
+                cloudmap: Some(Box::new(CloudMapRecord::Service(ServiceRecord {
                     id: "srv-web".into(),
                     namespace_id: "ns-0123456789abcdef".into(),
                     description: "web tier".into(),
@@ -331,7 +331,7 @@ fn cloudmap_settings_records() {
                     custom_health: true,
                     attributes: BTreeMap::from([("tier".to_owned(), "front".to_owned())]),
                     tags,
-                })),
+                }))),
             },
             modify_index: 13,
         },
