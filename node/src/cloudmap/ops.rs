@@ -269,6 +269,22 @@ fn arn(kind: &str, id: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // Operations' ids
 
+/// Writes `op` for the caller and answers its index once this node has applied it too, so the
+/// next request to this node sees it (read-your-writes, which the SDKs' scripts assume). The
+/// write has committed when this answers; a failed wait for the local apply is only logged.
+async fn commit(s: &CloudMapState, op: Op, by: Option<&str>) -> Result<u64, CloudMapError> {
+    let w = s.app.cluster.write_as(op, by).await?;
+    if s.app.cluster.registry().applied_index() < w.index {
+        if let Err(e) = s.app.cluster.read_barrier().await {
+            tracing::debug!(
+                "cloud map write {} committed; local apply not awaited: {e}",
+                w.index
+            );
+        }
+    }
+    Ok(w.index)
+}
+
 /// Makes the id of an operation committed at `index`: `<index>-<ms>-<type code>-<target>`,
 /// where the target is a namespace id, a service id, or `<service id>/<instance id>`. At most
 /// 231 characters, within Cloud Map's 255.
@@ -565,18 +581,16 @@ async fn write_namespace(
         dns_ttl_s: None,
         cloudmap: Some(Box::new(record)),
     };
-    let w = s
-        .app
-        .cluster
-        .write_as(
-            Op::SetSettings {
-                service: key,
-                settings,
-            },
-            caller.accessor(),
-        )
-        .await?;
-    Ok(w.index)
+    let w = commit(
+        s,
+        Op::SetSettings {
+            service: key,
+            settings,
+        },
+        caller.accessor(),
+    )
+    .await?;
+    Ok(w)
 }
 
 fn namespace_body(s: &CloudMapState, n: &NamespaceRecord, summary: bool) -> Value {
@@ -671,17 +685,15 @@ async fn delete_namespace(
             format!("Namespace {} still has services; delete them first.", n.id),
         ));
     }
-    let w = s
-        .app
-        .cluster
-        .write_as(
-            Op::DeleteSettings {
-                service: namespace_key(&n.id),
-            },
-            caller.accessor(),
-        )
-        .await?;
-    Ok(operation(s, "DELETE_NAMESPACE", w.index, &n.id))
+    let w = commit(
+        s,
+        Op::DeleteSettings {
+            service: namespace_key(&n.id),
+        },
+        caller.accessor(),
+    )
+    .await?;
+    Ok(operation(s, "DELETE_NAMESPACE", w, &n.id))
 }
 
 #[derive(Deserialize)]
@@ -838,18 +850,16 @@ async fn write_service(
     if let Some(record) = &settings.cloudmap {
         cairn_registry::cloudmap::validate_record(name, record)?;
     }
-    let w = s
-        .app
-        .cluster
-        .write_as(
-            Op::SetSettings {
-                service: name.to_owned(),
-                settings,
-            },
-            caller.accessor(),
-        )
-        .await?;
-    Ok(w.index)
+    let w = commit(
+        s,
+        Op::SetSettings {
+            service: name.to_owned(),
+            settings,
+        },
+        caller.accessor(),
+    )
+    .await?;
+    Ok(w)
 }
 
 fn service_body(s: &CloudMapState, name: &str, r: &ServiceRecord, summary: bool) -> Value {
@@ -1029,10 +1039,7 @@ async fn delete_service(
             ),
         ));
     }
-    s.app
-        .cluster
-        .write_as(Op::DeleteSettings { service: name }, caller.accessor())
-        .await?;
+    commit(s, Op::DeleteSettings { service: name }, caller.accessor()).await?;
     Ok(json!({}))
 }
 
@@ -1264,19 +1271,17 @@ async fn register_instance(
         CloudMapError::invalid(&field, e.message)
     })?;
     s.app.check_targets(&spec).await?;
-    let w = s
-        .app
-        .cluster
-        .write_as(
-            Op::Register {
-                service: name,
-                instance: spec,
-            },
-            caller.accessor(),
-        )
-        .await?;
+    let w = commit(
+        s,
+        Op::Register {
+            service: name,
+            instance: spec,
+        },
+        caller.accessor(),
+    )
+    .await?;
     let target = format!("{}/{}", r.id, i.instance_id);
-    Ok(operation(s, "REGISTER_INSTANCE", w.index, &target))
+    Ok(operation(s, "REGISTER_INSTANCE", w, &target))
 }
 
 #[derive(Deserialize)]
@@ -1295,19 +1300,17 @@ async fn deregister_instance(
     caller.service(&name, Access::Write)?;
     validate_instance_id(&i.instance_id)?;
     instance(s, &name, &i.instance_id).await?;
-    let w = s
-        .app
-        .cluster
-        .write_as(
-            Op::Deregister {
-                service: name,
-                id: i.instance_id.clone(),
-            },
-            caller.accessor(),
-        )
-        .await?;
+    let w = commit(
+        s,
+        Op::Deregister {
+            service: name,
+            id: i.instance_id.clone(),
+        },
+        caller.accessor(),
+    )
+    .await?;
     let target = format!("{}/{}", r.id, i.instance_id);
-    Ok(operation(s, "DEREGISTER_INSTANCE", w.index, &target))
+    Ok(operation(s, "DEREGISTER_INSTANCE", w, &target))
 }
 
 /// An instance's attributes: its meta, and the `AWS_INSTANCE_*` attributes its address and
@@ -1466,18 +1469,17 @@ async fn custom_health(
     };
     validate_instance_id(&i.instance_id)?;
     instance(s, &name, &i.instance_id).await?;
-    s.app
-        .cluster
-        .write_as(
-            Op::SetHealth {
-                service: name,
-                id: i.instance_id,
-                status,
-                output: format!("{} through UpdateInstanceCustomHealthStatus", i.status),
-            },
-            caller.accessor(),
-        )
-        .await?;
+    commit(
+        s,
+        Op::SetHealth {
+            service: name,
+            id: i.instance_id,
+            status,
+            output: format!("{} through UpdateInstanceCustomHealthStatus", i.status),
+        },
+        caller.accessor(),
+    )
+    .await?;
     Ok(json!({}))
 }
 
