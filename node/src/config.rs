@@ -1991,6 +1991,22 @@ mod tests {
         );
         assert_eq!(err(base(|a| a.node_id = Some(0))), "--node-id");
         assert_eq!(
+            err(base(|a| a.cloudmap_addr = Some("127.0.0.1:8520".into()))),
+            "--cloudmap-addr",
+            "the Cloud Map API needs its credentials file"
+        );
+        assert_eq!(
+            err(base(|a| a.cloudmap_credentials = Some("/tmp/x.toml".into()))),
+            "--cloudmap-credentials"
+        );
+        assert_eq!(
+            err(base(|a| {
+                a.cloudmap_addr = Some("127.0.0.1:8520".into());
+                a.cloudmap_credentials = Some("/nonexistent/cloudmap.toml".into());
+            })),
+            "--cloudmap-credentials"
+        );
+        assert_eq!(
             err(base(|a| a.http_addr = Some("nope".into()))),
             "--http-addr"
         );
@@ -2353,6 +2369,14 @@ insecure_rpc = true
     fn from_flags(argv: &[String]) -> Result<AgentArgs, clap::Error> {
         let argv = std::iter::once("agent").chain(argv.iter().map(String::as_str));
         AgentArgs::from_arg_matches(&command().try_get_matches_from(argv)?)
+    }
+
+    #[test]
+    fn a_bare_cloudmap_addr_listens_on_the_default() {
+        let a = from_flags(&["--cloudmap-addr".to_owned()]).unwrap();
+        assert_eq!(a.cloudmap_addr.as_deref(), Some(DEFAULT_CLOUDMAP_ADDR));
+        let a = from_flags(&["--cloudmap-addr=0.0.0.0:9520".to_owned()]).unwrap();
+        assert_eq!(a.cloudmap_addr.as_deref(), Some("0.0.0.0:9520"));
     }
 
     fn strings(list: &[&str]) -> Vec<String> {
@@ -2814,10 +2838,23 @@ insecure_rpc = true
             copy
         };
         let installed_sample = toml_copy(&sample);
+        // The Cloud Map credentials file the README's example writes first.
+        let cloudmap_keys = toml_copies.path().join("cloudmap.toml");
+        std::fs::write(
+            &cloudmap_keys,
+            "[[key]]\naccess_key_id = \"AKIDCAIRNEXAMPLE\"\nsecret_access_key = \"change-me\"\n",
+        )
+        .unwrap();
         // The sample configuration in the place the unit and the docs install it.
         let installed = |a: &str| {
-            a.replace("pki/", &pki_dir)
-                .replace("/etc/cairn/cairn.toml", installed_sample.to_str().unwrap())
+            let a = a
+                .replace("pki/", &pki_dir)
+                .replace("/etc/cairn/cairn.toml", installed_sample.to_str().unwrap());
+            if a == "cloudmap.toml" {
+                cloudmap_keys.display().to_string()
+            } else {
+                a
+            }
         };
         let yaml_strings = |v: &serde_yaml::Value| -> Vec<String> {
             v.as_sequence()
