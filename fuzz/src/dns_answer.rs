@@ -165,6 +165,7 @@ fn registry() -> Registry {
             settings: SettingsSpec {
                 fail_open: true,
                 dns_ttl_s: None,
+                cloudmap: None,
             },
         },
         Op::SetSettings {
@@ -172,6 +173,7 @@ fn registry() -> Registry {
             settings: SettingsSpec {
                 fail_open: false,
                 dns_ttl_s: Some(60),
+                cloudmap: None,
             },
         },
     ];

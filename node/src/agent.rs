@@ -63,6 +63,8 @@ pub struct Bound {
     pub dot: Option<SocketAddr>,
     /// DNS over HTTPS, when served.
     pub doh: Option<SocketAddr>,
+    /// The Cloud Map-compatible API, when served.
+    pub cloudmap: Option<SocketAddr>,
 }
 
 impl std::fmt::Display for Bound {
@@ -80,6 +82,9 @@ impl std::fmt::Display for Bound {
         }
         if let Some(doh) = self.doh {
             write!(f, " doh={doh}")?;
+        }
+        if let Some(cloudmap) = self.cloudmap {
+            write!(f, " cloudmap={cloudmap}")?;
         }
         Ok(())
     }
@@ -161,6 +166,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         ),
         None => (None, None),
     };
+    let cloudmap_listener = match &config.cloudmap {
+        Some(c) => Some(bind("the Cloud Map API", c.addr).await?),
+        None => None,
+    };
     let dns_listeners = cairn_dns::Listeners::bind(config.dns.addr)
         .await
         .map_err(|source| AgentError::Bind {
@@ -194,6 +203,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         https: https_listener.as_ref().and_then(|l| l.local_addr().ok()),
         dot: dot_listener.as_ref().and_then(|l| l.local_addr().ok()),
         doh: doh_listener.as_ref().and_then(|l| l.local_addr().ok()),
+        cloudmap: cloudmap_listener.as_ref().and_then(|l| l.local_addr().ok()),
     };
 
     // Dev mode without --data-dir: a temporary folder that disappears with the agent.
@@ -290,9 +300,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             config.dev,
         )
         .with_own_listeners(
-            [Some(bound.rpc), Some(bound.dns), bound.http, bound.https]
-                .into_iter()
-                .flatten(),
+            [
+                Some(bound.rpc),
+                Some(bound.dns),
+                bound.http,
+                bound.https,
+                bound.cloudmap,
+            ]
+            .into_iter()
+            .flatten(),
         ),
     );
     let checker = crate::checks::Checker::new(cluster.clone(), targets.clone(), &check_roots)
@@ -366,6 +382,29 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 app,
                 config.conns.http,
                 stats.https.clone(),
+                http_stop.clone(),
+                SHUTDOWN_GRACE,
+            )))
+        }
+        _ => None,
+    };
+    let cloudmap_server = match (cloudmap_listener, &config.cloudmap) {
+        (Some(listener), Some(c)) => {
+            let app = crate::cloudmap::router(
+                crate::cloudmap::CloudMapState {
+                    app: state.clone(),
+                    credentials: c.credentials.clone(),
+                    operations: Arc::default(),
+                    max_body: config.max_body_bytes,
+                },
+                config.conns.request_timeout,
+            );
+            Some(tokio::spawn(cairn_tls::serve_http(
+                listener,
+                None,
+                app,
+                config.conns.http,
+                stats.cloudmap.clone(),
                 http_stop.clone(),
                 SHUTDOWN_GRACE,
             )))
@@ -487,9 +526,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             tracing::warn!("HTTP requests still running after {SHUTDOWN_GRACE:?}; dropping them")
         }
     }
-    if let Some(https) = https_server {
-        // serve_http bounds its own drain by SHUTDOWN_GRACE.
-        let _ = https.await;
+    // serve_http bounds its own drain by SHUTDOWN_GRACE.
+    for server in [https_server, cloudmap_server].into_iter().flatten() {
+        let _ = server.await;
     }
     checks_stop.cancel();
     let _ = checker_task.await;
@@ -511,6 +550,7 @@ struct ListenerStats {
     dns_tcp: Arc<cairn_tls::ConnStats>,
     dot: Arc<cairn_tls::ConnStats>,
     doh: Arc<cairn_tls::ConnStats>,
+    cloudmap: Arc<cairn_tls::ConnStats>,
 }
 
 impl ListenerStats {
@@ -522,6 +562,7 @@ impl ListenerStats {
             dns_tcp: cairn_tls::ConnStats::new("dns_tcp"),
             dot: cairn_tls::ConnStats::new("dot"),
             doh: cairn_tls::ConnStats::new("doh"),
+            cloudmap: cairn_tls::ConnStats::new("cloudmap"),
         }
     }
 
@@ -533,6 +574,7 @@ impl ListenerStats {
             &self.dns_tcp,
             &self.dot,
             &self.doh,
+            &self.cloudmap,
         ]
         .map(Arc::clone)
         .to_vec()

@@ -333,6 +333,19 @@ pub struct AgentArgs {
     #[arg(long, env = "CAIRN_DNS_TLS_CLIENT_CA", value_name = "FILE")]
     pub dns_tls_client_ca: Option<PathBuf>,
 
+    /// AWS Cloud Map-compatible API listen address (AWS JSON 1.1 and Smithy RPC v2 CBOR, SigV4),
+    /// with --cloudmap-credentials; `--cloudmap-addr` alone means 127.0.0.1:8520. Off unless
+    /// given.
+    #[arg(long, env = "CAIRN_CLOUDMAP_ADDR", value_name = "IP:PORT", num_args = 0..=1,
+        default_missing_value = DEFAULT_CLOUDMAP_ADDR)]
+    pub cloudmap_addr: Option<String>,
+
+    /// The access keys the Cloud Map-compatible API accepts (TOML: `[[key]]` tables with
+    /// `access_key_id`, `secret_access_key` and, with --acl, the `token` whose rights the key
+    /// has); see README "AWS Cloud Map-compatible API".
+    #[arg(long, env = "CAIRN_CLOUDMAP_CREDENTIALS", value_name = "FILE")]
+    pub cloudmap_credentials: Option<PathBuf>,
+
     /// CA certificates (PEM) that HTTPS health checks trust besides the public roots, for
     /// targets whose certificates a private CA signed. A check with `tls_skip_verify` trusts any.
     #[arg(long, env = "CAIRN_CHECK_CA_FILE", value_name = "FILE")]
@@ -777,6 +790,8 @@ pub struct AgentConfig {
     pub https: Option<HttpsConfig>,
     /// DNS over TLS and over HTTPS, when either address is given.
     pub dns_tls: Option<DnsTlsConfig>,
+    /// The Cloud Map-compatible API's listener and access keys, when served.
+    pub cloudmap: Option<CloudMapConfig>,
     /// CA certificates HTTPS health checks trust besides the public roots.
     pub check_ca_file: Option<PathBuf>,
     /// Ranges health checks may reach despite a default rule (--check-allow).
@@ -809,6 +824,13 @@ pub struct ConnLimits {
     pub dns_tcp_max_conns: usize,
     pub dns_tcp_max_conns_per_client: usize,
     pub dns_tcp_write_timeout: Duration,
+}
+
+/// The Cloud Map-compatible API: its listener and the access keys it accepts, loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudMapConfig {
+    pub addr: SocketAddr,
+    pub credentials: crate::cloudmap::Credentials,
 }
 
 /// The HTTPS API's listener and files, checked to load.
@@ -942,6 +964,8 @@ impl AgentArgs {
             dns_tls_addr: self.dns_tls_addr.merge(under.dns_tls_addr),
             dns_https_addr: self.dns_https_addr.merge(under.dns_https_addr),
             dns_tls_client_ca: self.dns_tls_client_ca.merge(under.dns_tls_client_ca),
+            cloudmap_addr: self.cloudmap_addr.merge(under.cloudmap_addr),
+            cloudmap_credentials: self.cloudmap_credentials.merge(under.cloudmap_credentials),
             check_ca_file: self.check_ca_file.merge(under.check_ca_file),
             check_allow: self.check_allow.merge(under.check_allow),
             check_deny: self.check_deny.merge(under.check_deny),
@@ -1040,6 +1064,7 @@ impl AgentArgs {
             self.ca_file.is_some() || dns_tls.is_some(),
         )?;
         let tls = validate_tls(self.ca_file, tls_cert, tls_key, &cluster, node_id)?;
+        let cloudmap = validate_cloudmap(self.cloudmap_addr, self.cloudmap_credentials, acl)?;
         let check_ca_file = match self.check_ca_file {
             None => None,
             Some(path) => {
@@ -1286,6 +1311,7 @@ impl AgentArgs {
             insecure_rpc,
             https,
             dns_tls,
+            cloudmap,
             check_ca_file,
             check_allow,
             check_deny,
@@ -1496,6 +1522,32 @@ impl AgentArgs {
             },
         })
     }
+}
+
+/// The Cloud Map-compatible API: its address and its credentials file, read and checked.
+fn validate_cloudmap(
+    addr: Option<String>,
+    credentials: Option<PathBuf>,
+    acl: AclMode,
+) -> Result<Option<CloudMapConfig>, ConfigError> {
+    let Some(addr) = addr else {
+        if credentials.is_some() {
+            return Err(bad("--cloudmap-credentials", "needs --cloudmap-addr"));
+        }
+        return Ok(None);
+    };
+    let addr = parse_addr("--cloudmap-addr", &addr)?;
+    let Some(path) = credentials else {
+        return Err(bad(
+            "--cloudmap-addr",
+            "needs --cloudmap-credentials (the access keys requests are signed with)",
+        ));
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| bad("--cloudmap-credentials", format!("{}: {e}", path.display())))?;
+    let credentials = crate::cloudmap::Credentials::parse(&text, acl != AclMode::Off)
+        .map_err(|e| bad("--cloudmap-credentials", format!("{}: {e}", path.display())))?;
+    Ok(Some(CloudMapConfig { addr, credentials }))
 }
 
 /// DNS over TLS and HTTPS: their addresses, the node's certificate and key (--tls-cert,
@@ -1710,6 +1762,9 @@ fn cidr_list(setting: &str, list: Option<Peers>) -> Result<Vec<ipnet::IpNet>, Co
     }
     Ok(out)
 }
+
+/// Where `--cloudmap-addr` without a value listens: loopback, as the HTTP API by default.
+const DEFAULT_CLOUDMAP_ADDR: &str = "127.0.0.1:8520";
 
 fn parse_addr(setting: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value.parse().map_err(|_| {
@@ -1935,6 +1990,22 @@ mod tests {
             "not longer than the default --write-timeout of 5s"
         );
         assert_eq!(err(base(|a| a.node_id = Some(0))), "--node-id");
+        assert_eq!(
+            err(base(|a| a.cloudmap_addr = Some("127.0.0.1:8520".into()))),
+            "--cloudmap-addr",
+            "the Cloud Map API needs its credentials file"
+        );
+        assert_eq!(
+            err(base(|a| a.cloudmap_credentials = Some("/tmp/x.toml".into()))),
+            "--cloudmap-credentials"
+        );
+        assert_eq!(
+            err(base(|a| {
+                a.cloudmap_addr = Some("127.0.0.1:8520".into());
+                a.cloudmap_credentials = Some("/nonexistent/cloudmap.toml".into());
+            })),
+            "--cloudmap-credentials"
+        );
         assert_eq!(
             err(base(|a| a.http_addr = Some("nope".into()))),
             "--http-addr"
@@ -2300,6 +2371,14 @@ insecure_rpc = true
         AgentArgs::from_arg_matches(&command().try_get_matches_from(argv)?)
     }
 
+    #[test]
+    fn a_bare_cloudmap_addr_listens_on_the_default() {
+        let a = from_flags(&["--cloudmap-addr".to_owned()]).unwrap();
+        assert_eq!(a.cloudmap_addr.as_deref(), Some(DEFAULT_CLOUDMAP_ADDR));
+        let a = from_flags(&["--cloudmap-addr=0.0.0.0:9520".to_owned()]).unwrap();
+        assert_eq!(a.cloudmap_addr.as_deref(), Some("0.0.0.0:9520"));
+    }
+
     fn strings(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| (*s).to_owned()).collect()
     }
@@ -2366,6 +2445,8 @@ insecure_rpc = true
         ("dns_tls_addr", Some("127.0.0.1:8853")),
         ("dns_https_addr", Some("127.0.0.1:8443")),
         ("dns_tls_client_ca", Some("/etc/cairn/dns-clients-ca.pem")),
+        ("cloudmap_addr", Some("127.0.0.1:8520")),
+        ("cloudmap_credentials", Some("/etc/cairn/cloudmap.toml")),
         ("check_ca_file", Some("/etc/cairn/checks-ca.pem")),
         ("check_allow", Some("127.0.0.0/8,10.0.0.0/8")),
         ("check_deny", Some("10.1.0.0/16")),
@@ -2757,10 +2838,23 @@ insecure_rpc = true
             copy
         };
         let installed_sample = toml_copy(&sample);
+        // The Cloud Map credentials file the README's example writes first.
+        let cloudmap_keys = toml_copies.path().join("cloudmap.toml");
+        std::fs::write(
+            &cloudmap_keys,
+            "[[key]]\naccess_key_id = \"AKIDCAIRNEXAMPLE\"\nsecret_access_key = \"change-me\"\n",
+        )
+        .unwrap();
         // The sample configuration in the place the unit and the docs install it.
         let installed = |a: &str| {
-            a.replace("pki/", &pki_dir)
-                .replace("/etc/cairn/cairn.toml", installed_sample.to_str().unwrap())
+            let a = a
+                .replace("pki/", &pki_dir)
+                .replace("/etc/cairn/cairn.toml", installed_sample.to_str().unwrap());
+            if a == "cloudmap.toml" {
+                cloudmap_keys.display().to_string()
+            } else {
+                a
+            }
         };
         let yaml_strings = |v: &serde_yaml::Value| -> Vec<String> {
             v.as_sequence()

@@ -58,6 +58,7 @@ fn settings(index: u64, service: &str) -> Entry<TypeConfig> {
                 settings: SettingsSpec {
                     fail_open: true,
                     dns_ttl_s: Some(30),
+                    cloudmap: None,
                 },
             }],
         }),

@@ -122,7 +122,13 @@ pub fn validate_registry(data: &RegistryData, last_index: u64) -> Result<(), Str
         ));
     }
     for (name, s) in &data.settings {
-        validate_service_name(name).map_err(|e| e.to_string())?;
+        // A settings key is a service name, or (holding a namespace) a Cloud Map namespace key;
+        // a Cloud Map record must belong under its key.
+        match s.settings.cloudmap.as_deref() {
+            Some(record) => crate::cloudmap::validate_record(name, record),
+            None => validate_service_name(name).map(|_| ()),
+        }
+        .map_err(|e| format!("settings of {name:?}: {e}"))?;
         if s.modify_index > last_index {
             return Err(format!(
                 "settings of {name:?} have an index past the snapshot"
@@ -225,5 +231,45 @@ mod tests {
             decode_snapshot(&encode_snapshot(data.clone()).unwrap(), 3).unwrap(),
             data
         );
+    }
+
+    /// A Cloud Map namespace lives under a key no service name can take: snapshots and restarts
+    /// take it, and take no other record under such a key.
+    #[test]
+    fn cloudmap_namespaces_survive_a_snapshot_and_stray_keys_do_not() {
+        use crate::cloudmap::{namespace_key, CloudMapRecord, NamespaceRecord};
+        use crate::model::SettingsSpec;
+        let id = "ns-0123456789abcdef";
+        let namespace = |cloudmap| {
+            Arc::new(ServiceSettings {
+                settings: SettingsSpec {
+                    fail_open: false,
+                    dns_ttl_s: None,
+                    cloudmap,
+                },
+                modify_index: 2,
+            })
+        };
+        let record = CloudMapRecord::Namespace(NamespaceRecord {
+            id: id.into(),
+            name: "example.internal".into(),
+            kind: "DNS_PRIVATE".into(),
+            description: String::new(),
+            creator_request_id: None,
+            create_ms: 1,
+            tags: BTreeMap::new(),
+        });
+        let mut data = RegistryData {
+            list_index: 3,
+            ..RegistryData::default()
+        };
+        data.settings
+            .insert(namespace_key(id), namespace(Some(Box::new(record))));
+        let bytes = encode_snapshot(data.clone()).unwrap();
+        assert_eq!(decode_snapshot(&bytes, 3).unwrap(), data);
+
+        let mut stray = RegistryData::default();
+        stray.settings.insert(namespace_key(id), namespace(None));
+        assert!(validate_registry(&stray, 3).is_err());
     }
 }

@@ -8,6 +8,8 @@
 //! - [`model`]: the data model and the validation every user input passes before it is proposed;
 //! - [`command`]: what a log entry carries ([`Command`], [`Op`]) and what applying it answers;
 //! - [`registry`]: the read view ([`Registry`]) and the apply that keeps it current;
+//! - [`cloudmap`]: the namespaces and service configuration the Cloud Map-compatible API keeps
+//!   in settings records;
 //! - [`acl`]: policies, tokens and the [`acl::Authorizer`] every API request is judged by;
 //! - [`watch`]: per-service change channels with replay history, for blocking reads and streams;
 //! - [`hash`]: the one stable hash, for the state digest and rendezvous placement of checks;
@@ -26,6 +28,7 @@
 //! ```
 
 pub mod acl;
+pub mod cloudmap;
 pub mod command;
 pub mod format;
 pub mod hash;

@@ -585,6 +585,11 @@ pub struct SettingsSpec {
     pub fail_open: bool,
     /// TTL of this service's DNS answers; the agent's default when `None`.
     pub dns_ttl_s: Option<u32>,
+    /// What the Cloud Map-compatible API keeps: a Cloud Map service's configuration, or (under
+    /// a namespace key) a namespace. Absent in every record written before it existed. Boxed:
+    /// it is large beside the other settings, and ops carry settings by value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloudmap: Option<Box<crate::cloudmap::CloudMapRecord>>,
 }
 
 /// Validates a settings body.
@@ -605,6 +610,7 @@ pub fn validate_settings(body: &ServiceSettingsBody) -> Result<SettingsSpec, Val
     Ok(SettingsSpec {
         fail_open: body.fail_open.unwrap_or(false),
         dns_ttl_s,
+        cloudmap: None,
     })
 }
 
@@ -667,7 +673,12 @@ pub fn validate_op(op: &Op) -> Result<(), ValidationError> {
             validate_id("id", id)
         }
         Op::SetSettings { service, settings } => {
-            canonical(service)?;
+            if let Some(record) = &settings.cloudmap {
+                crate::cloudmap::validate_record(service, record)?;
+            }
+            if !service.starts_with(crate::cloudmap::NAMESPACE_KEY_PREFIX) {
+                canonical(service)?;
+            }
             match settings.dns_ttl_s {
                 Some(ttl) if ttl > MAX_DNS_TTL_S => Err(invalid(
                     "dns_ttl",
@@ -676,7 +687,12 @@ pub fn validate_op(op: &Op) -> Result<(), ValidationError> {
                 _ => Ok(()),
             }
         }
-        Op::DeleteSettings { service } => canonical(service),
+        Op::DeleteSettings { service } => {
+            match service.strip_prefix(crate::cloudmap::NAMESPACE_KEY_PREFIX) {
+                Some(id) if crate::cloudmap::is_namespace_id(id) => Ok(()),
+                _ => canonical(service),
+            }
+        }
         Op::SetCheckStatus {
             service,
             id,
@@ -1126,6 +1142,7 @@ mod tests {
             settings: SettingsSpec {
                 fail_open: true,
                 dns_ttl_s: Some(MAX_DNS_TTL_S + 1),
+                cloudmap: None,
             },
         })
         .is_err());

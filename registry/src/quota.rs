@@ -469,6 +469,7 @@ mod tests {
                 settings: SettingsSpec {
                     fail_open: true,
                     dns_ttl_s: Some(30),
+                    cloudmap: None,
                 },
             },
             Op::SetCheckStatus {

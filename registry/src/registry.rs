@@ -372,6 +372,19 @@ impl Registry {
         self.settings.read().get(name).cloned()
     }
 
+    /// Every settings record whose key starts with `prefix` (`""`: all), sorted by key.
+    pub fn settings_list(&self, prefix: &str) -> Vec<(String, Arc<ServiceSettings>)> {
+        let mut all: Vec<_> = self
+            .settings
+            .read()
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
     /// Every service, sorted by name, with the service-list index they were read at.
     pub fn services(&self) -> (u64, Vec<Arc<ServiceEntry>>) {
         let guard = self.services.read();

@@ -149,6 +149,7 @@ fn command() -> Command {
                 settings: SettingsSpec {
                     fail_open: true,
                     dns_ttl_s: Some(30),
+                    cloudmap: None,
                 },
             },
             Op::SetCheckStatus {
@@ -238,6 +239,7 @@ fn rocksdb_records() {
         &ServiceSettings {
             settings: SettingsSpec {
                 fail_open: true,
+                cloudmap: None,
                 dns_ttl_s: None,
             },
             modify_index: 11,
@@ -260,6 +262,7 @@ fn snapshot_file() {
             Op::SetSettings {
                 service: "db".into(),
                 settings: SettingsSpec {
+                    cloudmap: None,
                     fail_open: false,
                     dns_ttl_s: Some(5),
                 },
@@ -286,4 +289,67 @@ fn snapshot_file() {
 fn the_format_version_is_pinned_with_the_files() {
     // Changing a golden file means a new format: bump the version with it.
     assert_eq!(FORMAT_VERSION, 1);
+}
+
+/// The Cloud Map records that ride on settings: a namespace under its reserved key and a
+/// service's configuration, every field set.
+#[test]
+fn cloudmap_settings_records() {
+    use cairn_registry::cloudmap::{
+        CloudMapRecord, DnsConfigRecord, DnsRecordSpec, HealthCheckRecord, NamespaceRecord,
+        ServiceRecord,
+    };
+    let tags = BTreeMap::from([("team".to_owned(), "core".to_owned())]);
+    check(
+        "cloudmap_namespace.json",
+        &ServiceSettings {
+            settings: SettingsSpec {
+                fail_open: false,
+                dns_ttl_s: None,
+                cloudmap: Some(Box::new(CloudMapRecord::Namespace(NamespaceRecord {
+                    id: "ns-0123456789abcdef".into(),
+                    name: "example.internal".into(),
+                    kind: "DNS_PRIVATE".into(),
+                    description: "the example".into(),
+                    creator_request_id: Some("req-1".into()),
+                    create_ms: 1_700_000_000_000,
+                    tags: tags.clone(),
+                }))),
+            },
+            modify_index: 12,
+        },
+    );
+    check(
+        "cloudmap_service.json",
+        &ServiceSettings {
+            settings: SettingsSpec {
+                fail_open: false,
+                dns_ttl_s: Some(60),
+                cloudmap: Some(Box::new(CloudMapRecord::Service(ServiceRecord {
+                    id: "srv-web".into(),
+                    namespace_id: "ns-0123456789abcdef".into(),
+                    description: "web tier".into(),
+                    creator_request_id: Some("req-2".into()),
+                    create_ms: 1_700_000_000_001,
+                    kind: "DNS_HTTP".into(),
+                    dns: Some(DnsConfigRecord {
+                        routing_policy: "MULTIVALUE".into(),
+                        records: vec![DnsRecordSpec {
+                            kind: "A".into(),
+                            ttl_s: 60,
+                        }],
+                    }),
+                    health_check: Some(HealthCheckRecord {
+                        kind: "HTTP".into(),
+                        resource_path: Some("/health".into()),
+                        failure_threshold: 2,
+                    }),
+                    custom_health: true,
+                    attributes: BTreeMap::from([("tier".to_owned(), "front".to_owned())]),
+                    tags,
+                }))),
+            },
+            modify_index: 13,
+        },
+    );
 }

@@ -279,7 +279,13 @@ async fn put_settings(
 ) -> Result<Response, Failure> {
     let service = model::validate_service_name(&service)?;
     caller.service(&service, Access::Write)?;
-    let settings = model::validate_settings(&body)?;
+    let mut settings = model::validate_settings(&body)?;
+    // The Cloud Map API's record of the service is not a setting of this body: it stays.
+    settings.cloudmap = s
+        .cluster
+        .registry()
+        .settings(&service)
+        .and_then(|old| old.settings.cloudmap.clone());
     let w = s
         .cluster
         .write_as(Op::SetSettings { service, settings }, caller.accessor())

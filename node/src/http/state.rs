@@ -47,7 +47,7 @@ impl AppState {
     /// Refuses (400, naming the check's field and the rule) a registration whose active
     /// checks target an address the policy denies, after resolving names. A name that does
     /// not resolve yet is let through: the probe checks it each time it runs.
-    pub(super) async fn check_targets(&self, instance: &InstanceSpec) -> Result<(), Failure> {
+    pub(crate) async fn check_targets(&self, instance: &InstanceSpec) -> Result<(), Failure> {
         for (i, check) in instance.checks.iter().enumerate() {
             let (field, target) = match &check.kind {
                 CheckKindSpec::Http { url, .. } => ("url", check_targets::url_target(url)),

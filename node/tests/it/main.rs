@@ -18,6 +18,7 @@ mod certs;
 mod checks;
 mod cli;
 mod client;
+mod cloudmap;
 mod cluster;
 mod consul;
 mod deploy;

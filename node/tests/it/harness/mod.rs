@@ -30,6 +30,8 @@ pub struct Node {
     /// DNS over TLS and over HTTPS, when the node serves them.
     pub dot: Option<SocketAddr>,
     pub doh: Option<SocketAddr>,
+    /// The Cloud Map-compatible API, when the node serves it.
+    pub cloudmap: Option<SocketAddr>,
     pub data_dir: PathBuf,
     log_path: PathBuf,
     args: Vec<String>,
@@ -44,6 +46,7 @@ struct Listening {
     https: Option<SocketAddr>,
     dot: Option<SocketAddr>,
     doh: Option<SocketAddr>,
+    cloudmap: Option<SocketAddr>,
 }
 
 fn parse_listening(line: &str) -> Option<Listening> {
@@ -59,6 +62,7 @@ fn parse_listening(line: &str) -> Option<Listening> {
         https: field("https="),
         dot: field("dot="),
         doh: field("doh="),
+        cloudmap: field("cloudmap="),
     })
 }
 
@@ -104,6 +108,7 @@ impl Node {
             https: None,
             dot: None,
             doh: None,
+            cloudmap: None,
             data_dir,
             log_path,
             args: full,
@@ -155,6 +160,7 @@ impl Node {
                 self.https = l.https;
                 self.dot = l.dot;
                 self.doh = l.doh;
+                self.cloudmap = l.cloudmap;
             }
             // Standard output closed: the process ended.
             Err(mpsc::RecvTimeoutError::Disconnected) => {
