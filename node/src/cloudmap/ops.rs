@@ -1276,6 +1276,7 @@ async fn register_instance(
         Op::Register {
             service: name,
             instance: spec,
+            health: None,
         },
         caller.accessor(),
     )
