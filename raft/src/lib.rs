@@ -33,7 +33,8 @@ use cairn_registry::{Command, OpResult};
 use serde::{Deserialize, Serialize};
 
 pub use cluster::{
-    Cluster, ClusterOptions, MemberStatus, QuotaStatus, StartError, Status, WriteError, Written,
+    Cluster, ClusterOptions, Handover, MemberStatus, QuotaStatus, StartError, Status, WriteError,
+    Written,
 };
 
 /// A node's id in the cluster, as given by `--node-id`.
