@@ -7,6 +7,7 @@
 //! - [`liveness`]: members reporting to the leader, down/up entries, and check placement;
 //! - [`barrier`]: the linearizable read barrier;
 //! - [`handover`]: handing leadership to another voter before the leader stops;
+//! - [`replication`]: the leader's view of each member's replication and health;
 //! - [`snapshot`]: receiving a snapshot from the leader.
 
 mod barrier;
@@ -15,6 +16,7 @@ mod handover;
 mod liveness;
 mod membership;
 mod quota;
+mod replication;
 mod snapshot;
 mod write;
 
@@ -44,6 +46,7 @@ use liveness::{report_alive, watch_liveness};
 
 pub use handover::Handover;
 pub use quota::QuotaStatus;
+pub use replication::{Replica, ReplicaHealth, Replication};
 pub use snapshot::SnapshotRefused;
 pub use write::{WriteError, Written};
 

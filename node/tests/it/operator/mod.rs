@@ -4,3 +4,5 @@
 
 mod handover;
 mod load;
+mod recover;
+mod views;
