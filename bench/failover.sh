@@ -70,7 +70,7 @@ rows, res = [], {}
 for s in ("cairn", "etcd"):
     ms = json.load(open(f"{out}/{s}.json"))["ms"]
     res[s] = (pct(ms, 50), pct(ms, 99), min(ms), max(ms), len(ms))
-print(f"Command: `{command}` ({cairn_v}; {etcd_v}), raw output in `{out.split('/bench/')[-1]}`.\n")
+print(f"Command: `{command}` ({cairn_v}; {etcd_v}), raw output in `bench/{out.split('/bench/')[-1]}` (not committed).\n")
 print("| System | Kills | p50 ms | p99 ms | min ms | max ms |")
 print("|---|---:|---:|---:|---:|---:|")
 for s, name in (("cairn", "Cairn"), ("etcd", "etcd (defaults)")):

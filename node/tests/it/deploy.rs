@@ -715,7 +715,9 @@ async fn t20_compose_cluster_survives_leader_loss_a_network_cut_and_a_rolling_re
         .map(|w| w[1] - w[0])
         .max()
         .unwrap_or_default();
-    eprintln!("rolling restart in containers: longest gap between acknowledged writes {longest_gap:?}");
+    eprintln!(
+        "rolling restart in containers: longest gap between acknowledged writes {longest_gap:?}"
+    );
     // The goal; without the handover a restarted leader costs an election time-out
     // plus the leader lease (3-4 s).
     assert!(
