@@ -342,6 +342,39 @@ pub struct ClusterDigest {
     pub digest: String,
 }
 
+/// `GET /v1/operator/raft`: replication as the leader sees it (served by the leader, asked of it
+/// by any other node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RaftReplication {
+    pub leader: u64,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub commit_index: u64,
+    pub members: Vec<ReplicaInfo>,
+}
+
+/// One member of [`RaftReplication`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReplicaInfo {
+    pub id: u64,
+    pub rpc_addr: String,
+    /// `leader`, `follower` or `learner`.
+    pub role: String,
+    pub voter: bool,
+    /// The last log index the leader knows this member holds; absent until it knows.
+    pub match_index: Option<u64>,
+    /// Entries of the leader's log this member does not hold yet.
+    pub lag: Option<u64>,
+    /// Milliseconds since this member last answered the leader (0 for the leader); absent when
+    /// it never has.
+    pub last_contact_ms: Option<u64>,
+    /// `healthy`; `lagging` (trails by more than 250 entries, or answered last over 500 ms ago);
+    /// `unreachable` (no answer for 2 s, or never).
+    pub health: String,
+}
+
 /// `GET /v1/live`: `{"status": "live"}` while the process serves HTTP.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

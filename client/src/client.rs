@@ -11,8 +11,8 @@ use serde::Serialize;
 use crate::{
     ApiError, AuditList, ClusterStatus, ErrorCode, HealthStatus, HealthUpdate,
     InstanceRegistration, JoinRequest, MaintenanceUpdate, PolicyInfo, PolicyList, PolicyRequest,
-    ServiceInstances, ServiceList, ServiceSettingsBody, ServiceSettingsView, TokenInfo, TokenList,
-    TokenRequest, WhoAmI, WriteResult, INDEX_HEADER, TOKEN_HEADER,
+    RaftReplication, ServiceInstances, ServiceList, ServiceSettingsBody, ServiceSettingsView,
+    TokenInfo, TokenList, TokenRequest, WhoAmI, WriteResult, INDEX_HEADER, TOKEN_HEADER,
 };
 
 /// Why a call failed.
@@ -671,6 +671,12 @@ impl Client {
 
     pub async fn cluster(&self) -> Result<ClusterStatus, ClientError> {
         Ok(self.get("/v1/cluster", None).await?.value)
+    }
+
+    /// Replication as the leader sees it: each member's match index, lag, last contact and
+    /// health (any node asks the leader).
+    pub async fn operator_raft(&self) -> Result<RaftReplication, ClientError> {
+        Ok(self.get("/v1/operator/raft", None).await?.value)
     }
 
     pub async fn join(&self, id: u64, rpc_addr: &str) -> Result<WriteResult, ClientError> {

@@ -519,6 +519,20 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         }
     };
 
+    if result.is_ok() {
+        // Before anything stops: writes keep flowing, through the next leader.
+        match cluster.hand_over_leadership().await {
+            cairn_raft::Handover::NotLeader => {}
+            cairn_raft::Handover::Done { to, took } => tracing::info!(
+                to,
+                took_ms = took.as_millis() as u64,
+                "shutting down: handed leadership over"
+            ),
+            cairn_raft::Handover::Failed(why) => {
+                tracing::warn!("shutting down: could not hand leadership over: {why}")
+            }
+        }
+    }
     tracing::info!("shutting down: draining HTTP requests");
     http_stop.cancel();
     if let Some(http) = http_server {

@@ -3,6 +3,7 @@
 //! `--json` for programs; exit 0 on success, 1 on an error, 64 on bad usage.
 
 pub mod acl;
+pub mod operator;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -185,6 +186,11 @@ pub enum Command {
         #[command(subcommand)]
         action: acl::AclAction,
     },
+    /// The leader's view of replication; lost-quorum recovery of a stopped node.
+    Operator {
+        #[command(subcommand)]
+        action: operator::OperatorAction,
+    },
     /// The most recent changes made through the API: who (token accessor), what, when.
     Audit {
         /// Only the last N entries.
@@ -230,6 +236,9 @@ pub async fn run(target: Target, cmd: Command) -> ExitCode {
     let cmd = match cmd {
         // Files only: no node to reach.
         Command::Tls { action } => return finish(tls::run(&target, action)),
+        Command::Operator {
+            action: operator::OperatorAction::Recover(args),
+        } => return finish(operator::recover(&target, args)),
         other => other,
     };
     let addrs: Vec<&str> = target.http_addr.split(',').collect();
@@ -304,10 +313,25 @@ async fn execute(client: &Client, target: &Target, cmd: Command) -> Result<(), F
     match cmd {
         Command::Acl { action } => acl::run(client, target, action).await?,
         Command::Audit { limit } => acl::audit(client, target, limit).await?,
+        Command::Operator { action } => operator::run(client, target, action).await?,
         Command::Members { action: None } => {
             let status = client.cluster().await?;
+            // Best effort: the leader's view; `unknown` without it (the container health
+            // check runs this, and must not fail for want of a leader).
+            let health = operator::health_by_id(client).await;
+            let health_of = |id: u64| health.get(&id).map_or("unknown", String::as_str);
             if target.json {
-                print_json(&status);
+                #[derive(Serialize)]
+                struct Members<'a> {
+                    #[serde(flatten)]
+                    status: &'a cairn_client::ClusterStatus,
+                    /// Each member's health as the leader sees it, by id.
+                    health: &'a BTreeMap<u64, String>,
+                }
+                print_json(&Members {
+                    status: &status,
+                    health: &health,
+                });
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = status
@@ -321,10 +345,15 @@ async fn execute(client: &Client, target: &Target, cmd: Command) -> Result<(), F
                     } else {
                         "learner"
                     };
-                    vec![m.id.to_string(), m.rpc_addr.clone(), role.to_owned()]
+                    vec![
+                        m.id.to_string(),
+                        m.rpc_addr.clone(),
+                        role.to_owned(),
+                        health_of(m.id).to_owned(),
+                    ]
                 })
                 .collect();
-            println!("{}", table(&["ID", "RPC ADDRESS", "ROLE"], &rows));
+            println!("{}", table(&["ID", "RPC ADDRESS", "ROLE", "HEALTH"], &rows));
         }
         Command::Members {
             action: Some(MembersAction::Remove { id }),

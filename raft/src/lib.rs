@@ -5,6 +5,7 @@
 //! - [`snapshot`]: snapshots as files beside it, and receiving one from the leader chunk by chunk;
 //! - [`rpc`]: the cluster RPC between nodes over HTTP, its calling side ([`rpc::client`]) and
 //!   its serving side ([`rpc::server`], with the one admission layer);
+//! - [`recover`]: lost-quorum recovery, rewriting a stopped node's membership;
 //! - [`cluster`]: [`Cluster`], one node's handle: start, bootstrap or join, write through the
 //!   leader from anywhere (group-committed there), membership, liveness, placement of checks,
 //!   the read barrier and status.
@@ -23,6 +24,7 @@
 //! ```
 
 pub mod cluster;
+pub mod recover;
 pub mod rpc;
 pub mod snapshot;
 pub mod store;
@@ -33,7 +35,8 @@ use cairn_registry::{Command, OpResult};
 use serde::{Deserialize, Serialize};
 
 pub use cluster::{
-    Cluster, ClusterOptions, MemberStatus, QuotaStatus, StartError, Status, WriteError, Written,
+    Cluster, ClusterOptions, Handover, MemberStatus, QuotaStatus, Replica, ReplicaHealth,
+    Replication, StartError, Status, WriteError, Written,
 };
 
 /// A node's id in the cluster, as given by `--node-id`.

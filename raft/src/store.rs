@@ -48,16 +48,16 @@ use cairn_registry::{Dirty, OpResult, Registry, RegistryData, ServiceEntry, Serv
 use crate::snapshot::{DecodeError, FileSum, SnapshotData, SnapshotDir};
 use crate::{NodeId, TypeConfig};
 
-const CF_LOGS: &str = "logs";
-const CF_RAFT: &str = "raft";
-const CF_REGISTRY: &str = "registry";
-const CF_SM: &str = "sm";
+pub(crate) const CF_LOGS: &str = "logs";
+pub(crate) const CF_RAFT: &str = "raft";
+pub(crate) const CF_REGISTRY: &str = "registry";
+pub(crate) const CF_SM: &str = "sm";
 
-const KEY_VOTE: &[u8] = b"vote";
-const KEY_COMMITTED: &[u8] = b"committed";
-const KEY_LAST_PURGED: &[u8] = b"last_purged";
-const KEY_APPLIED: &[u8] = b"applied";
-const KEY_MEMBERSHIP: &[u8] = b"membership";
+pub(crate) const KEY_VOTE: &[u8] = b"vote";
+pub(crate) const KEY_COMMITTED: &[u8] = b"committed";
+pub(crate) const KEY_LAST_PURGED: &[u8] = b"last_purged";
+pub(crate) const KEY_APPLIED: &[u8] = b"applied";
+pub(crate) const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_LIST_INDEX: &[u8] = b"list_index";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 /// The current snapshot file's size and SHA-256 ([`FileSum`]), written with `KEY_SNAPSHOT`.
@@ -69,7 +69,7 @@ const KEY_TIME: &[u8] = b"time_ms";
 /// Audit entries are `audit\0<seq, big-endian>`: this node's, never part of a snapshot.
 const AUDIT_PREFIX: &[u8] = b"audit\0";
 /// The persisted format version the data folder was written in (`cairn_registry::format`).
-const KEY_FORMAT: &[u8] = b"format";
+pub(crate) const KEY_FORMAT: &[u8] = b"format";
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -204,13 +204,13 @@ fn verify_snapshot(
     }
 }
 
-fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
     // The four families are created by `open`, so their absence is a programming error.
     db.cf_handle(name)
         .unwrap_or_else(|| panic!("column family {name} is created at open"))
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(
     db: &DB,
     family: &str,
     key: &[u8],
@@ -223,11 +223,11 @@ fn read_json<T: for<'de> Deserialize<'de>>(
         .transpose()
 }
 
-fn to_json<T: Serialize>(value: &T) -> StorageResult<Vec<u8>> {
+pub(crate) fn to_json<T: Serialize>(value: &T) -> StorageResult<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| StorageIOError::write(&e).into())
 }
 
-fn log_key(index: u64) -> [u8; 8] {
+pub(crate) fn log_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 

@@ -226,6 +226,7 @@ async fn t10_every_route_answers_to_the_token_and_refusals_change_nothing() {
         ),
         (Method::GET, "/v1/cluster", None, OperatorRead),
         (Method::GET, "/v1/cluster/digest", None, OperatorRead),
+        (Method::GET, "/v1/operator/raft", None, OperatorRead),
         (Method::GET, "/metrics", None, OperatorRead),
         (Method::GET, "/v1/audit", None, OperatorRead),
         (

@@ -536,6 +536,8 @@ async fn t90_rpc_admission_runs_before_any_body_is_read_on_every_route() {
         "/raft/forward",
         "/raft/alive",
         "/raft/read_index",
+        "/raft/elect",
+        "/raft/replication",
         "/raft/heartbeat",
     ] {
         assert_eq!(

@@ -28,6 +28,7 @@ mod encrypted_dns;
 mod faults;
 mod fuzz_corpus;
 mod openapi;
+mod operator;
 mod quotas;
 mod reads;
 mod slowloris;

@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cairn_registry::{Command, Op};
+use openraft::error::RaftError;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::handover::HandoverGate;
 use super::quota::Gate;
-use super::write::{client_write_error, WriteError};
+use super::write::{client_write_error, WriteError, HANDING_OVER};
 use crate::rpc::ForwardReply;
 use crate::Raft;
 
@@ -49,6 +51,7 @@ pub(super) async fn run_batcher(
     mut queue: mpsc::Receiver<Proposal>,
     clock_offset_ms: i64,
     gate: Arc<Gate>,
+    handover: Arc<HandoverGate>,
 ) {
     let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
     loop {
@@ -83,6 +86,7 @@ pub(super) async fn run_batcher(
         }
         let raft = raft.clone();
         let gate = gate.clone();
+        let handover = handover.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let mut ops = Vec::with_capacity(batch.len());
@@ -101,7 +105,21 @@ pub(super) async fn run_batcher(
                 ops,
                 by,
             };
-            let written = raft.client_write(cmd).await;
+            // Proposed only while no handover runs (see `handover`); refused writes were not
+            // proposed, so the writer retries them on the next leader.
+            let written = match handover.propose(raft.client_write_ff(cmd)).await {
+                None => Err(WriteError::NoLeader(HANDING_OVER.into())),
+                // Raft stopped (shutdown) before taking it: not proposed.
+                Some(Err(fatal)) => Err(WriteError::NoLeader(format!("this node stops: {fatal}"))),
+                Some(Ok(answer)) => match answer.await {
+                    Ok(Ok(resp)) => Ok(resp),
+                    Ok(Err(e)) => Err(client_write_error(RaftError::APIError(e))),
+                    // Raft stopped with the write in its log: another leader may commit it.
+                    Err(_) => Err(WriteError::Unavailable(
+                        "this node stopped before the write was answered; it may or may not have committed".into(),
+                    )),
+                },
+            };
             // Applied (the leader answers after applying) or failed: either way the view, not
             // the pending growth, now tells. Released before the replies, so a client's next
             // write is admitted against a view that holds its last one.
@@ -114,7 +132,6 @@ pub(super) async fn run_batcher(
                     }
                 }
                 Err(e) => {
-                    let e = client_write_error(e);
                     for reply in replies {
                         let _ = reply.send(Err(e.clone()));
                     }

@@ -6,13 +6,17 @@
 //! - [`membership`]: joining and removing members;
 //! - [`liveness`]: members reporting to the leader, down/up entries, and check placement;
 //! - [`barrier`]: the linearizable read barrier;
+//! - [`handover`]: handing leadership to another voter before the leader stops;
+//! - [`replication`]: the leader's view of each member's replication and health;
 //! - [`snapshot`]: receiving a snapshot from the leader.
 
 mod barrier;
 mod batch;
+mod handover;
 mod liveness;
 mod membership;
 mod quota;
+mod replication;
 mod snapshot;
 mod write;
 
@@ -37,9 +41,12 @@ use crate::store::{self, OpenError};
 use crate::{Member, NodeId, Raft};
 
 use batch::{run_batcher, Proposal, PROPOSAL_QUEUE};
+use handover::HandoverGate;
 use liveness::{report_alive, watch_liveness};
 
+pub use handover::Handover;
 pub use quota::QuotaStatus;
+pub use replication::{Replica, ReplicaHealth, Replication};
 pub use snapshot::SnapshotRefused;
 pub use write::{WriteError, Written};
 
@@ -197,6 +204,8 @@ pub struct Cluster {
     proposals: mpsc::Sender<Proposal>,
     /// Admits writes against the quotas before they are proposed.
     gate: Arc<quota::Gate>,
+    /// Closed while leadership is being handed over: nothing more is proposed.
+    handover: Arc<HandoverGate>,
     /// Leader only: when each member last said it was alive.
     alive: Mutex<std::collections::HashMap<NodeId, Instant>>,
     shut_down: Mutex<bool>,
@@ -253,11 +262,13 @@ impl Cluster {
         .map_err(|e| StartError::Raft(e.to_string()))?;
         let (proposals, queue) = mpsc::channel(PROPOSAL_QUEUE);
         let gate = Arc::new(quota::Gate::new(registry.clone(), options.quotas));
+        let handover = Arc::new(HandoverGate::default());
         tokio::spawn(run_batcher(
             raft.clone(),
             queue,
             options.clock_offset_ms,
             gate.clone(),
+            handover.clone(),
         ));
         let cluster = Arc::new(Cluster {
             id: options.node_id,
@@ -272,6 +283,7 @@ impl Cluster {
             membership_lock: tokio::sync::Mutex::new(()),
             proposals,
             gate,
+            handover,
             alive: Mutex::new(std::collections::HashMap::new()),
             shut_down: Mutex::new(false),
             snapshot_in,

@@ -58,6 +58,9 @@ pub enum WriteError {
 /// The message a leader answers with when it is no longer the leader: the sender retries.
 pub(super) const NOT_LEADER: &str = "this node is not the leader";
 
+/// The answer to a write that reached the leader while it hands leadership over: not proposed.
+pub(super) const HANDING_OVER: &str = "this node is handing leadership over";
+
 /// Pause between attempts while a leader is being elected.
 pub(super) const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -112,7 +115,8 @@ impl Cluster {
                     if Instant::now() + RETRY_PAUSE >= deadline {
                         return Err(last_err);
                     }
-                    tokio::time::sleep(RETRY_PAUSE).await;
+                    // At once when another leader is known (a handover), else after a pause.
+                    self.leader_changed(leader, RETRY_PAUSE).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -131,6 +135,22 @@ impl Cluster {
                 _ => return None,
             }
         }
+    }
+
+    /// Waits until this node knows a leader other than `from`, or `pause` has passed.
+    async fn leader_changed(&self, from: NodeId, pause: std::time::Duration) {
+        let mut rx = self.raft.metrics();
+        let changed = async {
+            loop {
+                if rx.borrow_and_update().current_leader != Some(from) {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(pause, changed).await;
     }
 
     async fn forward(

@@ -60,6 +60,9 @@ struct Inner {
     book_version: std::sync::atomic::AtomicU64,
     /// The HTTP client and the (TLS generation, book version) it was built at.
     http: RwLock<((u64, u64), reqwest::Client)>,
+    /// When each peer last answered an append-entries request (heartbeats included): the
+    /// leader's "last contact" with its followers.
+    answered: parking_lot::Mutex<HashMap<NodeId, std::time::Instant>>,
 }
 
 /// Where each member's name points: `node-2.cairn.cairn` -> `10.0.0.2:8300`.
@@ -155,8 +158,15 @@ impl Transport {
                 book,
                 book_version: std::sync::atomic::AtomicU64::new(0),
                 http: RwLock::new(((current.map_or(0, |(g, _)| g), 0), http)),
+                answered: parking_lot::Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// When `node` last answered an append-entries request from this node (any answer, a
+    /// refusal included: it is reachable).
+    pub fn last_answer(&self, node: NodeId) -> Option<std::time::Instant> {
+        self.inner.answered.lock().get(&node).copied()
     }
 
     /// The HTTP client, rebuilt first if the certificates were reloaded since it was built.
@@ -360,13 +370,23 @@ impl RaftNetwork<TypeConfig> for Peer {
                 PayloadTooLarge::new_entries_hint(entries / 2),
             ));
         }
-        self.call(
-            RPCTypes::AppendEntries,
-            PATH_APPEND,
-            &body,
-            option.hard_ttl(),
-        )
-        .await
+        let answer = self
+            .call(
+                RPCTypes::AppendEntries,
+                PATH_APPEND,
+                &body,
+                option.hard_ttl(),
+            )
+            .await;
+        if matches!(answer, Ok(_) | Err(RPCError::RemoteError(_))) {
+            let now = std::time::Instant::now();
+            self.transport
+                .inner
+                .answered
+                .lock()
+                .insert(self.target, now);
+        }
+        answer
     }
 
     async fn install_snapshot(

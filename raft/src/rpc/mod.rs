@@ -42,6 +42,10 @@ pub const PATH_SNAPSHOT: &str = "/raft/snapshot";
 pub const PATH_FORWARD: &str = "/raft/forward";
 pub const PATH_ALIVE: &str = "/raft/alive";
 pub const PATH_READ_INDEX: &str = "/raft/read_index";
+/// The leader asks a follower to stand for election now: a leadership handover.
+pub const PATH_ELECT: &str = "/raft/elect";
+/// A node asks the leader for its view of replication (`cairn operator raft`).
+pub const PATH_REPLICATION: &str = "/raft/replication";
 
 /// A request a node hands to the leader because only the leader can propose it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

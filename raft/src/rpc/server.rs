@@ -27,8 +27,8 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 
 use super::{
     Forward, ForwardReply, Refusal, CLUSTER_HEADER, FROM_HEADER, MAX_RPC_BODY, MAX_SNAPSHOT_BODY,
-    PATH_ALIVE, PATH_APPEND, PATH_FORWARD, PATH_READ_INDEX, PATH_SNAPSHOT, PATH_VOTE,
-    SNAPSHOT_SIZE_HEADER,
+    PATH_ALIVE, PATH_APPEND, PATH_ELECT, PATH_FORWARD, PATH_READ_INDEX, PATH_REPLICATION,
+    PATH_SNAPSHOT, PATH_VOTE, SNAPSHOT_SIZE_HEADER,
 };
 use crate::cluster::{Cluster, WriteError};
 use crate::{NodeId, TypeConfig};
@@ -50,6 +50,8 @@ pub fn router(cluster: Arc<Cluster>, extra: Router) -> Router {
         .route(PATH_FORWARD, post(forward))
         .route(PATH_ALIVE, post(alive))
         .route(PATH_READ_INDEX, post(read_index))
+        .route(PATH_ELECT, post(elect))
+        .route(PATH_REPLICATION, post(replication))
         .with_state(cluster.clone())
         .merge(extra)
         .layer(DefaultBodyLimit::max(MAX_RPC_BODY))
@@ -166,6 +168,20 @@ async fn snapshot(
 
 async fn alive(State(cluster): State<Arc<Cluster>>, Extension(Caller(from)): Extension<Caller>) {
     cluster.mark_alive(from);
+}
+
+async fn elect(
+    State(cluster): State<Arc<Cluster>>,
+    Extension(Caller(from)): Extension<Caller>,
+) -> Response {
+    let reply: Result<(), String> = cluster.stand_for_election(from).await;
+    Json(reply).into_response()
+}
+
+async fn replication(State(cluster): State<Arc<Cluster>>) -> Response {
+    let reply: Result<crate::Replication, String> =
+        cluster.local_replication().map_err(str::to_owned);
+    Json(reply).into_response()
 }
 
 async fn read_index(State(cluster): State<Arc<Cluster>>) -> Response {
