@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::acl::{PolicySpec, TokenSpec};
 use crate::health::HealthStatus;
 use crate::model::{InstanceSpec, SettingsSpec};
+use crate::registry::RegistryData;
 
 /// A log entry's payload: the operations the leader batched into it, and its wall clock when it
 /// proposed them.
@@ -110,6 +111,17 @@ pub enum Op {
     },
     /// Delete every token whose expiry is at or before the entry's time (proposed by the leader).
     AclExpireTokens,
+    /// Replace the whole registry with a backup's (`cairn snapshot restore`): services, settings,
+    /// tokens and policies. Everything restored is stamped with the entry's index, so no index a
+    /// client has seen goes back; the members marked down stay as they are (they describe this
+    /// cluster now). The leader checked the backup (checksum, format, cluster, model rules)
+    /// before proposing it.
+    Restore {
+        /// The index and term the backup was taken at, for the audit list and the log.
+        from_index: u64,
+        from_term: u64,
+        data: Box<RegistryData>,
+    },
 }
 
 impl Op {
@@ -183,6 +195,8 @@ impl Op {
                     + token.policies.iter().map(|p| p.len() + 4).sum::<usize>()
             }
             Op::AclDeleteToken { accessor } => FIXED + accessor.len(),
+            // Megabytes: counted as more than any batch holds, so it closes its batch.
+            Op::Restore { .. } => 1 << 30,
         }
     }
 
@@ -203,6 +217,7 @@ impl Op {
             Op::AclSetToken { .. } => "acl_set_token",
             Op::AclDeleteToken { .. } => "acl_delete_token",
             Op::AclExpireTokens => "acl_expire_tokens",
+            Op::Restore { .. } => "restore",
         }
     }
 
@@ -247,7 +262,8 @@ impl Op {
             | Op::AclDeletePolicy { .. }
             | Op::AclSetToken { .. }
             | Op::AclDeleteToken { .. }
-            | Op::AclExpireTokens => None,
+            | Op::AclExpireTokens
+            | Op::Restore { .. } => None,
         }
     }
 }
