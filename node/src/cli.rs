@@ -3,6 +3,7 @@
 //! `--json` for programs; exit 0 on success, 1 on an error, 64 on bad usage.
 
 pub mod acl;
+pub mod snapshot;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -185,6 +186,11 @@ pub enum Command {
         #[command(subcommand)]
         action: acl::AclAction,
     },
+    /// Backups: save the registry to a file, inspect a file, restore one.
+    Snapshot {
+        #[command(subcommand)]
+        action: snapshot::SnapshotAction,
+    },
     /// The most recent changes made through the API: who (token accessor), what, when.
     Audit {
         /// Only the last N entries.
@@ -230,6 +236,9 @@ pub async fn run(target: Target, cmd: Command) -> ExitCode {
     let cmd = match cmd {
         // Files only: no node to reach.
         Command::Tls { action } => return finish(tls::run(&target, action)),
+        Command::Snapshot {
+            action: snapshot::SnapshotAction::Inspect { file },
+        } => return finish(snapshot::inspect(&target, &file)),
         other => other,
     };
     let addrs: Vec<&str> = target.http_addr.split(',').collect();
@@ -304,6 +313,7 @@ async fn execute(client: &Client, target: &Target, cmd: Command) -> Result<(), F
     match cmd {
         Command::Acl { action } => acl::run(client, target, action).await?,
         Command::Audit { limit } => acl::audit(client, target, limit).await?,
+        Command::Snapshot { action } => snapshot::run(client, target, action).await?,
         Command::Members { action: None } => {
             let status = client.cluster().await?;
             if target.json {
