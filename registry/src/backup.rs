@@ -32,7 +32,7 @@ const MAX_META_LINE: u64 = 4096;
 pub struct BackupHeader {
     /// [`BACKUP_VERSION`] of the writer.
     pub cairn_backup: u32,
-    /// The cluster's name (`--cluster-name`): a restore into another cluster is refused.
+    /// The cluster's name (`--cluster`): a restore into another cluster is refused.
     pub cluster: String,
     /// The Raft index the registry was read at: every change up to it is in the backup.
     pub index: u64,
@@ -173,11 +173,13 @@ pub fn read_backup(mut file: impl Read + Seek) -> Result<Backup, BackupError> {
     BufReader::new((&mut file).take(MAX_META_LINE)).read_line(&mut first)?;
     if !first.ends_with('\n') {
         const START: &str = "{\"cairn_backup\"";
-        return Err(if !first.is_empty() && (first.starts_with(START) || START.starts_with(&first)) {
-            BackupError::Truncated("the file ends inside its header".into())
-        } else {
-            BackupError::NotBackup("the first line is not a backup header".into())
-        });
+        return Err(
+            if !first.is_empty() && (first.starts_with(START) || START.starts_with(&first)) {
+                BackupError::Truncated("the file ends inside its header".into())
+            } else {
+                BackupError::NotBackup("the first line is not a backup header".into())
+            },
+        );
     }
     // The version alone first: a newer layout may have changed the rest of the header.
     #[derive(Deserialize)]

@@ -1253,7 +1253,9 @@ mod tests {
         r.apply(5, &register("web", "a", &["x"]), &mut Dirty::default());
         r.apply(6, &register("cache", "c", &[]), &mut Dirty::default());
         let mut web = r.watches().subscribe_service("web", r.service_index("web"));
-        let mut cache = r.watches().subscribe_service("cache", r.service_index("cache"));
+        let mut cache = r
+            .watches()
+            .subscribe_service("cache", r.service_index("cache"));
         web.borrow_and_update();
         cache.borrow_and_update();
         let mut dirty = Dirty::default();

@@ -30,5 +30,6 @@ mod openapi;
 mod quotas;
 mod reads;
 mod slowloris;
+mod snapshot;
 mod storage;
 mod tls;

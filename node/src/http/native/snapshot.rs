@@ -134,7 +134,7 @@ pub(in crate::http) async fn restore(
     if h.cluster != s.cluster.name() {
         return Err(Failure::invalid(format!(
             "the backup is of cluster {:?}, this is cluster {:?}: a backup is restored into the \
-             cluster it was taken of (--cluster-name)",
+             cluster it was taken of (--cluster)",
             h.cluster,
             s.cluster.name()
         )));
