@@ -12,7 +12,13 @@ use crate::registry::RegistryData;
 ///
 /// Apply reads time only from `time_ms`, never from the applying node's clock, so every replica
 /// computes the same state. Operations apply in order; each has its own result.
+///
+/// Versioned like every persisted record: an entry names its format in `v`, and one of a format
+/// newer than this build's [`FORMAT_VERSION`](crate::format::FORMAT_VERSION) is refused when
+/// read, naming both, rather than misread. Format 1 leaves `v` out (the entries written before
+/// the field existed are format 1 too); a later format writes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "CommandWire")]
 pub struct Command {
     pub time_ms: u64,
     pub ops: Vec<Op>,
@@ -20,6 +26,43 @@ pub struct Command {
     /// op, or ACLs off); empty when no op has one. The audit list records it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub by: Vec<Option<String>>,
+}
+
+/// [`Command`] as it is read: the same fields and the format version.
+#[derive(Deserialize)]
+struct CommandWire {
+    #[serde(default)]
+    v: Option<u32>,
+    time_ms: u64,
+    ops: Vec<Op>,
+    #[serde(default)]
+    by: Vec<Option<String>>,
+}
+
+/// A log entry of a format this build does not read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a log entry of format {found}; this build reads format {}: upgrade this node first \
+     (README \"Upgrading\": followers first, the leader last)",
+    crate::format::FORMAT_VERSION
+)]
+pub struct NewerFormat {
+    pub found: u32,
+}
+
+impl TryFrom<CommandWire> for Command {
+    type Error = NewerFormat;
+
+    fn try_from(w: CommandWire) -> Result<Command, NewerFormat> {
+        match w.v {
+            Some(found) if found > crate::format::FORMAT_VERSION => Err(NewerFormat { found }),
+            _ => Ok(Command {
+                time_ms: w.time_ms,
+                ops: w.ops,
+                by: w.by,
+            }),
+        }
+    }
 }
 
 impl Command {
