@@ -33,3 +33,4 @@ mod slowloris;
 mod snapshot;
 mod storage;
 mod tls;
+mod upgrade;
