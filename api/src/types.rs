@@ -195,6 +195,22 @@ pub struct WriteResult {
     pub index: u64,
 }
 
+/// Answer to a restore (`PUT /v1/snapshot`): the index that committed it, and what the backup
+/// held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RestoreResult {
+    /// The Raft index of the restore: every restored record carries it.
+    pub index: u64,
+    /// The index and term the backup was taken at.
+    pub backup_index: u64,
+    pub backup_term: u64,
+    pub services: u64,
+    pub instances: u64,
+    pub tokens: u64,
+    pub policies: u64,
+}
+
 /// One row of `GET /v1/services`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

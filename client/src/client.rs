@@ -11,8 +11,9 @@ use serde::Serialize;
 use crate::{
     ApiError, AuditList, ClusterStatus, ErrorCode, HealthStatus, HealthUpdate,
     InstanceRegistration, JoinRequest, MaintenanceUpdate, PolicyInfo, PolicyList, PolicyRequest,
-    RaftReplication, ServiceInstances, ServiceList, ServiceSettingsBody, ServiceSettingsView,
-    TokenInfo, TokenList, TokenRequest, WhoAmI, WriteResult, INDEX_HEADER, TOKEN_HEADER,
+    RaftReplication, RestoreResult, ServiceInstances, ServiceList, ServiceSettingsBody,
+    ServiceSettingsView, TokenInfo, TokenList, TokenRequest, WhoAmI, WriteResult, INDEX_HEADER,
+    TOKEN_HEADER,
 };
 
 /// Why a call failed.
@@ -778,6 +779,128 @@ impl Client {
         };
         Ok(self.get(&path, None).await?.value)
     }
+}
+
+/// A backup being downloaded (`GET /v1/snapshot`), read chunk by chunk so it is never whole
+/// in memory.
+pub struct SnapshotDownload {
+    node: String,
+    index: u64,
+    res: reqwest::Response,
+}
+
+impl SnapshotDownload {
+    /// The Raft index the backup was taken at (`X-Cairn-Index`).
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// The node it comes from.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The next bytes; `None` at the end. A connection broken half-way is an error, and what
+    /// was received lacks its trailer (a truncated backup).
+    pub async fn chunk(&mut self) -> Result<Option<Vec<u8>>, ClientError> {
+        match self.res.chunk().await {
+            Ok(c) => Ok(c.map(|b| b.to_vec())),
+            Err(e) => Err(ClientError::Unreachable {
+                tried: self.node.clone(),
+                last: format!("the backup broke off: {}", error_chain(&e)),
+            }),
+        }
+    }
+}
+
+impl Client {
+    /// Starts downloading a backup (`GET /v1/snapshot`, operator:write) from the first node that
+    /// answers. Each node is tried in turn (a read: safe to send again).
+    pub async fn snapshot(&self) -> Result<SnapshotDownload, ClientError> {
+        let inner = &self.inner;
+        let mut last = None;
+        for node in &inner.nodes {
+            let mut req = inner
+                .http
+                .get(format!("{node}/v1/snapshot"))
+                .timeout(SNAPSHOT_TIMEOUT);
+            if let Some(t) = &inner.token {
+                req = req.header(TOKEN_HEADER, t.clone());
+            }
+            let res = match req.send().await {
+                Ok(res) => res,
+                Err(e) => {
+                    last = Some(Failure::of_send(&e).into_error(CallKind::Read, node));
+                    continue;
+                }
+            };
+            let status = res.status();
+            let index = header_index(&res);
+            if status.is_success() {
+                return Ok(SnapshotDownload {
+                    node: node.clone(),
+                    index,
+                    res,
+                });
+            }
+            let body = res.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+            let e = Failure::Status {
+                status,
+                body,
+                index,
+            }
+            .into_error(CallKind::Read, node);
+            if !e.is_retryable_for(CallKind::Read) {
+                return Err(e);
+            }
+            last = Some(e);
+        }
+        Err(last.unwrap_or_else(|| ClientError::Config("no node addresses given".into())))
+    }
+
+    /// Restores a backup (`PUT /v1/snapshot`, operator:write): the bytes of a file `snapshot`
+    /// saved. Sent to the next node only when it surely did not reach one (a write).
+    pub async fn snapshot_restore(
+        &self,
+        backup: Vec<u8>,
+        allow_lockout: bool,
+    ) -> Result<RestoreResult, ClientError> {
+        let inner = &self.inner;
+        let query = if allow_lockout { "?allow_lockout" } else { "" };
+        let mut last = None;
+        for node in &inner.nodes {
+            let mut req = inner
+                .writes
+                .put(format!("{node}/v1/snapshot{query}"))
+                .timeout(SNAPSHOT_TIMEOUT)
+                .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+                .body(backup.clone());
+            if let Some(t) = &inner.token {
+                req = req.header(TOKEN_HEADER, t.clone());
+            }
+            let result = match req.send().await {
+                Err(e) => Err(Failure::of_send(&e).into_error(CallKind::Write, node)),
+                Ok(res) => decode(CallKind::Write, node, res).await,
+            };
+            match result {
+                Ok(r) => return Ok(r.value),
+                Err(e @ ClientError::Unreachable { .. }) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Config("no node addresses given".into())))
+    }
+}
+
+/// How long a backup's download or a restore may take.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn header_index(res: &reqwest::Response) -> u64 {
+    res.headers()
+        .get(INDEX_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 async fn decode<T: DeserializeOwned>(

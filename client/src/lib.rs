@@ -58,5 +58,7 @@ mod client;
 mod live;
 
 pub use cairn_api::*;
-pub use client::{CallKind, Client, ClientError, Indexed, ReadOptions, RetryPolicy, TlsOptions};
+pub use client::{
+    CallKind, Client, ClientError, Indexed, ReadOptions, RetryPolicy, SnapshotDownload, TlsOptions,
+};
 pub use live::{watch, Balancer, Registration, Resolver, WatchOptions};

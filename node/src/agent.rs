@@ -327,6 +327,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             config.acl_cache_size,
         )),
         data_dir: data_dir.clone(),
+        max_restore_bytes: config.max_restore_bytes,
         dns_stats: dns_stats.clone(),
         connections: stats.all(),
     };

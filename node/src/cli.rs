@@ -4,6 +4,7 @@
 
 pub mod acl;
 pub mod operator;
+pub mod snapshot;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -191,6 +192,11 @@ pub enum Command {
         #[command(subcommand)]
         action: operator::OperatorAction,
     },
+    /// Backups: save the registry to a file, inspect a file, restore one.
+    Snapshot {
+        #[command(subcommand)]
+        action: snapshot::SnapshotAction,
+    },
     /// The most recent changes made through the API: who (token accessor), what, when.
     Audit {
         /// Only the last N entries.
@@ -239,6 +245,9 @@ pub async fn run(target: Target, cmd: Command) -> ExitCode {
         Command::Operator {
             action: operator::OperatorAction::Recover(args),
         } => return finish(operator::recover(&target, args)),
+        Command::Snapshot {
+            action: snapshot::SnapshotAction::Inspect { file },
+        } => return finish(snapshot::inspect(&target, &file)),
         other => other,
     };
     let addrs: Vec<&str> = target.http_addr.split(',').collect();
@@ -314,6 +323,7 @@ async fn execute(client: &Client, target: &Target, cmd: Command) -> Result<(), F
         Command::Acl { action } => acl::run(client, target, action).await?,
         Command::Audit { limit } => acl::audit(client, target, limit).await?,
         Command::Operator { action } => operator::run(client, target, action).await?,
+        Command::Snapshot { action } => snapshot::run(client, target, action).await?,
         Command::Members { action: None } => {
             let status = client.cluster().await?;
             // Best effort: the leader's view; `unknown` without it (the container health

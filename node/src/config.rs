@@ -52,6 +52,11 @@ pub const DEFAULT_CLUSTER: &str = cairn_raft::cluster::DEFAULT_CLUSTER_NAME;
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 /// Largest accepted `--max-body-bytes`.
 const MAX_MAX_BODY: usize = 64 * 1024 * 1024;
+/// Default `--max-restore-bytes`: restores of this size are tested to commit through a follower;
+/// a restore of about 1 MB was seen not to commit (README "Backup and restore").
+pub const DEFAULT_MAX_RESTORE: usize = 384 * 1024;
+/// Largest `--max-restore-bytes`: a restore is one log entry, which must fit one cluster RPC.
+const MAX_MAX_RESTORE: usize = cairn_raft::MAX_RESTORE_BYTES;
 pub const DEFAULT_MAX_WAITING_PER_CLIENT: usize = crate::http::DEFAULT_MAX_WAITING_PER_CLIENT;
 /// Connection limits and time-outs of the listeners (README "Limits and protections").
 pub const DEFAULT_HTTP_MAX_CONNS: usize = cairn_tls::serve::MAX_CONNECTIONS;
@@ -406,6 +411,18 @@ pub struct AgentArgs {
         help = with_default("Largest accepted request body in bytes", DEFAULT_MAX_BODY)
     )]
     pub max_body_bytes: Option<usize>,
+
+    #[arg(
+        long,
+        env = "CAIRN_MAX_RESTORE_BYTES",
+        value_name = "BYTES",
+        help = with_default(
+            "Largest backup `PUT /v1/snapshot` (cairn snapshot restore) accepts, in bytes; at most \
+             7340032, what one log entry holds",
+            DEFAULT_MAX_RESTORE
+        )
+    )]
+    pub max_restore_bytes: Option<usize>,
 
     #[arg(
         long,
@@ -772,6 +789,8 @@ pub struct AgentConfig {
     pub membership: Membership,
     pub cluster: String,
     pub max_body_bytes: usize,
+    /// Largest backup a restore accepts.
+    pub max_restore_bytes: usize,
     pub max_waiting_per_client: usize,
     /// Connection caps and time-outs of the listeners.
     pub conns: ConnLimits,
@@ -976,6 +995,7 @@ impl AgentArgs {
             join_token_file: self.join_token_file.merge(under.join_token_file),
             acl_cache_size: self.acl_cache_size.merge(under.acl_cache_size),
             max_body_bytes: self.max_body_bytes.merge(under.max_body_bytes),
+            max_restore_bytes: self.max_restore_bytes.merge(under.max_restore_bytes),
             max_waiting_per_client: self
                 .max_waiting_per_client
                 .merge(under.max_waiting_per_client),
@@ -1198,6 +1218,13 @@ impl AgentArgs {
                 format!("must be between 1024 and {MAX_MAX_BODY}"),
             ));
         }
+        let max_restore_bytes = self.max_restore_bytes.unwrap_or(DEFAULT_MAX_RESTORE);
+        if !(1024..=MAX_MAX_RESTORE).contains(&max_restore_bytes) {
+            return Err(bad(
+                "--max-restore-bytes",
+                format!("must be between 1024 and {MAX_MAX_RESTORE}"),
+            ));
+        }
         let max_waiting_per_client = self
             .max_waiting_per_client
             .unwrap_or(DEFAULT_MAX_WAITING_PER_CLIENT);
@@ -1299,6 +1326,7 @@ impl AgentArgs {
             membership,
             cluster,
             max_body_bytes,
+            max_restore_bytes,
             max_waiting_per_client,
             conns,
             snapshot_threshold,
@@ -2046,6 +2074,10 @@ mod tests {
             "--max-body-bytes"
         );
         assert_eq!(
+            err(base(|a| a.max_restore_bytes = Some(MAX_MAX_RESTORE + 1))),
+            "--max-restore-bytes"
+        );
+        assert_eq!(
             err(base(|a| a.write_timeout = Some("forever".into()))),
             "--write-timeout"
         );
@@ -2457,6 +2489,7 @@ insecure_rpc = true
         ("join_token_file", Some("/etc/cairn/join.token")),
         ("acl_cache_size", Some("500")),
         ("max_body_bytes", Some("4096")),
+        ("max_restore_bytes", Some("65536")),
         ("max_waiting_per_client", Some("16")),
         ("http_max_conns", Some("1000")),
         ("http_max_conns_per_client", Some("20")),
@@ -2594,6 +2627,7 @@ insecure_rpc = true
         "cluster",
         "acl_cache_size",
         "max_body_bytes",
+        "max_restore_bytes",
         "max_waiting_per_client",
         "http_max_conns",
         "http_max_conns_per_client",

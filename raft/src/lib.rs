@@ -39,6 +39,11 @@ pub use cluster::{
     Replication, StartError, Status, WriteError, Written,
 };
 
+/// Largest backup a restore may carry. A restore is one log entry ([`cairn_registry::Op::Restore`]),
+/// sent whole to every follower in one append-entries request (and, from a follower, forwarded
+/// whole to the leader), so it must fit [`rpc::MAX_RPC_BODY`] with room for the envelope.
+pub const MAX_RESTORE_BYTES: usize = rpc::MAX_RPC_BODY - 1024 * 1024;
+
 /// A node's id in the cluster, as given by `--node-id`.
 pub type NodeId = u64;
 

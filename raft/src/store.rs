@@ -531,6 +531,30 @@ impl StateMachine {
     fn persist(&self, dirty: &Dirty) -> StorageResult<()> {
         let mut batch = WriteBatch::default();
         let reg = cf(&self.db, CF_REGISTRY);
+        if dirty.replaced {
+            // A restore: the registry family is rewritten from the view, in this same batch.
+            batch.delete_range_cf(reg, [0u8].as_slice(), [0xffu8; 4].as_slice());
+            let data = self.registry.export();
+            for s in &data.services {
+                let rec = ServiceRecord {
+                    create_index: s.create_index,
+                    modify_index: s.modify_index,
+                };
+                batch.put_cf(reg, service_key(&s.name), to_json(&rec)?);
+                for (id, inst) in &s.instances {
+                    batch.put_cf(reg, instance_key(&s.name, id), to_json(&**inst)?);
+                }
+            }
+            for (name, s) in &data.settings {
+                batch.put_cf(reg, settings_key(name), to_json(&**s)?);
+            }
+            for t in &data.acl.tokens {
+                batch.put_cf(reg, token_key(&t.accessor), to_json(t)?);
+            }
+            for p in &data.acl.policies {
+                batch.put_cf(reg, policy_key(&p.spec.name), to_json(p)?);
+            }
+        }
         for name in &dirty.services {
             match self.registry.service(name) {
                 Some(s) => batch.put_cf(

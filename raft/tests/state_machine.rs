@@ -367,3 +367,32 @@ async fn a_build_never_replaces_a_newer_installed_snapshot_nor_prunes_it() {
     let (_log, again) = store::open(b.path()).unwrap();
     assert_eq!(again.registry().applied_index(), 9);
 }
+
+/// A data folder written in a newer format stops the node at open, naming both versions, and
+/// is left as it was (an older build never rewrites a newer folder).
+#[test]
+fn a_data_folder_of_a_newer_format_is_refused_naming_both_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(store::open(dir.path()).unwrap());
+    let newer = cairn_registry::format::FORMAT_VERSION + 1;
+    {
+        let db = rocksdb::DB::open_cf(
+            &rocksdb::Options::default(),
+            dir.path(),
+            ["logs", "raft", "registry", "sm"],
+        )
+        .unwrap();
+        let sm = db.cf_handle("sm").unwrap();
+        db.put_cf(sm, b"format", newer.to_string()).unwrap();
+    }
+    for _ in 0..2 {
+        let err = store::open(dir.path()).err().unwrap().to_string();
+        assert!(
+            err.contains(&format!(
+                "holds format {newer}; this build reads format {}",
+                cairn_registry::format::FORMAT_VERSION
+            )),
+            "{err}"
+        );
+    }
+}

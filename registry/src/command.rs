@@ -5,13 +5,20 @@ use serde::{Deserialize, Serialize};
 use crate::acl::{PolicySpec, TokenSpec};
 use crate::health::HealthStatus;
 use crate::model::{InstanceSpec, SettingsSpec};
+use crate::registry::RegistryData;
 
 /// A log entry's payload: the operations the leader batched into it, and its wall clock when it
 /// proposed them.
 ///
 /// Apply reads time only from `time_ms`, never from the applying node's clock, so every replica
 /// computes the same state. Operations apply in order; each has its own result.
+///
+/// Versioned like every persisted record: an entry names its format in `v`, and one of a format
+/// newer than this build's [`FORMAT_VERSION`](crate::format::FORMAT_VERSION) is refused when
+/// read, naming both, rather than misread. Format 1 leaves `v` out (the entries written before
+/// the field existed are format 1 too); a later format writes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "CommandWire")]
 pub struct Command {
     pub time_ms: u64,
     pub ops: Vec<Op>,
@@ -19,6 +26,43 @@ pub struct Command {
     /// op, or ACLs off); empty when no op has one. The audit list records it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub by: Vec<Option<String>>,
+}
+
+/// [`Command`] as it is read: the same fields and the format version.
+#[derive(Deserialize)]
+struct CommandWire {
+    #[serde(default)]
+    v: Option<u32>,
+    time_ms: u64,
+    ops: Vec<Op>,
+    #[serde(default)]
+    by: Vec<Option<String>>,
+}
+
+/// A log entry of a format this build does not read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a log entry of format {found}; this build reads format {}: upgrade this node first \
+     (README \"Upgrading\": followers first, the leader last)",
+    crate::format::FORMAT_VERSION
+)]
+pub struct NewerFormat {
+    pub found: u32,
+}
+
+impl TryFrom<CommandWire> for Command {
+    type Error = NewerFormat;
+
+    fn try_from(w: CommandWire) -> Result<Command, NewerFormat> {
+        match w.v {
+            Some(found) if found > crate::format::FORMAT_VERSION => Err(NewerFormat { found }),
+            _ => Ok(Command {
+                time_ms: w.time_ms,
+                ops: w.ops,
+                by: w.by,
+            }),
+        }
+    }
 }
 
 impl Command {
@@ -115,6 +159,17 @@ pub enum Op {
     },
     /// Delete every token whose expiry is at or before the entry's time (proposed by the leader).
     AclExpireTokens,
+    /// Replace the whole registry with a backup's (`cairn snapshot restore`): services, settings,
+    /// tokens and policies. Everything restored is stamped with the entry's index, so no index a
+    /// client has seen goes back; the members marked down stay as they are (they describe this
+    /// cluster now). The leader checked the backup (checksum, format, cluster, model rules)
+    /// before proposing it.
+    Restore {
+        /// The index and term the backup was taken at, for the audit list and the log.
+        from_index: u64,
+        from_term: u64,
+        data: Box<RegistryData>,
+    },
 }
 
 impl Op {
@@ -193,6 +248,8 @@ impl Op {
                     + token.policies.iter().map(|p| p.len() + 4).sum::<usize>()
             }
             Op::AclDeleteToken { accessor } => FIXED + accessor.len(),
+            // Megabytes: counted as more than any batch holds, so it closes its batch.
+            Op::Restore { .. } => 1 << 30,
         }
     }
 
@@ -213,6 +270,7 @@ impl Op {
             Op::AclSetToken { .. } => "acl_set_token",
             Op::AclDeleteToken { .. } => "acl_delete_token",
             Op::AclExpireTokens => "acl_expire_tokens",
+            Op::Restore { .. } => "restore",
         }
     }
 
@@ -257,7 +315,8 @@ impl Op {
             | Op::AclDeletePolicy { .. }
             | Op::AclSetToken { .. }
             | Op::AclDeleteToken { .. }
-            | Op::AclExpireTokens => None,
+            | Op::AclExpireTokens
+            | Op::Restore { .. } => None,
         }
     }
 }

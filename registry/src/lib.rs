@@ -13,6 +13,7 @@
 //! - [`acl`]: policies, tokens and the [`acl::Authorizer`] every API request is judged by;
 //! - [`watch`]: per-service change channels with replay history, for blocking reads and streams;
 //! - [`hash`]: the one stable hash, for the state digest and rendezvous placement of checks;
+//! - [`backup`]: backup files (a header, the registry as a snapshot, a checksum);
 //! - [`health`] and [`format`]: the persisted types that are not the model's own, and the
 //!   format version. Every persisted encoding is pinned by the golden files in `tests/golden/`.
 //!
@@ -28,6 +29,7 @@
 //! ```
 
 pub mod acl;
+pub mod backup;
 pub mod cloudmap;
 pub mod command;
 pub mod format;

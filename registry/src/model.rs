@@ -740,6 +740,12 @@ pub fn validate_op(op: &Op) -> Result<(), ValidationError> {
             validate_id("id", id)?;
             validate_output(output)
         }
+        // By the rules a snapshot or a node's own records are read by.
+        Op::Restore {
+            from_index, data, ..
+        } => {
+            crate::format::validate_registry(data, *from_index).map_err(|e| invalid("snapshot", e))
+        }
     }
 }
 

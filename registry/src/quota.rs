@@ -17,7 +17,7 @@ use std::collections::HashMap;
 
 use crate::command::Op;
 use crate::model::{Instance, InstanceSpec};
-use crate::registry::{registered_instance, Registry, ServiceSettings};
+use crate::registry::{registered_instance, Registry, RegistryData, ServiceSettings};
 
 /// The default of `--quota-bytes`: 2 GiB, etcd's default backend quota.
 pub const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
@@ -308,7 +308,9 @@ impl Registry {
             | Op::AclDeletePolicy { .. }
             | Op::AclSetToken { .. }
             | Op::AclDeleteToken { .. }
-            | Op::AclExpireTokens => Growth::default(),
+            | Op::AclExpireTokens
+            // Checked as a whole by `admit`: it replaces, it does not add.
+            | Op::Restore { .. } => Growth::default(),
         }
     }
 
@@ -321,6 +323,9 @@ impl Registry {
         quotas: &Quotas,
         pending: &Pending,
     ) -> Result<Growth, QuotaExceeded> {
+        if let Op::Restore { data, .. } = op {
+            return restore_fits(data, quotas).map(|()| Growth::default());
+        }
         let g = self.growth(op);
         if g.is_none() {
             return Ok(g);
@@ -406,6 +411,62 @@ impl Registry {
 /// The length of a registration's JSON: what replacing an instance is compared by.
 fn spec_bytes(spec: &InstanceSpec) -> u64 {
     json_len(spec)
+}
+
+/// Whether a restored registry fits the quotas as a whole: a restore replaces the registry, so
+/// what counts is what the backup holds, not what it adds. A backup over a quota is refused
+/// before it is proposed, like any write that would take the registry past one.
+fn restore_fits(data: &RegistryData, quotas: &Quotas) -> Result<(), QuotaExceeded> {
+    let refuse = |kind: QuotaKind, message: String| {
+        Err(QuotaExceeded {
+            kind,
+            message: format!(
+                "quota exceeded: the backup {message} (the {} quota, {}); raise the quota on \
+                 every server to restore it",
+                kind.name(),
+                kind.flag()
+            ),
+        })
+    };
+    let services = data.services.len() as u64;
+    if quotas.services > 0 && services > quotas.services {
+        return refuse(
+            QuotaKind::Services,
+            format!("holds {services} services, over {}", quotas.services),
+        );
+    }
+    if let Some(s) = data.services.iter().max_by_key(|s| s.instances.len()) {
+        let n = s.instances.len() as u64;
+        if quotas.instances_per_service > 0 && n > quotas.instances_per_service {
+            return refuse(
+                QuotaKind::InstancesPerService,
+                format!(
+                    "holds {n} instances of {:?}, over {}",
+                    s.name, quotas.instances_per_service
+                ),
+            );
+        }
+    }
+    let checks: u64 = data.services.iter().map(|s| s.checks()).sum();
+    if quotas.checks > 0 && checks > quotas.checks {
+        return refuse(
+            QuotaKind::Checks,
+            format!("holds {checks} checks, over {}", quotas.checks),
+        );
+    }
+    let bytes = data.services.iter().map(|s| s.bytes()).sum::<u64>()
+        + data
+            .settings
+            .iter()
+            .map(|(name, s)| settings_bytes(name, s))
+            .sum::<u64>();
+    if quotas.bytes > 0 && bytes > quotas.bytes {
+        return refuse(
+            QuotaKind::Bytes,
+            format!("holds {bytes} bytes, over {}", quotas.bytes),
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -230,6 +230,9 @@ pub struct Dirty {
     pub acl_bootstrap: bool,
     /// Audit entries appended by this batch.
     pub audit: Vec<AuditEntry>,
+    /// A restore replaced the whole registry: every record is written again, and the ones not
+    /// in the view any more deleted.
+    pub replaced: bool,
 }
 
 /// The shared, always-current view of the registry on this node.
@@ -506,6 +509,16 @@ impl Registry {
     /// operator can too (`GET /v1/cluster/digest`). Local-only state (watch history, caches) is
     /// not part of it.
     pub fn digest(&self) -> (u64, u64) {
+        let (index, data) = self.export_at();
+        let mut hash = Fnv1a::default();
+        // Serialising plain data into a hasher cannot fail.
+        let _ = serde_json::to_writer(&mut hash, &data);
+        (index, hash.finish())
+    }
+
+    /// [`Registry::export`] with the applied index the export belongs to: exactly the state after
+    /// that index, never half of a batch. Retries while apply runs (it never waits on apply).
+    pub fn export_at(&self) -> (u64, RegistryData) {
         loop {
             let before = self.apply_seq.load(Ordering::Acquire);
             if before % 2 == 1 {
@@ -515,10 +528,7 @@ impl Registry {
             let index = self.applied_index();
             let data = self.export();
             if self.apply_seq.load(Ordering::Acquire) == before && self.applied_index() == index {
-                let mut hash = Fnv1a::default();
-                // Serialising plain data into a hasher cannot fail.
-                let _ = serde_json::to_writer(&mut hash, &data);
-                return (index, hash.finish());
+                return (index, data);
             }
         }
     }
@@ -682,6 +692,7 @@ impl Registry {
             | Op::AclSetToken { .. }
             | Op::AclDeleteToken { .. }
             | Op::AclExpireTokens => self.apply_acl(index, time_ms, op, dirty),
+            Op::Restore { data, .. } => self.restore(index, data, dirty),
             Op::SetNodeUp { node, up } => {
                 let mut down = self.down_nodes.write();
                 let changed = if *up {
@@ -815,6 +826,71 @@ impl Registry {
                 })
             }),
         }
+    }
+
+    /// Replaces services, settings, tokens and policies with `data`'s at log `index` (see
+    /// [`Op::Restore`]). Services, instances and settings are stamped with `index`, tokens' and
+    /// policies' indexes capped at it; every watcher of a service restored, changed or gone wakes
+    /// with `index`, and so do the service list and the ACL state.
+    fn restore(&self, index: u64, data: &RegistryData, dirty: &mut Dirty) -> OpResult {
+        let mut map = HashMap::with_capacity(data.services.len());
+        for s in &data.services {
+            let mut entry = ServiceEntry::new(&s.name, s.create_index.min(index));
+            for inst in s.instances.values() {
+                let mut inst = Instance::clone(inst);
+                inst.create_index = inst.create_index.min(index);
+                inst.modify_index = index;
+                entry.put(Arc::new(inst));
+            }
+            entry.modify_index = index;
+            map.insert(s.name.clone(), Arc::new(entry));
+        }
+        let settings: HashMap<String, Arc<ServiceSettings>> = data
+            .settings
+            .iter()
+            .map(|(name, s)| {
+                let s = ServiceSettings {
+                    settings: s.settings.clone(),
+                    modify_index: index,
+                };
+                (name.clone(), Arc::new(s))
+            })
+            .collect();
+        let mut acl = data.acl.clone();
+        acl.bootstrap_index = acl.bootstrap_index.map(|i| i.min(index));
+        for p in &mut acl.policies {
+            p.create_index = p.create_index.min(index);
+            p.modify_index = p.modify_index.min(index);
+        }
+        for t in &mut acl.tokens {
+            t.create_index = t.create_index.min(index);
+            t.modify_index = t.modify_index.min(index);
+        }
+        let bytes = map.values().map(|s| s.bytes).sum::<u64>()
+            + settings
+                .iter()
+                .map(|(name, s)| settings_bytes(name, s))
+                .sum::<u64>();
+        self.bytes.store(bytes, Ordering::Release);
+        self.checks
+            .store(map.values().map(|s| s.checks).sum(), Ordering::Release);
+        *self.settings.write() = settings;
+        *self.acl.write() = Arc::new(AclState::from_data(acl));
+        let mut names: BTreeSet<String> = map.keys().cloned().collect();
+        let old = std::mem::replace(&mut *self.services.write(), map);
+        names.extend(old.into_keys());
+        self.list_index.store(index, Ordering::Release);
+        for name in &names {
+            self.watches
+                .service_changed(name, index, self.service(name));
+        }
+        self.watches.list_changed(index);
+        self.acl_version.store(index, Ordering::Release);
+        self.acl_changes.send_replace(index);
+        dirty.replaced = true;
+        dirty.list_index = true;
+        dirty.acl_bootstrap = true;
+        OpResult::Ok
     }
 
     /// Runs `edit` on a copy of service `name` (a new, empty one if it has no instances), then
@@ -1251,5 +1327,48 @@ mod tests {
             serde_json::to_string(&r.export()).unwrap()
         };
         assert_eq!(run(), run());
+    }
+
+    /// A restore replaces everything at its own index: restored records carry it, the service
+    /// the backup lacks is gone, and watchers of both wake with it.
+    #[test]
+    fn a_restore_replaces_everything_at_its_own_index() {
+        let old = Registry::default();
+        old.apply(3, &register("web", "a", &[]), &mut Dirty::default());
+        old.apply(4, &register("db", "b", &[]), &mut Dirty::default());
+        let backup = old.export();
+        let r = Registry::default();
+        r.apply(5, &register("web", "a", &["x"]), &mut Dirty::default());
+        r.apply(6, &register("cache", "c", &[]), &mut Dirty::default());
+        let mut web = r.watches().subscribe_service("web", r.service_index("web"));
+        let mut cache = r
+            .watches()
+            .subscribe_service("cache", r.service_index("cache"));
+        web.borrow_and_update();
+        cache.borrow_and_update();
+        let mut dirty = Dirty::default();
+        let cmd = Command::new(
+            2000,
+            vec![Op::Restore {
+                from_index: 4,
+                from_term: 1,
+                data: Box::new(backup),
+            }],
+        );
+        assert_eq!(r.apply(9, &cmd, &mut dirty), [OpResult::Ok]);
+        assert!(dirty.replaced);
+        let (list_index, services) = r.services();
+        assert_eq!(list_index, 9);
+        let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["db", "web"]);
+        for s in &services {
+            assert_eq!(s.modify_index, 9, "{}", s.name);
+            assert!(s.instances.values().all(|i| i.modify_index == 9));
+        }
+        assert!(r.service("web").unwrap().tags().next().is_none());
+        assert!(web.has_changed().unwrap() && *web.borrow_and_update() == 9);
+        assert!(cache.has_changed().unwrap() && *cache.borrow_and_update() == 9);
+        assert_eq!(r.service_index("cache"), 9);
+        assert_eq!(r.usage().services, 2);
     }
 }

@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
+use cairn_registry::backup;
 use cairn_registry::format::{self, ServiceRecord, SnapshotFile, FORMAT_VERSION};
 use cairn_registry::model::{CheckKindSpec, CheckSpec, Instance, InstanceSpec, SettingsSpec};
 use cairn_registry::{
@@ -209,6 +210,72 @@ fn later_operations() {
             }],
         },
     );
+}
+
+/// The restore operation carries a whole registry: its encoding is the registry's.
+#[test]
+fn restore_operation() {
+    let registry = Registry::default();
+    let mut cmd = command();
+    cmd.ops.truncate(1);
+    registry.apply(9, &cmd, &mut Dirty::default());
+    check(
+        "command_restore.json",
+        &Command {
+            by: vec![Some("a-1".into())],
+            time_ms: 1_700_000_000_000,
+            ops: vec![Op::Restore {
+                from_index: 9,
+                from_term: 2,
+                data: Box::new(registry.export()),
+            }],
+        },
+    );
+}
+
+/// A log entry names its format when it is not 1, and one newer than this build's is refused,
+/// naming both versions.
+#[test]
+fn a_log_entry_of_a_newer_format_is_refused_naming_both_versions() {
+    let current: Command =
+        serde_json::from_str(&format!(r#"{{"v":{FORMAT_VERSION},"time_ms":1,"ops":[]}}"#)).unwrap();
+    assert_eq!(current, Command::new(1, Vec::new()));
+    let newer = FORMAT_VERSION + 1;
+    let err = serde_json::from_str::<Command>(&format!(r#"{{"v":{newer},"time_ms":1,"ops":[]}}"#))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!(
+            "format {newer}; this build reads format {FORMAT_VERSION}"
+        )),
+        "{err}"
+    );
+}
+
+/// A whole backup file, byte for byte: what `cairn snapshot save` wrote with this format, read
+/// by every later build (`tests/golden/backup.snap`).
+#[test]
+fn backup_file() {
+    let registry = Registry::default();
+    let mut cmd = command();
+    cmd.ops.truncate(1);
+    registry.apply(9, &cmd, &mut Dirty::default());
+    let data = registry.export();
+    let header = backup::BackupHeader::new("cairn", 9, 2, 1_700_000_000_000, &data);
+    let mut bytes = Vec::new();
+    backup::write_backup(&header, data.clone(), &mut bytes).unwrap();
+    let file = path("backup.snap");
+    if std::env::var_os("CAIRN_BLESS").is_some() {
+        std::fs::write(&file, &bytes).unwrap();
+    }
+    let golden = std::fs::read(&file).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&bytes),
+        String::from_utf8_lossy(&golden),
+        "the encoding of a backup changed"
+    );
+    let back = backup::read_backup(std::io::Cursor::new(golden)).unwrap();
+    assert_eq!((back.header, back.data), (header, data));
 }
 
 #[test]

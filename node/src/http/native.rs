@@ -1,11 +1,12 @@
 //! Leaf: the native API under `/v1`: services and their instances (`/v1/services...`), the
-//! cluster (`/v1/cluster...`), liveness and readiness.
+//! cluster (`/v1/cluster...`), backup and restore (`/v1/snapshot`), liveness and readiness.
 //!
 //! Reads come from this node's registry view, through the core's read path (blocking,
 //! consistency) and headers; writes go through [`Cluster::write`](cairn_raft::Cluster::write),
 //! which forwards them to the leader. The native query dialect is strict: an unknown parameter
 //! is a 400.
 
+mod snapshot;
 mod watch;
 
 use std::net::SocketAddr;
@@ -69,6 +70,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/v1/cluster/digest", get(cluster_digest))
         .route("/v1/cluster/members", post(join))
         .route("/v1/cluster/members/{id}", delete(remove_member))
+        .route("/v1/snapshot", get(snapshot::save).put(snapshot::restore))
         .route("/v1/live", get(live))
         .route("/v1/ready", get(ready))
 }
@@ -91,6 +93,8 @@ pub(super) fn routes() -> Router<AppState> {
     cluster_digest,
     join,
     remove_member,
+    snapshot::save,
+    snapshot::restore,
     live,
     ready
 ))]

@@ -37,6 +37,8 @@ pub struct AppState {
     pub rights: Arc<RightsCache>,
     /// This node's data folder: `acl-bootstrap-reset` is read from it.
     pub data_dir: PathBuf,
+    /// The largest backup `PUT /v1/snapshot` reads (`--max-restore-bytes`).
+    pub max_restore_bytes: usize,
     /// What the DNS listeners held back (rate limiting, refused recursion), for `/metrics`.
     pub dns_stats: Arc<cairn_dns::DnsStats>,
     /// Each listener's connection counts, for `/metrics`.

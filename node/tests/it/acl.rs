@@ -236,6 +236,8 @@ async fn t10_every_route_answers_to_the_token_and_refusals_change_nothing() {
             OperatorWrite,
         ),
         (Method::DELETE, "/v1/cluster/members/9", None, OperatorWrite),
+        (Method::GET, "/v1/snapshot", None, OperatorWrite),
+        (Method::PUT, "/v1/snapshot", Some(json!({})), OperatorWrite),
         (Method::GET, "/v1/agent/self", None, OperatorRead),
         (
             Method::PUT,

@@ -32,6 +32,8 @@ mod operator;
 mod quotas;
 mod reads;
 mod slowloris;
+mod snapshot;
 mod storage;
 mod tls;
 mod ui;
+mod upgrade;

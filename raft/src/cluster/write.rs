@@ -92,8 +92,13 @@ impl Cluster {
     /// leader changes, until the write time-out; never retries a request whose fate is unknown.
     async fn submit(&self, req: Forward) -> Result<Written, WriteError> {
         let timeout = match req {
-            // Catching a learner up may take a while on a large registry.
-            Forward::Join { .. } => self.options.write_timeout * 12,
+            // Catching a learner up may take a while on a large registry; so may replicating,
+            // decoding and applying a restore of megabytes on every node.
+            Forward::Join { .. }
+            | Forward::Write {
+                op: Op::Restore { .. },
+                ..
+            } => self.options.write_timeout * 12,
             _ => self.options.write_timeout,
         };
         let deadline = Instant::now() + timeout;
