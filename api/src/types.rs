@@ -405,3 +405,14 @@ pub struct ReadyStatus {
     pub status: String,
     pub leader: u64,
 }
+
+/// One target group of `GET /v1/prometheus/sd`, in Prometheus' `http_sd_configs` format: the
+/// targets (`host:port`) and the labels Prometheus attaches to each of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PrometheusTargetGroup {
+    pub targets: Vec<String>,
+    /// `__meta_cairn_service`, `__meta_cairn_instance`, `__meta_cairn_node`,
+    /// `__meta_cairn_health`, `__meta_cairn_tags` and one `__meta_cairn_meta_<key>` per meta key.
+    pub labels: BTreeMap<String, String>,
+}

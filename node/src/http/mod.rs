@@ -20,8 +20,9 @@
 //!
 //! The leaves each serve one API and import only the core, never each other: `native` (the
 //! `/v1/services`, `/v1/cluster`, live and ready routes), `consul` (Consul's discovery API),
-//! `metrics` (`/metrics`), `tokens` (`/v1/acl/*` and `/v1/audit`), `operator`
-//! (`/v1/operator/*`) and `rpc` (the routes added to the cluster RPC listener). This module
+//! `metrics` (`/metrics`), `prometheus` (`/v1/prometheus/sd`, Prometheus' HTTP service
+//! discovery), `tokens` (`/v1/acl/*` and `/v1/audit`), `operator` (`/v1/operator/*`), `ui` (the
+//! web UI at `/ui/`) and `rpc` (the routes added to the cluster RPC listener). This module
 //! composes them ([`router`], [`rpc_routes`], and the OpenAPI document of the native and ACL
 //! routes, [`openapi`], which each leaf describes next to its handlers) and is the only one that
 //! names the leaves: the core never imports a leaf, so there is no cycle.
@@ -42,6 +43,7 @@ mod consul;
 mod metrics;
 mod native;
 mod operator;
+mod prometheus;
 mod rpc;
 mod tokens;
 mod ui;
@@ -71,6 +73,7 @@ pub fn router(state: AppState, max_body: usize, request_timeout: Duration) -> Ro
         .merge(native::routes())
         .merge(consul::routes())
         .merge(metrics::routes())
+        .merge(prometheus::routes())
         .merge(tokens::routes())
         .merge(ui::routes())
         .merge(operator::routes())
@@ -118,6 +121,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
     let mut api = ApiDoc::openapi();
     api.merge(native::Doc::openapi());
+    api.merge(prometheus::Doc::openapi());
     api.merge(tokens::Doc::openapi());
     api.merge(operator::Doc::openapi());
     doc::Finish.modify(&mut api);
@@ -187,6 +191,7 @@ mod tests {
         let mut routed = routed_paths(include_str!("native.rs"));
         routed.extend(routed_paths(include_str!("tokens.rs")));
         routed.extend(routed_paths(include_str!("operator.rs")));
+        routed.extend(routed_paths(include_str!("prometheus.rs")));
         routed.insert("/v1/openapi.json".into());
         assert!(routed.len() > 20, "the route parser found {routed:?}");
         let documented: BTreeSet<String> = openapi().paths.paths.keys().cloned().collect();

@@ -29,6 +29,7 @@ mod faults;
 mod fuzz_corpus;
 mod openapi;
 mod operator;
+mod prometheus;
 mod quotas;
 mod reads;
 mod slowloris;
