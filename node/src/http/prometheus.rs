@@ -82,12 +82,13 @@ impl Select {
     summary = "Scrape targets for Prometheus' http_sd_configs",
     description = "Every instance as one target group (`address:port`) with the labels `__meta_cairn_service`, `__meta_cairn_instance`, `__meta_cairn_node` (the instance's address, which Cairn's Consul API calls its node), `__meta_cairn_health` (`passing`, `warning`, `critical`), `__meta_cairn_tags` (`,a,b,`: every tag between commas, as Prometheus' Consul discovery writes them) and `__meta_cairn_meta_<key>` for each meta key, where each character of the key that a label name may not hold (`-`, `.`) becomes `_`; when two keys become the same label, the one that sorts first wins. Groups are sorted by service and instance id. Without `service`, lists only the services the token may read, with `X-Cairn-Filtered: true` when some were left out.",
     params(
-        ("service" = Option<String>, Query, description = "Only this service (a DNS label; upper case is folded). Needs read on it."),
+        ("service" = Option<String>, Query, pattern = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$",
+            description = "Only this service (a DNS label; upper case is folded). Needs read on it."),
         ("tag" = Option<String>, Query, description = "Only instances with this tag (any case)."),
         ("health" = Option<String>, Query, pattern = "^(passing|any)$",
             description = "`passing`: only passing instances; `any` (the default): all."),
         ReadParams),
-    security(("token" = [])),
+    security((), ("token" = [])),
     responses((status = 200, description = "The target groups (an empty list when nothing matches).", body = [PrometheusTargetGroup]),
         (status = 400), (status = 403), (status = 429), (status = 503)))]
 async fn service_discovery(

@@ -100,7 +100,7 @@ pub(in crate::http) async fn save(
     summary = "Restore a backup through Raft (needs operator:write)",
     description = "Replaces services, settings, tokens and policies with the backup's, as one log entry: every node applies it, every restored record gets the entry's (new, higher) index, and watchers wake. Refused, changing nothing, when the backup is corrupt or truncated, of another cluster or a newer format, larger than `--max-restore-bytes`, over a quota, or (with ACLs) when the caller's token would not hold operator:write afterwards, unless `allow_lockout` is given.",
     params(("allow_lockout" = Option<bool>, Query, description = "Restore even if the caller's token loses operator:write by it.")),
-    request_body(content = String, content_type = "application/x-ndjson", description = "A backup, as `GET /v1/snapshot` gives it."),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "A backup file's bytes, as `GET /v1/snapshot` gives them (its lines are JSON, but it is checked as a file: header, registry, checksum trailer)."),
     security(("token" = [])),
     responses((status = 200, description = "Committed at this Raft index (also in `X-Cairn-Index`).", body = RestoreResult),
         (status = 400), (status = 403), (status = 409), (status = 413), (status = 503), (status = 507)))]
