@@ -223,6 +223,37 @@ pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(
         .transpose()
 }
 
+/// Adds to `batch` what replaces the registry family with `data`: every record removed, then
+/// `data`'s services, instances, settings, tokens and policies written under their keys. A
+/// restore (applied as a log entry) and an installed snapshot both rewrite it this way.
+fn rewrite_registry(
+    batch: &mut WriteBatch,
+    reg: &rocksdb::ColumnFamily,
+    data: &RegistryData,
+) -> StorageResult<()> {
+    batch.delete_range_cf(reg, [0u8].as_slice(), [0xffu8; 4].as_slice());
+    for s in &data.services {
+        let rec = ServiceRecord {
+            create_index: s.create_index,
+            modify_index: s.modify_index,
+        };
+        batch.put_cf(reg, service_key(&s.name), to_json(&rec)?);
+        for (id, inst) in &s.instances {
+            batch.put_cf(reg, instance_key(&s.name, id), to_json(&**inst)?);
+        }
+    }
+    for (name, s) in &data.settings {
+        batch.put_cf(reg, settings_key(name), to_json(&**s)?);
+    }
+    for t in &data.acl.tokens {
+        batch.put_cf(reg, token_key(&t.accessor), to_json(t)?);
+    }
+    for p in &data.acl.policies {
+        batch.put_cf(reg, policy_key(&p.spec.name), to_json(p)?);
+    }
+    Ok(())
+}
+
 pub(crate) fn to_json<T: Serialize>(value: &T) -> StorageResult<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| StorageIOError::write(&e).into())
 }
@@ -533,27 +564,7 @@ impl StateMachine {
         let reg = cf(&self.db, CF_REGISTRY);
         if dirty.replaced {
             // A restore: the registry family is rewritten from the view, in this same batch.
-            batch.delete_range_cf(reg, [0u8].as_slice(), [0xffu8; 4].as_slice());
-            let data = self.registry.export();
-            for s in &data.services {
-                let rec = ServiceRecord {
-                    create_index: s.create_index,
-                    modify_index: s.modify_index,
-                };
-                batch.put_cf(reg, service_key(&s.name), to_json(&rec)?);
-                for (id, inst) in &s.instances {
-                    batch.put_cf(reg, instance_key(&s.name, id), to_json(&**inst)?);
-                }
-            }
-            for (name, s) in &data.settings {
-                batch.put_cf(reg, settings_key(name), to_json(&**s)?);
-            }
-            for t in &data.acl.tokens {
-                batch.put_cf(reg, token_key(&t.accessor), to_json(t)?);
-            }
-            for p in &data.acl.policies {
-                batch.put_cf(reg, policy_key(&p.spec.name), to_json(p)?);
-            }
+            rewrite_registry(&mut batch, reg, &self.registry.export())?;
         }
         for name in &dirty.services {
             match self.registry.service(name) {
@@ -792,26 +803,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Replace the whole state machine in one batch: registry, applied, membership, snapshot.
         let mut batch = WriteBatch::default();
         let reg = cf(&self.db, CF_REGISTRY);
-        batch.delete_range_cf(reg, [0u8].as_slice(), [0xffu8; 4].as_slice());
-        for s in &data.services {
-            let rec = ServiceRecord {
-                create_index: s.create_index,
-                modify_index: s.modify_index,
-            };
-            batch.put_cf(reg, service_key(&s.name), to_json(&rec)?);
-            for (id, inst) in &s.instances {
-                batch.put_cf(reg, instance_key(&s.name, id), to_json(&**inst)?);
-            }
-        }
-        for (name, s) in &data.settings {
-            batch.put_cf(reg, settings_key(name), to_json(&**s)?);
-        }
-        for t in &data.acl.tokens {
-            batch.put_cf(reg, token_key(&t.accessor), to_json(t)?);
-        }
-        for p in &data.acl.policies {
-            batch.put_cf(reg, policy_key(&p.spec.name), to_json(p)?);
-        }
+        rewrite_registry(&mut batch, reg, &data)?;
         let sm = cf(&self.db, CF_SM);
         batch.put_cf(sm, KEY_ACL_BOOTSTRAP, to_json(&data.acl.bootstrap_index)?);
         batch.put_cf(sm, KEY_LIST_INDEX, to_json(&data.list_index)?);
