@@ -36,54 +36,29 @@ struct Asset {
     body: &'static str,
 }
 
+/// An [`Asset`] of `node/ui/`, embedded under its own name.
+macro_rules! asset {
+    ($name:literal, $content_type:literal) => {
+        Asset {
+            name: $name,
+            content_type: $content_type,
+            body: include_str!(concat!("../../ui/", $name)),
+        }
+    };
+}
+
 /// Every file of the UI. `index.html` is served for `/ui/` itself; the views are chosen by the
 /// URL's fragment (`#/services/web`), so no other path needs it.
 const ASSETS: &[Asset] = &[
-    Asset {
-        name: "index.html",
-        content_type: "text/html; charset=utf-8",
-        body: include_str!("../../ui/index.html"),
-    },
-    Asset {
-        name: "style.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_str!("../../ui/style.css"),
-    },
-    Asset {
-        name: "favicon.svg",
-        content_type: "image/svg+xml",
-        body: include_str!("../../ui/favicon.svg"),
-    },
-    Asset {
-        name: "app.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../ui/app.js"),
-    },
-    Asset {
-        name: "api.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../ui/api.js"),
-    },
-    Asset {
-        name: "dom.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../ui/dom.js"),
-    },
-    Asset {
-        name: "services.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../ui/services.js"),
-    },
-    Asset {
-        name: "service.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../ui/service.js"),
-    },
-    Asset {
-        name: "cluster.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../ui/cluster.js"),
-    },
+    asset!("index.html", "text/html; charset=utf-8"),
+    asset!("style.css", "text/css; charset=utf-8"),
+    asset!("favicon.svg", "image/svg+xml"),
+    asset!("app.js", "text/javascript; charset=utf-8"),
+    asset!("api.js", "text/javascript; charset=utf-8"),
+    asset!("dom.js", "text/javascript; charset=utf-8"),
+    asset!("services.js", "text/javascript; charset=utf-8"),
+    asset!("service.js", "text/javascript; charset=utf-8"),
+    asset!("cluster.js", "text/javascript; charset=utf-8"),
 ];
 
 /// Each asset's `ETag`, in [`ASSETS`]' order: a quoted hash of its bytes.
