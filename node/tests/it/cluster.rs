@@ -219,6 +219,18 @@ async fn t50_malformed_input_gets_4xx_and_changes_nothing() {
     let c = Cluster::start(1, &["--max-body-bytes", "4096"]).await;
     c.register(1, "web", "good").await;
     let (_, before) = c.get(1, "/v1/services").await;
+    // The node's Raft figures come from openraft's metrics, published after the fact: wait until
+    // they have caught up with the registration (log, commit and applied index agree), or the
+    // comparison below would count the registration's own entries as the bad requests'.
+    crate::harness::eventually(
+        std::time::Duration::from_secs(10),
+        "the Raft metrics to settle",
+        || async {
+            let (_, s) = c.get(1, "/v1/cluster").await;
+            s["applied_index"] == s["last_log_index"] && s["applied_index"] == s["commit_index"]
+        },
+    )
+    .await;
     let (_, status_before) = c.get(1, "/v1/cluster").await;
 
     let put_raw = |path: &str, body: Vec<u8>| {
