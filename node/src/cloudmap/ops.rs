@@ -424,6 +424,14 @@ fn page<T>(items: Vec<(String, T)>, token: Option<&str>, size: usize) -> (Vec<T>
     (rest.into_iter().map(|(_, v)| v).collect(), next)
 }
 
+/// One page of `items` (sorted by key) as Cloud Map lists answer: `{key: [...], NextToken}`.
+fn listed(key: &str, items: Vec<(String, Value)>, token: Option<&str>, size: usize) -> Value {
+    let (list, next) = page(items, token, size);
+    let mut body = Map::new();
+    body.insert(key.into(), list.into());
+    with_token(body, next)
+}
+
 fn with_token(mut body: Map<String, Value>, next: Option<String>) -> Value {
     if let Some(t) = next {
         body.insert("NextToken".into(), t.into());
@@ -465,10 +473,7 @@ async fn list_operations(s: &CloudMapState, i: ListInput) -> Result<Value, Cloud
         ));
     }
     items.sort_by(|a, b| a.0.cmp(&b.0));
-    let (ops, next) = page(items, i.next_token.as_deref(), size);
-    let mut body = Map::new();
-    body.insert("Operations".into(), ops.into());
-    Ok(with_token(body, next))
+    Ok(listed("Operations", items, i.next_token.as_deref(), size))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -663,10 +668,7 @@ fn list_namespaces(
         }
         items.push((n.id.clone(), namespace_body(s, &n, true)));
     }
-    let (list, next) = page(items, i.next_token.as_deref(), size);
-    let mut body = Map::new();
-    body.insert("Namespaces".into(), list.into());
-    Ok(with_token(body, next))
+    Ok(listed("Namespaces", items, i.next_token.as_deref(), size))
 }
 
 async fn delete_namespace(
@@ -1012,10 +1014,7 @@ fn list_services(s: &CloudMapState, caller: &Caller, i: ListInput) -> Result<Val
         }
         items.push((r.id.clone(), service_body(s, &name, &r, true)));
     }
-    let (list, next) = page(items, i.next_token.as_deref(), size);
-    let mut body = Map::new();
-    body.insert("Services".into(), list.into());
-    Ok(with_token(body, next))
+    Ok(listed("Services", items, i.next_token.as_deref(), size))
 }
 
 async fn delete_service(
@@ -1396,10 +1395,7 @@ async fn list_instances(
                 .collect()
         })
         .unwrap_or_default();
-    let (list, next) = page(items, i.next_token.as_deref(), size);
-    let mut body = Map::new();
-    body.insert("Instances".into(), list.into());
-    Ok(with_token(body, next))
+    Ok(listed("Instances", items, i.next_token.as_deref(), size))
 }
 
 async fn instances_health(
