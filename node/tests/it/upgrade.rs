@@ -14,26 +14,13 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{get, Cluster, Node};
+use crate::harness::{copy_dir, get, Cluster, Node};
 
 /// The format this build writes; keep one test set per fixture format as formats are added.
 const FORMAT: u32 = 1;
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/format-{FORMAT}"))
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let name = e.file_name();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(&name));
-        } else {
-            std::fs::copy(e.path(), to.join(&name)).unwrap();
-        }
-    }
 }
 
 /// What the fixture's registry holds: service → sorted instance ids.

@@ -59,8 +59,14 @@ impl Cluster {
     /// On the leader: confirms leadership with a quorum and returns the index a linearizable
     /// read must wait for.
     pub(crate) async fn local_read_index(&self) -> Result<u64, WriteError> {
+        // Taken before the quorum check: a read granted in a later term has that term's no-op
+        // entry to wait for, and the floor then only costs a wait.
+        let floor = match self.restored {
+            Some(r) if self.raft.metrics().borrow().current_term == r.term => r.last_log_index,
+            _ => 0,
+        };
         match self.raft.get_read_log_id().await {
-            Ok((read, _applied)) => Ok(read.map_or(0, |l| l.index)),
+            Ok((read, _applied)) => Ok(read.map_or(0, |l| l.index).max(floor)),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(_))) => {
                 Err(WriteError::NoLeader(NOT_LEADER.into()))
             }

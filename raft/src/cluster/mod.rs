@@ -213,6 +213,22 @@ pub struct Cluster {
     snapshot_in: tokio::sync::Mutex<Receiver>,
     /// The database under the log and the state machine, to flush at shutdown.
     store: store::Flusher,
+    /// Set when this node led before it was restarted: see [`RestoredLeadership`].
+    restored: Option<RestoredLeadership>,
+}
+
+/// openraft 0.9 lets a node that led before a restart lead again at once, in the same term,
+/// without an election and so without a new no-op entry. Its commit index is then the one it had
+/// persisted, which can be behind what the cluster committed and the followers applied before the
+/// crash, and openraft's read index (the larger of the term's first entry and the commit index)
+/// would let a read miss acknowledged writes. The node's log holds every committed entry (it
+/// led the term that committed them), so the end of the log it started with bounds them all: in
+/// that term, no read index is lower. Found by the long fault profile (a stale `?consistent`
+/// read after `kill -9` of the leader); openraft's issue #1511 describes the same hazard.
+#[derive(Debug, Clone, Copy)]
+struct RestoredLeadership {
+    term: u64,
+    last_log_index: u64,
 }
 
 impl Cluster {
@@ -226,7 +242,8 @@ impl Cluster {
             ))
         })?;
         let (log, sm) = store::open(&options.data_dir)?;
-        let log = log.with_free_space_reserve(options.min_free_disk);
+        let mut log = log.with_free_space_reserve(options.min_free_disk);
+        let restored = restored_leadership(&mut log, options.node_id).await?;
         let registry = sm.registry();
         let snapshot_in = tokio::sync::Mutex::new(Receiver::new(sm.snapshot_dir()));
         let committed = log.committed_index();
@@ -288,6 +305,7 @@ impl Cluster {
             shut_down: Mutex::new(false),
             snapshot_in,
             store: flusher,
+            restored,
         });
         tokio::spawn(report_alive(Arc::downgrade(&cluster)));
         tokio::spawn(watch_liveness(Arc::downgrade(&cluster)));
@@ -520,4 +538,25 @@ impl Cluster {
             tracing::warn!("cannot flush the store at shutdown: {e}");
         }
     }
+}
+
+/// What [`RestoredLeadership`] needs, read from the log before Raft starts: `Some` when the
+/// stored vote is a committed vote for this node (openraft then restores it as the leader).
+async fn restored_leadership(
+    log: &mut store::LogStore,
+    id: NodeId,
+) -> Result<Option<RestoredLeadership>, StartError> {
+    use openraft::storage::RaftLogStorage;
+    let failed = |e: openraft::StorageError<NodeId>| StartError::Raft(e.to_string());
+    let Some(vote) = log.read_vote().await.map_err(failed)? else {
+        return Ok(None);
+    };
+    if !vote.is_committed() || vote.leader_id().voted_for() != Some(id) {
+        return Ok(None);
+    }
+    let last = log.get_log_state().await.map_err(failed)?.last_log_id;
+    Ok(Some(RestoredLeadership {
+        term: vote.leader_id().get_term(),
+        last_log_index: last.map_or(0, |l| l.index),
+    }))
 }
