@@ -628,7 +628,9 @@ async fn t20_compose_cluster_survives_leader_loss_a_network_cut_and_a_rolling_re
     )
     .await;
 
-    // Rolling restart of all three under continuous registrations and DNS queries.
+    // Rolling restart of all three under continuous registrations and DNS queries, measured
+    // while no test that loads the machine runs.
+    let quiet = crate::harness::quiet().await;
     let ports = Arc::new(ports);
     let up: Arc<Mutex<BTreeSet<u64>>> = Arc::new(Mutex::new((1..=3).collect()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -707,6 +709,7 @@ async fn t20_compose_cluster_survives_leader_loss_a_network_cut_and_a_rolling_re
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
     resolver.await.unwrap();
+    drop(quiet);
 
     let acked = acked.lock().clone();
     let longest_gap = acked_at
@@ -715,8 +718,17 @@ async fn t20_compose_cluster_survives_leader_loss_a_network_cut_and_a_rolling_re
         .map(|w| w[1] - w[0])
         .max()
         .unwrap_or_default();
+    // What each leader said of its handover, to tell a slow handover from a missed one.
+    let handovers: Vec<String> =
+        String::from_utf8_lossy(&d.compose(&["logs", "--no-color"]).stdout)
+            .lines()
+            .filter(|l| l.contains("leadership"))
+            .map(str::to_owned)
+            .collect();
     eprintln!(
-        "rolling restart in containers: longest gap between acknowledged writes {longest_gap:?}"
+        "rolling restart in containers: longest gap between acknowledged writes {longest_gap:?}; \
+         the leaders' handovers:\n{}",
+        handovers.join("\n")
     );
     // The issue's goal; without the handover a restarted leader costs an election time-out
     // plus the leader lease (3-4 s).

@@ -87,6 +87,7 @@ async fn t20_every_documented_operation_is_served_and_no_other_method() {
 /// and a random seed to explore further. Needs schemathesis: `scripts/deps --test` installs it.
 #[tokio::test]
 async fn t30_schemathesis_finds_nothing_against_a_three_node_cluster() {
+    let _busy = crate::harness::busy().await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/api-fuzz");
     let out = tokio::process::Command::new("bash")
         .args([

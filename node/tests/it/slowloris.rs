@@ -137,6 +137,7 @@ fn addresses(reply: &[u8]) -> Vec<String> {
 /// connections take every place and the other client is refused.
 #[tokio::test]
 async fn t10_a_thousand_half_open_connections_from_one_address_leave_others_served() {
+    let _busy = crate::harness::busy().await;
     let c = Cluster::start(
         1,
         &["--http-max-conns", "500", "--dns-tcp-max-conns", "100"],

@@ -269,6 +269,7 @@ async fn t10_assets_need_no_token_and_carry_csp_cache_headers_and_etags() {
 
 #[tokio::test]
 async fn t20_services_page_lists_registrations_and_a_killed_check_target_turns_critical_live() {
+    let _busy = crate::harness::busy().await;
     bounded(services_listed_and_a_health_flip_shown_live()).await;
 }
 
@@ -387,6 +388,7 @@ async fn services_listed_and_a_health_flip_shown_live() {
 
 #[tokio::test]
 async fn t30_writes_from_the_ui_are_what_the_token_allows() {
+    let _busy = crate::harness::busy().await;
     bounded(writes_done_as_the_token_allows()).await;
 }
 
@@ -535,6 +537,7 @@ async fn writes_done_as_the_token_allows() {
 
 #[tokio::test]
 async fn t40_cluster_page_shows_the_new_leader_after_the_leader_is_killed() {
+    let _busy = crate::harness::busy().await;
     bounded(new_leader_shown()).await;
 }
 

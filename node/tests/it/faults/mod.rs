@@ -77,6 +77,7 @@ struct Totals {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn faults_keep_the_registry_linearizable() {
+    let _busy = crate::harness::busy().await;
     let profile = match std::env::var("CAIRN_FAULTS").as_deref() {
         Ok("long") => Profile::long(),
         Ok("short") | Err(_) => Profile::short(),

@@ -516,6 +516,23 @@ pub async fn register_with(c: &Cluster, node: u64, service: &str, id: &str, body
     );
 }
 
+/// Tests that hold a latency goal take this exclusively for the part they measure ([`quiet`]);
+/// tests that load the machine (processes under constant load, a browser, schemathesis) hold it
+/// shared ([`busy`]). On a two-core machine a measurement beside one of those measures the
+/// neighbour (CI saw a 300 ms goal missed at 408 ms beside the fault suite); beside light tests
+/// it measures Cairn.
+static QUIET: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Held by a test that loads the machine, for its whole run.
+pub async fn busy() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    QUIET.read().await
+}
+
+/// Held by a test while it measures a latency goal: no [`busy`] test runs meanwhile.
+pub async fn quiet() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    QUIET.write().await
+}
+
 /// Copies the folder `from` to `to`, recursively (a stopped node's data folder, a fixture).
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

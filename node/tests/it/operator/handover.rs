@@ -52,6 +52,7 @@ pub async fn wait_exit(
 
 #[tokio::test]
 async fn t10_rolling_restart_under_load_hands_leadership_over_without_an_election_pause() {
+    let _busy = crate::harness::busy().await;
     let mut c = Cluster::start(3, &[]).await;
     let first = c.leader().await;
     let urls: Vec<String> = (1..=3).map(|n| c.node(n).url("")).collect();
