@@ -7,11 +7,13 @@
 //! - [`liveness`]: members reporting to the leader, down/up entries, and check placement;
 //! - [`barrier`]: the linearizable read barrier;
 //! - [`handover`]: handing leadership to another voter before the leader stops;
+//! - [`failover`]: standing for election at once when the leader's process is gone;
 //! - [`replication`]: the leader's view of each member's replication and health;
 //! - [`snapshot`]: receiving a snapshot from the leader.
 
 mod barrier;
 mod batch;
+mod failover;
 mod handover;
 mod liveness;
 mod membership;
@@ -309,6 +311,7 @@ impl Cluster {
         });
         tokio::spawn(report_alive(Arc::downgrade(&cluster)));
         tokio::spawn(watch_liveness(Arc::downgrade(&cluster)));
+        tokio::spawn(failover::watch_leader(Arc::downgrade(&cluster)));
         Ok(cluster)
     }
 
