@@ -52,9 +52,9 @@ pub const DEFAULT_CLUSTER: &str = cairn_raft::cluster::DEFAULT_CLUSTER_NAME;
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 /// Largest accepted `--max-body-bytes`.
 const MAX_MAX_BODY: usize = 64 * 1024 * 1024;
-/// Default `--max-restore-bytes`: restores of this size are tested to commit through a follower;
-/// a restore of about 1 MB was seen not to commit (README "Backup and restore").
-pub const DEFAULT_MAX_RESTORE: usize = 384 * 1024;
+/// Default `--max-restore-bytes`: restores of this size are tested to commit through a follower,
+/// in a debug build (README "Backup and restore").
+pub const DEFAULT_MAX_RESTORE: usize = 2 * 1024 * 1024;
 /// Largest `--max-restore-bytes`: a restore is one log entry, which must fit one cluster RPC.
 const MAX_MAX_RESTORE: usize = cairn_raft::MAX_RESTORE_BYTES;
 pub const DEFAULT_MAX_WAITING_PER_CLIENT: usize = crate::http::DEFAULT_MAX_WAITING_PER_CLIENT;

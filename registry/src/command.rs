@@ -170,6 +170,51 @@ pub enum Op {
         from_term: u64,
         data: Box<RegistryData>,
     },
+    /// [`Op::Restore`] with the registry carried as its JSON text, in one string: what a leader
+    /// proposes. An entry must reach each follower within one append-entries RPC, which
+    /// openraft 0.9 bounds by the heartbeat interval (150 ms); decoding the nested registry of a
+    /// backup of thousands of instances inside the follower's RPC handler took longer, retried
+    /// forever, and a 2 MB backup never committed. A string decodes at memory speed; the
+    /// registry is parsed when the entry is applied, once per node. `Restore` entries already
+    /// in a log still apply.
+    RestoreText {
+        from_index: u64,
+        from_term: u64,
+        data: RegistryText,
+    },
+}
+
+/// A registry as JSON text ([`Op::RestoreText`]). Shared, so a proposal retried or cloned does
+/// not copy megabytes.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RegistryText(std::sync::Arc<str>);
+
+impl RegistryText {
+    /// The registry's JSON text.
+    pub fn encode(data: &RegistryData) -> serde_json::Result<RegistryText> {
+        Ok(RegistryText(serde_json::to_string(data)?.into()))
+    }
+
+    /// The registry back. Every node parses the same text, so all fail or none does.
+    pub fn decode(&self) -> Result<RegistryData, String> {
+        serde_json::from_str(&self.0)
+            .map_err(|e| format!("the restored registry does not parse: {e}"))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for RegistryText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RegistryText({} bytes)", self.0.len())
+    }
 }
 
 impl Op {
@@ -249,7 +294,7 @@ impl Op {
             }
             Op::AclDeleteToken { accessor } => FIXED + accessor.len(),
             // Megabytes: counted as more than any batch holds, so it closes its batch.
-            Op::Restore { .. } => 1 << 30,
+            Op::Restore { .. } | Op::RestoreText { .. } => 1 << 30,
         }
     }
 
@@ -270,7 +315,7 @@ impl Op {
             Op::AclSetToken { .. } => "acl_set_token",
             Op::AclDeleteToken { .. } => "acl_delete_token",
             Op::AclExpireTokens => "acl_expire_tokens",
-            Op::Restore { .. } => "restore",
+            Op::Restore { .. } | Op::RestoreText { .. } => "restore",
         }
     }
 
@@ -316,7 +361,8 @@ impl Op {
             | Op::AclSetToken { .. }
             | Op::AclDeleteToken { .. }
             | Op::AclExpireTokens
-            | Op::Restore { .. } => None,
+            | Op::Restore { .. }
+            | Op::RestoreText { .. } => None,
         }
     }
 }

@@ -746,6 +746,12 @@ pub fn validate_op(op: &Op) -> Result<(), ValidationError> {
         } => {
             crate::format::validate_registry(data, *from_index).map_err(|e| invalid("snapshot", e))
         }
+        Op::RestoreText {
+            from_index, data, ..
+        } => {
+            let data = data.decode().map_err(|e| invalid("snapshot", e))?;
+            crate::format::validate_registry(&data, *from_index).map_err(|e| invalid("snapshot", e))
+        }
     }
 }
 

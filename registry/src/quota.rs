@@ -310,7 +310,8 @@ impl Registry {
             | Op::AclDeleteToken { .. }
             | Op::AclExpireTokens
             // Checked as a whole by `admit`: it replaces, it does not add.
-            | Op::Restore { .. } => Growth::default(),
+            | Op::Restore { .. }
+            | Op::RestoreText { .. } => Growth::default(),
         }
     }
 
@@ -323,8 +324,19 @@ impl Registry {
         quotas: &Quotas,
         pending: &Pending,
     ) -> Result<Growth, QuotaExceeded> {
-        if let Op::Restore { data, .. } = op {
-            return restore_fits(data, quotas).map(|()| Growth::default());
+        match op {
+            Op::Restore { data, .. } => {
+                return restore_fits(data, quotas).map(|()| Growth::default())
+            }
+            // Validated (so parsed) before it is admitted: a text that does not parse never
+            // gets here, and one that did not would add nothing.
+            Op::RestoreText { data, .. } => {
+                return match data.decode() {
+                    Ok(data) => restore_fits(&data, quotas).map(|()| Growth::default()),
+                    Err(_) => Ok(Growth::default()),
+                }
+            }
+            _ => {}
         }
         let g = self.growth(op);
         if g.is_none() {

@@ -693,6 +693,10 @@ impl Registry {
             | Op::AclDeleteToken { .. }
             | Op::AclExpireTokens => self.apply_acl(index, time_ms, op, dirty),
             Op::Restore { data, .. } => self.restore(index, data, dirty),
+            Op::RestoreText { data, .. } => match data.decode() {
+                Ok(data) => self.restore(index, &data, dirty),
+                Err(message) => OpResult::Conflict { message },
+            },
             Op::SetNodeUp { node, up } => {
                 let mut down = self.down_nodes.write();
                 let changed = if *up {
@@ -1370,5 +1374,53 @@ mod tests {
         assert!(cache.has_changed().unwrap() && *cache.borrow_and_update() == 9);
         assert_eq!(r.service_index("cache"), 9);
         assert_eq!(r.usage().services, 2);
+    }
+
+    #[test]
+    fn a_restore_as_text_applies_as_the_structured_one_and_bad_text_changes_nothing() {
+        let old = Registry::default();
+        old.apply(3, &register("web", "a", &["x"]), &mut Dirty::default());
+        old.apply(4, &register("db", "b", &[]), &mut Dirty::default());
+        let backup = old.export();
+        let structured = Registry::default();
+        let text = Registry::default();
+        for r in [&structured, &text] {
+            r.apply(5, &register("cache", "c", &[]), &mut Dirty::default());
+        }
+        let restore = |op| Command::new(2000, vec![op]);
+        let op = Op::Restore {
+            from_index: 4,
+            from_term: 1,
+            data: Box::new(backup.clone()),
+        };
+        assert_eq!(
+            structured.apply(9, &restore(op), &mut Dirty::default()),
+            [OpResult::Ok]
+        );
+        let op = Op::RestoreText {
+            from_index: 4,
+            from_term: 1,
+            data: crate::command::RegistryText::encode(&backup).unwrap(),
+        };
+        assert_eq!(
+            text.apply(9, &restore(op), &mut Dirty::default()),
+            [OpResult::Ok]
+        );
+        assert_eq!(text.export(), structured.export());
+        assert_eq!(text.digest(), structured.digest());
+
+        let bad: crate::command::RegistryText = serde_json::from_str("\"{not json\"").unwrap();
+        let op = Op::RestoreText {
+            from_index: 4,
+            from_term: 1,
+            data: bad,
+        };
+        let before = text.export();
+        let result = text.apply(10, &restore(op), &mut Dirty::default());
+        assert!(
+            matches!(&result[..], [OpResult::Conflict { .. }]),
+            "{result:?}"
+        );
+        assert_eq!(text.export(), before);
     }
 }

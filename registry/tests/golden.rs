@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use cairn_registry::backup;
+use cairn_registry::command::RegistryText;
 use cairn_registry::format::{self, ServiceRecord, SnapshotFile, FORMAT_VERSION};
 use cairn_registry::model::{CheckKindSpec, CheckSpec, Instance, InstanceSpec, SettingsSpec};
 use cairn_registry::{
@@ -228,6 +229,19 @@ fn restore_operation() {
                 from_index: 9,
                 from_term: 2,
                 data: Box::new(registry.export()),
+            }],
+        },
+    );
+    // What a leader proposes since: the same registry as JSON text in one string.
+    check(
+        "command_restore_text.json",
+        &Command {
+            by: vec![Some("a-1".into())],
+            time_ms: 1_700_000_000_000,
+            ops: vec![Op::RestoreText {
+                from_index: 9,
+                from_term: 2,
+                data: RegistryText::encode(&registry.export()).unwrap(),
             }],
         },
     );

@@ -96,7 +96,7 @@ impl Cluster {
             // decoding and applying a restore of megabytes on every node.
             Forward::Join { .. }
             | Forward::Write {
-                op: Op::Restore { .. },
+                op: Op::Restore { .. } | Op::RestoreText { .. },
                 ..
             } => self.options.write_timeout * 12,
             _ => self.options.write_timeout,

@@ -19,6 +19,7 @@ use axum::Json;
 use cairn_api::{ErrorCode, RestoreResult};
 use cairn_registry::acl::{Access, AclMode, AclState};
 use cairn_registry::backup::{self, BackupError, BackupHeader};
+use cairn_registry::command::RegistryText;
 use cairn_registry::Op;
 use futures::StreamExt;
 
@@ -158,10 +159,16 @@ pub(in crate::http) async fn restore(
         tokens: h.tokens,
         policies: h.policies,
     };
-    let op = Op::Restore {
+    let data = RegistryText::encode(&backup.data).map_err(|e| {
+        Failure::new(
+            ErrorCode::Internal,
+            format!("cannot encode the backup's registry: {e}"),
+        )
+    })?;
+    let op = Op::RestoreText {
         from_index: h.index,
         from_term: h.term,
-        data: Box::new(backup.data),
+        data,
     };
     let w = s.cluster.write_as(op, caller.accessor()).await?;
     tracing::warn!(
