@@ -217,6 +217,8 @@ pub struct Cluster {
     store: store::Flusher,
     /// Set when this node led before it was restarted: see [`RestoredLeadership`].
     restored: Option<RestoredLeadership>,
+    /// Until when this node leaves standing again to a better candidate (see [`failover`]).
+    failover_defer: Mutex<Option<Instant>>,
 }
 
 /// openraft 0.9 lets a node that led before a restart lead again at once, in the same term,
@@ -308,6 +310,7 @@ impl Cluster {
             snapshot_in,
             store: flusher,
             restored,
+            failover_defer: Mutex::new(None),
         });
         tokio::spawn(report_alive(Arc::downgrade(&cluster)));
         tokio::spawn(watch_liveness(Arc::downgrade(&cluster)));

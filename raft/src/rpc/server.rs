@@ -134,6 +134,7 @@ async fn vote(
     State(cluster): State<Arc<Cluster>>,
     Json(req): Json<VoteRequest<NodeId>>,
 ) -> Response {
+    cluster.saw_candidate(&req);
     Json(cluster.raft().vote(req).await).into_response()
 }
 
