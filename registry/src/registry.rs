@@ -1558,7 +1558,7 @@ mod tests {
             let pick = (seed >> 33) as usize;
             let service = services[pick % 3];
             let id = ids[(pick / 3) % 4];
-            let cmd = if (pick / 12) % 3 == 0 {
+            let cmd = if (pick / 12).is_multiple_of(3) {
                 deregister(service, id)
             } else {
                 register_with_checks(service, id, checks[(pick / 36) % 4])
