@@ -35,6 +35,7 @@ pub mod command;
 pub mod format;
 pub mod hash;
 pub mod health;
+mod ids;
 pub mod model;
 pub mod quota;
 pub mod registry;

@@ -18,6 +18,7 @@ use crate::acl::{self, AclData, AclState, AuditEntry, Policy, Token};
 use crate::command::{Command, Op, OpResult, StatedHealth};
 use crate::hash::Fnv1a;
 use crate::health::{CheckState, HealthStatus};
+use crate::ids::IdIndex;
 use crate::model::{Instance, InstanceSpec, SettingsSpec};
 use crate::quota::{instance_bytes, settings_bytes, Usage};
 use crate::watch::Watches;
@@ -239,6 +240,10 @@ pub struct Dirty {
 #[derive(Debug)]
 pub struct Registry {
     services: RwLock<HashMap<String, Arc<ServiceEntry>>>,
+    /// Where each instance id and check id lives, for the Consul API's lookups by id. Apply
+    /// adds to it before publishing a service and removes from it after, so a reader finds
+    /// every instance it could see, and checks each place it is given (see [`Self::find_instance`]).
+    ids: RwLock<IdIndex>,
     settings: RwLock<HashMap<String, Arc<ServiceSettings>>>,
     down_nodes: RwLock<BTreeSet<u64>>,
     acl: RwLock<Arc<AclState>>,
@@ -272,6 +277,7 @@ impl Default for Registry {
     fn default() -> Self {
         Registry {
             services: RwLock::default(),
+            ids: RwLock::default(),
             settings: RwLock::default(),
             down_nodes: RwLock::default(),
             acl: RwLock::default(),
@@ -388,6 +394,31 @@ impl Registry {
         all
     }
 
+    /// The service holding instance `id`, and the instance. Ids are unique per service only:
+    /// when several services hold one, the first by name, as a scan of [`Self::services`] finds.
+    /// A few hash lookups, however many services and instances there are.
+    pub fn find_instance(&self, id: &str) -> Option<(Arc<ServiceEntry>, Arc<Instance>)> {
+        let names = self.ids.read().services_of(id);
+        names.into_iter().find_map(|name| {
+            let svc = self.service(&name)?;
+            let inst = svc.instances.get(id).cloned()?;
+            Some((svc, inst))
+        })
+    }
+
+    /// The instance carrying check `check`, and its service. Check ids are unique per instance
+    /// only: when several carry one, the first by service name then instance id, as a scan of
+    /// [`Self::services`] and their instances finds.
+    pub fn find_check(&self, check: &str) -> Option<(Arc<ServiceEntry>, Arc<Instance>)> {
+        let places = self.ids.read().instances_of(check);
+        places.into_iter().find_map(|(name, id)| {
+            let svc = self.service(&name)?;
+            let inst = svc.instances.get(&id).cloned()?;
+            inst.check(check)?;
+            Some((svc, inst))
+        })
+    }
+
     /// Every service, sorted by name, with the service-list index they were read at.
     pub fn services(&self) -> (u64, Vec<Arc<ServiceEntry>>) {
         let guard = self.services.read();
@@ -454,6 +485,7 @@ impl Registry {
         self.bytes.store(bytes, Ordering::Release);
         self.checks
             .store(map.values().map(|s| s.checks).sum(), Ordering::Release);
+        *self.ids.write() = IdIndex::build(map.values().map(|s| &**s));
         *self.settings.write() = data.settings.into_iter().collect();
         *self.down_nodes.write() = data.down_nodes;
         *self.acl.write() = Arc::new(AclState::from_data(data.acl));
@@ -880,6 +912,7 @@ impl Registry {
             .store(map.values().map(|s| s.checks).sum(), Ordering::Release);
         *self.settings.write() = settings;
         *self.acl.write() = Arc::new(AclState::from_data(acl));
+        *self.ids.write() = IdIndex::build(map.values().map(|s| &**s));
         let mut names: BTreeSet<String> = map.keys().cloned().collect();
         let old = std::mem::replace(&mut *self.services.write(), map);
         names.extend(old.into_keys());
@@ -920,11 +953,24 @@ impl Registry {
         };
         entry.modify_index = index;
         dirty.services.insert(name.to_owned());
-        dirty.instances.insert((name.to_owned(), changed_id));
         let appeared_or_gone = old.is_none() || entry.instances.is_empty();
         let list_changed = appeared_or_gone || tags_changed;
+        let before = old
+            .as_ref()
+            .and_then(|s| s.instances.get(&changed_id))
+            .cloned();
+        let after = entry.instances.get(&changed_id).cloned();
+        dirty.instances.insert((name.to_owned(), changed_id));
+        // Added before the service is published and removed after: the index always holds at
+        // least every place a reader can see.
+        if let Some(after) = &after {
+            self.ids.write().add(name, after);
+        }
         let entry = (!entry.instances.is_empty()).then_some(entry);
         let published = self.swap(name, entry);
+        if let Some(before) = &before {
+            self.ids.write().remove(name, before, after.as_deref());
+        }
         self.watches.service_changed(name, index, published);
         if list_changed {
             self.list_index.store(index, Ordering::Release);
@@ -1422,5 +1468,214 @@ mod tests {
             "{result:?}"
         );
         assert_eq!(text.export(), before);
+    }
+
+    fn register_with_checks(service: &str, id: &str, checks: &[&str]) -> Command {
+        let checks: Vec<_> = checks
+            .iter()
+            .map(|c| serde_json::json!({"id": c, "kind": "ttl", "ttl": "5s"}))
+            .collect();
+        let body = serde_json::json!({"address": "10.0.0.1", "port": 80, "checks": checks});
+        let spec = validate_registration(id, &serde_json::from_value(body).unwrap()).unwrap();
+        Command::new(
+            1000,
+            vec![Op::Register {
+                service: service.into(),
+                instance: spec,
+                health: None,
+            }],
+        )
+    }
+
+    fn found(r: &Registry, id: &str) -> Option<String> {
+        r.find_instance(id).map(|(s, i)| {
+            assert_eq!(i.spec.id, id);
+            s.name.clone()
+        })
+    }
+
+    fn found_check(r: &Registry, check: &str) -> Option<(String, String)> {
+        r.find_check(check)
+            .map(|(s, i)| (s.name.clone(), i.spec.id.clone()))
+    }
+
+    /// What the scan the index replaces answered: the first service by name holding `id`.
+    fn scanned(r: &Registry, id: &str) -> Option<String> {
+        let (_, services) = r.services();
+        services
+            .iter()
+            .find(|s| s.instances.contains_key(id))
+            .map(|s| s.name.clone())
+    }
+
+    fn scanned_check(r: &Registry, check: &str) -> Option<(String, String)> {
+        let (_, services) = r.services();
+        services.iter().find_map(|s| {
+            s.instances
+                .values()
+                .find(|i| i.check(check).is_some())
+                .map(|i| (s.name.clone(), i.spec.id.clone()))
+        })
+    }
+
+    /// The index apply kept must be the one a rebuild from the services makes.
+    fn assert_index_current(r: &Registry) {
+        let (_, services) = r.services();
+        let rebuilt = IdIndex::build(services.iter().map(|s| &**s));
+        assert_eq!(*r.ids.read(), rebuilt);
+    }
+
+    #[test]
+    fn an_instance_id_in_two_services_is_found_in_the_first_by_name() {
+        let r = Registry::default();
+        let mut d = Dirty::default();
+        r.apply(1, &register("web", "a", &[]), &mut d);
+        assert_eq!(found(&r, "a").as_deref(), Some("web"));
+        r.apply(2, &register("api", "a", &[]), &mut d);
+        r.apply(3, &register("db", "b", &[]), &mut d);
+        assert_eq!(found(&r, "a").as_deref(), Some("api"));
+        assert_eq!(found(&r, "b").as_deref(), Some("db"));
+        assert_eq!(found(&r, "zzz"), None);
+        // Re-registering and changing health keep it where it is.
+        r.apply(4, &register("api", "a", &["x"]), &mut d);
+        r.apply(
+            5,
+            &set_health("api", "a", HealthStatus::Critical, ""),
+            &mut d,
+        );
+        assert_eq!(found(&r, "a").as_deref(), Some("api"));
+        r.apply(6, &deregister("api", "a"), &mut d);
+        assert_eq!(found(&r, "a").as_deref(), Some("web"));
+        r.apply(7, &deregister("web", "a"), &mut d);
+        assert_eq!(found(&r, "a"), None);
+        // A deregistration of nothing leaves the index alone.
+        r.apply(8, &deregister("web", "a"), &mut d);
+        assert_eq!(found(&r, "b").as_deref(), Some("db"));
+        assert_index_current(&r);
+    }
+
+    #[test]
+    fn check_ids_follow_registrations_and_the_first_carrier_wins() {
+        let r = Registry::default();
+        let mut d = Dirty::default();
+        r.apply(1, &register_with_checks("web", "b", &["alive"]), &mut d);
+        r.apply(
+            2,
+            &register_with_checks("web", "a", &["alive", "disk"]),
+            &mut d,
+        );
+        r.apply(3, &register_with_checks("api", "z", &["mem"]), &mut d);
+        assert_eq!(found_check(&r, "alive"), Some(("web".into(), "a".into())));
+        assert_eq!(found_check(&r, "disk"), Some(("web".into(), "a".into())));
+        assert_eq!(found_check(&r, "mem"), Some(("api".into(), "z".into())));
+        // A re-registration that drops a check and adds another.
+        r.apply(4, &register_with_checks("web", "a", &["disk2"]), &mut d);
+        assert_eq!(found_check(&r, "alive"), Some(("web".into(), "b".into())));
+        assert_eq!(found_check(&r, "disk"), None);
+        assert_eq!(found_check(&r, "disk2"), Some(("web".into(), "a".into())));
+        // A check status change moves nothing in the index.
+        let cmd = Command::new(
+            5000,
+            vec![Op::SetCheckStatus {
+                service: "web".into(),
+                id: "b".into(),
+                check: "alive".into(),
+                status: HealthStatus::Passing,
+                output: "ok".into(),
+            }],
+        );
+        assert_eq!(r.apply(5, &cmd, &mut d), [OpResult::Ok]);
+        assert_eq!(found_check(&r, "alive"), Some(("web".into(), "b".into())));
+        r.apply(6, &deregister("web", "b"), &mut d);
+        assert_eq!(found_check(&r, "alive"), None);
+        assert_eq!(found_check(&r, "disk2"), Some(("web".into(), "a".into())));
+        assert_index_current(&r);
+    }
+
+    /// Many writes over a few ids and services: after each one the index answers what a scan
+    /// answers, and equals a rebuild.
+    #[test]
+    fn the_index_answers_what_a_scan_answers_after_every_write() {
+        let r = Registry::default();
+        let mut d = Dirty::default();
+        let services = ["a", "b", "c"];
+        let ids = ["i1", "i2", "i3", "i4"];
+        let checks = [&["x"][..], &["x", "y"], &[], &["y", "z"]];
+        // A fixed pseudo-random walk (deterministic, so a failure replays).
+        let mut seed = 7u64;
+        for index in 1..400u64 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let pick = (seed >> 33) as usize;
+            let service = services[pick % 3];
+            let id = ids[(pick / 3) % 4];
+            let cmd = if (pick / 12).is_multiple_of(3) {
+                deregister(service, id)
+            } else {
+                register_with_checks(service, id, checks[(pick / 36) % 4])
+            };
+            r.apply(index, &cmd, &mut d);
+            for id in ids {
+                assert_eq!(found(&r, id), scanned(&r, id), "id {id} at {index}");
+            }
+            for check in ["x", "y", "z"] {
+                assert_eq!(
+                    found_check(&r, check),
+                    scanned_check(&r, check),
+                    "{check} at {index}"
+                );
+            }
+        }
+        assert_index_current(&r);
+    }
+
+    #[test]
+    fn the_index_is_rebuilt_by_replace_restart_and_restore() {
+        let old = Registry::default();
+        let mut d = Dirty::default();
+        old.apply(1, &register_with_checks("web", "a", &["alive"]), &mut d);
+        old.apply(2, &register("db", "b", &[]), &mut d);
+        let backup = old.export();
+
+        // A restart (and a snapshot install) loads the data whole.
+        let restarted = Registry::from_data(backup.clone(), 2);
+        assert_eq!(found(&restarted, "a").as_deref(), Some("web"));
+        assert_eq!(found(&restarted, "b").as_deref(), Some("db"));
+        assert_eq!(
+            found_check(&restarted, "alive"),
+            Some(("web".into(), "a".into()))
+        );
+        assert_index_current(&restarted);
+
+        // A replace over a registry that held other ids forgets them.
+        let r = Registry::default();
+        r.apply(1, &register_with_checks("cache", "c", &["mem"]), &mut d);
+        r.replace(backup.clone(), 2);
+        assert_eq!(found(&r, "c"), None);
+        assert_eq!(found_check(&r, "mem"), None);
+        assert_eq!(found(&r, "a").as_deref(), Some("web"));
+        assert_index_current(&r);
+
+        // A restore through the log does the same.
+        let r = Registry::default();
+        r.apply(1, &register_with_checks("cache", "c", &["mem"]), &mut d);
+        let cmd = Command::new(
+            2000,
+            vec![Op::Restore {
+                from_index: 2,
+                from_term: 1,
+                data: Box::new(backup),
+            }],
+        );
+        assert_eq!(r.apply(5, &cmd, &mut Dirty::default()), [OpResult::Ok]);
+        assert_eq!(found(&r, "c"), None);
+        assert_eq!(found_check(&r, "mem"), None);
+        assert_eq!(found_check(&r, "alive"), Some(("web".into(), "a".into())));
+        assert_eq!(found(&r, "b").as_deref(), Some("db"));
+        // And apply keeps it current afterwards.
+        r.apply(6, &deregister("web", "a"), &mut Dirty::default());
+        assert_eq!(found_check(&r, "alive"), None);
+        assert_index_current(&r);
     }
 }

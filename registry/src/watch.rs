@@ -15,6 +15,12 @@ use crate::registry::ServiceEntry;
 
 /// Versions kept per service for replay. A watcher further behind gets the full state instead.
 pub const HISTORY_PER_SERVICE: usize = 32;
+/// Versions kept for replay across all services, the oldest dropped first. Each old version
+/// holds copies of the nodes its change touched (about 1 KiB for a small service): without this
+/// bound, 100,000 services of 10 instances, registered one by one, kept 1.3 GB of versions
+/// nobody would replay. A watcher that reconnects within the last this-many changes anywhere
+/// (and its service's last 32) is still replayed; one further behind gets the full state.
+pub const HISTORY_TOTAL: usize = 16_384;
 /// Services with watch state kept; beyond this, state nobody listens to is dropped.
 const MAX_WATCHED_SERVICES: usize = 100_000;
 
@@ -39,16 +45,42 @@ impl ServiceWatch {
     }
 }
 
+/// Per-service watch state, and the order in which versions entered the histories.
+#[derive(Default)]
+struct State {
+    services: HashMap<String, ServiceWatch>,
+    /// (service, index) of every version pushed, oldest first, for [`HISTORY_TOTAL`]. A version
+    /// already dropped by its service's own bound stays here until its turn: popping it is a
+    /// no-op, and the histories never hold more than this many.
+    order: VecDeque<(String, u64)>,
+}
+
+impl State {
+    /// Drops the oldest versions until the order is within [`HISTORY_TOTAL`].
+    fn trim(&mut self) {
+        while self.order.len() > HISTORY_TOTAL {
+            let Some((name, index)) = self.order.pop_front() else {
+                return;
+            };
+            if let Some(w) = self.services.get_mut(&name) {
+                if w.history.front().is_some_and(|v| v.index == index) {
+                    w.history.pop_front();
+                }
+            }
+        }
+    }
+}
+
 /// All the channels of one registry.
 pub struct Watches {
-    services: Mutex<HashMap<String, ServiceWatch>>,
+    services: Mutex<State>,
     list: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Watches {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Watches")
-            .field("services", &self.services.lock().len())
+            .field("services", &self.services.lock().services.len())
             .finish()
     }
 }
@@ -56,7 +88,7 @@ impl std::fmt::Debug for Watches {
 impl Default for Watches {
     fn default() -> Self {
         Watches {
-            services: Mutex::new(HashMap::new()),
+            services: Mutex::new(State::default()),
             list: watch::Sender::new(0),
         }
     }
@@ -65,7 +97,8 @@ impl Default for Watches {
 impl Watches {
     /// Records that `name` changed at `index` (to `entry`, or removed) and wakes its watchers.
     pub(crate) fn service_changed(&self, name: &str, index: u64, entry: Option<Arc<ServiceEntry>>) {
-        let mut map = self.services.lock();
+        let mut state = self.services.lock();
+        let map = &mut state.services;
         if map.len() >= MAX_WATCHED_SERVICES && !map.contains_key(name) {
             map.retain(|_, w| w.tx.receiver_count() > 0);
         }
@@ -77,6 +110,8 @@ impl Watches {
             w.history.pop_front();
         }
         w.tx.send_replace(index);
+        state.order.push_back((name.to_owned(), index));
+        state.trim();
     }
 
     pub(crate) fn list_changed(&self, index: u64) {
@@ -86,8 +121,9 @@ impl Watches {
     /// After a snapshot replaced everything: history no longer connects, so it is dropped, and
     /// every watcher is woken with its service's index now.
     pub(crate) fn reset(&self, index_of: impl Fn(&str) -> Option<u64>, list_index: u64) {
-        let mut map = self.services.lock();
-        for (name, w) in map.iter_mut() {
+        let mut state = self.services.lock();
+        state.order.clear();
+        for (name, w) in state.services.iter_mut() {
             w.history.clear();
             let index = index_of(name).unwrap_or(*w.tx.borrow()).max(*w.tx.borrow());
             w.tx.send_replace(index);
@@ -98,7 +134,7 @@ impl Watches {
     /// A receiver of `name`'s index. `current` is the index to start from when the service has
     /// no watch state yet.
     pub fn subscribe_service(&self, name: &str, current: u64) -> watch::Receiver<u64> {
-        let mut map = self.services.lock();
+        let map = &mut self.services.lock().services;
         if map.len() >= MAX_WATCHED_SERVICES && !map.contains_key(name) {
             map.retain(|_, w| w.tx.receiver_count() > 0);
         }
@@ -114,14 +150,18 @@ impl Watches {
 
     /// The last index a service changed at, as far as watch state knows (0 when unknown).
     pub fn last_index(&self, name: &str) -> u64 {
-        self.services.lock().get(name).map_or(0, |w| *w.tx.borrow())
+        self.services
+            .lock()
+            .services
+            .get(name)
+            .map_or(0, |w| *w.tx.borrow())
     }
 
     /// Every version of `name` after `after`, oldest first, if the history still reaches back
     /// that far; `None` when changes were dropped and the caller must send the full state.
     pub fn since(&self, name: &str, after: u64) -> Option<Vec<Version>> {
-        let map = self.services.lock();
-        let w = map.get(name)?;
+        let state = self.services.lock();
+        let w = state.services.get(name)?;
         let oldest = w.history.front()?;
         if oldest.index > after {
             return None;
@@ -153,6 +193,42 @@ mod tests {
         assert!(w.since("web", 40).unwrap().is_empty());
         assert!(w.since("web", 3).is_none(), "too old to replay");
         assert!(w.since("db", 0).is_none(), "never seen");
+    }
+
+    /// Versions across services are bounded in all, oldest first; a service's recent ones stay
+    /// replayable, and one whose versions went gets the full state (`None`), never a gap.
+    #[test]
+    fn history_in_all_is_bounded_oldest_first() {
+        let w = Watches::default();
+        let services = HISTORY_TOTAL as u64;
+        // Two versions of each of HISTORY_TOTAL services: twice the bound.
+        for i in 1..=2 * services {
+            w.service_changed(&format!("s{}", (i - 1) % services), i, None);
+        }
+        let kept: usize = w
+            .services
+            .lock()
+            .services
+            .values()
+            .map(|s| s.history.len())
+            .sum();
+        assert_eq!(kept, HISTORY_TOTAL);
+        // s0 changed at 1 and at services + 1: the first went, so a watcher from before the
+        // second gets the state.
+        assert!(w.since("s0", 0).is_none());
+        assert!(w.since("s0", 1).is_none());
+        assert!(w.since("s0", services + 1).unwrap().is_empty());
+        // The per-service bound still holds, and a service's own churn does not evict others'
+        // versions beyond the total.
+        for i in 1..=40 {
+            w.service_changed("web", 10 * services + i, None);
+        }
+        // Versions 9..=40 are kept: a watcher from 9 is replayed the 31 after it.
+        assert_eq!(w.since("web", 10 * services + 9).unwrap().len(), 31);
+        assert!(w.since("web", 10 * services + 8).is_none());
+        // After a reset, nothing is replayed and the bound starts over.
+        w.reset(|_| None, 0);
+        assert!(w.services.lock().order.is_empty());
     }
 
     #[test]

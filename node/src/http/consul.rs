@@ -593,12 +593,9 @@ async fn agent_checks(
 }
 
 /// The instance with Consul service ID `id`, wherever it is registered.
+/// The instance with Consul service id `id` (the registry's id index: no scan).
 fn find_instance(s: &AppState, id: &str) -> Option<(Arc<ServiceEntry>, Arc<Instance>)> {
-    let (_, services) = s.cluster.registry().services();
-    services.into_iter().find_map(|svc| {
-        let inst = svc.instances.get(id).cloned()?;
-        Some((svc, inst))
-    })
+    s.cluster.registry().find_instance(id)
 }
 
 fn unknown_service(id: &str) -> Failure {
@@ -823,13 +820,9 @@ fn find_check(
     s: &AppState,
     check: &str,
 ) -> Option<(Arc<ServiceEntry>, Arc<Instance>, CheckKindSpec)> {
-    let (_, services) = s.cluster.registry().services();
-    services.into_iter().find_map(|svc| {
-        svc.instances.values().find_map(|inst| {
-            let (spec, _) = inst.check(check)?;
-            Some((svc.clone(), inst.clone(), spec.kind.clone()))
-        })
-    })
+    let (svc, inst) = s.cluster.registry().find_check(check)?;
+    let kind = inst.check(check)?.0.kind.clone();
+    Some((svc, inst, kind))
 }
 
 fn unknown_check(check: &str) -> Failure {

@@ -1,0 +1,169 @@
+//! Where each instance id and each check id lives.
+//!
+//! The Consul API names an instance (`agent/service/deregister/{id}`) or a check
+//! (`agent/check/pass/{id}`) by its id alone, without its service. Instance ids are unique
+//! within their service only and check ids within their instance only, so one id can live in
+//! several places: the index keeps them all, sorted, and a lookup answers the first, which is
+//! what a scan of the services by name (then of their instances by id) would find.
+//!
+//! Apply keeps the index beside the services map, one instance at a time, so a write costs a
+//! few hash lookups however large its service is; a restart, a snapshot install and a restore
+//! rebuild it whole.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::model::Instance;
+use crate::registry::ServiceEntry;
+
+/// The places one id lives. Nearly always one: kept inline then, a sorted set beyond.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Holders<T> {
+    One(T),
+    Many(BTreeSet<T>),
+}
+
+impl<T: Ord + Clone> Holders<T> {
+    fn insert(&mut self, v: T) {
+        match self {
+            Holders::One(x) if *x == v => {}
+            Holders::One(x) => *self = Holders::Many(BTreeSet::from([x.clone(), v])),
+            Holders::Many(set) => {
+                set.insert(v);
+            }
+        }
+    }
+
+    /// Removes `v`; answers whether any holder is left.
+    fn remove(&mut self, v: &T) -> bool {
+        match self {
+            Holders::One(x) => x != v,
+            Holders::Many(set) => {
+                set.remove(v);
+                if set.len() == 1 {
+                    if let Some(last) = set.pop_first() {
+                        *self = Holders::One(last);
+                    }
+                    return true;
+                }
+                !set.is_empty()
+            }
+        }
+    }
+
+    /// Every holder, sorted.
+    fn to_vec(&self) -> Vec<T> {
+        match self {
+            Holders::One(x) => vec![x.clone()],
+            Holders::Many(set) => set.iter().cloned().collect(),
+        }
+    }
+}
+
+fn add<K: Ord + Clone>(map: &mut HashMap<String, Holders<K>>, key: &str, holder: K) {
+    match map.get_mut(key) {
+        Some(h) => h.insert(holder),
+        None => {
+            map.insert(key.to_owned(), Holders::One(holder));
+        }
+    }
+}
+
+fn remove<K: Ord + Clone>(map: &mut HashMap<String, Holders<K>>, key: &str, holder: &K) {
+    if let Some(h) = map.get_mut(key) {
+        if !h.remove(holder) {
+            map.remove(key);
+        }
+    }
+}
+
+/// Instance id to the services holding it, and check id to the instances carrying it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct IdIndex {
+    /// Instance id -> names of the services with an instance of that id.
+    instances: HashMap<String, Holders<String>>,
+    /// Check id -> (service, instance id) of the instances with a check of that id.
+    checks: HashMap<String, Holders<(String, String)>>,
+}
+
+impl IdIndex {
+    /// The index of every instance of `services`.
+    pub(crate) fn build<'a>(services: impl IntoIterator<Item = &'a ServiceEntry>) -> Self {
+        let mut index = IdIndex::default();
+        for s in services {
+            for inst in s.instances.values() {
+                index.add(&s.name, inst);
+            }
+        }
+        index
+    }
+
+    /// Records instance `inst` of `service` and its checks (again: a no-op).
+    pub(crate) fn add(&mut self, service: &str, inst: &Instance) {
+        add(&mut self.instances, &inst.spec.id, service.to_owned());
+        for c in &inst.spec.checks {
+            add(
+                &mut self.checks,
+                &c.id,
+                (service.to_owned(), inst.spec.id.clone()),
+            );
+        }
+    }
+
+    /// Forgets what `before` (an instance of `service`) held that `after` (the same id's
+    /// instance now, `None` when it went) does not: the instance itself, or checks it dropped.
+    pub(crate) fn remove(&mut self, service: &str, before: &Instance, after: Option<&Instance>) {
+        let id = &before.spec.id;
+        let kept = |check: &str| after.is_some_and(|a| a.spec.checks.iter().any(|c| c.id == check));
+        if after.is_none() {
+            remove(&mut self.instances, id, &service.to_owned());
+        }
+        for c in &before.spec.checks {
+            if !kept(&c.id) {
+                remove(&mut self.checks, &c.id, &(service.to_owned(), id.clone()));
+            }
+        }
+    }
+
+    /// The services that may hold instance `id`, sorted by name.
+    pub(crate) fn services_of(&self, id: &str) -> Vec<String> {
+        self.instances
+            .get(id)
+            .map(Holders::to_vec)
+            .unwrap_or_default()
+    }
+
+    /// The (service, instance id) pairs that may carry check `id`, sorted.
+    pub(crate) fn instances_of(&self, check: &str) -> Vec<(String, String)> {
+        self.checks
+            .get(check)
+            .map(Holders::to_vec)
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holders_stay_sorted_and_shrink_back_to_one() {
+        let mut h = Holders::One("web".to_owned());
+        h.insert("web".to_owned());
+        assert_eq!(
+            h,
+            Holders::One("web".to_owned()),
+            "a second insert is a no-op"
+        );
+        h.insert("db".to_owned());
+        h.insert("api".to_owned());
+        assert_eq!(h.to_vec(), ["api", "db", "web"]);
+        assert!(h.remove(&"db".to_owned()));
+        assert!(h.remove(&"api".to_owned()));
+        assert_eq!(h, Holders::One("web".to_owned()));
+        assert!(
+            h.remove(&"zzz".to_owned()),
+            "an absent holder changes nothing"
+        );
+        assert!(!h.remove(&"web".to_owned()));
+    }
+}
