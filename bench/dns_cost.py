@@ -18,7 +18,9 @@ answer checked:
 - `out`: `example.org.` A (outside the zone: REFUSED)
 
 Prints a Markdown table of the median over --rounds of instructions per query for each binary
-and kind, and the ratio of each binary to the first. Uses bench/acl_cost.py's node and
+and kind, and the ratio of each binary to the first: the whole node's (idle subtracted; its
+spread is a few per cent) and `<kind>_answer`, the inclusive cost of `Zone::answer` alone (the
+answer path, exact from run to run; from callgrind_annotate). Uses bench/acl_cost.py's node and
 callgrind helpers; needs valgrind (callgrind_control) and python3.
 """
 
@@ -26,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import subprocess
 import os
 import random
 import socket
@@ -66,6 +70,19 @@ def ask(sock: socket.socket, port: int, kind: str, count: int) -> None:
             raise Fail(f"{kind}: rcode {got_rcode}, {got_answers} answers")
 
 
+def answer_ir(dump: str) -> int | None:
+    """Inclusive instructions of `Zone::answer` in one callgrind dump: the answer path alone,
+    without the socket, the runtime or idle timers (None if the symbol is not in the dump)."""
+    out = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", dump],
+                         capture_output=True, text=True, timeout=300).stdout
+    for line in out.splitlines():
+        if re.search(r"cairn_dns::answer::Zone::answer(\s|$| \[)", line):
+            m = re.match(r"\s*([\d,]+)", line)
+            if m:
+                return int(m.group(1).replace(",", ""))
+    return None
+
+
 def seed(port: int) -> None:
     for n in range(10):
         body = json.dumps({"address": f"10.0.0.{n + 1}", "port": 8080}).encode()
@@ -93,6 +110,7 @@ def measure(name: str, binary: str, work: str, base: int, queries: int, rounds: 
     for kind in KINDS:
         ask(sock, n.dns, kind, 50)  # warm-up: caches, the record sets, first-query paths
     per: dict[str, list[float]] = {k: [] for k in KINDS}
+    zone: dict[str, list[float]] = {k: [] for k in KINDS}
     for r in range(rounds):
         callgrind(pid, "-z")
         t0 = time.monotonic()
@@ -106,12 +124,18 @@ def measure(name: str, binary: str, work: str, base: int, queries: int, rounds: 
             ask(sock, n.dns, kind, queries)
             secs = time.monotonic() - t0
             callgrind(pid, "-d")
+            before = set(seen)
             ir = dumped_ir(prefix, seen)
             per[kind].append((ir - idle_rate * secs) / queries)
+            inclusive = answer_ir((seen - before).pop())
+            if inclusive is not None:
+                zone[kind].append(inclusive / queries)
         log(f"{name} round {r + 1}/{rounds}: " + ", ".join(
-            f"{k} {per[k][-1]:,.0f}" for k in KINDS))
+            f"{k} {per[k][-1]:,.0f} (answer {zone[k][-1] if zone[k] else 0:,.0f})" for k in KINDS))
     n.stop()
-    return {k: statistics.median(v) for k, v in per.items()} | {"rounds": per}
+    return ({k: statistics.median(v) for k, v in per.items()}
+            | {f"{k}_answer": statistics.median(v) if v else 0.0 for k, v in zone.items()}
+            | {"rounds": per, "answer_rounds": zone})
 
 
 def main() -> None:
@@ -128,13 +152,14 @@ def main() -> None:
         for name, binary in bins:
             results[name] = measure(name, binary, work, args.port_base, args.queries, args.rounds)
     first = bins[0][0]
-    print(f"| binary | " + " | ".join(f"{k} Ir/query" for k in KINDS) + " |")
-    print("| --- |" + " ---: |" * len(KINDS))
+    cols = list(KINDS) + [f"{k}_answer" for k in KINDS]
+    print("| binary | " + " | ".join(f"{k} Ir/query" for k in cols) + " |")
+    print("| --- |" + " ---: |" * len(cols))
     for name, _ in bins:
         cells = []
-        for k in KINDS:
+        for k in cols:
             v = results[name][k]
-            ratio = "" if name == first else f" ({v / results[first][k]:.3f}x)"
+            ratio = "" if name == first or not results[first][k] else f" ({v / results[first][k]:.3f}x)"
             cells.append(f"{v:,.0f}{ratio}")
         print(f"| {name} | " + " | ".join(cells) + " |")
     if args.out:
