@@ -258,6 +258,10 @@ pub struct Registry {
     /// The leader's time in the last applied entry: the clock token expiry is judged by.
     time_ms: AtomicU64,
     list_index: AtomicU64,
+    /// The applied index at the last change to any settings record (a restore or snapshot
+    /// install included): caches built from settings across services (DNS's namespace zones)
+    /// are current while it stays the same.
+    settings_version: AtomicU64,
     applied_index: AtomicU64,
     /// What the services' and settings' records take in storage, kept by apply so a quota check
     /// never walks the registry: the sum of [`ServiceEntry::bytes`] and [`settings_bytes`].
@@ -286,6 +290,7 @@ impl Default for Registry {
             audit: parking_lot::Mutex::default(),
             time_ms: AtomicU64::new(0),
             list_index: AtomicU64::new(0),
+            settings_version: AtomicU64::new(0),
             applied_index: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             checks: AtomicU64::new(0),
@@ -379,6 +384,13 @@ impl Registry {
     /// A service's settings, if any were ever set.
     pub fn settings(&self, name: &str) -> Option<Arc<ServiceSettings>> {
         self.settings.read().get(name).cloned()
+    }
+
+    /// The applied index of the last change to any settings record. It moves only after the
+    /// change is in place, so what is read from [`Registry::settings_list`] after reading it is
+    /// at least as new as it says.
+    pub fn settings_version(&self) -> u64 {
+        self.settings_version.load(Ordering::Acquire)
     }
 
     /// Every settings record whose key starts with `prefix` (`""`: all), sorted by key.
@@ -487,6 +499,8 @@ impl Registry {
             .store(map.values().map(|s| s.checks).sum(), Ordering::Release);
         *self.ids.write() = IdIndex::build(map.values().map(|s| &**s));
         *self.settings.write() = data.settings.into_iter().collect();
+        self.settings_version
+            .store(applied_index, Ordering::Release);
         *self.down_nodes.write() = data.down_nodes;
         *self.acl.write() = Arc::new(AclState::from_data(data.acl));
         let mut guard = self.services.write();
@@ -754,6 +768,7 @@ impl Registry {
                     self.bytes
                         .fetch_sub(settings_bytes(service, &old), Ordering::AcqRel);
                 }
+                self.settings_version.store(index, Ordering::Release);
                 dirty.settings.insert(service.clone());
                 OpResult::Ok
             }
@@ -765,6 +780,7 @@ impl Registry {
                 };
                 self.bytes
                     .fetch_sub(settings_bytes(service, &old), Ordering::AcqRel);
+                self.settings_version.store(index, Ordering::Release);
                 dirty.settings.insert(service.clone());
                 OpResult::Ok
             }
@@ -911,6 +927,7 @@ impl Registry {
         self.checks
             .store(map.values().map(|s| s.checks).sum(), Ordering::Release);
         *self.settings.write() = settings;
+        self.settings_version.store(index, Ordering::Release);
         *self.acl.write() = Arc::new(AclState::from_data(acl));
         *self.ids.write() = IdIndex::build(map.values().map(|s| &**s));
         let mut names: BTreeSet<String> = map.keys().cloned().collect();

@@ -276,3 +276,160 @@ async fn t20_unsigned_oversized_and_malformed_requests_get_aws_error_shapes() {
         (200, Some(0))
     );
 }
+
+/// Runs `cloudmap_dns_setup.py ACTION` (boto3, current release) against node 1.
+async fn dns_setup(c: &Cluster, action: &str) {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/tools/cloudmap_dns_setup.py"
+    );
+    let python = std::env::var("CAIRN_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(&python)
+            .env("PYTHONPATH", pydeps("boto3", BOTO3_CBOR))
+            .args([
+                script,
+                action,
+                &endpoint(c, 1),
+                &c.node(1).url(""),
+                KEY_ID,
+                SECRET,
+            ])
+            .output(),
+    )
+    .await
+    .expect("the setup script finished")
+    .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("done"),
+        "cloudmap_dns_setup.py {action} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The addresses (A, AAAA) in a section, as strings.
+fn addresses(records: &[hickory_proto::rr::Record]) -> Vec<String> {
+    records
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            RData::AAAA(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A private DNS namespace made through boto3 is a zone of Cairn's DNS, answered as Route 53
+/// answers Cloud Map's records: the types and TTLs of each service's DnsConfig, healthy
+/// instances only, up to 8 records for MULTIVALUE and one weighted pick for WEIGHTED; deleting
+/// the namespace takes the zone away.
+#[tokio::test]
+async fn t30_a_private_dns_namespace_answers_as_route_53_would() {
+    use hickory_proto::op::ResponseCode;
+    let c = cluster_of(1, &[]).await;
+    dns_setup(&c, "setup").await;
+    let dns = c.node(1).dns;
+    let healthy_v4: Vec<String> = (1..10).map(|n| format!("10.1.0.{n}")).collect();
+
+    // MULTIVALUE A: 8 of the 9 healthy instances, the A record's TTL; api-0 (UNHEALTHY) never.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let m = harness::dns::udp(dns, "api.corp.internal.", RecordType::A).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{m:?}");
+        assert!(m.metadata.authoritative, "{m:?}");
+        let ips = addresses(&m.answers);
+        assert_eq!(ips.len(), 8, "{m:?}");
+        assert!(m.answers.iter().all(|r| r.ttl == 15), "{m:?}");
+        assert!(ips.iter().all(|ip| healthy_v4.contains(ip)), "{ips:?}");
+        seen.extend(ips);
+    }
+    assert_eq!(
+        seen.len(),
+        9,
+        "every healthy instance in some answer: {seen:?}"
+    );
+
+    // AAAA from AWS_INSTANCE_IPV6, its own TTL; over TCP too.
+    let m = harness::dns::tcp(dns, "api.corp.internal.", RecordType::AAAA).await;
+    let ips = addresses(&m.answers);
+    assert_eq!(ips.len(), 8, "{m:?}");
+    assert!(m.answers.iter().all(|r| r.ttl == 20), "{m:?}");
+    assert!(
+        !ips.contains(&"fd00::".to_owned()),
+        "api-0 is unhealthy: {ips:?}"
+    );
+
+    // SRV: priority 1, weight 1, the instance's port, target <instance-id>.<service>.<namespace>
+    // (whose address Cloud Map creates too: in the additional section, and asked directly).
+    // Over TCP: 8 SRV records and their 16 addresses do not fit in 512 bytes.
+    let m = harness::dns::tcp(dns, "api.corp.internal.", RecordType::SRV).await;
+    assert_eq!(m.answers.len(), 8, "{m:?}");
+    for r in &m.answers {
+        let RData::SRV(srv) = &r.data else {
+            panic!("not an SRV: {r:?}")
+        };
+        assert_eq!(r.ttl, 25);
+        assert_eq!((srv.priority, srv.weight), (1, 1));
+        let target = srv.target.to_ascii();
+        let n = target
+            .strip_prefix("api-")
+            .and_then(|t| t.strip_suffix(".api.corp.internal."))
+            .unwrap_or_else(|| panic!("target {target}"));
+        assert_ne!(n, "0", "api-0 is unhealthy");
+        assert_eq!(srv.port, 9000 + n.parse::<u16>().unwrap());
+        assert!(addresses(&m.additionals).contains(&format!("10.1.0.{n}")));
+    }
+    let m = harness::dns::udp(dns, "api-3.api.corp.internal.", RecordType::A).await;
+    assert_eq!(addresses(&m.answers), ["10.1.0.3"], "{m:?}");
+
+    // WEIGHTED: one record per answer; pay-3 (weight 2, registered natively) half of the time.
+    let mut counts = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..400 {
+        let m = harness::dns::udp(dns, "pay.corp.internal.", RecordType::A).await;
+        let ips = addresses(&m.answers);
+        assert_eq!(ips.len(), 1, "{m:?}");
+        assert_eq!(m.answers[0].ttl, 7);
+        *counts.entry(ips[0].clone()).or_default() += 1;
+    }
+    // Expected 100, 100 and 200: the bounds are five standard deviations wide.
+    let count = |ip: &str| counts.get(ip).copied().unwrap_or(0);
+    assert!((56..=144).contains(&count("10.2.0.1")), "{counts:?}");
+    assert!((56..=144).contains(&count("10.2.0.2")), "{counts:?}");
+    assert!((150..=250).contains(&count("10.2.0.3")), "{counts:?}");
+
+    // Only the DnsConfig's types: pay has no AAAA or SRV records (NODATA with the namespace's
+    // SOA); unknown names are NXDOMAIN; the apex has its SOA.
+    for rtype in [RecordType::AAAA, RecordType::SRV] {
+        let m = harness::dns::udp(dns, "pay.corp.internal.", rtype).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{m:?}");
+        assert!(m.answers.is_empty(), "{m:?}");
+        assert_eq!(m.authorities[0].name.to_ascii(), "corp.internal.", "{m:?}");
+    }
+    for name in ["nosuch.corp.internal.", "pay-1.pay.corp.internal."] {
+        let m = harness::dns::udp(dns, name, RecordType::A).await;
+        assert_eq!(
+            m.metadata.response_code,
+            ResponseCode::NXDomain,
+            "{name}: {m:?}"
+        );
+    }
+    let m = harness::dns::udp(dns, "corp.internal.", RecordType::SOA).await;
+    assert!(matches!(m.answers[0].data, RData::SOA(_)), "{m:?}");
+    // The cairn. zone is as it was, and sees the same registry.
+    let m = harness::dns::udp(dns, "api.service.cairn.", RecordType::A).await;
+    assert_eq!(addresses(&m.answers).len(), 9, "{m:?}");
+
+    // Deleting the namespace (after its services, as Cloud Map requires) ends its zone: names
+    // in it are outside every zone again.
+    dns_setup(&c, "teardown").await;
+    for name in ["api.corp.internal.", "corp.internal."] {
+        let m = harness::dns::udp(dns, name, RecordType::A).await;
+        assert_eq!(
+            m.metadata.response_code,
+            ResponseCode::Refused,
+            "{name}: {m:?}"
+        );
+    }
+}
