@@ -2548,6 +2548,7 @@ insecure_rpc = true
         ("snapshot_keep_logs", Some("50")),
         ("write_timeout", Some("2s")),
         ("log", Some("debug,openraft=info")),
+        ("log_format", Some("json")),
     ];
 
     #[test]
@@ -2686,6 +2687,7 @@ insecure_rpc = true
         "snapshot_keep_logs",
         "write_timeout",
         "log",
+        "log_format",
     ];
 
     #[test]

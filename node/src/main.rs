@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use cairn_node::config::{AgentArgs, LogFormat};
+use cairn_node::config::AgentArgs;
 use cairn_node::{agent, cli};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -111,17 +111,7 @@ fn agent_main(args: AgentArgs) -> ExitCode {
         println!("cairn: configuration is valid");
         return ExitCode::SUCCESS;
     }
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(quiet_dependencies(&config.log))
-        .with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Text => logs
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        // One object a line: the line's fields flattened beside `message`, and the current
-        // span's (a request's `request_id`) under `span`.
-        LogFormat::Json => logs.json().flatten_event(true).init(),
-    }
+    cairn_node::logs::init(quiet_dependencies(&config.log), config.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -9,9 +9,9 @@
 //! ([`crate::rpc::Forward::Write`]), and both nodes' log lines of that write show it.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::HeaderValue;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -25,18 +25,22 @@ pub const MAX_REQUEST_ID_LEN: usize = 64;
 
 tokio::task_local! {
     /// The id of the HTTP request the current task serves (see the module docs).
-    static REQUEST_ID: Arc<str>;
+    static REQUEST_ID: HeaderValue;
 }
 
 /// Runs `f` as the request with id `id`: writes it makes carry the id to the leader. A named
 /// future, so that the HTTP layer's own future can hold it without boxing.
-pub fn with_request_id<F: Future>(id: Arc<str>, f: F) -> TaskLocalFuture<Arc<str>, F> {
+/// The id is kept as the response header's value, so that a request costs one copy of it.
+pub fn with_request_id<F: Future>(id: HeaderValue, f: F) -> TaskLocalFuture<HeaderValue, F> {
     REQUEST_ID.scope(id, f)
 }
 
 /// The id of the request the current task serves, if any.
-pub fn request_id() -> Option<Arc<str>> {
-    REQUEST_ID.try_with(Arc::clone).ok()
+pub fn request_id() -> Option<String> {
+    REQUEST_ID
+        .try_with(|id| id.to_str().ok().map(str::to_owned))
+        .ok()
+        .flatten()
 }
 
 /// Whether `id` is a request id we take as it is: 1 to [`MAX_REQUEST_ID_LEN`] characters of
@@ -88,7 +92,7 @@ impl Default for RaftStats {
     fn default() -> Self {
         let forwarded = Family::<Outcome, Counter>::default();
         for outcome in FORWARD_OUTCOMES {
-            forwarded.get_or_create(&Outcome { outcome });
+            let _ = forwarded.get_or_create(&Outcome { outcome });
         }
         RaftStats {
             // 0.5 ms to ~4 s: a commit on a local disk is about a millisecond, fsync on a slow
@@ -160,7 +164,7 @@ mod tests {
     #[tokio::test]
     async fn the_request_id_is_seen_inside_its_scope_only() {
         assert_eq!(request_id(), None);
-        let inside = with_request_id("r-1".into(), async { request_id() }).await;
+        let inside = with_request_id(HeaderValue::from_static("r-1"), async { request_id() }).await;
         assert_eq!(inside.as_deref(), Some("r-1"));
         assert_eq!(request_id(), None);
     }

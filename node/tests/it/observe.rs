@@ -74,12 +74,23 @@ async fn t10_metrics_cover_http_dns_raft_checks_and_the_dashboard() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let read = c.http.get(node.url("/v1/services/web")).send().await.unwrap();
+    let read = c
+        .http
+        .get(node.url("/v1/services/web"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(read.status(), 200);
     let index = crate::harness::header_u64(&read, "x-cairn-index").expect("X-Cairn-Index");
     let answer = dns::udp(node.dns, "web.service.cairn.", RecordType::A).await;
     assert_eq!(answer.answers.len(), 1);
     dns::udp(node.dns, "nothing.service.cairn.", RecordType::SRV).await;
+    // Answer latency is sampled by message id (low byte a multiple of 16): two that are.
+    for id in [0x0100u16, 0x0210] {
+        let mut q = dns::query("web.service.cairn.", RecordType::A, None);
+        q[..2].copy_from_slice(&id.to_be_bytes());
+        assert!(dns::udp_raw(node.dns, &q).await.is_some());
+    }
     // A blocking read that waits while the node is scraped.
     let blocking = {
         let url = node.url(&format!("/v1/services/web?index={index}&wait=5s"));
@@ -235,8 +246,7 @@ async fn t30_a_forwarded_write_shows_the_same_request_id_in_both_nodes_logs() {
     assert!(
         on_follower
             .iter()
-            .any(|l| l["message"] == "forwarding a write to the leader"
-                && l["span"]["request_id"] == id),
+            .any(|l| l["message"] == "forwarding a write to the leader" && l["request_id"] == id),
         "{on_follower:?}"
     );
     assert!(

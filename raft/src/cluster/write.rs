@@ -88,7 +88,7 @@ impl Cluster {
         self.submit(Forward::Write {
             op,
             by: None,
-            request_id: request_id().map(|id| id.to_string()),
+            request_id: request_id(),
         })
         .await
     }
@@ -97,7 +97,7 @@ impl Cluster {
     /// the log entry records it for the audit list.
     pub async fn write_as(&self, op: Op, by: Option<&str>) -> Result<Written, WriteError> {
         let by = by.map(str::to_owned);
-        let request_id = request_id().map(|id| id.to_string());
+        let request_id = request_id();
         self.submit(Forward::Write { op, by, request_id }).await
     }
 
@@ -193,6 +193,7 @@ impl Cluster {
             )));
         };
         let left = deadline.saturating_duration_since(Instant::now());
+        // The request's id is added to the line by the agent's log format.
         tracing::debug!(leader, "forwarding a write to the leader");
         let sent = self
             .transport
