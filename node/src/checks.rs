@@ -133,11 +133,11 @@ impl Default for CheckStats {
         // Every series from the start (at 0), so dashboards find them on a node without checks.
         for kind in ["http", "tcp", "ttl"] {
             for result in ["passing", "warning", "critical"] {
-                stats.results.get_or_create(&ResultLabels { kind, result });
+                let _ = stats.results.get_or_create(&ResultLabels { kind, result });
             }
         }
         for kind in ["http", "tcp"] {
-            stats.probe_seconds.get_or_create(&KindLabel { kind });
+            let _ = stats.probe_seconds.get_or_create(&KindLabel { kind });
         }
         stats
     }

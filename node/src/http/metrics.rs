@@ -253,7 +253,7 @@ fn dns_text(stats: &cairn_dns::DnsStats) -> String {
     let h = &stats.answer_latency;
     let _ = writeln!(
         out,
-        "# HELP cairn_dns_answer_seconds Time to build each DNS answer, from the parsed query to the bytes to send.\n\
+        "# HELP cairn_dns_answer_seconds Time to build DNS answers, from the received message to the bytes to send; a sample of one query in 16 (by message id).\n\
          # TYPE cairn_dns_answer_seconds histogram"
     );
     let mut cumulative = 0;

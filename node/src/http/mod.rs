@@ -9,7 +9,7 @@
 //! - `path`: the path extractor, whose errors are API errors too;
 //! - `doc`: the OpenAPI document's shared parameters, error responses and security;
 //! - `query`: the one query-string parser, with a strict native dialect and Consul's lenient one;
-//! - `deadline`: the request time-out, with a blocking read's wait on top;
+//! - `deadline`: the request time-out's budget (a blocking read's wait on top) and its answer;
 //! - `blocking`: [`DEFAULT_WAIT`], [`MAX_WAIT`], the wait itself, and [`WaitLimiter`], the
 //!   per-client limit on waiting requests;
 //! - `headers`: the index and freshness headers of a read (`X-Cairn-Index`, known leader, last
@@ -76,7 +76,10 @@ pub use telemetry::{HttpMetrics, X_REQUEST_ID};
 /// serves is a 404 `not_found` in the API's error shape. Every request gets an id and is
 /// counted (see `telemetry`).
 pub fn router(state: AppState, max_body: usize, request_timeout: Duration) -> Router {
-    let telemetry = telemetry::Telemetry(state.http_metrics.clone());
+    let telemetry = telemetry::Telemetry {
+        metrics: state.http_metrics.clone(),
+        request_timeout,
+    };
     Router::new()
         .merge(native::routes())
         .merge(consul::routes())
@@ -88,12 +91,9 @@ pub fn router(state: AppState, max_body: usize, request_timeout: Duration) -> Ro
         .route("/v1/openapi.json", get(openapi_json))
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(
-            request_timeout,
-            deadline::limit,
-        ))
-        // Last, so outermost: it times the whole request, the deadline included. A layer added
-        // with `Router::layer` wraps each route, where the matched route pattern is known.
+        // Request ids, request metrics and the request time-out in one layer (see
+        // `telemetry`). A layer added with `Router::layer` wraps each route, where the matched
+        // route pattern is known.
         .layer(telemetry)
         .with_state(state)
 }

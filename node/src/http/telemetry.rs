@@ -1,17 +1,17 @@
-//! The one layer in front of every route that sees each request whole: its id, its span, and
-//! its latency by route, method and status class.
+//! The one layer in front of every route that sees each request whole: its id and its latency by route, method and status class.
 //!
 //! Written as a plain tower [`Layer`]/[`Service`] with a named future rather than an axum
 //! `from_fn` middleware: `from_fn` boxes a future and clones the inner service for every request
 //! (callgrind put that at ~10,000 instructions a request, 12% of a read). Here a request costs
 //! two clock reads, a route lookup (the matched path interned once as a `&'static str`, so no
-//! label is allocated per request), one histogram observation, and its id.
+//! label is allocated per request), one histogram observation, and its id (no span: see
+//! `crate::logs`).
 //!
 //! The request id is the client's `X-Request-Id` when that is sane (see
 //! [`cairn_raft::stats::valid_request_id`]), else one made here: a random per-process prefix and
-//! a counter. It is answered in `X-Request-Id`, is a field of the request's span (so of every log
-//! line the request writes), and travels with a forwarded write to the leader, whose log line of
-//! the write shows it.
+//! a counter. It is answered in `X-Request-Id`, set task-local while the request runs (so the
+//! log format adds it to every line the request writes: see `crate::logs`), and travels with a
+//! forwarded write to the leader, whose log line of the write shows it.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method};
@@ -30,6 +30,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tokio::task::futures::TaskLocalFuture;
+use tokio::time::Timeout;
 use tower::{Layer, Service};
 
 /// The request id's header, both ways.
@@ -101,17 +102,33 @@ impl HttpMetrics {
         route
     }
 
-    /// The id of a request that brought none (or none usable): unique per process and, by the
-    /// random prefix, across processes in practice.
-    fn new_id(&self) -> String {
+    /// The id of a request that brought none (or none usable): 24 hex digits, a random
+    /// per-process prefix and a counter, so unique per process and, by the prefix, across
+    /// processes in practice. Written by hand: `format!` cost more than the rest of the id.
+    fn new_id(&self) -> HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        format!("{:08x}{n:08x}", self.id_prefix)
+        let mut buf = [0u8; 24];
+        let (prefix, counter) = buf.split_at_mut(8);
+        for (i, b) in prefix.iter_mut().enumerate() {
+            *b = HEX[((self.id_prefix >> (28 - 4 * i)) & 0xf) as usize];
+        }
+        for (i, b) in counter.iter_mut().enumerate() {
+            *b = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("-"))
     }
 }
 
-/// The layer: wraps every route of the router (see `super::router`).
+/// The layer: wraps every route of the router (see `super::router`). It also enforces the
+/// request time-out (see `super::deadline`): one layer per route rather than two, since axum
+/// boxes and clones each route layer's service for every request.
 #[derive(Clone)]
-pub struct Telemetry(pub Arc<HttpMetrics>);
+pub struct Telemetry {
+    pub metrics: Arc<HttpMetrics>,
+    /// `--http-request-timeout`.
+    pub request_timeout: Duration,
+}
 
 impl<S> Layer<S> for Telemetry {
     type Service = TelemetryService<S>;
@@ -119,7 +136,8 @@ impl<S> Layer<S> for Telemetry {
     fn layer(&self, inner: S) -> Self::Service {
         TelemetryService {
             inner,
-            metrics: self.0.clone(),
+            metrics: self.metrics.clone(),
+            request_timeout: self.request_timeout,
         }
     }
 }
@@ -128,6 +146,7 @@ impl<S> Layer<S> for Telemetry {
 pub struct TelemetryService<S> {
     inner: S,
     metrics: Arc<HttpMetrics>,
+    request_timeout: Duration,
 }
 
 fn method_label(m: &Method) -> &'static str {
@@ -153,21 +172,17 @@ fn status_label(status: u16) -> &'static str {
     }
 }
 
-/// The request's id: the client's when sane, else a new one; as a header value and as text.
-fn request_id(req: &Request, metrics: &HttpMetrics) -> (HeaderValue, Arc<str>) {
-    if let Some(v) = req.headers().get(&X_REQUEST_ID) {
-        if let Some(id) = v
-            .to_str()
-            .ok()
-            .filter(|id| cairn_raft::stats::valid_request_id(id))
+/// The request's id: the client's when sane, else a new one.
+fn request_id(req: &Request, metrics: &HttpMetrics) -> HeaderValue {
+    match req.headers().get(&X_REQUEST_ID) {
+        Some(v)
+            if v.to_str()
+                .is_ok_and(|id| cairn_raft::stats::valid_request_id(id)) =>
         {
-            return (v.clone(), Arc::from(id));
+            v.clone()
         }
+        _ => metrics.new_id(),
     }
-    let id = metrics.new_id();
-    // Hex digits: always a valid header value.
-    let value = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("-"));
-    (value, Arc::from(id))
 }
 
 impl<S> Service<Request> for TelemetryService<S>
@@ -190,19 +205,19 @@ where
             None => UNMATCHED,
         };
         let method = method_label(req.method());
-        let (header, id) = request_id(&req, metrics);
-        let span = tracing::info_span!("request", request_id = &*id);
-        let inner = {
-            let _entered = span.enter();
-            self.inner.call(req)
-        };
+        let id = request_id(&req, metrics);
+        let budget = self.request_timeout + super::deadline::blocking_wait(req.uri().query());
+        let inner = self.inner.call(req);
         TelemetryFuture {
-            inner: cairn_raft::stats::with_request_id(id, inner),
-            span,
+            inner: tokio::time::timeout(
+                budget,
+                cairn_raft::stats::with_request_id(id.clone(), inner),
+            ),
+            request_timeout: self.request_timeout,
             started,
             route,
             method,
-            header: Some(header),
+            header: Some(id),
             metrics: metrics.clone(),
         }
     }
@@ -210,11 +225,12 @@ where
 
 pin_project_lite::pin_project! {
     /// The response future of [`TelemetryService`]: the route's future, run as the request (its
-    /// id task-local, its span entered), then counted and given its `X-Request-Id`.
+    /// id task-local, for the log lines and a forwarded write), then counted and given its
+    /// `X-Request-Id`.
     pub struct TelemetryFuture<F> {
         #[pin]
-        inner: TaskLocalFuture<Arc<str>, F>,
-        span: tracing::Span,
+        inner: Timeout<TaskLocalFuture<HeaderValue, F>>,
+        request_timeout: Duration,
         started: Instant,
         route: &'static str,
         method: &'static str,
@@ -231,11 +247,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _entered = this.span.enter();
         let mut response = match this.inner.poll(cx) {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Ready(Ok(r)) => r,
+            Poll::Ready(Ok(Err(e))) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(Ok(r))) => r,
+            Poll::Ready(Err(_elapsed)) => super::deadline::timed_out(*this.request_timeout),
         };
         let elapsed = this.started.elapsed();
         let status = response.status().as_u16();
@@ -286,6 +302,8 @@ mod tests {
         let m = HttpMetrics::default();
         let (a, b) = (m.new_id(), m.new_id());
         assert_ne!(a, b);
-        assert!(cairn_raft::stats::valid_request_id(&a), "{a}");
+        let a = a.to_str().unwrap();
+        assert_eq!(a.len(), 24);
+        assert!(cairn_raft::stats::valid_request_id(a), "{a}");
     }
 }
