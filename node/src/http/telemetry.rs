@@ -175,12 +175,7 @@ fn status_label(status: u16) -> &'static str {
 /// The request's id: the client's when sane, else a new one.
 fn request_id(req: &Request, metrics: &HttpMetrics) -> HeaderValue {
     match req.headers().get(&X_REQUEST_ID) {
-        Some(v)
-            if v.to_str()
-                .is_ok_and(|id| cairn_raft::stats::valid_request_id(id)) =>
-        {
-            v.clone()
-        }
+        Some(v) if v.to_str().is_ok_and(cairn_raft::stats::valid_request_id) => v.clone(),
         _ => metrics.new_id(),
     }
 }
