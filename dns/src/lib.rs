@@ -34,4 +34,7 @@ pub mod wire;
 
 pub use answer::{check_domain, Nameservers, Outcome, Zone, ZoneConfig};
 pub use rrl::RrlConfig;
-pub use server::{Answerer, DnsStats, Listeners, ServerConfig};
+pub use server::{
+    Answerer, DnsStats, LatencyHistogram, Listeners, ServerConfig, LATENCY_BOUNDS_US, QTYPE_LABELS,
+    RCODE_LABELS,
+};

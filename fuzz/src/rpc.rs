@@ -41,7 +41,7 @@ fn forward(body: &[u8]) {
     if req.check().is_err() {
         return;
     }
-    if let Forward::Write { op, by } = req {
+    if let Forward::Write { op, by, .. } = req {
         let mut cmd = Command::new(2_000, vec![op]);
         cmd.by = vec![by];
         applies(&cmd);

@@ -315,6 +315,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         .map_err(AgentError::Checker)?;
     let dns_stats = Arc::new(cairn_dns::DnsStats::default());
     let stats = ListenerStats::new();
+    let http_metrics = Arc::new(http::HttpMetrics::default());
+    let mut metrics = prometheus_client::registry::Registry::default();
+    http_metrics.register(&mut metrics);
+    cluster.stats().register(&mut metrics);
+    checker.stats().register(&mut metrics);
     let state = http::AppState {
         cluster: cluster.clone(),
         checker: checker.clone(),
@@ -330,6 +335,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         max_restore_bytes: config.max_restore_bytes,
         dns_stats: dns_stats.clone(),
         connections: stats.all(),
+        http_metrics,
+        metrics: Arc::new(metrics),
     };
     let mut servers: JoinSet<()> = JoinSet::new();
     {

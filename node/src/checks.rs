@@ -28,6 +28,12 @@ use cairn_registry::model::{CheckKindSpec, CheckSpec, CHECK_METHODS, MAX_OUTPUT_
 use cairn_registry::HealthStatus;
 use cairn_registry::Op;
 use parking_lot::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 use rand::Rng;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
@@ -86,6 +92,94 @@ pub struct Checker {
     http_insecure: reqwest::Client,
     probes: Arc<Semaphore>,
     heartbeats: Mutex<HashMap<CheckKey, HeartbeatSlot>>,
+    stats: CheckStats,
+}
+
+/// A check result as metric labels: the check's kind and the result.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub kind: &'static str,
+    pub result: &'static str,
+}
+
+/// A check's kind as a metric label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+/// What the checker counts for `/metrics`.
+#[derive(Debug)]
+pub struct CheckStats {
+    /// Probe results (http, tcp) and TTL events (a heartbeat passes, an expiry is critical).
+    pub results: Family<ResultLabels, Counter>,
+    /// How long each probe took, by kind.
+    pub probe_seconds: Family<KindLabel, Histogram>,
+    /// The checks this node runs now.
+    pub owned: Gauge,
+}
+
+impl Default for CheckStats {
+    fn default() -> Self {
+        let stats = CheckStats {
+            results: Family::default(),
+            // 1 ms to ~16 s: a local TCP connect takes well under a millisecond, a time-out the
+            // check's timeout (at most a minute; those land in +Inf).
+            probe_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 4.0, 8))
+            }),
+            owned: Gauge::default(),
+        };
+        // Every series from the start (at 0), so dashboards find them on a node without checks.
+        for kind in ["http", "tcp", "ttl"] {
+            for result in ["passing", "warning", "critical"] {
+                let _ = stats.results.get_or_create(&ResultLabels { kind, result });
+            }
+        }
+        for kind in ["http", "tcp"] {
+            let _ = stats.probe_seconds.get_or_create(&KindLabel { kind });
+        }
+        stats
+    }
+}
+
+impl CheckStats {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "cairn_check_results",
+            "Check results on this node: probes of http and tcp checks, heartbeats (passing) and expiries (critical) of ttl checks",
+            self.results.clone(),
+        );
+        registry.register(
+            "cairn_check_probe_seconds",
+            "How long each probe took, by kind",
+            self.probe_seconds.clone(),
+        );
+        registry.register(
+            "cairn_checks_owned",
+            "Checks this node runs now (each check runs on one live node)",
+            self.owned.clone(),
+        );
+    }
+
+    fn count(&self, kind: &'static str, result: HealthStatus) {
+        let result = match result {
+            HealthStatus::Passing => "passing",
+            HealthStatus::Warning => "warning",
+            HealthStatus::Critical => "critical",
+        };
+        self.results
+            .get_or_create(&ResultLabels { kind, result })
+            .inc();
+    }
+}
+
+fn kind_label(kind: &CheckKindSpec) -> &'static str {
+    match kind {
+        CheckKindSpec::Http { .. } => "http",
+        CheckKindSpec::Tcp { .. } => "tcp",
+        CheckKindSpec::Ttl { .. } => "ttl",
+    }
 }
 
 impl Checker {
@@ -124,7 +218,13 @@ impl Checker {
             http_insecure,
             probes: Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES)),
             heartbeats: Mutex::new(HashMap::new()),
+            stats: CheckStats::default(),
         }))
+    }
+
+    /// What the checker counts, for `/metrics`.
+    pub fn stats(&self) -> &CheckStats {
+        &self.stats
     }
 
     /// Runs until `stop` is cancelled: keeps the set of running check tasks equal to the
@@ -209,6 +309,7 @@ impl Checker {
             };
             running.insert(key, Running { spec, task });
         }
+        self.stats.owned.set(running.len() as i64);
         let mut hb = self.heartbeats.lock();
         hb.retain(|k, slot| running.contains_key(k) || slot.created.elapsed() < PENDING_HEARTBEAT);
     }
@@ -315,7 +416,15 @@ impl Checker {
                 let Ok(_permit) = self.probes.acquire().await else {
                     return;
                 };
-                self.probe(&spec.kind, timeout).await
+                let started = Instant::now();
+                let probed = self.probe(&spec.kind, timeout).await;
+                let kind = kind_label(&spec.kind);
+                self.stats
+                    .probe_seconds
+                    .get_or_create(&KindLabel { kind })
+                    .observe(started.elapsed().as_secs_f64());
+                self.stats.count(kind, probed.0);
+                probed
             };
             let committed = self.committed(&key).unwrap_or(committed);
             let count = match streak {
@@ -368,6 +477,7 @@ impl Checker {
             };
             tokio::select! {
                 _ = heartbeat.notified() => {
+                    self.stats.count("ttl", HealthStatus::Passing);
                     deadline = Instant::now() + ttl;
                     expired = false;
                     if self.committed(&key) != Some(HealthStatus::Passing) {
@@ -376,6 +486,7 @@ impl Checker {
                 }
                 _ = tokio::time::sleep_until(deadline), if !expired => {
                     expired = true;
+                    self.stats.count("ttl", HealthStatus::Critical);
                     if committed != HealthStatus::Critical {
                         let output = format!("TTL of {} expired without a heartbeat",
                             cairn_api::format_duration(ttl));

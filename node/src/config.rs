@@ -646,6 +646,17 @@ pub struct AgentArgs {
     )]
     pub log: Option<String>,
 
+    #[arg(
+        long,
+        env = "CAIRN_LOG_FORMAT",
+        value_name = "FORMAT",
+        help = with_default(
+            "Log line format: `text` (for people) or `json` (one object a line, for log collectors)",
+            "text"
+        )
+    )]
+    pub log_format: Option<String>,
+
     /// Test only: shifts this node's wall clock, e.g. `30s` or `-30s`, so the fault tests can
     /// show that no replicated decision depends on a node's clock. Not for production.
     #[arg(
@@ -695,6 +706,16 @@ impl From<&str> for Peers {
     fn from(s: &str) -> Peers {
         Peers::One(s.to_owned())
     }
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// tracing-subscriber's default, for people.
+    Text,
+    /// One JSON object a line, with the fields of the line and of its spans (a request's
+    /// `request_id`), for log collectors.
+    Json,
 }
 
 /// How one setting's two sources combine: the upper one where it is set.
@@ -798,6 +819,7 @@ pub struct AgentConfig {
     pub snapshot_keep_logs: u64,
     pub write_timeout: Duration,
     pub log: String,
+    pub log_format: LogFormat,
     /// Milliseconds added to this node's wall clock (`--test-clock-offset`).
     pub clock_offset_ms: i64,
     /// Where this node's RPC connections leave from (`--test-rpc-source-addr`).
@@ -1028,6 +1050,7 @@ impl AgentArgs {
             snapshot_keep_logs: self.snapshot_keep_logs.merge(under.snapshot_keep_logs),
             write_timeout: self.write_timeout.merge(under.write_timeout),
             log: self.log.merge(under.log),
+            log_format: self.log_format.merge(under.log_format),
             test_clock_offset: self.test_clock_offset.merge(under.test_clock_offset),
             test_rpc_source_addr: self.test_rpc_source_addr.merge(under.test_rpc_source_addr),
         }
@@ -1314,6 +1337,16 @@ impl AgentArgs {
         if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
             return Err(bad("--log", format!("{log:?} is not a log filter")));
         }
+        let log_format = match self.log_format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(bad(
+                    "--log-format",
+                    format!("{other:?} is not a log format: text or json"),
+                ))
+            }
+        };
 
         Ok(AgentConfig {
             dev,
@@ -1333,6 +1366,7 @@ impl AgentArgs {
             snapshot_keep_logs,
             write_timeout,
             log,
+            log_format,
             clock_offset_ms,
             rpc_source_addr,
             tls,
@@ -2111,6 +2145,10 @@ mod tests {
         );
         assert_eq!(err(base(|a| a.log = Some("=[".into()))), "--log");
         assert_eq!(
+            err(base(|a| a.log_format = Some("yaml".into()))),
+            "--log-format"
+        );
+        assert_eq!(
             err(base(|a| a.test_rpc_source_addr = Some("127.0.0.2:0".into()))),
             "--test-rpc-source-addr"
         );
@@ -2510,6 +2548,7 @@ insecure_rpc = true
         ("snapshot_keep_logs", Some("50")),
         ("write_timeout", Some("2s")),
         ("log", Some("debug,openraft=info")),
+        ("log_format", Some("json")),
     ];
 
     #[test]
@@ -2648,6 +2687,7 @@ insecure_rpc = true
         "snapshot_keep_logs",
         "write_timeout",
         "log",
+        "log_format",
     ];
 
     #[test]

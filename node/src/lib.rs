@@ -12,3 +12,4 @@ pub mod cli;
 pub mod cloudmap;
 pub mod config;
 pub mod http;
+pub mod logs;

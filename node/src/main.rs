@@ -111,11 +111,7 @@ fn agent_main(args: AgentArgs) -> ExitCode {
         println!("cairn: configuration is valid");
         return ExitCode::SUCCESS;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(quiet_dependencies(&config.log))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    cairn_node::logs::init(quiet_dependencies(&config.log), config.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -5,6 +5,7 @@
 //! - [`snapshot`]: snapshots as files beside it, and receiving one from the leader chunk by chunk;
 //! - [`rpc`]: the cluster RPC between nodes over HTTP, its calling side ([`rpc::client`]) and
 //!   its serving side ([`rpc::server`], with the one admission layer);
+//! - [`stats`]: replication's metrics, and the request id a forwarded write carries;
 //! - [`recover`]: lost-quorum recovery, rewriting a stopped node's membership;
 //! - [`cluster`]: [`Cluster`], one node's handle: start, bootstrap or join, write through the
 //!   leader from anywhere (group-committed there), membership, liveness, placement of checks,
@@ -27,6 +28,7 @@ pub mod cluster;
 pub mod recover;
 pub mod rpc;
 pub mod snapshot;
+pub mod stats;
 pub mod store;
 
 use std::fmt;

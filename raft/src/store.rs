@@ -29,6 +29,7 @@ use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
@@ -46,6 +47,7 @@ use cairn_registry::model::Instance;
 use cairn_registry::{Dirty, OpResult, Registry, RegistryData, ServiceEntry, ServiceSettings};
 
 use crate::snapshot::{DecodeError, FileSum, SnapshotData, SnapshotDir};
+use crate::stats::{seconds, RaftStats};
 use crate::{NodeId, TypeConfig};
 
 pub(crate) const CF_LOGS: &str = "logs";
@@ -517,6 +519,8 @@ pub struct StateMachine {
     applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, crate::Member>,
     snapshot_seq: u64,
+    /// Counts snapshot builds and installs, with their durations.
+    stats: Arc<RaftStats>,
 }
 
 impl StateMachine {
@@ -546,12 +550,18 @@ impl StateMachine {
             applied,
             membership,
             snapshot_seq: 0,
+            stats: Arc::default(),
         })
     }
 
     /// The read view this state machine keeps current.
     pub fn registry(&self) -> Arc<Registry> {
         self.registry.clone()
+    }
+
+    /// The metrics this state machine and its snapshot builders count into.
+    pub fn stats(&self) -> Arc<RaftStats> {
+        self.stats.clone()
     }
 
     /// The folder of this state machine's snapshots, where received ones are written too.
@@ -774,6 +784,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             applied: self.applied,
             membership: self.membership.clone(),
             seq: self.snapshot_seq,
+            stats: self.stats.clone(),
         }
     }
 
@@ -791,6 +802,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<NodeId, crate::Member>,
         mut snapshot: Box<SnapshotData>,
     ) -> StorageResult<()> {
+        let started = Instant::now();
         let last_index = meta.last_log_id.map_or(0, |l| l.index);
         let data = snapshot.decode(last_index).await.map_err(|e| {
             let e = match e {
@@ -837,6 +849,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.registry.replace(data, last_index);
+        self.stats
+            .snapshot_install_seconds
+            .observe(seconds(started.elapsed()));
         tracing::info!(index = last_index, "installed a snapshot from the leader");
         Ok(())
     }
@@ -870,10 +885,24 @@ pub struct SnapshotBuilder {
     applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, crate::Member>,
     seq: u64,
+    stats: Arc<RaftStats>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let started = Instant::now();
+        let built = self.build().await;
+        if built.is_ok() {
+            self.stats
+                .snapshot_build_seconds
+                .observe(seconds(started.elapsed()));
+        }
+        built
+    }
+}
+
+impl SnapshotBuilder {
+    async fn build(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
         let registry = std::mem::take(&mut self.data);
         let snapshot_id = match self.applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.seq),

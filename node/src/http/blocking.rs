@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,16 +28,33 @@ pub struct WaitLimiter {
     /// At least 1: a limit of 0 would refuse every blocking read.
     max_per_client: usize,
     counts: Mutex<HashMap<IpAddr, usize>>,
+    /// Blocking reads waiting now, for `/metrics`.
+    blocking: AtomicU64,
+    /// Watch streams open now, for `/metrics`.
+    watching: AtomicU64,
+}
+
+/// What a waiting request is, for the gauges of [`WaitLimiter::open`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// A read with `?index=` waiting for a change.
+    Blocking,
+    /// A watch stream (server-sent events).
+    Watch,
 }
 
 /// A waiting request's place; released on drop.
 pub struct WaitSlot {
     limiter: Arc<WaitLimiter>,
     ip: IpAddr,
+    kind: Waiting,
 }
 
 impl Drop for WaitSlot {
     fn drop(&mut self) {
+        self.limiter
+            .gauge(self.kind)
+            .fetch_sub(1, Ordering::Relaxed);
         let mut counts = self.limiter.counts.lock();
         if let Some(n) = counts.get_mut(&self.ip) {
             *n -= 1;
@@ -54,11 +72,25 @@ impl WaitLimiter {
         Arc::new(WaitLimiter {
             max_per_client: max_per_client.max(1),
             counts: Mutex::new(HashMap::new()),
+            blocking: AtomicU64::new(0),
+            watching: AtomicU64::new(0),
         })
     }
 
-    /// A slot for one more waiting request from `ip`, or 429 with `Retry-After`.
-    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<WaitSlot, Failure> {
+    fn gauge(&self, kind: Waiting) -> &AtomicU64 {
+        match kind {
+            Waiting::Blocking => &self.blocking,
+            Waiting::Watch => &self.watching,
+        }
+    }
+
+    /// How many requests of `kind` wait now, over all clients.
+    pub fn open(&self, kind: Waiting) -> u64 {
+        self.gauge(kind).load(Ordering::Relaxed)
+    }
+
+    /// A slot for one more waiting request of `kind` from `ip`, or 429 with `Retry-After`.
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr, kind: Waiting) -> Result<WaitSlot, Failure> {
         let mut counts = self.counts.lock();
         let n = counts.entry(ip).or_insert(0);
         if *n >= self.max_per_client {
@@ -71,9 +103,11 @@ impl WaitLimiter {
             ));
         }
         *n += 1;
+        self.gauge(kind).fetch_add(1, Ordering::Relaxed);
         Ok(WaitSlot {
             limiter: self.clone(),
             ip,
+            kind,
         })
     }
 }
@@ -115,16 +149,36 @@ mod tests {
         let ip: IpAddr = [10, 0, 0, 1].into();
         let other: IpAddr = [10, 0, 0, 2].into();
         let limiter = WaitLimiter::new(2);
-        let a = limiter.acquire(ip).unwrap();
-        let _b = limiter.acquire(ip).unwrap();
-        let refused = limiter.acquire(ip).err().unwrap();
+        let a = limiter.acquire(ip, Waiting::Blocking).unwrap();
+        let _b = limiter.acquire(ip, Waiting::Blocking).unwrap();
+        let refused = limiter.acquire(ip, Waiting::Blocking).err().unwrap();
         assert_eq!(refused.0.code, ErrorCode::TooManyRequests);
-        assert!(limiter.acquire(other).is_ok(), "limits are per client");
+        assert!(
+            limiter.acquire(other, Waiting::Blocking).is_ok(),
+            "limits are per client"
+        );
         drop(a);
-        assert!(limiter.acquire(ip).is_ok(), "a dropped slot is released");
+        assert!(
+            limiter.acquire(ip, Waiting::Blocking).is_ok(),
+            "a dropped slot is released"
+        );
 
         let zero = WaitLimiter::new(0);
-        let _one = zero.acquire(ip).unwrap();
-        assert!(zero.acquire(ip).is_err());
+        let _one = zero.acquire(ip, Waiting::Blocking).unwrap();
+        assert!(zero.acquire(ip, Waiting::Blocking).is_err());
+    }
+
+    #[test]
+    fn the_open_gauges_count_each_kind_until_its_slot_is_dropped() {
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        let limiter = WaitLimiter::new(10);
+        let read = limiter.acquire(ip, Waiting::Blocking).unwrap();
+        let watch = limiter.acquire(ip, Waiting::Watch).unwrap();
+        let _watch2 = limiter.acquire(ip, Waiting::Watch).unwrap();
+        assert_eq!(limiter.open(Waiting::Blocking), 1);
+        assert_eq!(limiter.open(Waiting::Watch), 2);
+        drop((read, watch));
+        assert_eq!(limiter.open(Waiting::Blocking), 0);
+        assert_eq!(limiter.open(Waiting::Watch), 1);
     }
 }

@@ -6,32 +6,28 @@
 
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use cairn_api::{format_duration, ErrorCode};
 
 use super::error::Failure;
 use super::query::ReadQuery;
 
-/// Answers 503 `unavailable` once the request has taken its time.
-pub(super) async fn limit(State(timeout): State<Duration>, req: Request, next: Next) -> Response {
-    let budget = timeout + blocking_wait(req.uri().query());
-    match tokio::time::timeout(budget, next.run(req)).await {
-        Ok(res) => res,
-        Err(_) => Failure::new(
-            ErrorCode::Unavailable,
-            format!(
-                "the request took longer than {} (--http-request-timeout)",
-                format_duration(timeout)
-            ),
-        )
-        .into_response(),
-    }
+/// The 503 `unavailable` of a request that took longer than `timeout` (plus its wait). The
+/// time-out itself is enforced by the request layer (`super::telemetry`), which every route
+/// has anyway.
+pub(super) fn timed_out(timeout: Duration) -> Response {
+    Failure::new(
+        ErrorCode::Unavailable,
+        format!(
+            "the request took longer than {} (--http-request-timeout)",
+            format_duration(timeout)
+        ),
+    )
+    .into_response()
 }
 
 /// How long a blocking read with this query string may wait; zero for any other request.
-fn blocking_wait(query: Option<&str>) -> Duration {
+pub(super) fn blocking_wait(query: Option<&str>) -> Duration {
     match ReadQuery::consul(query) {
         // `block` adds up to 1/16 of the wait as jitter.
         Ok(q) if q.index.is_some() => q.wait + q.wait / 16 + Duration::from_millis(1),

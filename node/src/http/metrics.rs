@@ -18,6 +18,7 @@ use cairn_registry::ServiceEntry;
 use cairn_tls::ConnStats;
 
 use super::acl::Caller;
+use super::blocking::{WaitLimiter, Waiting};
 use super::error::Failure;
 use super::state::AppState;
 
@@ -33,14 +34,51 @@ async fn render(State(s): State<AppState>, caller: Caller) -> Result<Response, F
     let usage = s.cluster.registry().usage();
     let mut body = text(&status, &services);
     body.push_str(&quota_text(usage, &services, &s.cluster.quotas()));
+    body.push_str(&dns_text(&s.dns_stats));
+    body.push_str(&connections(&s.connections));
+    body.push_str(&waiting_text(&s.limiter));
+    let _ = writeln!(
+        body,
+        "# HELP cairn_raft_apply_lag Entries committed but not yet applied to this node's registry.\n\
+         # TYPE cairn_raft_apply_lag gauge\ncairn_raft_apply_lag {}",
+        status.commit_index.saturating_sub(status.applied_index)
+    );
+    // Histograms and labelled counters kept by `prometheus-client` (HTTP requests, replication,
+    // checks). Its counters are written as OpenMetrics does (`# TYPE x counter`, sample
+    // `x_total`), which Prometheus' text parser takes as it is.
+    let _ = prometheus_client::encoding::text::encode_registry(&mut body, &s.metrics);
     Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        body + &dns_text(&s.dns_stats) + &connections(&s.connections),
+        body,
     )
         .into_response())
+}
+
+/// Requests waiting now: blocking reads and watch streams.
+fn waiting_text(limiter: &WaitLimiter) -> String {
+    let mut out = String::with_capacity(256);
+    for (name, help, kind) in [
+        (
+            "cairn_blocking_reads_open",
+            "Blocking reads (?index=) waiting now.",
+            Waiting::Blocking,
+        ),
+        (
+            "cairn_watchers_open",
+            "Watch streams open now.",
+            Waiting::Watch,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+            limiter.open(kind)
+        );
+    }
+    out
 }
 
 /// The quotas' exposition text: each one's usage and limit (0: none), and, on the leader that
@@ -194,6 +232,46 @@ fn dns_text(stats: &cairn_dns::DnsStats) -> String {
         "cairn_dns_relayed_truncated_total",
         "Relayed answers larger than the UDP client takes, sent truncated.",
         load(&stats.relay_truncated),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP cairn_dns_queries_total DNS queries answered, by question type and answer RCODE (relayed ones: forwarded).\n\
+         # TYPE cairn_dns_queries_total counter"
+    );
+    for (qtype, row) in cairn_dns::QTYPE_LABELS.iter().zip(&stats.queries) {
+        for (rcode, n) in cairn_dns::RCODE_LABELS.iter().zip(row) {
+            // Only the pairs seen: 72 rows of zeros would drown the rest.
+            let n = load(n);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "cairn_dns_queries_total{{qtype=\"{qtype}\",rcode=\"{rcode}\"}} {n}"
+                );
+            }
+        }
+    }
+    let h = &stats.answer_latency;
+    let _ = writeln!(
+        out,
+        "# HELP cairn_dns_answer_seconds Time to build DNS answers, from the received message to the bytes to send; a sample of one query in 16 (by message id).\n\
+         # TYPE cairn_dns_answer_seconds histogram"
+    );
+    let mut cumulative = 0;
+    for (bound, n) in cairn_dns::LATENCY_BOUNDS_US.iter().zip(&h.buckets) {
+        cumulative += load(n);
+        let _ = writeln!(
+            out,
+            "cairn_dns_answer_seconds_bucket{{le=\"{}\"}} {cumulative}",
+            *bound as f64 / 1e6
+        );
+    }
+    cumulative += load(&h.over);
+    let _ = writeln!(
+        out,
+        "cairn_dns_answer_seconds_bucket{{le=\"+Inf\"}} {cumulative}\n\
+         cairn_dns_answer_seconds_sum {}\n\
+         cairn_dns_answer_seconds_count {cumulative}",
+        load(&h.sum_ns) as f64 / 1e9
     );
     out
 }

@@ -9,12 +9,14 @@
 //! - `path`: the path extractor, whose errors are API errors too;
 //! - `doc`: the OpenAPI document's shared parameters, error responses and security;
 //! - `query`: the one query-string parser, with a strict native dialect and Consul's lenient one;
-//! - `deadline`: the request time-out, with a blocking read's wait on top;
+//! - `deadline`: the request time-out's budget (a blocking read's wait on top) and its answer;
 //! - `blocking`: [`DEFAULT_WAIT`], [`MAX_WAIT`], the wait itself, and [`WaitLimiter`], the
 //!   per-client limit on waiting requests;
 //! - `headers`: the index and freshness headers of a read (`X-Cairn-Index`, known leader, last
 //!   contact), in both dialects;
 //! - `relay`: TTL heartbeats handed to the node that runs the check;
+//! - `telemetry`: the layer in front of every route: the request's id and span, and the
+//!   request metrics by route, method and status class;
 //! - `acl`: [`Caller`], the extractor every route takes: the request's token resolved to its
 //!   rights, and the one place a missing right becomes a 403.
 //!
@@ -38,6 +40,7 @@ mod path;
 mod query;
 mod relay;
 mod state;
+mod telemetry;
 
 mod consul;
 mod metrics;
@@ -59,16 +62,24 @@ use axum::Router;
 use utoipa::{Modify, OpenApi};
 
 pub use acl::Caller;
-pub use blocking::{WaitLimiter, WaitSlot, DEFAULT_MAX_WAITING_PER_CLIENT, DEFAULT_WAIT, MAX_WAIT};
+pub use blocking::{
+    WaitLimiter, WaitSlot, Waiting, DEFAULT_MAX_WAITING_PER_CLIENT, DEFAULT_WAIT, MAX_WAIT,
+};
 pub use consul::{registration_from_consul, ConsulRegistration};
 pub use error::Failure;
 pub use state::AppState;
+pub use telemetry::{HttpMetrics, X_REQUEST_ID};
 
 /// The HTTP API's router: the native API, the Consul-compatible API and `/metrics` on one
 /// listener. `max_body` bounds every request body (413 beyond it); `request_timeout` bounds the
 /// time to a response's head besides a blocking read's wait (503 beyond it); a path no route
-/// serves is a 404 `not_found` in the API's error shape.
+/// serves is a 404 `not_found` in the API's error shape. Every request gets an id and is
+/// counted (see `telemetry`).
 pub fn router(state: AppState, max_body: usize, request_timeout: Duration) -> Router {
+    let telemetry = telemetry::Telemetry {
+        metrics: state.http_metrics.clone(),
+        request_timeout,
+    };
     Router::new()
         .merge(native::routes())
         .merge(consul::routes())
@@ -80,10 +91,10 @@ pub fn router(state: AppState, max_body: usize, request_timeout: Duration) -> Ro
         .route("/v1/openapi.json", get(openapi_json))
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(
-            request_timeout,
-            deadline::limit,
-        ))
+        // Request ids, request metrics and the request time-out in one layer (see
+        // `telemetry`). A layer added with `Router::layer` wraps each route, where the matched
+        // route pattern is known.
+        .layer(telemetry)
         .with_state(state)
 }
 

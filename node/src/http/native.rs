@@ -29,6 +29,7 @@ use cairn_registry::model::{self, CheckKindSpec};
 use cairn_registry::{HealthStatus, Op, ServiceEntry};
 
 use super::acl::{Caller, FILTERED_HEADER};
+use super::blocking::Waiting;
 use super::body::Body;
 use super::doc::{InstancePath, ReadParams, ServicePath};
 use super::error::Failure;
@@ -479,7 +480,7 @@ async fn watch_service(
         ),
         None => q.index,
     };
-    let slot = s.limiter.acquire(peer.ip())?;
+    let slot = s.limiter.acquire(peer.ip(), Waiting::Watch)?;
     let registry = s.cluster.registry().clone();
     let rx = registry
         .watches()

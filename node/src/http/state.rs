@@ -13,7 +13,7 @@ use cairn_registry::model::{CheckKindSpec, InstanceSpec, ValidationError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::blocking::{self, WaitLimiter};
+use super::blocking::{self, WaitLimiter, Waiting};
 use super::error::Failure;
 use super::query::ReadQuery;
 use crate::check_targets::{self, TargetError, TargetPolicy};
@@ -43,6 +43,10 @@ pub struct AppState {
     pub dns_stats: Arc<cairn_dns::DnsStats>,
     /// Each listener's connection counts, for `/metrics`.
     pub connections: Vec<Arc<cairn_tls::ConnStats>>,
+    /// The HTTP API's request metrics, counted by the request layer.
+    pub http_metrics: Arc<super::HttpMetrics>,
+    /// The `prometheus-client` metrics of every part (HTTP, replication, checks), for `/metrics`.
+    pub metrics: Arc<prometheus_client::registry::Registry>,
 }
 
 impl AppState {
@@ -98,7 +102,7 @@ impl AppState {
         rx: watch::Receiver<u64>,
     ) -> Result<(), Failure> {
         if let Some(index) = q.index {
-            let _slot = self.limiter.acquire(peer.ip())?;
+            let _slot = self.limiter.acquire(peer.ip(), Waiting::Blocking)?;
             blocking::block(rx, index, q.wait, &self.shutdown).await;
         }
         self.freshness(q).await

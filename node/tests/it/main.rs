@@ -27,6 +27,7 @@ mod dns_guard;
 mod encrypted_dns;
 mod faults;
 mod fuzz_corpus;
+mod observe;
 mod openapi;
 mod operator;
 mod prometheus;

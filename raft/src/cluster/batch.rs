@@ -2,7 +2,7 @@
 //! into one log entry together.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use cairn_registry::{Command, Op};
 use openraft::error::RaftError;
@@ -12,6 +12,7 @@ use super::handover::HandoverGate;
 use super::quota::Gate;
 use super::write::{client_write_error, WriteError, HANDING_OVER};
 use crate::rpc::ForwardReply;
+use crate::stats::{seconds, RaftStats};
 use crate::Raft;
 
 /// Group commit on the leader: writes that arrive while earlier batches are being committed go
@@ -52,6 +53,7 @@ pub(super) async fn run_batcher(
     clock_offset_ms: i64,
     gate: Arc<Gate>,
     handover: Arc<HandoverGate>,
+    stats: Arc<RaftStats>,
 ) {
     let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
     loop {
@@ -87,6 +89,7 @@ pub(super) async fn run_batcher(
         let raft = raft.clone();
         let gate = gate.clone();
         let handover = handover.clone();
+        let stats = stats.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let mut ops = Vec::with_capacity(batch.len());
@@ -105,6 +108,7 @@ pub(super) async fn run_batcher(
                 ops,
                 by,
             };
+            let proposed = Instant::now();
             // Proposed only while no handover runs (see `handover`); refused writes were not
             // proposed, so the writer retries them on the next leader.
             let written = match handover.propose(raft.client_write_ff(cmd)).await {
@@ -126,6 +130,7 @@ pub(super) async fn run_batcher(
             gate.release(&growth);
             match written {
                 Ok(resp) => {
+                    stats.commit_seconds.observe(seconds(proposed.elapsed()));
                     let index = resp.log_id.index;
                     for (reply, result) in replies.into_iter().zip(resp.data) {
                         let _ = reply.send(Ok(ForwardReply { index, result }));

@@ -39,6 +39,7 @@ use tokio::sync::mpsc;
 
 use crate::rpc::client::{ClientTls, Transport};
 use crate::snapshot::Receiver;
+use crate::stats::RaftStats;
 use crate::store::{self, OpenError};
 use crate::{Member, NodeId, Raft};
 
@@ -219,6 +220,8 @@ pub struct Cluster {
     restored: Option<RestoredLeadership>,
     /// Until when this node leaves standing again to a better candidate (see [`failover`]).
     failover_defer: Mutex<Option<Instant>>,
+    /// Replication's metrics (see [`crate::stats`]).
+    stats: Arc<RaftStats>,
 }
 
 /// openraft 0.9 lets a node that led before a restart lead again at once, in the same term,
@@ -249,6 +252,7 @@ impl Cluster {
         let mut log = log.with_free_space_reserve(options.min_free_disk);
         let restored = restored_leadership(&mut log, options.node_id).await?;
         let registry = sm.registry();
+        let stats = sm.stats();
         let snapshot_in = tokio::sync::Mutex::new(Receiver::new(sm.snapshot_dir()));
         let committed = log.committed_index();
         let flusher = log.flusher();
@@ -290,6 +294,7 @@ impl Cluster {
             options.clock_offset_ms,
             gate.clone(),
             handover.clone(),
+            stats.clone(),
         ));
         let cluster = Arc::new(Cluster {
             id: options.node_id,
@@ -311,10 +316,15 @@ impl Cluster {
             store: flusher,
             restored,
             failover_defer: Mutex::new(None),
+            stats,
         });
         tokio::spawn(report_alive(Arc::downgrade(&cluster)));
         tokio::spawn(watch_liveness(Arc::downgrade(&cluster)));
         tokio::spawn(failover::watch_leader(Arc::downgrade(&cluster)));
+        tokio::spawn(count_leader_changes(
+            cluster.raft.metrics(),
+            cluster.stats.clone(),
+        ));
         Ok(cluster)
     }
 
@@ -363,6 +373,11 @@ impl Cluster {
 
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// Replication's metrics, for `/metrics`.
+    pub fn stats(&self) -> &Arc<RaftStats> {
+        &self.stats
     }
 
     /// The read view of the registry on this node.
@@ -542,6 +557,22 @@ impl Cluster {
         }
         if let Err(e) = self.store.flush() {
             tracing::warn!("cannot flush the store at shutdown: {e}");
+        }
+    }
+}
+
+/// Counts each change of the leader this node knows (to another node or to none) until Raft
+/// stops. openraft's metrics change on every apply; the leader rarely, so this compares.
+async fn count_leader_changes(
+    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, Member>>,
+    stats: Arc<RaftStats>,
+) {
+    let mut leader = metrics.borrow_and_update().current_leader;
+    while metrics.changed().await.is_ok() {
+        let now = metrics.borrow_and_update().current_leader;
+        if now != leader {
+            stats.leader_changes.inc();
+            leader = now;
         }
     }
 }

@@ -13,6 +13,7 @@ use super::batch::Proposal;
 use super::Cluster;
 use crate::rpc::client::SendError;
 use crate::rpc::{Forward, ForwardReply, PATH_FORWARD};
+use crate::stats::request_id;
 use crate::{Member, NodeId};
 
 /// A write that committed: the log index it was applied at.
@@ -55,6 +56,22 @@ pub enum WriteError {
     Internal(String),
 }
 
+impl WriteError {
+    /// The variant's name, as a metric label and in log lines.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            WriteError::NoLeader(_) => "no_leader",
+            WriteError::Unavailable(_) => "unavailable",
+            WriteError::NotFound(_) => "not_found",
+            WriteError::Conflict(_) => "conflict",
+            WriteError::Denied(_) => "denied",
+            WriteError::QuotaExceeded(_) => "quota_exceeded",
+            WriteError::Invalid(_) => "invalid",
+            WriteError::Internal(_) => "internal",
+        }
+    }
+}
+
 /// The message a leader answers with when it is no longer the leader: the sender retries.
 pub(super) const NOT_LEADER: &str = "this node is not the leader";
 
@@ -68,14 +85,20 @@ impl Cluster {
     /// Registers, deregisters or sets health: proposed on the leader, wherever it is called.
     /// A node's own write (a check result, liveness).
     pub async fn write(&self, op: Op) -> Result<Written, WriteError> {
-        self.submit(Forward::Write { op, by: None }).await
+        self.submit(Forward::Write {
+            op,
+            by: None,
+            request_id: request_id(),
+        })
+        .await
     }
 
     /// A write made for a client whose token has the accessor id `by` (`None`: ACLs are off):
     /// the log entry records it for the audit list.
     pub async fn write_as(&self, op: Op, by: Option<&str>) -> Result<Written, WriteError> {
         let by = by.map(str::to_owned);
-        self.submit(Forward::Write { op, by }).await
+        let request_id = request_id();
+        self.submit(Forward::Write { op, by, request_id }).await
     }
 
     /// Adds a node as a learner, waits for it to catch up, then makes it a voter.
@@ -170,11 +193,25 @@ impl Cluster {
             )));
         };
         let left = deadline.saturating_duration_since(Instant::now());
-        match self
+        // The request's id is added to the line by the agent's log format.
+        tracing::debug!(leader, "forwarding a write to the leader");
+        let sent = self
             .transport
             .post::<_, Result<ForwardReply, WriteError>>(leader, &addr, PATH_FORWARD, req, left)
-            .await
-        {
+            .await;
+        self.stats.count_forwarded(match &sent {
+            Ok(Ok(ForwardReply {
+                result: OpResult::Ok,
+                ..
+            })) => "ok",
+            Ok(Ok(_)) => "rejected",
+            Ok(Err(e)) => e.outcome(),
+            Err(SendError::Unreachable(_)) => "unreachable",
+            Err(SendError::Lost(_)) => "lost",
+            Err(SendError::Timeout) => "timeout",
+            Err(SendError::Refused { .. } | SendError::Protocol(_)) => "refused",
+        });
+        match sent {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) => Err(e),
             // Never reached the leader: safe to retry once a leader is known again.
@@ -203,7 +240,22 @@ impl Cluster {
     pub(crate) async fn execute_forwarded(&self, req: Forward) -> Result<ForwardReply, WriteError> {
         req.check()?;
         let deadline = Instant::now() + self.options.write_timeout * 12;
-        self.execute(req, deadline).await
+        let request_id = match &req {
+            Forward::Write { request_id, .. } => request_id.clone(),
+            _ => None,
+        };
+        let reply = self.execute(req, deadline).await;
+        tracing::debug!(
+            request_id = request_id.as_deref().unwrap_or("-"),
+            index = reply.as_ref().map_or(0, |r| r.index),
+            outcome = match &reply {
+                Ok(r) if r.result == OpResult::Ok => "ok",
+                Ok(_) => "rejected",
+                Err(e) => e.outcome(),
+            },
+            "forwarded write"
+        );
+        reply
     }
 
     pub(super) async fn execute(
@@ -214,7 +266,7 @@ impl Cluster {
         let left = deadline.saturating_duration_since(Instant::now());
         let work = async {
             match req {
-                Forward::Write { op, by } => {
+                Forward::Write { op, by, .. } => {
                     if self.leader() != Some(self.id) {
                         return Err(WriteError::NoLeader(NOT_LEADER.into()));
                     }

@@ -57,6 +57,11 @@ pub enum Forward {
         op: Op,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         by: Option<String>,
+        /// The id of the HTTP request the write was made for, so that the leader's log line of
+        /// the write shows it (see [`crate::stats::with_request_id`]). Optional both ways: a
+        /// node of an older version neither sends nor reads it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
     },
     Join {
         id: NodeId,
@@ -80,7 +85,15 @@ impl Forward {
             } => Err(WriteError::Invalid(
                 "forwarded write refused: only the leader marks members up or down and expires tokens".into(),
             )),
-            Forward::Write { op, by } => {
+            Forward::Write { op, by, request_id } => {
+                if request_id
+                    .as_deref()
+                    .is_some_and(|id| !crate::stats::valid_request_id(id))
+                {
+                    return Err(WriteError::Invalid(
+                        "forwarded write refused: the request id is not 1-64 characters of A-Za-z0-9-_.:".into(),
+                    ));
+                }
                 if let Some(by) = by {
                     cairn_registry::acl::validate_accessor(by).map_err(|e| {
                         WriteError::Invalid(format!("forwarded write refused: {e}"))
@@ -118,4 +131,70 @@ pub struct ForwardReply {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refusal {
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_registry::Op;
+
+    /// [`Forward`] as nodes before the request id wrote and read it.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum ForwardBefore {
+        Write {
+            #[serde(flatten)]
+            op: Op,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            by: Option<String>,
+        },
+    }
+
+    fn op() -> Op {
+        Op::Deregister {
+            service: "web".into(),
+            id: "web-1".into(),
+        }
+    }
+
+    #[test]
+    fn the_request_id_is_optional_both_ways_between_versions() {
+        let new = Forward::Write {
+            op: op(),
+            by: Some("acc".into()),
+            request_id: Some("r-1".into()),
+        };
+        let text = serde_json::to_string(&new).unwrap();
+        let old: ForwardBefore = serde_json::from_str(&text).expect("an older node reads it");
+        assert_eq!(
+            old,
+            ForwardBefore::Write {
+                op: op(),
+                by: Some("acc".into())
+            }
+        );
+        let from_old = serde_json::to_string(&old).unwrap();
+        let read: Forward = serde_json::from_str(&from_old).expect("a newer node reads it");
+        assert_eq!(
+            read,
+            Forward::Write {
+                op: op(),
+                by: Some("acc".into()),
+                request_id: None,
+            }
+        );
+        assert!(!serde_json::to_string(&read).unwrap().contains("request_id"));
+    }
+
+    #[test]
+    fn a_forwarded_request_id_must_be_plain_and_bounded() {
+        let with = |id: &str| Forward::Write {
+            op: op(),
+            by: None,
+            request_id: Some(id.into()),
+        };
+        assert!(with("r-1").check().is_ok());
+        assert!(with("bad id\n").check().is_err());
+        assert!(with(&"a".repeat(65)).check().is_err());
+    }
 }
