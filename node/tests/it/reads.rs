@@ -11,6 +11,16 @@ async fn register(c: &Cluster, node: u64, service: &str, id: &str) -> u64 {
     c.register(node, service, id).await
 }
 
+/// The instance ids of a `GET /v1/services/{s}` answer, in its order.
+fn ids_of(body: &Value) -> Vec<&str> {
+    body["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect()
+}
+
 /// Starts a (blocking) GET; it yields how long it took, the index header and the body.
 fn spawn_blocking_read(
     c: &Cluster,
@@ -152,12 +162,7 @@ async fn t30_a_consistent_read_on_a_follower_sees_the_write_just_made_on_the_lea
         let f = followers[i % 2];
         let (status, body) = c.get(f, "/v1/services/web?consistent").await;
         assert_eq!(status, 200, "{body}");
-        let ids: Vec<&str> = body["instances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["id"].as_str().unwrap())
-            .collect();
+        let ids = ids_of(&body);
         assert!(
             ids.contains(&id.as_str()),
             "follower {f} missed {id}: {ids:?}"
@@ -437,12 +442,7 @@ async fn t80_a_leader_restored_after_a_crash_serves_consistent_reads_with_every_
                 continue;
             }
             answered += 1;
-            let ids: Vec<&str> = body["instances"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|i| i["id"].as_str().unwrap())
-                .collect();
+            let ids = ids_of(&body);
             assert_eq!(
                 ids,
                 ["a", "b"],
