@@ -498,7 +498,7 @@ impl Registry {
         let places = self.ids.read().instances_of(check);
         places.into_iter().find_map(|(name, id)| {
             let svc = self.service(&name)?;
-            let inst = svc.instances.get(&id).cloned()?;
+            let inst = svc.instances.get(&*id).cloned()?;
             inst.check(check)?;
             Some((svc, inst))
         })
