@@ -7,6 +7,11 @@ use cairn_node::{agent, cli};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+/// A registry of a million instances is some ten million small blocks: mimalloc keeps them in
+/// size classes without a header each, where glibc's malloc spent about a third more.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for bad usage or configuration (BSD's EX_USAGE), before any port is bound.
 const EXIT_USAGE: u8 = 64;
 

@@ -105,6 +105,68 @@ async fn restart_rebuilds_the_view_from_rocksdb_without_the_log() {
         .contains_key("b"));
 }
 
+/// A restart decodes instance records on a second thread, a few thousand at a time: a registry
+/// of many batches comes back whole, services and counts included, and a bad record in a late
+/// batch still stops the start.
+#[tokio::test]
+async fn restart_rebuilds_a_registry_of_many_decode_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let (_log, mut sm) = store::open(dir.path()).unwrap();
+        // 10,000 instances in 7 services, 500 to an entry, as group commit batches them.
+        let entries: Vec<Entry<TypeConfig>> = (0..20u64)
+            .map(|e| {
+                let ops = (0..500u64)
+                    .map(|k| {
+                        let i = e * 500 + k;
+                        let body = serde_json::json!({"address": "10.0.0.1", "port": 80,
+                            "tags": [format!("t{}", i % 3)], "meta": {"n": i.to_string()}});
+                        let instance = validate_registration(
+                            &format!("i{i}"),
+                            &serde_json::from_value(body).unwrap(),
+                        )
+                        .unwrap();
+                        Op::Register {
+                            service: format!("s{}", i % 7),
+                            instance,
+                            health: None,
+                        }
+                    })
+                    .collect();
+                Entry {
+                    log_id: log_id(e + 1),
+                    payload: EntryPayload::Normal(Command::new(1_700_000_000_000, ops)),
+                }
+            })
+            .collect();
+        sm.apply(entries).await.unwrap();
+        sm.registry().export()
+    };
+    let (log, sm) = store::open(dir.path()).unwrap();
+    let after = sm.registry().export();
+    assert_eq!(after, before);
+    assert_eq!(
+        after
+            .services
+            .iter()
+            .map(|s| s.instances.len())
+            .sum::<usize>(),
+        10_000
+    );
+    let s3 = sm.registry().service("s3").unwrap();
+    assert_eq!(s3.tags().collect::<Vec<_>>(), ["t0", "t1", "t2"]);
+    assert_eq!(s3.instances["i9999"].spec.meta.get("n"), Some("9999"));
+    assert_eq!(s3.summary(), before.services[3].summary());
+    drop((log, sm));
+
+    with_db(dir.path(), |db| {
+        let reg = db.cf_handle("registry").unwrap();
+        db.put_cf(reg, b"i\0s6\0i9999", b"{not json").unwrap();
+    });
+    let err = open_error(dir.path());
+    assert!(err.contains("instance in s6"), "{err}");
+}
+
 #[tokio::test]
 async fn snapshot_round_trips_into_a_fresh_store() {
     let a = tempfile::tempdir().unwrap();

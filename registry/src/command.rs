@@ -247,7 +247,11 @@ impl Op {
                     + instance.id.len()
                     + instance.address.len()
                     + instance.tags.iter().map(|t| t.len() + 4).sum::<usize>()
-                    + strings(&instance.meta)
+                    + instance
+                        .meta
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len() + 8)
+                        .sum::<usize>()
                     + checks
                     + health.as_ref().map_or(0, |h| h.output.len() + 32)
             }

@@ -10,7 +10,8 @@
 //! few hash lookups however large its service is; a restart, a snapshot install and a restore
 //! rebuild it whole.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::model::Instance;
 use crate::registry::ServiceEntry;
@@ -19,14 +20,18 @@ use crate::registry::ServiceEntry;
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Holders<T> {
     One(T),
-    Many(BTreeSet<T>),
+    /// Boxed: an id in several places is rare, and the index has an entry per instance. With
+    /// the set inline, the holders of every entry took 32 bytes rather than 16: at a million
+    /// instances, a table of 2^21 buckets of 48 bytes rather than 32.
+    #[allow(clippy::box_collection)] // the box is the point: see above
+    Many(Box<BTreeSet<T>>),
 }
 
 impl<T: Ord + Clone> Holders<T> {
     fn insert(&mut self, v: T) {
         match self {
             Holders::One(x) if *x == v => {}
-            Holders::One(x) => *self = Holders::Many(BTreeSet::from([x.clone(), v])),
+            Holders::One(x) => *self = Holders::Many(Box::new(BTreeSet::from([x.clone(), v]))),
             Holders::Many(set) => {
                 set.insert(v);
             }
@@ -59,16 +64,16 @@ impl<T: Ord + Clone> Holders<T> {
     }
 }
 
-fn add<K: Ord + Clone>(map: &mut HashMap<String, Holders<K>>, key: &str, holder: K) {
+fn add<K: Ord + Clone>(map: &mut HashMap<Box<str>, Holders<K>>, key: &str, holder: K) {
     match map.get_mut(key) {
         Some(h) => h.insert(holder),
         None => {
-            map.insert(key.to_owned(), Holders::One(holder));
+            map.insert(key.into(), Holders::One(holder));
         }
     }
 }
 
-fn remove<K: Ord + Clone>(map: &mut HashMap<String, Holders<K>>, key: &str, holder: &K) {
+fn remove<K: Ord + Clone>(map: &mut HashMap<Box<str>, Holders<K>>, key: &str, holder: &K) {
     if let Some(h) = map.get_mut(key) {
         if !h.remove(holder) {
             map.remove(key);
@@ -76,19 +81,44 @@ fn remove<K: Ord + Clone>(map: &mut HashMap<String, Holders<K>>, key: &str, hold
     }
 }
 
+/// Where a check lives: its instance's service and id.
+type CheckPlace = (Arc<str>, Box<str>);
+
 /// Instance id to the services holding it, and check id to the instances carrying it.
+///
+/// An entry per instance, so its size counts at a million instances: ids are boxed (16 bytes,
+/// not a `String`'s 24) and service names shared, one copy per service rather than one per
+/// instance.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct IdIndex {
     /// Instance id -> names of the services with an instance of that id.
-    instances: HashMap<String, Holders<String>>,
+    instances: HashMap<Box<str>, Holders<Arc<str>>>,
     /// Check id -> (service, instance id) of the instances with a check of that id.
-    checks: HashMap<String, Holders<(String, String)>>,
+    checks: HashMap<Box<str>, Holders<CheckPlace>>,
+    /// The service names the holders share; a name goes with the last holder naming it.
+    names: HashSet<Arc<str>>,
 }
 
 impl IdIndex {
     /// The index of every instance of `services`.
-    pub(crate) fn build<'a>(services: impl IntoIterator<Item = &'a ServiceEntry>) -> Self {
-        let mut index = IdIndex::default();
+    pub(crate) fn build<'a, I>(services: I) -> Self
+    where
+        I: IntoIterator<Item = &'a ServiceEntry>,
+        I::IntoIter: Clone,
+    {
+        let services = services.into_iter();
+        let (mut names, mut instances, mut checks) = (0, 0, 0);
+        for s in services.clone() {
+            names += 1;
+            instances += s.instances.len();
+            checks += s.checks() as usize;
+        }
+        // Sized once: growing a table of a million entries step by step rehashes it ~20 times.
+        let mut index = IdIndex {
+            instances: HashMap::with_capacity(instances),
+            checks: HashMap::with_capacity(checks),
+            names: HashSet::with_capacity(names),
+        };
         for s in services {
             for inst in s.instances.values() {
                 index.add(&s.name, inst);
@@ -97,16 +127,38 @@ impl IdIndex {
         index
     }
 
+    /// The shared copy of service name `service`.
+    fn name(&mut self, service: &str) -> Arc<str> {
+        if let Some(name) = self.names.get(service) {
+            return name.clone();
+        }
+        let name: Arc<str> = service.into();
+        self.names.insert(name.clone());
+        name
+    }
+
+    /// Forgets `service`'s name once no holder names it.
+    fn release(&mut self, service: &str) {
+        if self
+            .names
+            .get(service)
+            .is_some_and(|n| Arc::strong_count(n) == 1)
+        {
+            self.names.remove(service);
+        }
+    }
+
     /// Records instance `inst` of `service` and its checks (again: a no-op).
     pub(crate) fn add(&mut self, service: &str, inst: &Instance) {
-        add(&mut self.instances, &inst.spec.id, service.to_owned());
+        let name = self.name(service);
         for c in &inst.spec.checks {
             add(
                 &mut self.checks,
                 &c.id,
-                (service.to_owned(), inst.spec.id.clone()),
+                (name.clone(), inst.spec.id.as_str().into()),
             );
         }
+        add(&mut self.instances, &inst.spec.id, name);
     }
 
     /// Forgets what `before` (an instance of `service`) held that `after` (the same id's
@@ -114,18 +166,25 @@ impl IdIndex {
     pub(crate) fn remove(&mut self, service: &str, before: &Instance, after: Option<&Instance>) {
         let id = &before.spec.id;
         let kept = |check: &str| after.is_some_and(|a| a.spec.checks.iter().any(|c| c.id == check));
+        let Some(name) = self.names.get(service).cloned() else {
+            // Nothing of this service was ever recorded.
+            return;
+        };
         if after.is_none() {
-            remove(&mut self.instances, id, &service.to_owned());
+            remove(&mut self.instances, id, &name);
         }
+        let holder = (name, Box::<str>::from(id.as_str()));
         for c in &before.spec.checks {
             if !kept(&c.id) {
-                remove(&mut self.checks, &c.id, &(service.to_owned(), id.clone()));
+                remove(&mut self.checks, &c.id, &holder);
             }
         }
+        drop(holder);
+        self.release(service);
     }
 
     /// The services that may hold instance `id`, sorted by name.
-    pub(crate) fn services_of(&self, id: &str) -> Vec<String> {
+    pub(crate) fn services_of(&self, id: &str) -> Vec<Arc<str>> {
         self.instances
             .get(id)
             .map(Holders::to_vec)
@@ -133,7 +192,7 @@ impl IdIndex {
     }
 
     /// The (service, instance id) pairs that may carry check `id`, sorted.
-    pub(crate) fn instances_of(&self, check: &str) -> Vec<(String, String)> {
+    pub(crate) fn instances_of(&self, check: &str) -> Vec<CheckPlace> {
         self.checks
             .get(check)
             .map(Holders::to_vec)

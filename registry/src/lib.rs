@@ -36,6 +36,7 @@ pub mod format;
 pub mod hash;
 pub mod health;
 mod ids;
+mod intern;
 pub mod model;
 pub mod quota;
 pub mod registry;

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::Op;
 use crate::health::{CheckState, HealthStatus};
+pub use crate::intern::{Meta, Tags};
 
 /// Longest instance or check id: long enough for UUIDs with a prefix, short enough for keys.
 pub const MAX_ID_LEN: usize = 128;
@@ -177,8 +178,8 @@ pub struct InstanceSpec {
     pub id: String,
     pub address: String,
     pub port: u16,
-    pub tags: BTreeSet<String>,
-    pub meta: BTreeMap<String, String>,
+    pub tags: Tags,
+    pub meta: Meta,
     pub weight: u16,
     pub checks: Vec<CheckSpec>,
 }
@@ -304,7 +305,7 @@ pub fn validate_registration(
     if body.tags.len() > MAX_TAGS {
         return Err(invalid("tags", format!("more than {MAX_TAGS} tags")));
     }
-    let mut tags = BTreeSet::new();
+    let mut tags = Vec::with_capacity(body.tags.len());
     for tag in &body.tags {
         if !is_dns_label(tag) {
             return Err(invalid(
@@ -315,7 +316,7 @@ pub fn validate_registration(
                 ),
             ));
         }
-        tags.insert(tag.to_ascii_lowercase());
+        tags.push(tag.to_ascii_lowercase());
     }
     validate_meta(&body.meta)?;
     if body.checks.len() > MAX_CHECKS {
@@ -330,8 +331,8 @@ pub fn validate_registration(
         id: id.to_owned(),
         address,
         port,
-        tags,
-        meta: body.meta.clone(),
+        tags: Tags::new(tags),
+        meta: Meta::from(&body.meta),
         weight,
         checks,
     })
@@ -651,8 +652,8 @@ pub fn validate_op(op: &Op) -> Result<(), ValidationError> {
             let body = InstanceRegistration {
                 address: instance.address.clone(),
                 port: u32::from(instance.port),
-                tags: instance.tags.iter().cloned().collect(),
-                meta: instance.meta.clone(),
+                tags: instance.tags.iter().map(str::to_owned).collect(),
+                meta: instance.meta.to_map(),
                 weight: Some(u32::from(instance.weight)),
                 checks: instance
                     .checks
@@ -761,10 +762,12 @@ pub struct Instance {
     pub spec: InstanceSpec,
     /// One state per `spec.checks`, same order.
     pub checks: Vec<CheckState>,
-    pub custom_health: Option<CheckState>,
+    /// Boxed, as `maintenance`: most instances have neither, and an instance is in memory once
+    /// per version kept, so 8 bytes each rather than the 40 of a state.
+    pub custom_health: Option<Box<CheckState>>,
     /// Set while the instance is in maintenance: it counts as critical, with the reason as output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub maintenance: Option<CheckState>,
+    pub maintenance: Option<Box<CheckState>>,
     pub create_index: u64,
     pub modify_index: u64,
 }
@@ -774,8 +777,8 @@ impl Instance {
     pub fn health(&self) -> HealthStatus {
         self.checks
             .iter()
-            .chain(self.custom_health.as_ref())
-            .chain(self.maintenance.as_ref())
+            .chain(self.custom_health.as_deref())
+            .chain(self.maintenance.as_deref())
             .map(|c| c.status)
             .max()
             .unwrap_or(HealthStatus::Passing)
@@ -792,8 +795,8 @@ impl Instance {
             id: self.spec.id.clone(),
             address: self.spec.address.clone(),
             port: self.spec.port,
-            tags: self.spec.tags.iter().cloned().collect(),
-            meta: self.spec.meta.clone(),
+            tags: self.spec.tags.iter().map(str::to_owned).collect(),
+            meta: self.spec.meta.to_map(),
             weight: self.spec.weight,
             health: self.health().into(),
             checks: self
@@ -807,8 +810,8 @@ impl Instance {
                     state: state.into(),
                 })
                 .collect(),
-            custom_health: self.custom_health.as_ref().map(Into::into),
-            maintenance: self.maintenance.as_ref().map(Into::into),
+            custom_health: self.custom_health.as_deref().map(Into::into),
+            maintenance: self.maintenance.as_deref().map(Into::into),
             create_index: self.create_index,
             modify_index: self.modify_index,
         }
@@ -1119,7 +1122,7 @@ mod tests {
             "port"
         );
         let mut bad = spec.clone();
-        bad.tags.insert("not_a_label".into());
+        bad.tags = bad.tags.with("not_a_label");
         assert_eq!(
             validate_op(&register("web", bad)).unwrap_err().field,
             "tags"
@@ -1180,7 +1183,7 @@ mod tests {
         assert_eq!(inst.health(), HealthStatus::Passing);
         inst.checks = vec![state(HealthStatus::Passing), state(HealthStatus::Warning)];
         assert_eq!(inst.health(), HealthStatus::Warning);
-        inst.custom_health = Some(state(HealthStatus::Critical));
+        inst.custom_health = Some(Box::new(state(HealthStatus::Critical)));
         assert_eq!(inst.health(), HealthStatus::Critical);
     }
 }

@@ -38,7 +38,7 @@ pub struct ServiceEntry {
     pub instances: OrdMap<String, Arc<Instance>>,
     /// How many instances carry each tag.
     #[serde(skip_serializing)]
-    tag_counts: OrdMap<String, u32>,
+    tag_counts: TagCounts,
     /// Instances by health: passing, warning, critical.
     #[serde(skip_serializing)]
     health_counts: [u32; 3],
@@ -52,6 +52,86 @@ pub struct ServiceEntry {
     #[serde(skip_serializing)]
     bytes: u64,
 }
+
+/// Distinct tags beyond which a service's tag counts move from a list to a persistent map.
+const FEW_TAGS: usize = 8;
+
+/// How many instances of a service carry each tag (none with 0), sorted by tag.
+///
+/// Most services have a handful of distinct tags: they are a short list then, one small
+/// allocation copied with the entry. An OrdMap allocates a node of 16 slots even for one tag, a
+/// few hundred bytes per service: at ten instances per service, more than an instance's own
+/// tags. Beyond [`FEW_TAGS`] a persistent map keeps each edit O(log n) however many tags.
+#[derive(Debug, Clone)]
+enum TagCounts {
+    Few(Vec<(Box<str>, u32)>),
+    Many(OrdMap<Box<str>, u32>),
+}
+
+impl Default for TagCounts {
+    fn default() -> Self {
+        TagCounts::Few(Vec::new())
+    }
+}
+
+impl TagCounts {
+    /// How many instances carry `tag`.
+    fn get(&self, tag: &str) -> u32 {
+        match self {
+            TagCounts::Few(list) => list
+                .binary_search_by(|(t, _)| (**t).cmp(tag))
+                .map_or(0, |i| list[i].1),
+            TagCounts::Many(map) => map.get(tag).copied().unwrap_or(0),
+        }
+    }
+
+    /// Sets how many instances carry `tag`; 0 forgets it.
+    fn set(&mut self, tag: &str, n: u32) {
+        match self {
+            TagCounts::Few(list) => match list.binary_search_by(|(t, _)| (**t).cmp(tag)) {
+                Ok(i) if n == 0 => {
+                    list.remove(i);
+                }
+                Ok(i) => list[i].1 = n,
+                Err(_) if n == 0 => {}
+                Err(i) if list.len() < FEW_TAGS => list.insert(i, (tag.into(), n)),
+                Err(_) => {
+                    let mut map: OrdMap<Box<str>, u32> = list.drain(..).collect();
+                    map.insert(tag.into(), n);
+                    *self = TagCounts::Many(map);
+                }
+            },
+            TagCounts::Many(map) if n == 0 => {
+                map.remove(tag);
+            }
+            TagCounts::Many(map) => {
+                map.insert(tag.into(), n);
+            }
+        }
+    }
+
+    /// The tags carried by at least one instance, sorted.
+    fn tags(&self) -> impl Iterator<Item = &str> {
+        let (few, many) = match self {
+            TagCounts::Few(list) => (Some(list.iter().map(|(t, _)| &**t)), None),
+            TagCounts::Many(map) => (None, Some(map.keys().map(|t| &**t))),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
+
+    fn counts(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.tags().map(|t| (t, self.get(t)))
+    }
+}
+
+/// Equal when the counts are, whichever form holds them.
+impl PartialEq for TagCounts {
+    fn eq(&self, other: &Self) -> bool {
+        self.counts().eq(other.counts())
+    }
+}
+
+impl Eq for TagCounts {}
 
 /// What a service looks like serialized: the derived counts are rebuilt on the way in.
 #[derive(Deserialize)]
@@ -89,7 +169,7 @@ impl ServiceEntry {
             create_index: index,
             modify_index: index,
             instances: OrdMap::new(),
-            tag_counts: OrdMap::new(),
+            tag_counts: TagCounts::default(),
             health_counts: [0; 3],
             checked: 0,
             checks: 0,
@@ -101,15 +181,11 @@ impl ServiceEntry {
     /// answers whether the set of tags changed.
     fn count(&mut self, inst: &Instance, delta: i32) -> bool {
         let mut tags_changed = false;
-        for tag in &inst.spec.tags {
-            let n = self.tag_counts.get(tag).copied().unwrap_or(0);
+        for tag in inst.spec.tags.iter() {
+            let n = self.tag_counts.get(tag);
             let m = n.saturating_add_signed(delta);
             tags_changed |= (n == 0) != (m == 0);
-            if m == 0 {
-                self.tag_counts.remove(tag);
-            } else {
-                self.tag_counts.insert(tag.clone(), m);
-            }
+            self.tag_counts.set(tag, m);
         }
         let slot = &mut self.health_counts[health_slot(inst.health())];
         *slot = slot.saturating_add_signed(delta);
@@ -137,17 +213,14 @@ impl ServiceEntry {
         };
         // Presence of each tag either instance carries, before and after the replacement: a
         // tag dropped and re-added by the same instance is no change.
-        let touched: BTreeSet<&String> = old.spec.tags.iter().chain(&inst.spec.tags).collect();
-        let before: Vec<bool> = touched
-            .iter()
-            .map(|t| self.tag_counts.contains_key(*t))
-            .collect();
+        let touched: BTreeSet<&str> = old.spec.tags.iter().chain(inst.spec.tags.iter()).collect();
+        let before: Vec<bool> = touched.iter().map(|t| self.tag_counts.get(t) > 0).collect();
         self.count(&old, -1);
         self.count(&inst, 1);
         let changed = touched
             .iter()
             .zip(before)
-            .any(|(t, was)| self.tag_counts.contains_key(*t) != was);
+            .any(|(t, was)| (self.tag_counts.get(t) > 0) != was);
         self.instances.insert(inst.spec.id.clone(), inst);
         changed
     }
@@ -176,7 +249,7 @@ impl ServiceEntry {
 
     /// The union of the instances' tags, sorted.
     pub fn tags(&self) -> impl Iterator<Item = &str> {
-        self.tag_counts.keys().map(String::as_str)
+        self.tag_counts.tags()
     }
 
     pub fn summary(&self) -> ServiceSummary {
@@ -425,7 +498,7 @@ impl Registry {
         let places = self.ids.read().instances_of(check);
         places.into_iter().find_map(|(name, id)| {
             let svc = self.service(&name)?;
-            let inst = svc.instances.get(&id).cloned()?;
+            let inst = svc.instances.get(&*id).cloned()?;
             inst.check(check)?;
             Some((svc, inst))
         })
@@ -823,7 +896,7 @@ impl Registry {
                 };
                 self.update_instance(entry, service, id, index, dirty, |inst| {
                     let changed = inst.custom_health.as_ref().map(|c| c.status) != Some(*status);
-                    inst.custom_health = Some(state(inst.custom_health.as_ref()));
+                    inst.custom_health = Some(Box::new(state(inst.custom_health.as_deref())));
                     changed
                 })
             }),
@@ -866,13 +939,15 @@ impl Registry {
             } => self.edit_service(service, index, dirty, |entry, dirty| {
                 self.update_instance(entry, service, id, index, dirty, |inst| {
                     let was = inst.maintenance.is_some();
-                    inst.maintenance = reason.as_ref().map(|r| CheckState {
-                        status: HealthStatus::Critical,
-                        output: r.clone(),
-                        changed_at_ms: inst
-                            .maintenance
-                            .as_ref()
-                            .map_or(time_ms, |m| m.changed_at_ms),
+                    inst.maintenance = reason.as_ref().map(|r| {
+                        Box::new(CheckState {
+                            status: HealthStatus::Critical,
+                            output: r.clone(),
+                            changed_at_ms: inst
+                                .maintenance
+                                .as_ref()
+                                .map_or(time_ms, |m| m.changed_at_ms),
+                        })
                     });
                     was != reason.is_some()
                 })
@@ -1084,14 +1159,14 @@ pub(crate) fn registered_instance(
         spec: spec.clone(),
         checks,
         custom_health: match health {
-            Some(h) => Some(CheckState {
+            Some(h) => Some(Box::new(CheckState {
                 status: h.status,
                 output: h.output.clone(),
                 changed_at_ms: prev
                     .and_then(|p| p.custom_health.as_ref())
                     .filter(|c| c.status == h.status)
                     .map_or(time_ms, |c| c.changed_at_ms),
-            }),
+            })),
             None => prev.and_then(|p| p.custom_health.clone()),
         },
         maintenance: prev.and_then(|p| p.maintenance.clone()),
@@ -1219,6 +1294,53 @@ mod tests {
         let json = serde_json::to_string(&*r.service("web").unwrap()).unwrap();
         let back: ServiceEntry = serde_json::from_str(&json).unwrap();
         assert_eq!(back, *r.service("web").unwrap());
+    }
+
+    /// Past FEW_TAGS distinct tags the counts move to a map; they count the same either way.
+    #[test]
+    fn tag_counts_are_the_same_as_a_list_and_as_a_map() {
+        let mut counts = TagCounts::default();
+        let mut model = BTreeMap::new();
+        let tags: Vec<String> = (0..3 * FEW_TAGS).map(|i| format!("t{i:02}")).collect();
+        // Up past the bound and back down, in an order that is not sorted.
+        for round in 0..3u32 {
+            for (i, t) in tags.iter().enumerate().rev() {
+                let n = (i as u32 + round) % 3;
+                counts.set(t, n);
+                if n == 0 {
+                    model.remove(t.as_str());
+                } else {
+                    model.insert(t.as_str(), n);
+                }
+                assert_eq!(counts.get(t), n);
+            }
+            let seen: Vec<(&str, u32)> = counts.counts().collect();
+            let want: Vec<(&str, u32)> = model.iter().map(|(t, n)| (*t, *n)).collect();
+            assert_eq!(seen, want, "round {round}");
+        }
+        assert!(matches!(counts, TagCounts::Many(_)));
+        let mut few = TagCounts::default();
+        for (t, n) in &model {
+            if few.tags().count() < FEW_TAGS {
+                few.set(t, *n);
+            }
+        }
+        let mut many = counts.clone();
+        for t in &tags {
+            if few.get(t) == 0 {
+                many.set(t, 0);
+            }
+        }
+        assert!(matches!(
+            (&few, &many),
+            (TagCounts::Few(_), TagCounts::Many(_))
+        ));
+        assert_eq!(
+            few, many,
+            "equal counts are equal whichever form holds them"
+        );
+        many.set("zzz", 1);
+        assert_ne!(few, many);
     }
 
     #[test]

@@ -77,8 +77,8 @@ fn instance_spec() -> InstanceSpec {
         id: "web-1".into(),
         address: "10.0.0.7".into(),
         port: 8080,
-        tags: BTreeSet::from(["v2".into(), "canary".into()]),
-        meta: BTreeMap::from([("zone".into(), "a".into())]),
+        tags: BTreeSet::from(["v2".to_owned(), "canary".to_owned()]).into(),
+        meta: BTreeMap::from([("zone".to_owned(), "a".to_owned())]).into(),
         weight: 3,
         checks: vec![
             http_check(),
@@ -124,8 +124,16 @@ fn instance() -> Instance {
             state(HealthStatus::Warning, "", 1_700_000_000_002),
             state(HealthStatus::Critical, "TTL expired", 1_700_000_000_003),
         ],
-        custom_health: Some(state(HealthStatus::Passing, "ok", 1_700_000_000_004)),
-        maintenance: Some(state(HealthStatus::Critical, "upgrade", 1_700_000_000_005)),
+        custom_health: Some(Box::new(state(
+            HealthStatus::Passing,
+            "ok",
+            1_700_000_000_004,
+        ))),
+        maintenance: Some(Box::new(state(
+            HealthStatus::Critical,
+            "upgrade",
+            1_700_000_000_005,
+        ))),
         create_index: 7,
         modify_index: 9,
     }

@@ -85,7 +85,7 @@ fn addresses(inst: &Instance) -> (Option<IpAddr>, Option<IpAddr>, Option<String>
     let (mut v4, mut v6, mut host) = (
         parsed("AWS_INSTANCE_IPV4").filter(IpAddr::is_ipv4),
         parsed("AWS_INSTANCE_IPV6").filter(IpAddr::is_ipv6),
-        meta("AWS_INSTANCE_CNAME").cloned(),
+        meta("AWS_INSTANCE_CNAME").map(str::to_owned),
     );
     match address_kind(&inst.spec.address) {
         AddressKind::Ip(ip @ IpAddr::V4(_)) => v4 = v4.or(Some(ip)),

@@ -1316,7 +1316,7 @@ async fn deregister_instance(
 /// An instance's attributes: its meta, and the `AWS_INSTANCE_*` attributes its address and
 /// port stand for when it was registered through another API.
 fn attributes(inst: &Instance) -> BTreeMap<String, String> {
-    let mut a = inst.spec.meta.clone();
+    let mut a = inst.spec.meta.to_map();
     let has_address = [
         "AWS_INSTANCE_IPV4",
         "AWS_INSTANCE_IPV6",

@@ -116,7 +116,7 @@ fn readable(caller: &Caller, services: Vec<Arc<ServiceEntry>>) -> (Vec<Arc<Servi
 }
 
 fn tags(inst: &Instance) -> Vec<String> {
-    inst.spec.tags.iter().cloned().collect()
+    inst.spec.tags.iter().map(str::to_owned).collect()
 }
 
 fn service_obj(svc: &ServiceEntry, inst: &Instance) -> Value {
@@ -137,7 +137,7 @@ fn service_obj(svc: &ServiceEntry, inst: &Instance) -> Value {
 
 /// A Consul node: an instance's address, with the instance's meta as the node's (Cairn keeps no
 /// meta of its own for an address).
-fn node_obj(address: &str, meta: &BTreeMap<String, String>) -> Value {
+fn node_obj(address: &str, meta: &impl serde::Serialize) -> Value {
     json!({
         "ID": "",
         "Node": address,
@@ -232,7 +232,7 @@ fn check_objs(svc: &ServiceEntry, inst: &Instance) -> Vec<Value> {
 fn node_meta_ok(inst: &Instance, q: &ReadQuery) -> bool {
     q.node_meta
         .iter()
-        .all(|(k, v)| inst.spec.meta.get(k) == Some(v))
+        .all(|(k, v)| inst.spec.meta.get(k) == Some(v.as_str()))
 }
 
 /// The service's instances that carry every `?tag`, pass `?node-meta`, and are passing when
@@ -348,7 +348,7 @@ async fn catalog_services(
             for i in svc.instances.values() {
                 if node_meta_ok(i, &q) && keep(&filter, &catalog_entry(svc, i)) {
                     any = true;
-                    tags.extend(i.spec.tags.iter().cloned());
+                    tags.extend(i.spec.tags.iter().map(str::to_owned));
                 }
             }
             any.then(|| (svc.name.clone(), json!(tags)))
@@ -541,7 +541,12 @@ async fn catalog_nodes(
         let mut nodes: BTreeMap<&str, BTreeMap<String, String>> = BTreeMap::new();
         for (_, i) in instances(services).filter(|(_, i)| node_meta_ok(i, q)) {
             let meta = nodes.entry(i.spec.address.as_str()).or_default();
-            meta.extend(i.spec.meta.iter().map(|(k, v)| (k.clone(), v.clone())));
+            meta.extend(
+                i.spec
+                    .meta
+                    .iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned())),
+            );
         }
         nodes
             .iter()
@@ -939,8 +944,8 @@ fn registration_of(spec: &model::InstanceSpec) -> cairn_api::InstanceRegistratio
     cairn_api::InstanceRegistration {
         address: spec.address.clone(),
         port: u32::from(spec.port),
-        tags: spec.tags.iter().cloned().collect(),
-        meta: spec.meta.clone(),
+        tags: spec.tags.iter().map(str::to_owned).collect(),
+        meta: spec.meta.to_map(),
         weight: Some(u32::from(spec.weight)),
         checks: spec.checks.iter().map(|c| c.to_registration()).collect(),
     }
@@ -1069,7 +1074,12 @@ fn node_instances<'a>(
 /// A node's meta: its instances' meta, merged.
 fn node_meta(services: &[Arc<ServiceEntry>], node: &str) -> BTreeMap<String, String> {
     node_instances(services, node)
-        .flat_map(|(_, i)| i.spec.meta.iter().map(|(k, v)| (k.clone(), v.clone())))
+        .flat_map(|(_, i)| {
+            i.spec
+                .meta
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        })
         .collect()
 }
 

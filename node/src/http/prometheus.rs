@@ -176,10 +176,10 @@ fn labels(service: &str, inst: &Instance) -> BTreeMap<String, String> {
         (format!("{META}tags"), tags),
     ]);
     // In key order, so of two keys that sanitize alike the first one's value is kept.
-    for (key, value) in &inst.spec.meta {
+    for (key, value) in inst.spec.meta.iter() {
         labels
             .entry(format!("{META}meta_{}", label_name(key)))
-            .or_insert_with(|| value.clone());
+            .or_insert_with(|| value.to_owned());
     }
     labels
 }
