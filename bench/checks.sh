@@ -131,6 +131,9 @@ HTTP_PORTS=($((BENCH_PORT_BASE + 11)) $((BENCH_PORT_BASE + 12)) $((BENCH_PORT_BA
 RPC_PORTS=($((BENCH_PORT_BASE + 21)) $((BENCH_PORT_BASE + 22)) $((BENCH_PORT_BASE + 23)))
 DNS_PORTS=($((BENCH_PORT_BASE + 31)) $((BENCH_PORT_BASE + 32)) $((BENCH_PORT_BASE + 33)))
 
+# The target is on loopback, which health checks may not reach unless a flag allows it.
+CHECK_ALLOW=127.0.0.0/8
+
 # --- Process bookkeeping: only PIDs started here are ever signalled. ---
 CAIRN_PIDS=()
 TARGET_PID=""
@@ -244,7 +247,7 @@ log "target up (pid $TARGET_PID) on 127.0.0.1:$TARGET_PORT"
 # --- Phase 1: one node runs every check. ---
 mkdir -p "$WORK_DIR/solo"
 CAIRN_LOG=$BENCH_CAIRN_LOG "$CAIRN_BIN" agent --node-id 1 --data-dir "$WORK_DIR/solo" --bootstrap \
-  --http-addr "127.0.0.1:$SOLO_HTTP" --rpc-addr "127.0.0.1:$SOLO_RPC" --dns-addr "127.0.0.1:$SOLO_DNS" \
+  --check-allow "$CHECK_ALLOW" --http-addr "127.0.0.1:$SOLO_HTTP" --rpc-addr "127.0.0.1:$SOLO_RPC" --dns-addr "127.0.0.1:$SOLO_DNS" \
   >"$LOG_DIR/solo.out" 2>"$LOG_DIR/solo.log" &
 SOLO_PID=$!
 CAIRN_PIDS+=("$SOLO_PID")
@@ -284,7 +287,7 @@ for i in 0 1 2; do
   id=$((i + 1))
   mkdir -p "$WORK_DIR/node$id"
   CAIRN_LOG=$BENCH_CAIRN_LOG "$CAIRN_BIN" agent --node-id "$id" --data-dir "$WORK_DIR/node$id" --peers "$PEERS" \
-    --http-addr "127.0.0.1:${HTTP_PORTS[i]}" --rpc-addr "127.0.0.1:${RPC_PORTS[i]}" --dns-addr "127.0.0.1:${DNS_PORTS[i]}" \
+    --check-allow "$CHECK_ALLOW" --http-addr "127.0.0.1:${HTTP_PORTS[i]}" --rpc-addr "127.0.0.1:${RPC_PORTS[i]}" --dns-addr "127.0.0.1:${DNS_PORTS[i]}" \
     >"$LOG_DIR/node$id.out" 2>"$LOG_DIR/node$id.log" &
   CAIRN_PIDS+=($!)
 done
