@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Health checks: what 10,000 HTTP checks cost the agent that runs them, and how long a failed
 # target takes to leave the DNS answers of every node. Everything runs on this machine's
-# loopback interface against a local HTTP target (bench/checks_tool.py target).
+# loopback interface against local HTTP targets (bench/checks_tool.py target): one that keeps
+# connections alive between requests, as HTTP/1.1 servers do, and one that closes each connection
+# after its response, so every probe pays a TCP connect.
 #
 #   bench/checks.sh [--help]
 #   bench/checks.sh --report-only bench/results/checks-<time>   re-render a finished run's section
 #
-# Phase 1, agent cost: a single-node cluster (--bootstrap), so that node runs every check;
-#   BENCH_CHECKS instances with one HTTP check each, every BENCH_INTERVAL. Once all are
-#   passing (and BENCH_SETTLE more seconds), the agent's CPU (utime+stime from /proc) and RSS
-#   are sampled for BENCH_CPU_SECONDS; the target's CPU is reported separately.
+# Phase 1, agent cost: for each kind of target in BENCH_TARGETS, BENCH_RUNS runs of: a fresh
+#   single-node cluster (--bootstrap), so that node runs every check; BENCH_CHECKS instances with
+#   one HTTP check each, every BENCH_INTERVAL. Once all are passing (and BENCH_SETTLE more
+#   seconds), the agent's CPU (utime+stime from /proc) and RSS are sampled for
+#   BENCH_CPU_SECONDS; the target's CPU is reported separately. The report gives the medians of
+#   the runs. Goal: the agent's CPU against the keep-alive target <= 8% of one core.
 # Phase 2, failure detection: a three-node cluster (--peers) with BENCH_DETECT_CHECKS services of
 #   one instance each; BENCH_DETECT_SAMPLES instances are switched to failing one at a time, and
 #   each is timed from the switch until its A answer is empty on all three nodes (polled every
@@ -21,6 +25,9 @@
 #
 # Environment (defaults in brackets):
 #   CAIRN_BIN                cairn binary [${CARGO_TARGET_DIR:-<repo>/target}/release/cairn]
+#   BENCH_TARGETS            kinds of target in phase 1, in order: keep-alive, close [keep-alive close]
+#   BENCH_RUNS               runs per kind of target in phase 1 [3]
+#   BENCH_DETECT_TARGET      kind of target in phase 2 [keep-alive]
 #   BENCH_CHECKS             checks on the single node in phase 1 [10000]
 #   BENCH_PER_SERVICE        instances per service in phase 1 [100]
 #   BENCH_INTERVAL           check interval in phase 1 [10s]
@@ -53,7 +60,7 @@ BENCH_LOG_TAG=checks
 # shellcheck source=lib.sh
 source "$SCRIPT_DIR/lib.sh"
 
-KNOBS=(CAIRN_BIN BENCH_CHECKS BENCH_PER_SERVICE BENCH_INTERVAL BENCH_TIMEOUT BENCH_FALL BENCH_SETTLE
+KNOBS=(CAIRN_BIN BENCH_TARGETS BENCH_RUNS BENCH_DETECT_TARGET BENCH_CHECKS BENCH_PER_SERVICE BENCH_INTERVAL BENCH_TIMEOUT BENCH_FALL BENCH_SETTLE
   BENCH_CPU_SECONDS BENCH_DETECT_CHECKS BENCH_DETECT_INTERVAL BENCH_DETECT_TIMEOUT BENCH_DETECT_FALL
   BENCH_DETECT_SAMPLES BENCH_POLL_MS BENCH_REG_CONNECTIONS BENCH_PORT_BASE BENCH_CAIRN_LOG
   BENCH_WAIT_FOR BENCH_WAIT_MAX BENCH_OUTPUT BENCH_WRITE)
@@ -74,6 +81,9 @@ while (($# > 0)); do
 done
 
 # --- Settings. ---
+BENCH_TARGETS=${BENCH_TARGETS:-keep-alive close}
+BENCH_RUNS=${BENCH_RUNS:-3}
+BENCH_DETECT_TARGET=${BENCH_DETECT_TARGET:-keep-alive}
 BENCH_CHECKS=${BENCH_CHECKS:-10000}
 BENCH_PER_SERVICE=${BENCH_PER_SERVICE:-100}
 BENCH_INTERVAL=${BENCH_INTERVAL:-10s}
@@ -105,7 +115,7 @@ dur_ms() {
     *) return 1 ;;
   esac
 }
-require_uint BENCH_CHECKS BENCH_PER_SERVICE BENCH_FALL BENCH_SETTLE BENCH_CPU_SECONDS BENCH_DETECT_CHECKS \
+require_uint BENCH_RUNS BENCH_CHECKS BENCH_PER_SERVICE BENCH_FALL BENCH_SETTLE BENCH_CPU_SECONDS BENCH_DETECT_CHECKS \
   BENCH_DETECT_FALL BENCH_DETECT_SAMPLES BENCH_POLL_MS BENCH_REG_CONNECTIONS BENCH_PORT_BASE BENCH_WAIT_MAX
 for var in BENCH_INTERVAL BENCH_TIMEOUT BENCH_DETECT_INTERVAL BENCH_DETECT_TIMEOUT; do
   dur_ms "${!var}" >/dev/null || die "$var must be a duration like 500ms, 10s or 2m, got '${!var}'"
@@ -120,10 +130,16 @@ DETECT_INTERVAL_MS=$(dur_ms "$BENCH_DETECT_INTERVAL")
   die "fall, BENCH_POLL_MS and BENCH_REG_CONNECTIONS must be at least 1"
 ((BENCH_PORT_BASE >= 1024 && BENCH_PORT_BASE + 33 < 32768)) || die "BENCH_PORT_BASE must be between 1024 and 32734"
 require_flag BENCH_WRITE
+read -r -a TARGET_KINDS <<<"$BENCH_TARGETS"
+((${#TARGET_KINDS[@]} >= 1 && BENCH_RUNS >= 1)) || die "BENCH_TARGETS needs a kind of target and BENCH_RUNS must be at least 1"
+for kind in "${TARGET_KINDS[@]}" "$BENCH_DETECT_TARGET"; do
+  [[ $kind == keep-alive || $kind == close ]] || die "a kind of target is keep-alive or close, got '$kind'"
+done
 
-# Ports: target base+1; the phase-1 node http/rpc/dns base+10/20/30; the phase-2 nodes
+# Ports: targets base+1 (keep-alive) and base+2 (close); the phase-1 node http/rpc/dns base+10/20/30; the phase-2 nodes
 # base+11..13 / base+21..23 / base+31..33.
-TARGET_PORT=$((BENCH_PORT_BASE + 1))
+declare -A TARGET_PORT=([keep-alive]=$((BENCH_PORT_BASE + 1)) [close]=$((BENCH_PORT_BASE + 2)))
+declare -A TARGET_PID=()
 SOLO_HTTP=$((BENCH_PORT_BASE + 10))
 SOLO_RPC=$((BENCH_PORT_BASE + 20))
 SOLO_DNS=$((BENCH_PORT_BASE + 30))
@@ -131,11 +147,13 @@ HTTP_PORTS=($((BENCH_PORT_BASE + 11)) $((BENCH_PORT_BASE + 12)) $((BENCH_PORT_BA
 RPC_PORTS=($((BENCH_PORT_BASE + 21)) $((BENCH_PORT_BASE + 22)) $((BENCH_PORT_BASE + 23)))
 DNS_PORTS=($((BENCH_PORT_BASE + 31)) $((BENCH_PORT_BASE + 32)) $((BENCH_PORT_BASE + 33)))
 
+# The targets are on loopback, which health checks may not reach unless a flag allows it.
+CHECK_ALLOW=127.0.0.0/8
+
 # --- Process bookkeeping: only PIDs started here are ever signalled. ---
 CAIRN_PIDS=()
-TARGET_PID=""
 # For lib.sh's exit trap: what is still running.
-owned_pids() { echo ${CAIRN_PIDS[@]+"${CAIRN_PIDS[@]}"} ${TARGET_PID:+"$TARGET_PID"}; }
+owned_pids() { echo ${CAIRN_PIDS[@]+"${CAIRN_PIDS[@]}"} ${TARGET_PID[@]+"${TARGET_PID[@]}"}; }
 
 # --- Tools. ---
 ensure_packages curl=curl python3=python3
@@ -150,7 +168,10 @@ report() {
   local dir=$1 output_args=()
   shift
   ((BENCH_WRITE)) && output_args=(--output "$BENCH_OUTPUT")
-  "${TOOL[@]}" report --cpu "$dir/cpu.json" --reg "$dir/register-solo.json" \
+  local cpu_args=() f
+  # cpu.json: a run of the script before it measured several runs per kind of target.
+  for f in "$dir"/cpu.json "$dir"/cpu-*.json; do [[ -e $f ]] && cpu_args+=(--cpu "$f"); done
+  "${TOOL[@]}" report ${cpu_args[@]+"${cpu_args[@]}"} --reg "$dir/register-solo.json" \
     --detect "$dir/detect.jsonl" --detect-reg "$dir/register-cluster.json" \
     --section-out "$dir/section.md" --meta-file "$dir/meta.json" ${output_args[@]+"${output_args[@]}"} "$@"
 }
@@ -226,55 +247,71 @@ fi
 wait_for_quiet
 LOAD_AT_START=$(load_average)
 log "results in $RESULTS_DIR; data in $WORK_DIR; load average $LOAD_AT_START"
-check_ports_free "$TARGET_PORT" "$SOLO_HTTP" "$SOLO_RPC" "$SOLO_DNS" "${HTTP_PORTS[@]}" "${RPC_PORTS[@]}" "${DNS_PORTS[@]}"
+check_ports_free "${TARGET_PORT[@]}" "$SOLO_HTTP" "$SOLO_RPC" "$SOLO_DNS" "${HTTP_PORTS[@]}" "${RPC_PORTS[@]}" "${DNS_PORTS[@]}"
 
-# The target, shared by both phases (it keeps per-id state, and the ids of the phases differ).
-"${TOOL[@]}" target --port "$TARGET_PORT" --max-seconds 7200 >"$LOG_DIR/target.out" 2>"$LOG_DIR/target.log" &
-TARGET_PID=$!
-deadline=$((SECONDS + 15))
-until grep -q '^target listening' "$LOG_DIR/target.out"; do
-  assert_alive target "$TARGET_PID" "$LOG_DIR/target.log"
-  ((SECONDS < deadline)) || die "the target did not start within 15 s"
-  sleep 0.1
+# The targets, shared by both phases (they keep per-id state, and the ids of the phases differ).
+for kind in keep-alive close; do
+  port=${TARGET_PORT[$kind]}
+  flags=()
+  [[ $kind == keep-alive ]] && flags=(--keep-alive)
+  "${TOOL[@]}" target --port "$port" --max-seconds 7200 ${flags[@]+"${flags[@]}"} \
+    >"$LOG_DIR/target-$kind.out" 2>"$LOG_DIR/target-$kind.log" &
+  TARGET_PID[$kind]=$!
+  deadline=$((SECONDS + 15))
+  until grep -qs '^target listening' "$LOG_DIR/target-$kind.out"; do
+    assert_alive "target ($kind)" "${TARGET_PID[$kind]}" "$LOG_DIR/target-$kind.log"
+    ((SECONDS < deadline)) || die "the $kind target did not start within 15 s"
+    sleep 0.1
+  done
+  [[ $(curl -s --max-time 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health/x") == 200 ]] ||
+    die "the $kind target does not answer 200 on /health/x"
+  log "$kind target up (pid ${TARGET_PID[$kind]}) on 127.0.0.1:$port"
 done
-[[ $(curl -s --max-time 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$TARGET_PORT/health/x") == 200 ]] ||
-  die "the target does not answer 200 on /health/x"
-log "target up (pid $TARGET_PID) on 127.0.0.1:$TARGET_PORT"
 
-# --- Phase 1: one node runs every check. ---
-mkdir -p "$WORK_DIR/solo"
-CAIRN_LOG=$BENCH_CAIRN_LOG "$CAIRN_BIN" agent --node-id 1 --data-dir "$WORK_DIR/solo" --bootstrap \
-  --http-addr "127.0.0.1:$SOLO_HTTP" --rpc-addr "127.0.0.1:$SOLO_RPC" --dns-addr "127.0.0.1:$SOLO_DNS" \
-  >"$LOG_DIR/solo.out" 2>"$LOG_DIR/solo.log" &
-SOLO_PID=$!
-CAIRN_PIDS+=("$SOLO_PID")
-wait_node 1 "$SOLO_PID" "$SOLO_HTTP" "$SOLO_DNS" "$SOLO_RPC" "$LOG_DIR/solo.out" "$LOG_DIR/solo.log"
-sleep 2
-IDLE_RSS=$(rss_kib "$SOLO_PID")
-log "phase 1: single node up (pid $SOLO_PID, RSS $((IDLE_RSS / 1024)) MiB); registering $BENCH_CHECKS checks every $BENCH_INTERVAL"
-
-"${TOOL[@]}" register --url "127.0.0.1:$SOLO_HTTP" --count "$BENCH_CHECKS" --per-service "$BENCH_PER_SERVICE" \
-  --prefix c --target-port "$TARGET_PORT" --interval "$BENCH_INTERVAL" --timeout "$BENCH_TIMEOUT" \
-  --fall "$BENCH_FALL" --rise 1 --connections "$BENCH_REG_CONNECTIONS" --max-seconds 600 \
-  --out "$RESULTS_DIR/register-solo.json" || die "registration failed; see $RESULTS_DIR/register-solo.json"
-assert_alive cairn1 "$SOLO_PID" "$LOG_DIR/solo.log"
-
-# First probes are spread over one interval: wait until every instance has passed once.
-"${TOOL[@]}" wait-passing --url "127.0.0.1:$SOLO_HTTP" --want "$BENCH_CHECKS" \
-  --timeout $((INTERVAL_MS * 3 / 1000 + 60)) >/dev/null || die "not every instance became passing"
-log "all $BENCH_CHECKS passing; settling $BENCH_SETTLE s, then measuring for $BENCH_CPU_SECONDS s"
-sleep "$BENCH_SETTLE"
-note_load "the CPU window"
-LOAD_CPU=$(load_average)
-"${TOOL[@]}" measure --pid "agent=$SOLO_PID" --pid "target=$TARGET_PID" --seconds "$BENCH_CPU_SECONDS" \
-  --node "127.0.0.1:$SOLO_HTTP" --target "127.0.0.1:$TARGET_PORT" --out "$RESULTS_DIR/cpu.json" ||
-  die "measurement failed"
-note_load "the end of the CPU window"
-curl -sf --max-time 5 "http://127.0.0.1:$SOLO_HTTP/metrics" >"$RESULTS_DIR/metrics-solo.txt" || true
-stop_pids "$SOLO_PID"
-CAIRN_PIDS=()
-SOLO_LOGS=$(log_counts "$LOG_DIR/solo.log")
-log "phase 1 done; agent log: $SOLO_LOGS"
+# --- Phase 1: one node runs every check; BENCH_RUNS fresh nodes per kind of target. ---
+# solo_run KIND RUN: one measured run; writes cpu-KIND-RUN.json and register-solo.json.
+solo_run() {
+  local kind=$1 run=$2 port=${TARGET_PORT[$1]} tag="$1-$2"
+  rm -rf "$WORK_DIR/solo"
+  mkdir -p "$WORK_DIR/solo"
+  CAIRN_LOG=$BENCH_CAIRN_LOG "$CAIRN_BIN" agent --node-id 1 --data-dir "$WORK_DIR/solo" --bootstrap \
+    --check-allow "$CHECK_ALLOW" --http-addr "127.0.0.1:$SOLO_HTTP" --rpc-addr "127.0.0.1:$SOLO_RPC" --dns-addr "127.0.0.1:$SOLO_DNS" \
+    >"$LOG_DIR/solo-$tag.out" 2>"$LOG_DIR/solo-$tag.log" &
+  SOLO_PID=$!
+  CAIRN_PIDS+=("$SOLO_PID")
+  wait_node 1 "$SOLO_PID" "$SOLO_HTTP" "$SOLO_DNS" "$SOLO_RPC" "$LOG_DIR/solo-$tag.out" "$LOG_DIR/solo-$tag.log"
+  sleep 2
+  IDLE_RSS=$(rss_kib "$SOLO_PID")
+  log "phase 1, $kind target, run $run: single node up (pid $SOLO_PID, RSS $((IDLE_RSS / 1024)) MiB); registering $BENCH_CHECKS checks every $BENCH_INTERVAL"
+  "${TOOL[@]}" register --url "127.0.0.1:$SOLO_HTTP" --count "$BENCH_CHECKS" --per-service "$BENCH_PER_SERVICE" \
+    --prefix c --target-port "$port" --interval "$BENCH_INTERVAL" --timeout "$BENCH_TIMEOUT" \
+    --fall "$BENCH_FALL" --rise 1 --connections "$BENCH_REG_CONNECTIONS" --max-seconds 600 \
+    --out "$RESULTS_DIR/register-solo.json" || die "registration failed; see $RESULTS_DIR/register-solo.json"
+  assert_alive cairn1 "$SOLO_PID" "$LOG_DIR/solo-$tag.log"
+  # First probes are spread over one interval: wait until every instance has passed once.
+  "${TOOL[@]}" wait-passing --url "127.0.0.1:$SOLO_HTTP" --want "$BENCH_CHECKS" \
+    --timeout $((INTERVAL_MS * 3 / 1000 + 60)) >/dev/null || die "not every instance became passing"
+  log "all $BENCH_CHECKS passing; settling $BENCH_SETTLE s, then measuring for $BENCH_CPU_SECONDS s"
+  sleep "$BENCH_SETTLE"
+  note_load "the CPU window ($tag)"
+  LOAD_CPU=$(load_average)
+  "${TOOL[@]}" measure --pid "agent=$SOLO_PID" --pid "target=${TARGET_PID[$kind]}" --seconds "$BENCH_CPU_SECONDS" \
+    --node "127.0.0.1:$SOLO_HTTP" --target "127.0.0.1:$port" --label "$kind" --run "$run" \
+    --idle-rss "$IDLE_RSS" --out "$RESULTS_DIR/cpu-$tag.json" || die "measurement failed"
+  note_load "the end of the CPU window ($tag)"
+  curl -sf --max-time 5 "http://127.0.0.1:$SOLO_HTTP/metrics" >"$RESULTS_DIR/metrics-solo-$tag.txt" || true
+  stop_pids "$SOLO_PID"
+  CAIRN_PIDS=()
+}
+SOLO_LOG_FILES=()
+for kind in "${TARGET_KINDS[@]}"; do
+  for ((run = 1; run <= BENCH_RUNS; run++)); do
+    solo_run "$kind" "$run"
+    SOLO_LOG_FILES+=("$LOG_DIR/solo-$kind-$run.log")
+  done
+done
+SOLO_LOGS=$(log_counts "${SOLO_LOG_FILES[@]}")
+log "phase 1 done; agent logs: $SOLO_LOGS"
 
 # --- Phase 2: three nodes, failure detection through DNS. ---
 PEERS=""
@@ -284,7 +321,7 @@ for i in 0 1 2; do
   id=$((i + 1))
   mkdir -p "$WORK_DIR/node$id"
   CAIRN_LOG=$BENCH_CAIRN_LOG "$CAIRN_BIN" agent --node-id "$id" --data-dir "$WORK_DIR/node$id" --peers "$PEERS" \
-    --http-addr "127.0.0.1:${HTTP_PORTS[i]}" --rpc-addr "127.0.0.1:${RPC_PORTS[i]}" --dns-addr "127.0.0.1:${DNS_PORTS[i]}" \
+    --check-allow "$CHECK_ALLOW" --http-addr "127.0.0.1:${HTTP_PORTS[i]}" --rpc-addr "127.0.0.1:${RPC_PORTS[i]}" --dns-addr "127.0.0.1:${DNS_PORTS[i]}" \
     >"$LOG_DIR/node$id.out" 2>"$LOG_DIR/node$id.log" &
   CAIRN_PIDS+=($!)
 done
@@ -295,7 +332,7 @@ done
 LEADER_HTTP=$(leader_http)
 log "phase 2: three nodes up (pids ${CAIRN_PIDS[*]}), leader http 127.0.0.1:$LEADER_HTTP; registering $BENCH_DETECT_CHECKS checks every $BENCH_DETECT_INTERVAL"
 "${TOOL[@]}" register --url "127.0.0.1:$LEADER_HTTP" --count "$BENCH_DETECT_CHECKS" --per-service 1 \
-  --prefix s --target-port "$TARGET_PORT" --interval "$BENCH_DETECT_INTERVAL" --timeout "$BENCH_DETECT_TIMEOUT" \
+  --prefix s --target-port "${TARGET_PORT[$BENCH_DETECT_TARGET]}" --interval "$BENCH_DETECT_INTERVAL" --timeout "$BENCH_DETECT_TIMEOUT" \
   --fall "$BENCH_DETECT_FALL" --rise 1 --connections "$BENCH_REG_CONNECTIONS" --max-seconds 600 \
   --out "$RESULTS_DIR/register-cluster.json" || die "registration failed; see $RESULTS_DIR/register-cluster.json"
 wait_urls=()
@@ -308,7 +345,7 @@ LOAD_DETECT=$(load_average)
 # Per sample: give up after three times the expected detection time plus 5 s.
 SAMPLE_TIMEOUT=$(((BENCH_DETECT_FALL * DETECT_INTERVAL_MS * 3 + 5000) / 1000))
 DNS_CSV=$(IFS=,; echo "${DNS_PORTS[*]}")
-"${TOOL[@]}" detect --target "127.0.0.1:$TARGET_PORT" --dns-ports "$DNS_CSV" --prefix s \
+"${TOOL[@]}" detect --target "127.0.0.1:${TARGET_PORT[$BENCH_DETECT_TARGET]}" --dns-ports "$DNS_CSV" --prefix s \
   --count "$BENCH_DETECT_CHECKS" --samples "$BENCH_DETECT_SAMPLES" --fall "$BENCH_DETECT_FALL" \
   --poll "$(awk -v ms="$BENCH_POLL_MS" 'BEGIN { print ms / 1000 }')" --sample-timeout "$SAMPLE_TIMEOUT" \
   --max-seconds 1800 --out "$RESULTS_DIR/detect.jsonl" || die "detection runs failed; see $RESULTS_DIR/detect.jsonl"
@@ -318,8 +355,8 @@ for i in 0 1 2; do
 done
 stop_pids "${CAIRN_PIDS[@]}"
 CAIRN_PIDS=()
-stop_pids "$TARGET_PID"
-TARGET_PID=""
+stop_pids "${TARGET_PID[@]}"
+TARGET_PID=()
 CLUSTER_LOGS=$(log_counts "$LOG_DIR"/node?.log)
 log "phase 2 done; cluster logs: $CLUSTER_LOGS"
 
@@ -332,7 +369,7 @@ report "$RESULTS_DIR" \
   --meta "kernel=$(uname -r)" \
   --meta "os=$(os_name)" \
   --meta "fs=$(fs_type "$WORK_DIR")" \
-  --meta "load=$LOAD_AT_START (before the CPU window $LOAD_CPU, before detection $LOAD_DETECT)" \
+  --meta "load=$LOAD_AT_START (before the last CPU window $LOAD_CPU, before detection $LOAD_DETECT)" \
   --meta "cairn_bin=$(repo_relative "$CAIRN_BIN")" \
   --meta "cairn_build=$CAIRN_BUILD" \
   --meta "cairn_log=$BENCH_CAIRN_LOG" \
@@ -340,12 +377,13 @@ report "$RESULTS_DIR" \
   --meta "python=$("$PYTHON" -c 'import platform; print(platform.python_version())')" \
   --meta "command=$COMMAND_LINE" \
   --meta "checks=$BENCH_CHECKS" \
+  --meta "runs=$BENCH_RUNS" \
+  --meta "detect_target=$BENCH_DETECT_TARGET" \
   --meta "interval=$BENCH_INTERVAL" \
   --meta "timeout=$BENCH_TIMEOUT" \
   --meta "fall=$BENCH_FALL" \
   --meta "window=10" \
   --meta "settle=$BENCH_SETTLE" \
-  --meta "idle_rss_kib=$IDLE_RSS" \
   --meta "detect_checks=$BENCH_DETECT_CHECKS" \
   --meta "detect_interval=$BENCH_DETECT_INTERVAL" \
   --meta "detect_timeout=$BENCH_DETECT_TIMEOUT" \

@@ -39,8 +39,8 @@ pub enum AgentError {
     Start(#[from] StartError),
     #[error("cannot join the cluster: {0}")]
     Join(String),
-    #[error("cannot create the health checker's HTTP client: {0}")]
-    Checker(reqwest::Error),
+    #[error("cannot create the health checker's TLS client: {0}")]
+    Checker(cairn_tls::rustls::Error),
     #[error("cannot serve the DNS zone: {0}")]
     Dns(String),
     #[error("cannot load the TLS certificates: {0}")]
@@ -288,10 +288,17 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let checks_stop = CancellationToken::new();
     let check_roots = match &config.check_ca_file {
         None => Vec::new(),
-        Some(path) => std::fs::read(path)
-            .map_err(|e| e.to_string())
-            .and_then(|pem| reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| e.to_string()))
-            .map_err(|e| AgentError::Tls(format!("{}: {e}", path.display())))?,
+        Some(path) => {
+            use cairn_tls::rustls::pki_types::{pem::PemObject, CertificateDer};
+            std::fs::read(path)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| {
+                    CertificateDer::pem_slice_iter(&pem)
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| e.to_string())
+                })
+                .map_err(|e| AgentError::Tls(format!("{}: {e}", path.display())))?
+        }
     };
     let targets = Arc::new(
         crate::check_targets::TargetPolicy::new(

@@ -11,13 +11,12 @@
 //!
 //! Names are resolved, then every address is checked: at registration (the HTTP layer refuses
 //! a denied target with 400 naming the rule) and before every probe (a name that came to resolve
-//! into a denied range makes the check critical with the rule as its output). HTTP probes
-//! connect through [`CheckedResolver`], which checks the addresses it hands to the connection,
-//! so a name that changes its answer between the two lookups is caught too.
+//! into a denied range makes the check critical with the rule as its output). Probes connect
+//! to the addresses just checked, never to the name again, so a name that changes its answer
+//! between the check and the connection cannot slip through (see [`crate::prober`]).
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -197,25 +196,6 @@ pub fn url_target(url: &str) -> Option<(String, u16)> {
 pub fn tcp_target(target: &str) -> Option<(String, u16)> {
     let (host, port) = target.rsplit_once(':')?;
     Some((host.to_owned(), port.parse().ok()?))
-}
-
-/// reqwest's resolver for HTTP checks: resolves as the system does, and hands the connection
-/// only addresses the policy allows (by range: the resolver is not told the port).
-pub struct CheckedResolver(pub Arc<TargetPolicy>);
-
-impl reqwest::dns::Resolve for CheckedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let policy = self.0.clone();
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
-            for addr in &addrs {
-                policy.check_ip(addr.ip())?;
-            }
-            let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
-            Ok(addrs)
-        })
-    }
 }
 
 #[cfg(test)]

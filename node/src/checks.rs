@@ -15,18 +15,32 @@
 //! Active checks connect only where [`TargetPolicy`] allows, checked on the resolved addresses
 //! before every probe (see [`crate::check_targets`]).
 //!
+//! One task runs every active check of the node: a timer wheel holds when each is due, probes
+//! that fall due within one [`TICK`] start together, and they run as futures of that task, at
+//! most [`MAX_CONCURRENT_PROBES`] at once, on the keep-alive connections of one [`Pool`] (see
+//! [`crate::prober`]). A check costs no task and no timer of its own, and a probe nothing but its
+//! future: at a thousand probes a second, waking a task and a thread per probe was much of the
+//! cost. TTL checks, which only wait, keep a task each.
+//!
+//! Which checks are this node's is decided again after every registry change and every second;
+//! only services whose entry changed since (and all of them when the members that are up
+//! change) are walked again.
+//!
 //! A new owner starts from the last committed status, never from the initial one. Time spans
 //! (TTL, `deregister_after`) are measured on the owner's monotonic clock from events it saw
 //! itself, so no decision depends on two clocks agreeing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_raft::Cluster;
-use cairn_registry::model::{CheckKindSpec, CheckSpec, CHECK_METHODS, MAX_OUTPUT_LEN};
+use cairn_registry::model::{CheckKindSpec, CheckSpec};
+use cairn_registry::registry::ServiceEntry;
 use cairn_registry::HealthStatus;
 use cairn_registry::Op;
+use cairn_tls::rustls;
+use futures::stream::{FuturesUnordered, StreamExt};
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -35,16 +49,21 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use rand::Rng;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::time::DelayQueue;
 
-use crate::check_targets::{self, CheckedResolver, TargetPolicy};
+use crate::check_targets::TargetPolicy;
+use crate::prober::{self, Conn, Connector, HttpProbe, Outcome, Pool};
 
 /// Probes running at once on one node; more wait their turn, so a burst of checks cannot
 /// exhaust sockets or starve the agent's other work.
 pub const MAX_CONCURRENT_PROBES: usize = 256;
+/// Probes due within one tick start together: the node wakes once per tick, not once per probe.
+/// A probe starts at most this late, which no `fall` x `interval` (at least 100 ms) notices.
+pub const TICK: Duration = Duration::from_millis(10);
 /// Coalescing delay after a registry change before re-deciding ownership.
 const RECONCILE_DELAY: Duration = Duration::from_millis(100);
 /// Ownership is also re-decided this often (membership changes do not pass through apply).
@@ -68,11 +87,6 @@ impl CheckKey {
     }
 }
 
-struct Running {
-    spec: CheckSpec,
-    task: JoinHandle<()>,
-}
-
 /// How long a heartbeat for a TTL check that is not running here yet is kept for it: the check
 /// may have been registered a moment ago, not yet applied on this node.
 const PENDING_HEARTBEAT: Duration = Duration::from_secs(5);
@@ -88,9 +102,7 @@ struct HeartbeatSlot {
 pub struct Checker {
     cluster: Arc<Cluster>,
     targets: Arc<TargetPolicy>,
-    http: reqwest::Client,
-    http_insecure: reqwest::Client,
-    probes: Arc<Semaphore>,
+    connector: Connector,
     heartbeats: Mutex<HashMap<CheckKey, HeartbeatSlot>>,
     stats: CheckStats,
 }
@@ -174,14 +186,6 @@ impl CheckStats {
     }
 }
 
-fn kind_label(kind: &CheckKindSpec) -> &'static str {
-    match kind {
-        CheckKindSpec::Http { .. } => "http",
-        CheckKindSpec::Tcp { .. } => "tcp",
-        CheckKindSpec::Ttl { .. } => "ttl",
-    }
-}
-
 impl Checker {
     /// `extra_roots`: CA certificates that HTTPS checks trust besides the public roots
     /// (`--check-ca-file`), for targets with certificates of a private CA.
@@ -189,34 +193,12 @@ impl Checker {
     pub fn new(
         cluster: Arc<Cluster>,
         targets: Arc<TargetPolicy>,
-        extra_roots: &[reqwest::Certificate],
-    ) -> Result<Arc<Checker>, reqwest::Error> {
-        let build = |insecure: bool| {
-            let mut builder = reqwest::Client::builder()
-                // Every address a connection is made to passes the policy, whatever the name
-                // resolved to a moment earlier.
-                .dns_resolver(Arc::new(CheckedResolver(targets.clone())))
-                // No proxy from the environment: the policy judges the target, not a proxy.
-                .no_proxy();
-            for root in extra_roots {
-                builder = builder.add_root_certificate(root.clone());
-            }
-            builder
-                .danger_accept_invalid_certs(insecure)
-                .redirect(reqwest::redirect::Policy::none())
-                // Keep-alive: a probe every few seconds reuses its connection instead of paying
-                // a TCP (and TLS) handshake each time; a dead target still fails the next probe.
-                .pool_idle_timeout(Duration::from_secs(90))
-                .user_agent(concat!("cairn-health-check/", env!("CARGO_PKG_VERSION")))
-                .build()
-        };
-        let (http, http_insecure) = (build(false)?, build(true)?);
+        extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Result<Arc<Checker>, rustls::Error> {
         Ok(Arc::new(Checker {
             cluster,
             targets,
-            http,
-            http_insecure,
-            probes: Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES)),
+            connector: Connector::new(extra_roots)?,
             heartbeats: Mutex::new(HashMap::new()),
             stats: CheckStats::default(),
         }))
@@ -227,91 +209,121 @@ impl Checker {
         &self.stats
     }
 
-    /// Runs until `stop` is cancelled: keeps the set of running check tasks equal to the
-    /// checks this node owns.
+    /// Runs until `stop` is cancelled: keeps the checks that run here equal to the checks this
+    /// node owns, and runs the active ones.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut changes = self.cluster.registry().subscribe();
-        let mut running: HashMap<CheckKey, Running> = HashMap::new();
+        let mut checks = Scheduler::new(self.clone());
+        let mut in_flight = FuturesUnordered::new();
+        let reconcile = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(reconcile);
+        let mut reconcile_soon = false;
         loop {
-            self.reconcile(&mut running);
             tokio::select! {
+                biased;
                 _ = stop.cancelled() => break,
-                r = changes.changed() => {
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    for job in checks.done(done) {
+                        in_flight.push(self.clone().execute(job));
+                    }
+                }
+                Some(due) = std::future::poll_fn(|cx| checks.wheel.poll_expired(cx)),
+                    if !checks.wheel.is_empty() =>
+                {
+                    if let Some(job) = checks.due(due.into_inner()) {
+                        in_flight.push(self.clone().execute(job));
+                    }
+                }
+                () = &mut reconcile => {
+                    checks.reconcile();
+                    reconcile_soon = false;
+                    reconcile.as_mut().reset(Instant::now() + RECONCILE_INTERVAL);
+                }
+                r = changes.changed(), if !reconcile_soon => {
                     if r.is_err() {
                         break;
                     }
-                    tokio::time::sleep(RECONCILE_DELAY).await;
+                    // Coalesce a burst of changes into one pass.
+                    reconcile_soon = true;
+                    let soon = Instant::now() + RECONCILE_DELAY;
+                    if soon < reconcile.deadline() {
+                        reconcile.as_mut().reset(soon);
+                    }
                 }
-                _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
             }
         }
-        for (_, r) in running {
-            r.task.abort();
+        checks.stop_all();
+    }
+
+    /// Runs one probe or one write for the scheduler.
+    async fn execute(self: Arc<Self>, job: Job) -> Done {
+        match job {
+            Job::Probe {
+                id,
+                probe,
+                conn,
+                timeout,
+            } => {
+                let started = Instant::now();
+                let (outcome, conn) = match &*probe {
+                    Probe::Http(http) => {
+                        http.probe(&self.connector, &self.targets, conn, timeout)
+                            .await
+                    }
+                    Probe::Tcp { target, .. } => (
+                        prober::probe_tcp(&self.targets, target, timeout).await,
+                        None,
+                    ),
+                    Probe::Broken { why, .. } => (Outcome::Failed(why.clone().into()), None),
+                };
+                let kind = probe.kind();
+                self.stats
+                    .probe_seconds
+                    .get_or_create(&KindLabel { kind })
+                    .observe(started.elapsed().as_secs_f64());
+                self.stats.count(kind, outcome.health());
+                Done::Probed { id, outcome, conn }
+            }
+            Job::Write { id, key, write } => {
+                let (kind, done) = match write {
+                    Write::Status(status, output) => {
+                        (WriteKind::Status, self.propose(&key, status, output).await)
+                    }
+                    Write::Deregister => (WriteKind::Deregister, self.deregister(&key).await),
+                };
+                Done::Wrote { id, kind, done }
+            }
         }
     }
 
-    /// The checks this node owns now, with their specs.
-    fn owned(&self) -> HashMap<CheckKey, CheckSpec> {
-        let members = self.cluster.up_members();
-        let me = self.cluster.id();
-        let mut out = HashMap::new();
+    /// The checks this node owns in `svc`, by the rendezvous hash over `members`.
+    fn owned_in<'a>(
+        svc: &'a ServiceEntry,
+        members: &'a [u64],
+        me: u64,
+    ) -> impl Iterator<Item = (CheckKey, &'a CheckSpec)> + 'a {
+        svc.instances.values().flat_map(move |inst| {
+            inst.spec.checks.iter().filter_map(move |spec| {
+                let key = CheckKey {
+                    service: svc.name.clone(),
+                    instance: inst.spec.id.clone(),
+                    check: spec.id.clone(),
+                };
+                (cairn_registry::hash::rendezvous_owner(&key.hash_key(), members) == Some(me))
+                    .then_some((key, spec))
+            })
+        })
+    }
+
+    /// Whether this node runs checks now: it is up, and has heard from a leader lately.
+    fn may_run(&self, members: &[u64]) -> bool {
         // A node that has not heard from a leader lately may hold a stale view of who is up
         // (it may just have restarted): it runs nothing until it is in touch again.
         let in_touch = self
             .cluster
             .last_contact_ms()
             .is_some_and(|ms| ms < IN_TOUCH_MS);
-        if !members.contains(&me) || !in_touch {
-            return out;
-        }
-        let (_, services) = self.cluster.registry().services();
-        // Services whose instances have no checks cost nothing here, however large.
-        for svc in services.iter().filter(|s| s.checked_instances() > 0) {
-            for inst in svc.instances.values() {
-                for spec in &inst.spec.checks {
-                    let key = CheckKey {
-                        service: svc.name.clone(),
-                        instance: inst.spec.id.clone(),
-                        check: spec.id.clone(),
-                    };
-                    if cairn_registry::hash::rendezvous_owner(&key.hash_key(), &members) == Some(me)
-                    {
-                        out.insert(key, spec.clone());
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    fn reconcile(self: &Arc<Self>, running: &mut HashMap<CheckKey, Running>) {
-        let mut owned = self.owned();
-        running.retain(|key, r| {
-            let keep = !r.task.is_finished() && owned.get(key) == Some(&r.spec);
-            if !keep {
-                r.task.abort();
-            }
-            keep
-        });
-        owned.retain(|key, _| !running.contains_key(key));
-        for (key, spec) in owned {
-            let task = match &spec.kind {
-                CheckKindSpec::Ttl { ttl_ms } => {
-                    let notify = self.heartbeat_slot(&key);
-                    tokio::spawn(self.clone().run_ttl(
-                        key.clone(),
-                        spec.clone(),
-                        Duration::from_millis(*ttl_ms),
-                        notify,
-                    ))
-                }
-                _ => tokio::spawn(self.clone().run_active(key.clone(), spec.clone())),
-            };
-            running.insert(key, Running { spec, task });
-        }
-        self.stats.owned.set(running.len() as i64);
-        let mut hb = self.heartbeats.lock();
-        hb.retain(|k, slot| running.contains_key(k) || slot.created.elapsed() < PENDING_HEARTBEAT);
+        members.contains(&self.cluster.id()) && in_touch
     }
 
     fn heartbeat_slot(&self, key: &CheckKey) -> Arc<Notify> {
@@ -360,25 +372,8 @@ impl Checker {
         }
     }
 
-    /// Removes the instance once its check has been critical for `deregister_after`.
-    async fn maybe_deregister(
-        &self,
-        key: &CheckKey,
-        spec: &CheckSpec,
-        critical_since: &mut Option<Instant>,
-        committed: Option<HealthStatus>,
-    ) -> bool {
-        let Some(after) = spec.deregister_after_ms.map(Duration::from_millis) else {
-            return false;
-        };
-        if committed != Some(HealthStatus::Critical) {
-            *critical_since = None;
-            return false;
-        }
-        let since = *critical_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < after {
-            return false;
-        }
+    /// Removes the check's instance; answers whether the removal was committed.
+    async fn deregister(&self, key: &CheckKey) -> bool {
         let op = Op::Deregister {
             service: key.service.clone(),
             id: key.instance.clone(),
@@ -395,64 +390,21 @@ impl Checker {
         }
     }
 
-    async fn run_active(self: Arc<Self>, key: CheckKey, spec: CheckSpec) {
-        let interval = Duration::from_millis(spec.interval_ms);
-        let timeout = Duration::from_millis(spec.timeout_ms);
-        // Spread first probes over the interval so that checks registered together do not fire
-        // together; after that the period is exact, so that `fall` failures are noticed within
-        // `fall` intervals (per-round jitter would stretch that bound).
-        let first = rand::thread_rng().gen_range(0..=spec.interval_ms.max(1));
-        let mut next = Instant::now() + Duration::from_millis(first);
-        tokio::time::sleep_until(next).await;
-        // The last result and how many times in a row it came: a status changes after `rise`
-        // passing results in a row, or `fall` warning or critical ones in a row.
-        let mut streak: Option<(HealthStatus, u32)> = None;
-        let mut critical_since = None;
-        loop {
-            let Some(committed) = self.committed(&key) else {
-                return;
-            };
-            let (result, output) = {
-                let Ok(_permit) = self.probes.acquire().await else {
-                    return;
-                };
-                let started = Instant::now();
-                let probed = self.probe(&spec.kind, timeout).await;
-                let kind = kind_label(&spec.kind);
-                self.stats
-                    .probe_seconds
-                    .get_or_create(&KindLabel { kind })
-                    .observe(started.elapsed().as_secs_f64());
-                self.stats.count(kind, probed.0);
-                probed
-            };
-            let committed = self.committed(&key).unwrap_or(committed);
-            let count = match streak {
-                Some((last, n)) if last == result => n.saturating_add(1),
-                _ => 1,
-            };
-            streak = Some((result, count));
-            let needed = if result == HealthStatus::Passing {
-                spec.rise
-            } else {
-                spec.fall
-            };
-            if committed != result && count >= needed {
-                self.propose(&key, result, output).await;
-            }
-            if self
-                .maybe_deregister(&key, &spec, &mut critical_since, self.committed(&key))
-                .await
-            {
-                return;
-            }
-            next += interval;
-            if next < Instant::now() {
-                // A probe overran its slot (waiting for a permit): start the next one now.
-                next = Instant::now();
-            }
-            tokio::time::sleep_until(next).await;
+    /// Whether the instance is due for removal: its check committed critical for
+    /// `deregister_after` in a row, counted from when this node first saw it so.
+    fn deregister_due(
+        spec: &CheckSpec,
+        critical_since: &mut Option<Instant>,
+        committed: Option<HealthStatus>,
+    ) -> bool {
+        let Some(after) = spec.deregister_after_ms.map(Duration::from_millis) else {
+            return false;
+        };
+        if committed != Some(HealthStatus::Critical) {
+            *critical_since = None;
+            return false;
         }
+        critical_since.get_or_insert_with(Instant::now).elapsed() >= after
     }
 
     async fn run_ttl(
@@ -495,17 +447,31 @@ impl Checker {
                 }
                 _ = tokio::time::sleep(tick) => {}
             }
-            if self
-                .maybe_deregister(&key, &spec, &mut critical_since, self.committed(&key))
-                .await
+            if Self::deregister_due(&spec, &mut critical_since, self.committed(&key))
+                && self.deregister(&key).await
             {
                 return;
             }
         }
     }
+}
 
-    async fn probe(&self, kind: &CheckKindSpec, timeout: Duration) -> (HealthStatus, String) {
-        let critical = |output: String| (HealthStatus::Critical, cut(output));
+/// How an active check probes, prepared when it starts.
+enum Probe {
+    Http(HttpProbe),
+    Tcp {
+        target: String,
+    },
+    /// A definition no probe can send (a method or URL stored before the rules existed): the
+    /// check stays critical with this output.
+    Broken {
+        kind: &'static str,
+        why: String,
+    },
+}
+
+impl Probe {
+    fn new(kind: &CheckKindSpec) -> (Probe, String) {
         match kind {
             CheckKindSpec::Http {
                 url,
@@ -513,152 +479,422 @@ impl Checker {
                 headers,
                 tls_skip_verify,
                 output_body,
-            } => {
-                let what = format!("HTTP {method} {url}");
-                // Stored before the method rule existed, or forwarded by an older node.
-                let allowed = CHECK_METHODS.contains(&method.as_str());
-                let Some(method) = reqwest::Method::from_bytes(method.as_bytes())
-                    .ok()
-                    .filter(|_| allowed)
-                else {
-                    return critical(format!(
-                        "{what}: the method is not one of {}",
-                        CHECK_METHODS.join(", ")
-                    ));
-                };
-                let Some((host, port)) = check_targets::url_target(url) else {
-                    return critical(format!("{what}: not a URL"));
-                };
-                // The connection checks the addresses it uses (CheckedResolver), by range; this
-                // also checks the port (the node's own listeners) and catches a name that moved
-                // into a denied range while a pooled connection to its old address is open.
-                match tokio::time::timeout(timeout, self.targets.resolve(&host, port)).await {
-                    Err(_) => return critical(format!("{what}: timed out resolving {host}")),
-                    Ok(Err(e)) => return critical(format!("{what}: {e}")),
-                    Ok(Ok(_)) => {}
+            } => match HttpProbe::new(url, method, headers, *tls_skip_verify, *output_body) {
+                Ok(http) => {
+                    let what = http.what.clone();
+                    (Probe::Http(http), what)
                 }
-                let client = if *tls_skip_verify {
-                    &self.http_insecure
-                } else {
-                    &self.http
+                Err(why) => (
+                    Probe::Broken { kind: "http", why },
+                    format!("HTTP {method} {url}"),
+                ),
+            },
+            CheckKindSpec::Tcp { target } => (
+                Probe::Tcp {
+                    target: target.clone(),
+                },
+                format!("TCP {target}"),
+            ),
+            CheckKindSpec::Ttl { .. } => (
+                Probe::Broken {
+                    kind: "ttl",
+                    why: "not an active check".into(),
+                },
+                String::new(),
+            ),
+        }
+    }
+
+    /// The check's kind as a metric label.
+    fn kind(&self) -> &'static str {
+        match self {
+            Probe::Http(_) => "http",
+            Probe::Tcp { .. } => "tcp",
+            Probe::Broken { kind, .. } => kind,
+        }
+    }
+}
+
+/// An active (http or tcp) check this node runs.
+struct Active {
+    key: CheckKey,
+    spec: CheckSpec,
+    probe: Arc<Probe>,
+    /// `HTTP <method> <url>` or `TCP <target>`: the start of every output.
+    what: String,
+    /// When the next probe is due (the wheel rounds it up to a [`TICK`]).
+    next: Instant,
+    /// The last result and how many times in a row it came: a status changes after `rise`
+    /// passing results in a row, or `fall` warning or critical ones in a row.
+    streak: Option<(HealthStatus, u32)>,
+    critical_since: Option<Instant>,
+}
+
+/// Work the scheduler hands to [`Checker::execute`].
+enum Job {
+    Probe {
+        id: u64,
+        probe: Arc<Probe>,
+        /// An idle connection to the target, from the pool.
+        conn: Option<Conn>,
+        timeout: Duration,
+    },
+    Write {
+        id: u64,
+        key: CheckKey,
+        write: Write,
+    },
+}
+
+enum Write {
+    Status(HealthStatus, String),
+    Deregister,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum WriteKind {
+    Status,
+    Deregister,
+}
+
+/// A finished [`Job`].
+enum Done {
+    Probed {
+        id: u64,
+        outcome: Outcome,
+        conn: Option<Conn>,
+    },
+    Wrote {
+        id: u64,
+        kind: WriteKind,
+        /// The write was committed.
+        done: bool,
+    },
+}
+
+/// What runs for one check: a TTL check's task, or an active check's id in the scheduler.
+enum Run {
+    Ttl(JoinHandle<()>),
+    Active(u64),
+}
+
+struct Running {
+    spec: CheckSpec,
+    run: Run,
+}
+
+/// The checks of one service that run here, and the service's entry they were decided on.
+struct ServiceChecks {
+    entry: Arc<ServiceEntry>,
+    checks: HashMap<CheckKey, Running>,
+}
+
+/// The checks of this node: which run (decided by [`Scheduler::reconcile`]), when each active
+/// one is due, and the connections their probes keep.
+struct Scheduler {
+    checker: Arc<Checker>,
+    services: HashMap<String, ServiceChecks>,
+    /// The members that were up, and whether this node could run checks, at the last pass.
+    members: Vec<u64>,
+    may_run: bool,
+    actives: HashMap<u64, Active>,
+    next_id: u64,
+    wheel: DelayQueue<u64>,
+    /// Checks due while [`MAX_CONCURRENT_PROBES`] probes ran, in the order they fell due.
+    waiting: VecDeque<u64>,
+    probing: usize,
+    pool: Pool,
+    /// Ticks are counted from here.
+    epoch: Instant,
+}
+
+impl Scheduler {
+    fn new(checker: Arc<Checker>) -> Scheduler {
+        Scheduler {
+            checker,
+            services: HashMap::new(),
+            members: Vec::new(),
+            may_run: false,
+            actives: HashMap::new(),
+            next_id: 0,
+            wheel: DelayQueue::new(),
+            waiting: VecDeque::new(),
+            probing: 0,
+            pool: Pool::default(),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Makes the checks that run here the checks this node owns. Only services whose entry
+    /// changed since the last pass are walked, unless the members that are up changed.
+    fn reconcile(&mut self) {
+        let cluster = &self.checker.cluster;
+        let members = cluster.up_members();
+        let me = cluster.id();
+        let may_run = self.checker.may_run(&members);
+        let everything = members != self.members || may_run != self.may_run;
+        self.members = members;
+        self.may_run = may_run;
+        let mut before = std::mem::take(&mut self.services);
+        if may_run {
+            let (_, services) = cluster.registry().services();
+            // Services whose instances have no checks cost nothing here, however large.
+            for svc in services.iter().filter(|s| s.checked_instances() > 0) {
+                let (name, old) = match before.remove_entry(&svc.name) {
+                    Some((name, old)) if !everything && Arc::ptr_eq(&old.entry, svc) => {
+                        self.services.insert(name, old);
+                        continue;
+                    }
+                    Some((name, old)) => (name, old.checks),
+                    None => (svc.name.clone(), HashMap::new()),
                 };
-                let mut req = client.request(method, url).timeout(timeout);
-                for (k, v) in headers {
-                    req = req.header(k, v);
+                let checks = self.sync_service(svc, old, me);
+                self.services.insert(
+                    name,
+                    ServiceChecks {
+                        entry: svc.clone(),
+                        checks,
+                    },
+                );
+            }
+        }
+        // Services gone, left without checks, or all of them when this node may not run checks.
+        for (_, gone) in before {
+            for (_, r) in gone.checks {
+                self.stop(r);
+            }
+        }
+        let owned: usize = self.services.values().map(|s| s.checks.len()).sum();
+        self.checker.stats.owned.set(owned as i64);
+        self.pool.sweep();
+        let services = &self.services;
+        self.checker.heartbeats.lock().retain(|k, slot| {
+            services
+                .get(&k.service)
+                .is_some_and(|s| s.checks.contains_key(k))
+                || slot.created.elapsed() < PENDING_HEARTBEAT
+        });
+    }
+
+    /// The checks of `svc` this node owns, keeping those of `old` that run unchanged.
+    fn sync_service(
+        &mut self,
+        svc: &ServiceEntry,
+        mut old: HashMap<CheckKey, Running>,
+        me: u64,
+    ) -> HashMap<CheckKey, Running> {
+        let mut checks = HashMap::new();
+        let members = self.members.clone();
+        for (key, spec) in Checker::owned_in(svc, &members, me) {
+            let running = match old.remove(&key) {
+                Some(r) if r.spec == *spec && self.is_running(&r) => r,
+                Some(r) => {
+                    self.stop(r);
+                    self.start(&key, spec)
                 }
-                let work = async {
-                    let mut res = req.send().await?;
-                    let status = res.status();
-                    // Read (a bounded part of) the body either way, so the connection can be
-                    // reused.
-                    let mut body = Vec::new();
-                    while body.len() < MAX_OUTPUT_LEN {
-                        match res.chunk().await? {
-                            Some(chunk) => body.extend_from_slice(&chunk),
-                            None => break,
-                        }
-                    }
-                    Ok::<_, reqwest::Error>((status, body))
-                };
-                match tokio::time::timeout(timeout, work).await {
-                    Ok(Ok((status, body))) => {
-                        let health = if status.is_success() {
-                            HealthStatus::Passing
-                        } else if status.as_u16() == 429 {
-                            HealthStatus::Warning
-                        } else {
-                            HealthStatus::Critical
-                        };
-                        let mut output = format!("{what}: {status}");
-                        if *output_body {
-                            output.push('\n');
-                            output.push_str(&String::from_utf8_lossy(&body));
-                        }
-                        (health, cut(output))
-                    }
-                    Ok(Err(e)) => critical(format!("{what}: {}", http_failure(&e, timeout))),
-                    Err(_) => critical(format!("{what}: timed out after {timeout:?}")),
+                None => self.start(&key, spec),
+            };
+            checks.insert(key, running);
+        }
+        for (_, r) in old {
+            self.stop(r);
+        }
+        checks
+    }
+
+    fn is_running(&self, r: &Running) -> bool {
+        match &r.run {
+            Run::Ttl(task) => !task.is_finished(),
+            Run::Active(id) => self.actives.contains_key(id),
+        }
+    }
+
+    fn start(&mut self, key: &CheckKey, spec: &CheckSpec) -> Running {
+        let run = match &spec.kind {
+            CheckKindSpec::Ttl { ttl_ms } => {
+                let notify = self.checker.heartbeat_slot(key);
+                Run::Ttl(tokio::spawn(self.checker.clone().run_ttl(
+                    key.clone(),
+                    spec.clone(),
+                    Duration::from_millis(*ttl_ms),
+                    notify,
+                )))
+            }
+            kind => {
+                let (probe, what) = Probe::new(kind);
+                // Spread first probes over the interval so that checks registered together do
+                // not fire together; after that the period is exact, so that `fall` failures
+                // are noticed within `fall` intervals (per-round jitter would stretch that).
+                let first = rand::thread_rng().gen_range(0..=spec.interval_ms.max(1));
+                let next = Instant::now() + Duration::from_millis(first);
+                let id = self.next_id;
+                self.next_id += 1;
+                self.actives.insert(
+                    id,
+                    Active {
+                        key: key.clone(),
+                        spec: spec.clone(),
+                        probe: Arc::new(probe),
+                        what,
+                        next,
+                        streak: None,
+                        critical_since: None,
+                    },
+                );
+                self.wheel.insert_at(id, self.tick_of(next));
+                Run::Active(id)
+            }
+        };
+        Running {
+            spec: spec.clone(),
+            run,
+        }
+    }
+
+    fn stop(&mut self, r: Running) {
+        match r.run {
+            Run::Ttl(task) => task.abort(),
+            // Its wheel entry, queue place or job in flight find no check and are dropped.
+            Run::Active(id) => {
+                self.actives.remove(&id);
+            }
+        }
+    }
+
+    fn stop_all(&mut self) {
+        for (_, svc) in std::mem::take(&mut self.services) {
+            for (_, r) in svc.checks {
+                self.stop(r);
+            }
+        }
+    }
+
+    /// `at`, rounded up to the next tick.
+    fn tick_of(&self, at: Instant) -> Instant {
+        let tick = TICK.as_nanos();
+        let since = at.saturating_duration_since(self.epoch).as_nanos();
+        let ticks = since.div_ceil(tick);
+        let nanos = u64::try_from(ticks * tick).unwrap_or(u64::MAX);
+        self.epoch + Duration::from_nanos(nanos)
+    }
+
+    /// Check `id` fell due: its probe, unless [`MAX_CONCURRENT_PROBES`] run already.
+    fn due(&mut self, id: u64) -> Option<Job> {
+        if !self.actives.contains_key(&id) {
+            return None;
+        }
+        if self.probing >= MAX_CONCURRENT_PROBES {
+            self.waiting.push_back(id);
+            return None;
+        }
+        self.start_probe(id)
+    }
+
+    fn start_probe(&mut self, id: u64) -> Option<Job> {
+        let a = self.actives.get(&id)?;
+        let conn = match &*a.probe {
+            Probe::Http(http) => self.pool.take(http.key()),
+            _ => None,
+        };
+        self.probing += 1;
+        Some(Job::Probe {
+            id,
+            probe: a.probe.clone(),
+            conn,
+            timeout: Duration::from_millis(a.spec.timeout_ms),
+        })
+    }
+
+    /// A job finished: what to do next for its check, and the probes that waited for a place.
+    fn done(&mut self, done: Done) -> Vec<Job> {
+        let mut jobs = Vec::new();
+        match done {
+            Done::Probed { id, outcome, conn } => {
+                self.probing -= 1;
+                jobs.extend(self.probed(id, outcome, conn));
+                while self.probing < MAX_CONCURRENT_PROBES {
+                    let Some(id) = self.waiting.pop_front() else {
+                        break;
+                    };
+                    jobs.extend(self.start_probe(id));
                 }
             }
-            CheckKindSpec::Tcp { target } => {
-                let what = format!("TCP {target}");
-                let Some((host, port)) = check_targets::tcp_target(target) else {
-                    return critical(format!("{what}: not host:port"));
-                };
-                let deadline = tokio::time::Instant::now() + timeout;
-                let addrs = match tokio::time::timeout_at(
-                    deadline,
-                    self.targets.resolve(&host, port),
-                )
-                .await
-                {
-                    Err(_) => return critical(format!("{what}: timed out resolving {host}")),
-                    Ok(Err(e)) => return critical(format!("{what}: {e}")),
-                    Ok(Ok(addrs)) => addrs,
-                };
-                // The addresses just checked, not the name again: nothing can swap them between
-                // the check and the connection.
-                let mut failure = "unreachable";
-                for addr in addrs {
-                    match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(addr))
-                        .await
-                    {
-                        Ok(Ok(_)) => return (HealthStatus::Passing, format!("{what}: connected")),
-                        Ok(Err(e)) => failure = io_failure(&e),
-                        Err(_) => return critical(format!("{what}: timed out after {timeout:?}")),
-                    }
-                }
-                critical(format!("{what}: {failure}"))
+            Done::Wrote { id, kind, done } => jobs.extend(self.wrote(id, kind, done)),
+        }
+        jobs
+    }
+
+    fn probed(&mut self, id: u64, outcome: Outcome, conn: Option<Conn>) -> Option<Job> {
+        // A check stopped while its probe ran: the result is no one's.
+        let a = self.actives.get_mut(&id)?;
+        if let (Some(conn), Probe::Http(http)) = (conn, &*a.probe) {
+            self.pool.put(http.key(), conn);
+        }
+        let Some(committed) = self.checker.committed(&a.key) else {
+            // The check or its instance is gone; the next pass stops it for good.
+            self.actives.remove(&id);
+            return None;
+        };
+        let result = outcome.health();
+        let count = match a.streak {
+            Some((last, n)) if last == result => n.saturating_add(1),
+            _ => 1,
+        };
+        a.streak = Some((result, count));
+        let needed = if result == HealthStatus::Passing {
+            a.spec.rise
+        } else {
+            a.spec.fall
+        };
+        if committed != result && count >= needed {
+            return Some(Job::Write {
+                id,
+                key: a.key.clone(),
+                write: Write::Status(result, outcome.output(&a.what)),
+            });
+        }
+        self.settle(id, Some(committed))
+    }
+
+    fn wrote(&mut self, id: u64, kind: WriteKind, done: bool) -> Option<Job> {
+        match kind {
+            WriteKind::Status => {
+                let committed = self.checker.committed(&self.actives.get(&id)?.key);
+                self.settle(id, committed)
             }
-            CheckKindSpec::Ttl { .. } => (HealthStatus::Critical, "not an active check".into()),
+            WriteKind::Deregister if done => {
+                self.actives.remove(&id);
+                None
+            }
+            WriteKind::Deregister => self.schedule(id),
         }
     }
-}
 
-/// The class of a failed connection: what a health check needs to show, and no more.
-fn io_failure(e: &std::io::Error) -> &'static str {
-    use std::io::ErrorKind::*;
-    match e.kind() {
-        ConnectionRefused => "connection refused",
-        TimedOut => "timed out",
-        HostUnreachable | NetworkUnreachable | AddrNotAvailable => "unreachable",
-        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => "connection lost",
-        _ => "connection failed",
+    /// After a probe (and its status write, if any): the instance's removal when it is due,
+    /// else the next probe.
+    fn settle(&mut self, id: u64, committed: Option<HealthStatus>) -> Option<Job> {
+        let a = self.actives.get_mut(&id)?;
+        if Checker::deregister_due(&a.spec, &mut a.critical_since, committed) {
+            return Some(Job::Write {
+                id,
+                key: a.key.clone(),
+                write: Write::Deregister,
+            });
+        }
+        self.schedule(id)
     }
-}
 
-/// The class of a failed HTTP probe; a target the policy refused is named with its rule.
-fn http_failure(e: &reqwest::Error, timeout: Duration) -> String {
-    if e.is_timeout() {
-        return format!("timed out after {timeout:?}");
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(refused) = s.downcast_ref::<check_targets::Refused>() {
-            return refused.to_string();
+    /// Puts the check's next probe on the wheel, one interval after the last was due.
+    fn schedule(&mut self, id: u64) -> Option<Job> {
+        let a = self.actives.get_mut(&id)?;
+        a.next += Duration::from_millis(a.spec.interval_ms);
+        let now = Instant::now();
+        if a.next < now {
+            // A probe overran its slot (waiting for a place, or slow): the next one now.
+            a.next = now;
         }
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return io_failure(io).to_owned();
-        }
-        source = s.source();
+        let at = a.next;
+        self.wheel.insert_at(id, self.tick_of(at));
+        None
     }
-    if e.is_connect() {
-        "connection failed".into()
-    } else if e.is_body() || e.is_decode() {
-        "bad response body".into()
-    } else {
-        "request failed".into()
-    }
-}
-
-/// Output is kept to [`MAX_OUTPUT_LEN`] bytes, cut on a character boundary.
-fn cut(mut s: String) -> String {
-    if s.len() > MAX_OUTPUT_LEN {
-        let mut end = MAX_OUTPUT_LEN;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-    s
 }
