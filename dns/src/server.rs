@@ -165,14 +165,15 @@ impl Shared {
         self.config.recursors_allow.iter().any(|n| n.contains(&ip))
     }
 
-    /// Over UDP: `None` when RRL lets a response to `client` go, else what to send instead
-    /// (`slip` builds the truncated answer).
-    fn rate_limit(&self, client: IpAddr, slip: impl FnOnce() -> Vec<u8>) -> Option<Action> {
+    /// Over UDP: `None` when RRL lets a response to `client` go, else what to do instead
+    /// (`slip` writes the truncated answer).
+    fn rate_limit(&self, client: IpAddr, slip: impl FnOnce()) -> Option<Action> {
         match self.rrl.as_ref()?.check(client) {
             Verdict::Send => None,
             Verdict::Slip => {
                 self.stats.rrl_slipped.fetch_add(1, Ordering::Relaxed);
-                Some(Action::Send(slip()))
+                slip();
+                Some(Action::Reply)
             }
             Verdict::Drop => {
                 self.stats.rrl_dropped.fetch_add(1, Ordering::Relaxed);
@@ -313,8 +314,9 @@ impl Answerer {
     /// a query).
     pub async fn answer_stream(&self, request: &[u8], client: IpAddr) -> Option<Vec<u8>> {
         let shared = &self.0;
-        match handle(shared, request, client, false) {
-            Action::Send(bytes) => Some(bytes),
+        let mut reply = Vec::new();
+        match handle(shared, request, client, false, &mut reply) {
+            Action::Reply => Some(reply),
             Action::Forward { .. } => Some(match shared.forwards.clone().try_acquire_owned() {
                 Ok(_permit) => forward(&shared.config, request, true).await,
                 Err(_) => servfail(request),
@@ -398,29 +400,31 @@ impl Answerer {
     }
 }
 
-/// What to send back for a request.
+/// What to do with a request.
 enum Action {
-    Send(Vec<u8>),
+    /// Send the reply written into the buffer [`handle`] was given.
+    Reply,
     /// Relay to the upstreams; the client takes `limit` bytes.
-    Forward {
-        limit: usize,
-    },
+    Forward { limit: usize },
+    /// Send nothing.
     Nothing,
 }
 
-/// The answer to `request` from `client`; over UDP, after the rate limiter. Counts the query
-/// by type and RCODE, and the time its answer took.
-fn handle(shared: &Shared, request: &[u8], client: IpAddr, udp: bool) -> Action {
+/// The answer to `request` from `client`, written into `out` (cleared first; its capacity is
+/// reused); over UDP, after the rate limiter. Counts the query by type and RCODE, and the time
+/// its answer took.
+fn handle(shared: &Shared, request: &[u8], client: IpAddr, udp: bool, out: &mut Vec<u8>) -> Action {
     // Two clock reads cost as much as the rest of the counting (callgrind: ~5% of a query), so
     // one query in LATENCY_SAMPLE is timed, chosen by its message id (random per query).
     let started = request
         .get(1)
         .is_some_and(|b| b % LATENCY_SAMPLE == 0)
         .then(Instant::now);
-    let (qtype, action) = answer(shared, request, client, udp);
+    out.clear();
+    let (qtype, action) = answer(shared, request, client, udp, out);
     match &action {
-        Action::Send(reply) => {
-            shared.stats.count(qtype, rcode_slot(reply));
+        Action::Reply => {
+            shared.stats.count(qtype, rcode_slot(out));
             if let Some(started) = started {
                 shared.stats.answer_latency.observe(started.elapsed());
             }
@@ -432,39 +436,47 @@ fn handle(shared: &Shared, request: &[u8], client: IpAddr, udp: bool) -> Action 
 }
 
 /// [`handle`]'s answer, with the query's type slot in [`QTYPE_LABELS`].
-fn answer(shared: &Shared, request: &[u8], client: IpAddr, udp: bool) -> (usize, Action) {
+fn answer(
+    shared: &Shared,
+    request: &[u8],
+    client: IpAddr,
+    udp: bool,
+    out: &mut Vec<u8>,
+) -> (usize, Action) {
     match wire::parse_query(request) {
         Ok(q) => {
             let qtype = qtype_slot(q.qtype);
             if udp {
-                let slip = || header_only(&q, wire::RCODE_NOERROR, true, false);
+                let slip = || *out = header_only(&q, wire::RCODE_NOERROR, true, false);
                 if let Some(instead) = shared.rate_limit(client, slip) {
                     return (qtype, instead);
                 }
             }
             let limit = if udp { q.udp_limit() } else { STREAM_LIMIT };
-            let action = match shared.zone.answer(&q, limit) {
-                Outcome::Reply(bytes) => Action::Send(bytes),
+            let action = match shared.zone.answer(&q, limit, out) {
+                Outcome::Reply => Action::Reply,
                 Outcome::Forward if shared.may_recurse(client) => Action::Forward { limit },
                 Outcome::Forward => {
                     shared
                         .stats
                         .recursion_refused
                         .fetch_add(1, Ordering::Relaxed);
-                    Action::Send(header_only(&q, wire::RCODE_REFUSED, false, false))
+                    *out = header_only(&q, wire::RCODE_REFUSED, false, false);
+                    Action::Reply
                 }
             };
             (qtype, action)
         }
         Err(ParseError::Drop) => (QTYPE_INVALID, Action::Nothing),
         Err(e) => {
-            let reply = error_reply(e);
             // An error answer is no larger than the question: a slip sends it as it is.
-            let action = match udp.then(|| shared.rate_limit(client, || reply.clone())) {
-                Some(Some(instead)) => instead,
-                _ => Action::Send(reply),
-            };
-            (QTYPE_INVALID, action)
+            *out = error_reply(e);
+            if udp {
+                if let Some(instead) = shared.rate_limit(client, || {}) {
+                    return (QTYPE_INVALID, instead);
+                }
+            }
+            (QTYPE_INVALID, Action::Reply)
         }
     }
 }
@@ -524,6 +536,7 @@ fn clamp_relayed(stats: &DnsStats, query: &[u8], reply: Vec<u8>, limit: usize) -
 
 async fn udp_loop(sock: Arc<UdpSocket>, shared: Arc<Shared>, stop: CancellationToken) {
     let mut buf = vec![0u8; UDP_READ_BUFFER];
+    let mut reply = Vec::new();
     loop {
         let (n, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -537,9 +550,9 @@ async fn udp_loop(sock: Arc<UdpSocket>, shared: Arc<Shared>, stop: CancellationT
             },
         };
         let request = &buf[..n];
-        match handle(&shared, request, peer.ip(), true) {
-            Action::Send(bytes) => {
-                if let Err(e) = sock.send_to(&bytes, peer).await {
+        match handle(&shared, request, peer.ip(), true, &mut reply) {
+            Action::Reply => {
+                if let Err(e) = sock.send_to(&reply, peer).await {
                     tracing::debug!(%peer, "DNS UDP send: {e}");
                 }
             }
