@@ -1,5 +1,8 @@
 //! The listeners: UDP and TCP on one address, and forwarding of names outside the zone.
 //!
+//! UDP is served by threads of its own, a batch of datagrams per system call ([`udp`]); TCP,
+//! TLS and HTTPS by the async runtime.
+//!
 //! An [`Answerer`] holds what every transport shares (the zone, the upstreams and the bound on
 //! forwards in flight); DNS over TLS and over HTTPS ([`crate::dot`], [`crate::doh`]) answer
 //! through the same one as TCP, so a question gets the same bytes over each.
@@ -19,12 +22,13 @@ use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::answer::{Outcome, Zone};
 use crate::rrl::{Limiter, RrlConfig, Verdict};
 use crate::wire::{self, ParseError, Query};
+
+mod udp;
 
 /// Largest datagram read. Queries are small; a larger one is cut and then refused as malformed.
 const UDP_READ_BUFFER: usize = 4096;
@@ -84,7 +88,7 @@ pub struct ServerConfig {
     /// A client that does not take an answer (over TCP or TLS) within this long is dropped, so
     /// a reader that stops reading holds no connection.
     pub tcp_write_timeout: Duration,
-    /// Tasks reading the UDP socket.
+    /// Threads reading the UDP socket.
     pub udp_workers: usize,
 }
 
@@ -107,7 +111,8 @@ impl Default for ServerConfig {
 
 /// The bound sockets, before serving (so the agent learns the ports before anything runs).
 pub struct Listeners {
-    udp: UdpSocket,
+    /// Served by threads of its own ([`udp`]), not by the runtime.
+    udp: std::net::UdpSocket,
     tcp: TcpListener,
 }
 
@@ -117,7 +122,7 @@ impl Listeners {
         let mut last_err = None;
         // With port 0 the UDP port may be taken for TCP; try a few.
         for _ in 0..16 {
-            let udp = UdpSocket::bind(addr).await?;
+            let udp = std::net::UdpSocket::bind(addr)?;
             let port = udp.local_addr()?.port();
             match TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
                 Ok(tcp) => return Ok(Listeners { udp, tcp }),
@@ -133,19 +138,29 @@ impl Listeners {
     }
 
     /// Serves until `stop` is cancelled; `tcp_stats` counts the TCP listener's connections.
+    /// UDP is served by [`ServerConfig::udp_workers`] threads of its own; when they cannot be
+    /// started the error is logged and TCP is still served.
     pub async fn serve(
         self,
         answerer: Answerer,
         tcp_stats: Arc<ConnStats>,
         stop: CancellationToken,
     ) {
-        let udp = Arc::new(self.udp);
-        let mut tasks = JoinSet::new();
-        for _ in 0..answerer.0.config.udp_workers.max(1) {
-            tasks.spawn(udp_loop(udp.clone(), answerer.0.clone(), stop.clone()));
+        let workers = answerer.0.config.udp_workers.max(1);
+        let udp_done = match udp::spawn(Arc::new(self.udp), &answerer.0, workers, &stop) {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!("cannot start the DNS UDP workers: {e}");
+                Vec::new()
+            }
+        };
+        answerer
+            .serve_streams(self.tcp, None, tcp_stats, stop.clone())
+            .await;
+        for done in udp_done {
+            // Completes when the worker's thread returns (its sender is dropped).
+            let _ = done.await;
         }
-        tasks.spawn(answerer.serve_streams(self.tcp, None, tcp_stats, stop.clone()));
-        tasks.join_all().await;
     }
 }
 
@@ -532,50 +547,6 @@ fn clamp_relayed(stats: &DnsStats, query: &[u8], reply: Vec<u8>, limit: usize) -
     stats.relay_truncated.fetch_add(1, Ordering::Relaxed);
     let rcode = reply.get(3).map_or(wire::RCODE_SERVFAIL, |b| b & 0x0F);
     header_only(&q, rcode, true, true)
-}
-
-async fn udp_loop(sock: Arc<UdpSocket>, shared: Arc<Shared>, stop: CancellationToken) {
-    let mut buf = vec![0u8; UDP_READ_BUFFER];
-    let mut reply = Vec::new();
-    loop {
-        let (n, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = sock.recv_from(&mut buf) => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // ICMP errors from earlier sends surface here on some systems; keep serving.
-                    tracing::debug!("DNS UDP receive: {e}");
-                    continue;
-                }
-            },
-        };
-        let request = &buf[..n];
-        match handle(&shared, request, peer.ip(), true, &mut reply) {
-            Action::Reply => {
-                if let Err(e) = sock.send_to(&reply, peer).await {
-                    tracing::debug!(%peer, "DNS UDP send: {e}");
-                }
-            }
-            Action::Forward { limit } => {
-                let query = request.to_vec();
-                let (sock, shared) = (sock.clone(), shared.clone());
-                match shared.forwards.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        tokio::spawn(async move {
-                            let _permit = permit;
-                            let reply = forward(&shared.config, &query, false).await;
-                            let reply = clamp_relayed(&shared.stats, &query, reply, limit);
-                            let _ = sock.send_to(&reply, peer).await;
-                        });
-                    }
-                    Err(_) => {
-                        let _ = sock.send_to(&servfail(&query), peer).await;
-                    }
-                }
-            }
-            Action::Nothing => {}
-        }
-    }
 }
 
 fn servfail(query: &[u8]) -> Vec<u8> {
