@@ -2,20 +2,24 @@
 //! shuffling, truncation, and negative answers.
 //!
 //! Each (service, tag) that is asked about gets a [`RecordSet`]: its healthy instances' records,
-//! fully encoded once. A query then costs a lookup, a weighted shuffle of indexes and a few
-//! `memcpy`s. A set remembers the service's index and settings index it was built at and is
-//! rebuilt on the first query after either moves, so an applied change shows in the very next
-//! answer of that node.
+//! fully encoded once, back to back. A query then costs a lookup, a weighted shuffle of indexes
+//! and a few `memcpy`s. A set remembers the service's index and settings index it was built at
+//! and is rebuilt on the first query after either moves, so an applied change shows in the very
+//! next answer of that node; while nothing at all is applied, a set is used without looking at
+//! the registry.
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use cairn_registry::acl::{Access, AclMode, Authorizer, Secret};
 use cairn_registry::model::{address_kind, AddressKind};
 use cairn_registry::{HealthStatus, Registry, ServiceEntry};
 use parking_lot::RwLock;
-use rand::Rng;
+use rand::rngs::SmallRng;
+use rand::{Rng, RngCore, SeedableRng};
 
 use crate::wire::{self, DomainName, Flags, NameError, Query, Response, SoaTimers};
 
@@ -75,21 +79,30 @@ pub type Nameservers = Arc<dyn Fn() -> Vec<(u64, Option<IpAddr>)> + Send + Sync>
 /// What to do with a query.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Send these bytes.
-    Reply(Vec<u8>),
+    /// Send the reply written into the buffer [`Zone::answer`] was given.
+    Reply,
     /// The name is outside the zone and upstreams are configured: forward the query.
     Forward,
 }
 
-/// One instance's records, encoded.
-#[derive(Debug)]
+/// Where one record is in its set's [`RecordSet::bytes`]; empty for none.
+#[derive(Debug, Clone, Copy, Default)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+/// One instance's records, as spans of its set's bytes.
+#[derive(Debug, Clone, Copy)]
 struct Encoded {
     weight: u16,
+    /// The type of the address record: A, AAAA or CNAME.
+    address_type: u16,
     /// The A, AAAA or CNAME record owned by the question name.
-    address: Option<(u16, Vec<u8>)>,
-    srv: Vec<u8>,
-    /// The target's A or AAAA for the additional section (none for host-name targets).
-    glue: Option<Vec<u8>>,
+    address: Span,
+    srv: Span,
+    /// The target's A or AAAA for the additional section (empty for host-name targets).
+    glue: Span,
 }
 
 /// The encoded records of a service (or of one tag of it) at one index.
@@ -97,16 +110,57 @@ struct Encoded {
 struct RecordSet {
     service_index: u64,
     settings_index: u64,
+    /// The registry's applied index when the set was last found current. While the registry
+    /// stays at it, a query uses the set without looking the service up.
+    checked_at: AtomicU64,
+    /// Every record of the set, encoded, back to back: an answer reads a few cache lines
+    /// rather than one allocation per record.
+    bytes: Vec<u8>,
     instances: Vec<Encoded>,
+    /// Whether every instance has the same weight: the weighted order is then a uniform one.
+    equal_weights: bool,
 }
 
-/// A cached set: the service, and the tag when the name asked for one.
-type SetKey = (String, Option<String>);
+impl RecordSet {
+    fn record(&self, span: Span) -> &[u8] {
+        let start = span.start as usize;
+        &self.bytes[start..start + span.len as usize]
+    }
+}
+
+/// The cache key of a set: the service's name, and `.` and the tag when the name asked for
+/// one (neither has a dot). Both are DNS labels, so a key fits in [`SET_KEY_LEN`] bytes and is
+/// made on the stack for a lookup.
+type SetKey = Vec<u8>;
+const SET_KEY_LEN: usize = 2 * wire::MAX_LABEL_LEN + 1;
+
+/// `service` and `tag` as a [`SetKey`] in `buf`; `None` when they are longer than DNS labels.
+fn set_key<'b>(
+    buf: &'b mut [u8; SET_KEY_LEN],
+    service: &str,
+    tag: Option<&str>,
+) -> Option<&'b [u8]> {
+    let tag = tag.map_or(&[][..], str::as_bytes);
+    if service.len() > wire::MAX_LABEL_LEN || tag.len() > wire::MAX_LABEL_LEN {
+        return None;
+    }
+    let mut n = service.len();
+    buf[..n].copy_from_slice(service.as_bytes());
+    if !tag.is_empty() {
+        buf[n] = b'.';
+        buf[n + 1..n + 1 + tag.len()].copy_from_slice(tag);
+        n += 1 + tag.len();
+    }
+    Some(&buf[..n])
+}
 
 /// The DNS zone of one node.
 pub struct Zone {
     config: ZoneConfig,
-    domain_labels: Vec<Vec<u8>>,
+    /// How many labels the zone's name has.
+    domain_labels: usize,
+    /// The zone's name in lower-cased wire form, as [`wire::Labels::wire_from`] gives names.
+    domain_wire: Vec<u8>,
     /// The zone's name and the SOA's two names, checked once.
     domain: DomainName,
     soa_mname: DomainName,
@@ -136,10 +190,10 @@ enum Name<'a> {
     Unknown,
 }
 
-fn classify<'a>(rel: &'a [Vec<u8>]) -> Name<'a> {
+fn classify<'a>(rel: &[&'a [u8]]) -> Name<'a> {
     match rel {
         [] => Name::Apex,
-        [s, svc] if svc == b"service" => {
+        [s, svc] if *svc == b"service" => {
             if s.starts_with(b"_") {
                 Name::Unknown
             } else {
@@ -149,7 +203,7 @@ fn classify<'a>(rel: &'a [Vec<u8>]) -> Name<'a> {
                 }
             }
         }
-        [a, b, svc] if svc == b"service" => {
+        [a, b, svc] if *svc == b"service" => {
             match (a.strip_prefix(b"_"), b.strip_prefix(b"_")) {
                 // RFC 2782: _service._proto or _service._tag; _tcp asks for every instance.
                 (Some(service), Some(proto)) => Name::Service {
@@ -163,8 +217,8 @@ fn classify<'a>(rel: &'a [Vec<u8>]) -> Name<'a> {
                 _ => Name::Unknown,
             }
         }
-        [hex, addr] if addr == b"addr" => Name::Addr(hex),
-        [node, n] if n == b"node" => Name::Node(node),
+        [hex, addr] if *addr == b"addr" => Name::Addr(hex),
+        [node, n] if *n == b"node" => Name::Node(node),
         _ => Name::Unknown,
     }
 }
@@ -215,15 +269,23 @@ impl Zone {
         let domain = check_domain(&config.domain)?;
         let soa_mname = domain.child("ns")?;
         let soa_rname = domain.child("hostmaster")?;
-        let domain_labels = config
+        let domain_labels: Vec<Vec<u8>> = config
             .domain
             .split('.')
             .filter(|l| !l.is_empty())
             .map(|l| l.as_bytes().to_ascii_lowercase())
             .collect();
+        let mut domain_wire = Vec::with_capacity(domain.wire().len());
+        for l in &domain_labels {
+            domain_wire.push(l.len() as u8);
+            domain_wire.extend_from_slice(l);
+        }
+        domain_wire.push(0);
+        let domain_labels = domain_labels.len();
         Ok(Zone {
             config,
             domain_labels,
+            domain_wire,
             domain,
             soa_mname,
             soa_rname,
@@ -275,35 +337,66 @@ impl Zone {
         &self.config
     }
 
-    /// Answers `q`. `limit` is the largest message the transport takes (UDP) or 65535 (TCP).
-    pub fn answer(&self, q: &Query<'_>, limit: usize) -> Outcome {
-        let in_zone = q.labels.len() >= self.domain_labels.len()
-            && q.labels[q.labels.len() - self.domain_labels.len()..] == self.domain_labels[..];
+    /// Answers `q` into `out`. `limit` is the largest message the transport takes (UDP) or
+    /// 65535 (TCP).
+    pub fn answer(&self, q: &Query<'_>, limit: usize, out: &mut Vec<u8>) -> Outcome {
+        // The reply is built in `out`'s allocation: handed to `reply` through REPLY, so that
+        // none of the builders below needs to pass it on.
+        REPLY.set(std::mem::take(out));
+        let outcome = match self.answer_owned(q, limit) {
+            Some(reply) => {
+                *out = reply;
+                Outcome::Reply
+            }
+            None => {
+                *out = REPLY.take();
+                Outcome::Forward
+            }
+        };
+        // A reply built in a second buffer leaves the first here: not kept for later.
+        drop(REPLY.take());
+        outcome
+    }
+
+    fn answer_owned(&self, q: &Query<'_>, limit: usize) -> Option<Vec<u8>> {
+        let zone_labels = self.domain_labels;
+        let in_zone = q.labels.len() >= zone_labels
+            && q.labels.wire_from(q.labels.len() - zone_labels) == self.domain_wire;
         if !in_zone {
             // Only names outside the zone pay for the namespace lookup.
             if let Some(reply) = self.namespace_answer(q, limit) {
-                return Outcome::Reply(reply);
+                return Some(reply);
             }
             return if self.config.recursion {
-                Outcome::Forward
+                None
             } else {
-                Outcome::Reply(self.reply(q, wire::RCODE_REFUSED, false, limit).finish())
+                Some(self.reply(q, wire::RCODE_REFUSED, false, limit).finish())
             };
         }
         if q.qclass != wire::CLASS_IN {
-            return Outcome::Reply(self.reply(q, wire::RCODE_REFUSED, false, limit).finish());
+            return Some(self.reply(q, wire::RCODE_REFUSED, false, limit).finish());
         }
         match q.qtype {
             wire::TYPE_AXFR | wire::TYPE_IXFR => {
-                return Outcome::Reply(self.reply(q, wire::RCODE_REFUSED, false, limit).finish())
+                return Some(self.reply(q, wire::RCODE_REFUSED, false, limit).finish())
             }
             wire::TYPE_ANY => {
-                return Outcome::Reply(self.reply(q, wire::RCODE_NOTIMP, false, limit).finish())
+                return Some(self.reply(q, wire::RCODE_NOTIMP, false, limit).finish())
             }
             _ => {}
         }
-        let rel = &q.labels[..q.labels.len() - self.domain_labels.len()];
-        let out = match classify(rel) {
+        // The labels left of the zone's; no name of the scheme has more than three.
+        let name = match q.labels.len() - zone_labels {
+            n @ 0..=3 => {
+                let mut rel = [&[][..]; 3];
+                for (i, label) in rel.iter_mut().take(n).enumerate() {
+                    *label = q.labels.get(i);
+                }
+                classify(&rel[..n])
+            }
+            _ => Name::Unknown,
+        };
+        let out = match name {
             Name::Apex => self.apex(q, limit),
             Name::Service { service, tag } => self.service(q, service, tag, limit),
             Name::Addr(hex) => match parse_addr_label(hex) {
@@ -329,12 +422,13 @@ impl Zone {
             }
             Name::Unknown => self.negative(q, wire::RCODE_NXDOMAIN, limit),
         };
-        Outcome::Reply(out)
+        Some(out)
     }
 
     fn reply(&self, q: &Query<'_>, rcode: u8, authoritative: bool, limit: usize) -> Draft {
+        let buf = REPLY.take();
         Draft {
-            response: Response::new(q.id, q.question, limit.min(4096)),
+            response: Response::in_buffer(buf, q.id, q.question, limit.min(4096)),
             flags: Flags {
                 opcode: q.opcode,
                 authoritative,
@@ -452,80 +546,83 @@ impl Zone {
         if !self.may_answer(service) {
             return self.negative(q, wire::RCODE_NXDOMAIN, limit);
         }
-        let Some(entry) = self.registry.service(service) else {
-            return self.negative(q, wire::RCODE_NXDOMAIN, limit);
-        };
-        if let Some(t) = tag {
-            if !entry.tags().any(|x| x == t) {
-                return self.negative(q, wire::RCODE_NXDOMAIN, limit);
+        // Read before the registry, so a set checked against what is read below is current
+        // at least as of this index.
+        let applied = self.registry.applied_index();
+        let mut key_buf = [0; SET_KEY_LEN];
+        let key = set_key(&mut key_buf, service, tag);
+        let cached = key.and_then(|k| self.cache.read().get(k).cloned());
+        let set = match cached {
+            // Nothing was applied since the set was last found current: it still is, with no
+            // look at the registry.
+            Some(set) if set.checked_at.load(Ordering::Relaxed) == applied => set,
+            cached => {
+                let Some(entry) = self.registry.service(service) else {
+                    return self.negative(q, wire::RCODE_NXDOMAIN, limit);
+                };
+                if let Some(t) = tag {
+                    if !entry.tags().any(|x| x == t) {
+                        return self.negative(q, wire::RCODE_NXDOMAIN, limit);
+                    }
+                }
+                self.record_set(&entry, tag, key, cached, applied)
             }
-        }
-        let set = self.record_set(&entry, tag);
+        };
         let want_srv = q.qtype == wire::TYPE_SRV;
         let want_address = matches!(q.qtype, wire::TYPE_A | wire::TYPE_AAAA);
         if !want_srv && !want_address {
             return self.negative(q, wire::RCODE_NOERROR, limit);
         }
-        // Candidates for this question type, in a fresh weighted-random order.
-        let candidates: Vec<usize> = (0..set.instances.len())
-            .filter(|&i| {
-                let e = &set.instances[i];
-                want_srv || e.address.as_ref().is_some_and(|(t, _)| *t == q.qtype)
-            })
-            .collect();
-        let mut order = weighted_order(&candidates, |i| set.instances[i].weight);
-        if order.is_empty() && want_address {
-            // No address of the asked family: answer a host-name instance by its CNAME.
-            if let Some(i) = (0..set.instances.len()).find(|&i| {
-                set.instances[i]
-                    .address
-                    .as_ref()
-                    .is_some_and(|(t, _)| *t == wire::TYPE_CNAME)
-            }) {
-                order.push(i);
-            }
-        }
-        if order.is_empty() {
-            return self.negative(q, wire::RCODE_NOERROR, limit);
-        }
-        if self.config.max_answers > 0 {
-            order.truncate(self.config.max_answers);
-        }
-        let mut d = self.reply(q, wire::RCODE_NOERROR, true, limit);
-        let reserve = d.opt_len();
-        let mut included = Vec::with_capacity(order.len());
-        for &i in &order {
-            let e = &set.instances[i];
-            let rr = if want_srv {
-                &e.srv[..]
-            } else {
-                match &e.address {
-                    Some((_, rr)) => &rr[..],
-                    None => continue,
-                }
-            };
-            if !d.response.answer(rr, limit, reserve) {
-                d.flags.truncated = true;
-                break;
-            }
-            included.push(i);
-            if !want_srv
-                && e.address
-                    .as_ref()
-                    .is_some_and(|(t, _)| *t == wire::TYPE_CNAME)
-            {
-                // One CNAME owns the name alone.
-                break;
-            }
-        }
-        if want_srv {
-            for i in included {
-                if let Some(g) = &set.instances[i].glue {
-                    d.response.additional(g, limit, reserve);
+        ORDER.with_borrow_mut(|order| {
+            // Candidates for this question type, in a fresh weighted-random order.
+            order.clear();
+            order.extend(
+                (0..set.instances.len())
+                    .filter(|&i| want_srv || set.instances[i].address_type == q.qtype),
+            );
+            let weight = |i: usize| set.instances[i].weight;
+            weighted_shuffle(order, weight, set.equal_weights);
+            if order.is_empty() && want_address {
+                // No address of the asked family: answer a host-name instance by its CNAME.
+                if let Some(i) = (0..set.instances.len())
+                    .find(|&i| set.instances[i].address_type == wire::TYPE_CNAME)
+                {
+                    order.push(i);
                 }
             }
-        }
-        d.finish()
+            if order.is_empty() {
+                return self.negative(q, wire::RCODE_NOERROR, limit);
+            }
+            if self.config.max_answers > 0 {
+                order.truncate(self.config.max_answers);
+            }
+            let mut d = self.reply(q, wire::RCODE_NOERROR, true, limit);
+            let reserve = d.opt_len();
+            // The answers written are the first `included` of `order`.
+            let mut included = 0;
+            for &i in order.iter() {
+                let e = set.instances[i];
+                let rr = set.record(if want_srv { e.srv } else { e.address });
+                if !d.response.answer(rr, limit, reserve) {
+                    d.flags.truncated = true;
+                    break;
+                }
+                included += 1;
+                if !want_srv && e.address_type == wire::TYPE_CNAME {
+                    // One CNAME owns the name alone.
+                    break;
+                }
+            }
+            if want_srv {
+                for &i in &order[..included] {
+                    let glue = set.instances[i].glue;
+                    if glue.len > 0 {
+                        d.response.additional(set.record(glue), limit, reserve);
+                    }
+                }
+            }
+            d.finish()
+        })
     }
 
     /// Whether an instance of this health is handed out.
@@ -533,13 +630,22 @@ impl Zone {
         h == HealthStatus::Passing || (self.config.allow_warning && h == HealthStatus::Warning)
     }
 
-    fn record_set(&self, entry: &ServiceEntry, tag: Option<&str>) -> Arc<RecordSet> {
+    /// The set of `entry` (or of its `tag`), `cached` when it is still current, else built and
+    /// kept under `key`; either way marked current as of the registry's `applied` index.
+    fn record_set(
+        &self,
+        entry: &ServiceEntry,
+        tag: Option<&str>,
+        key: Option<&[u8]>,
+        cached: Option<Arc<RecordSet>>,
+        applied: u64,
+    ) -> Arc<RecordSet> {
         let settings = self.registry.settings(&entry.name);
         let settings_index = settings.as_ref().map_or(0, |s| s.modify_index);
-        let key = (entry.name.clone(), tag.map(str::to_owned));
-        if let Some(set) = self.cache.read().get(&key) {
+        if let Some(set) = cached {
             if set.service_index == entry.modify_index && set.settings_index == settings_index {
-                return set.clone();
+                set.checked_at.store(applied, Ordering::Relaxed);
+                return set;
             }
         }
         let ttl = settings
@@ -558,61 +664,78 @@ impl Zone {
         if chosen.is_empty() && fail_open {
             chosen = entry.instances.values().filter(tagged).collect();
         }
-        let instances = chosen
-            .into_iter()
-            .filter_map(|inst| {
-                let spec = &inst.spec;
-                // Neither can fail: `new` checked that the longest target fits under the domain,
-                // and registration only accepts host names that are domain names.
-                let (target, address, glue) = match address_kind(&spec.address) {
-                    AddressKind::Ip(ip) => {
-                        let target = self
-                            .domain
-                            .child(&format!("{}.addr", addr_label(ip)))
-                            .ok()?;
-                        let rtype = match ip {
-                            IpAddr::V4(_) => wire::TYPE_A,
-                            IpAddr::V6(_) => wire::TYPE_AAAA,
-                        };
-                        let address = (rtype, address_rr(&wire::QNAME_POINTER, ip, ttl));
-                        let glue = address_rr(target.wire(), ip, ttl);
-                        (target, Some(address), Some(glue))
-                    }
-                    AddressKind::Host => {
-                        let host = DomainName::new(&spec.address).ok()?;
-                        let cname = wire::encode_rr(
-                            &wire::QNAME_POINTER,
-                            wire::TYPE_CNAME,
-                            ttl,
-                            &wire::name_rdata(&host),
-                        );
-                        (host, Some((wire::TYPE_CNAME, cname)), None)
-                    }
-                };
-                let srv = wire::encode_rr(
-                    &wire::QNAME_POINTER,
-                    wire::TYPE_SRV,
-                    ttl,
-                    &wire::srv_rdata(SRV_PRIORITY, spec.weight, spec.port, &target),
-                );
-                Some(Encoded {
-                    weight: spec.weight,
-                    address,
-                    srv,
-                    glue,
-                })
-            })
-            .collect();
+        let mut bytes = Vec::new();
+        let mut push = |rr: &[u8]| {
+            let span = Span {
+                start: bytes.len() as u32,
+                len: rr.len() as u32,
+            };
+            bytes.extend_from_slice(rr);
+            span
+        };
+        let mut instances = Vec::with_capacity(chosen.len());
+        for inst in chosen {
+            let spec = &inst.spec;
+            // Neither fails: `new` checked that the longest target fits under the domain, and
+            // registration only accepts host names that are domain names.
+            let (target, address_type, address, glue) = match address_kind(&spec.address) {
+                AddressKind::Ip(ip) => {
+                    let Ok(target) = self.domain.child(&format!("{}.addr", addr_label(ip))) else {
+                        continue;
+                    };
+                    let rtype = match ip {
+                        IpAddr::V4(_) => wire::TYPE_A,
+                        IpAddr::V6(_) => wire::TYPE_AAAA,
+                    };
+                    let address = push(&address_rr(&wire::QNAME_POINTER, ip, ttl));
+                    let glue = push(&address_rr(target.wire(), ip, ttl));
+                    (target, rtype, address, glue)
+                }
+                AddressKind::Host => {
+                    let Ok(host) = DomainName::new(&spec.address) else {
+                        continue;
+                    };
+                    let cname = wire::encode_rr(
+                        &wire::QNAME_POINTER,
+                        wire::TYPE_CNAME,
+                        ttl,
+                        &wire::name_rdata(&host),
+                    );
+                    (host, wire::TYPE_CNAME, push(&cname), Span::default())
+                }
+            };
+            let srv = push(&wire::encode_rr(
+                &wire::QNAME_POINTER,
+                wire::TYPE_SRV,
+                ttl,
+                &wire::srv_rdata(SRV_PRIORITY, spec.weight, spec.port, &target),
+            ));
+            instances.push(Encoded {
+                weight: spec.weight,
+                address_type,
+                address,
+                srv,
+                glue,
+            });
+        }
+        let equal_weights = instances.windows(2).all(|w| w[0].weight == w[1].weight);
         let set = Arc::new(RecordSet {
             service_index: entry.modify_index,
             settings_index,
+            checked_at: AtomicU64::new(applied),
+            bytes,
             instances,
+            equal_weights,
         });
-        let mut cache = self.cache.write();
-        if cache.len() >= MAX_CACHED_SETS {
-            cache.clear();
+        // A name too long to be a key is answered without keeping its set (the registry takes
+        // no such service or tag; this only keeps the bound explicit).
+        if let Some(key) = key {
+            let mut cache = self.cache.write();
+            if cache.len() >= MAX_CACHED_SETS {
+                cache.clear();
+            }
+            cache.insert(key.to_vec(), set.clone());
         }
-        cache.insert(key, set.clone());
         set
     }
 }
@@ -624,26 +747,75 @@ fn address_rr(owner: &[u8], ip: IpAddr, ttl: u32) -> Vec<u8> {
     }
 }
 
-/// A random order of `items` in which each is ahead with odds proportional to its weight
-/// (Efraimidis-Spirakis: sort by `u^(1/w)`, `u` uniform in (0, 1]).
-fn weighted_order(items: &[usize], weight: impl Fn(usize) -> u16) -> Vec<usize> {
-    let mut rng = rand::thread_rng();
-    let mut keyed: Vec<(f64, usize)> = items
-        .iter()
-        .map(|&i| (sort_key(&mut rng, weight(i)), i))
-        .collect();
-    keyed.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
-    keyed.into_iter().map(|(_, i)| i).collect()
+thread_local! {
+    /// The buffer of the reply [`Zone::answer`] is building: its caller's, so that a listener
+    /// that keeps its buffers (UDP) allocates no reply. [`Zone::reply`] takes it.
+    static REPLY: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    /// Each thread's scratch for the order of an answer's records, so that answering allocates
+    /// nothing once it has grown to the largest set the thread answered from.
+    static ORDER: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+    /// [`weighted_shuffle`]'s sort keys, kept the same way.
+    static KEYS: RefCell<Vec<(f64, usize)>> = const { RefCell::new(Vec::new()) };
+    /// The randomness of answer orders: a small, fast generator per thread, seeded from the
+    /// operating system. An order is load spreading, not a secret, so it needs no cryptographic
+    /// generator (`thread_rng`'s ChaCha cost a fifth of an answer's instructions).
+    static RNG: RefCell<SmallRng> = RefCell::new(SmallRng::from_entropy());
 }
 
-/// `u^(1/weight)` for [`weighted_order`]. One function for every caller of `weighted_order`
-/// (each closure makes its own copy of that), so the compiler keeps rand's float sampling
-/// inlined here, with its constant range folded: shared by two copies, it was called out of
-/// line instead, which cost `cairn.` answers about 30 instructions per record (callgrind).
+/// A random order of `items` in which each is ahead with odds proportional to its weight.
+fn weighted_order(items: &[usize], weight: impl Fn(usize) -> u16) -> Vec<usize> {
+    let mut order = items.to_vec();
+    let equal = items.windows(2).all(|w| weight(w[0]) == weight(w[1]));
+    weighted_shuffle(&mut order, weight, equal);
+    order
+}
+
+/// Puts `items` in a random order in which each is ahead with odds proportional to its weight
+/// (Efraimidis-Spirakis: descending `u^(1/w)`, `u` uniform in (0, 1]). With `equal` weights that
+/// is a uniform random order, drawn as such (Fisher-Yates), without floating point.
+fn weighted_shuffle(items: &mut [usize], weight: impl Fn(usize) -> u16, equal: bool) {
+    RNG.with_borrow_mut(|rng| {
+        if equal {
+            // Fisher-Yates.
+            for i in (1..items.len()).rev() {
+                items.swap(i, below(rng, i + 1));
+            }
+            return;
+        }
+        KEYS.with_borrow_mut(|keyed| {
+            keyed.clear();
+            keyed.extend(items.iter().map(|&i| (sort_key(rng, weight(i)), i)));
+            keyed.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+            for (slot, &(_, i)) in items.iter_mut().zip(keyed.iter()) {
+                *slot = i;
+            }
+        });
+    });
+}
+
+/// A uniform random index below `n` (Lemire's multiply-shift, with the rejection that makes it
+/// exact): a multiplication per draw, where rand's `gen_range` also divides.
+fn below(rng: &mut SmallRng, n: usize) -> usize {
+    let n = n as u64;
+    let mut m = u128::from(rng.next_u64()) * u128::from(n);
+    if (m as u64) < n {
+        let threshold = n.wrapping_neg() % n;
+        while (m as u64) < threshold {
+            m = u128::from(rng.next_u64()) * u128::from(n);
+        }
+    }
+    (m >> 64) as usize
+}
+
+/// The sort key of [`weighted_shuffle`]: `ln(u) / weight`, which orders as `u^(1/weight)` does
+/// (the logarithm keeps order) for a logarithm instead of a power. One out-of-line function for
+/// every caller, so the compiler keeps rand's float sampling inlined here with its constant
+/// range folded (shared by two inlined copies, it was called out of line, which cost `cairn.`
+/// answers about 30 instructions per record under callgrind).
 #[inline(never)]
-fn sort_key(rng: &mut rand::rngs::ThreadRng, weight: u16) -> f64 {
+fn sort_key(rng: &mut SmallRng, weight: u16) -> f64 {
     let u: f64 = rng.gen_range(f64::MIN_POSITIVE..=1.0);
-    u.powf(1.0 / f64::from(weight.max(1)))
+    u.ln() / f64::from(weight.max(1))
 }
 
 /// A response being assembled, with the EDNS and size context of its query.
@@ -745,6 +917,68 @@ mod tests {
         assert!(!zone.may_answer("web"), "a deleted DNS token still answers");
     }
 
+    fn register(registry: &Registry, n: u8) {
+        use cairn_registry::model::validate_registration;
+        use cairn_registry::{Command, Dirty, Op};
+        let body = serde_json::json!({"address": format!("10.0.0.{n}"), "port": 80});
+        let spec = validate_registration(&format!("i{n}"), &serde_json::from_value(body).unwrap())
+            .unwrap();
+        let op = Op::Register {
+            service: "web".into(),
+            instance: spec,
+            health: None,
+        };
+        let cmd = Command {
+            by: Vec::new(),
+            time_ms: 1,
+            ops: vec![op],
+        };
+        registry.apply(u64::from(n), &cmd, &mut Dirty::default());
+    }
+
+    /// An answer is written into the caller's buffer, reusing its allocation (the UDP workers
+    /// keep theirs), and reads back as the records of the set; a registration applied after
+    /// the set was kept shows in the next answer.
+    #[test]
+    fn answers_are_built_in_the_callers_buffer_and_follow_the_registry() {
+        let registry = Arc::new(Registry::default());
+        for n in 1..=3 {
+            register(&registry, n);
+        }
+        let zone = Zone::new(ZoneConfig::default(), registry.clone(), Arc::new(Vec::new)).unwrap();
+        let mut q = vec![0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        wire::push_name(&mut q, &DomainName::new("web.service.cairn.").unwrap());
+        q.extend_from_slice(&[0, 33, 0, 1]); // SRV, IN
+        let q = wire::parse_query(&q).unwrap();
+        let mut out = Vec::with_capacity(4096);
+        let buffer = out.as_ptr();
+        for _ in 0..3 {
+            assert_eq!(zone.answer(&q, 1232, &mut out), Outcome::Reply);
+            assert_eq!(
+                out.as_ptr(),
+                buffer,
+                "the reply reuses the caller's allocation"
+            );
+            let (rcode, truncated, records) = wire::read_response(&out).unwrap();
+            assert_eq!((rcode, truncated), (wire::RCODE_NOERROR, false));
+            let srv: Vec<_> = records
+                .iter()
+                .filter(|r| r.rtype == wire::TYPE_SRV)
+                .collect();
+            let glue: Vec<_> = records.iter().filter(|r| r.rtype == wire::TYPE_A).collect();
+            assert_eq!((srv.len(), glue.len()), (3, 3));
+            // Each SRV target's address follows, in the same order.
+            for (s, g) in srv.iter().zip(&glue) {
+                assert!(s.data.ends_with(&g.name), "{s:?} {g:?}");
+            }
+        }
+        register(&registry, 4);
+        assert_eq!(zone.answer(&q, 1232, &mut out), Outcome::Reply);
+        let (_, _, records) = wire::read_response(&out).unwrap();
+        let srv = records.iter().filter(|r| r.rtype == wire::TYPE_SRV).count();
+        assert_eq!(srv, 4, "the fourth instance is answered at once");
+    }
+
     #[test]
     fn addr_labels_round_trip() {
         for ip in ["10.0.0.1", "192.168.255.7", "2001:db8::1", "::1"] {
@@ -755,6 +989,37 @@ mod tests {
         for bad in ["", "0a00000", "zz000001", "0a0000010"] {
             assert_eq!(parse_addr_label(bad.as_bytes()), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn weighted_shuffle_draws_first_places_in_proportion_to_weight() {
+        // Unequal weights: the logarithmic keys. First place odds are w / sum: 1/6, 2/6, 3/6.
+        let weights = [1u16, 2, 3];
+        let mut first = [0u32; 3];
+        for _ in 0..60_000 {
+            let mut items = [0, 1, 2];
+            weighted_shuffle(&mut items, |i| weights[i], false);
+            let mut sorted = items;
+            sorted.sort_unstable();
+            assert_eq!(sorted, [0, 1, 2], "a permutation of the items");
+            first[items[0]] += 1;
+        }
+        // Expected 10,000 / 20,000 / 30,000; each bound is at least 7 standard deviations.
+        for (got, want) in first.iter().zip([10_000u32, 20_000, 30_000]) {
+            assert!(got.abs_diff(want) < 900, "{first:?}");
+        }
+        // Equal weights: a uniform shuffle. Each of the 6 orders of 3 items about 10,000 times.
+        let mut orders = HashMap::new();
+        for _ in 0..60_000 {
+            let mut items = [0, 1, 2];
+            weighted_shuffle(&mut items, |_| 7, true);
+            *orders.entry(items).or_insert(0u32) += 1;
+        }
+        assert_eq!(orders.len(), 6, "{orders:?}");
+        assert!(
+            orders.values().all(|&n| n.abs_diff(10_000) < 900),
+            "{orders:?}"
+        );
     }
 
     #[test]
@@ -772,13 +1037,13 @@ mod tests {
 
     #[test]
     fn names_are_classified() {
-        let l = |s: &str| -> Vec<Vec<u8>> {
+        let l = |s: &'static str| -> Vec<&'static [u8]> {
             s.split('.')
                 .filter(|x| !x.is_empty())
-                .map(|x| x.as_bytes().to_vec())
+                .map(str::as_bytes)
                 .collect()
         };
-        let is_service = |s: &str, svc: &str, tag: Option<&str>| match classify(&l(s)) {
+        let is_service = |s: &'static str, svc: &str, tag: Option<&str>| match classify(&l(s)) {
             Name::Service { service, tag: t } => {
                 service == svc.as_bytes() && t == tag.map(str::as_bytes)
             }

@@ -1,5 +1,8 @@
 //! The listeners: UDP and TCP on one address, and forwarding of names outside the zone.
 //!
+//! UDP is served by threads of its own, a batch of datagrams per system call ([`udp`]); TCP,
+//! TLS and HTTPS by the async runtime.
+//!
 //! An [`Answerer`] holds what every transport shares (the zone, the upstreams and the bound on
 //! forwards in flight); DNS over TLS and over HTTPS ([`crate::dot`], [`crate::doh`]) answer
 //! through the same one as TCP, so a question gets the same bytes over each.
@@ -19,12 +22,13 @@ use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::answer::{Outcome, Zone};
 use crate::rrl::{Limiter, RrlConfig, Verdict};
 use crate::wire::{self, ParseError, Query};
+
+mod udp;
 
 /// Largest datagram read. Queries are small; a larger one is cut and then refused as malformed.
 const UDP_READ_BUFFER: usize = 4096;
@@ -84,7 +88,7 @@ pub struct ServerConfig {
     /// A client that does not take an answer (over TCP or TLS) within this long is dropped, so
     /// a reader that stops reading holds no connection.
     pub tcp_write_timeout: Duration,
-    /// Tasks reading the UDP socket.
+    /// Threads reading the UDP socket.
     pub udp_workers: usize,
 }
 
@@ -107,7 +111,8 @@ impl Default for ServerConfig {
 
 /// The bound sockets, before serving (so the agent learns the ports before anything runs).
 pub struct Listeners {
-    udp: UdpSocket,
+    /// Served by threads of its own ([`udp`]), not by the runtime.
+    udp: std::net::UdpSocket,
     tcp: TcpListener,
 }
 
@@ -117,7 +122,7 @@ impl Listeners {
         let mut last_err = None;
         // With port 0 the UDP port may be taken for TCP; try a few.
         for _ in 0..16 {
-            let udp = UdpSocket::bind(addr).await?;
+            let udp = std::net::UdpSocket::bind(addr)?;
             let port = udp.local_addr()?.port();
             match TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
                 Ok(tcp) => return Ok(Listeners { udp, tcp }),
@@ -133,19 +138,29 @@ impl Listeners {
     }
 
     /// Serves until `stop` is cancelled; `tcp_stats` counts the TCP listener's connections.
+    /// UDP is served by [`ServerConfig::udp_workers`] threads of its own; when they cannot be
+    /// started the error is logged and TCP is still served.
     pub async fn serve(
         self,
         answerer: Answerer,
         tcp_stats: Arc<ConnStats>,
         stop: CancellationToken,
     ) {
-        let udp = Arc::new(self.udp);
-        let mut tasks = JoinSet::new();
-        for _ in 0..answerer.0.config.udp_workers.max(1) {
-            tasks.spawn(udp_loop(udp.clone(), answerer.0.clone(), stop.clone()));
+        let workers = answerer.0.config.udp_workers.max(1);
+        let udp_done = match udp::spawn(Arc::new(self.udp), &answerer.0, workers, &stop) {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!("cannot start the DNS UDP workers: {e}");
+                Vec::new()
+            }
+        };
+        answerer
+            .serve_streams(self.tcp, None, tcp_stats, stop.clone())
+            .await;
+        for done in udp_done {
+            // Completes when the worker's thread returns (its sender is dropped).
+            let _ = done.await;
         }
-        tasks.spawn(answerer.serve_streams(self.tcp, None, tcp_stats, stop.clone()));
-        tasks.join_all().await;
     }
 }
 
@@ -165,14 +180,15 @@ impl Shared {
         self.config.recursors_allow.iter().any(|n| n.contains(&ip))
     }
 
-    /// Over UDP: `None` when RRL lets a response to `client` go, else what to send instead
-    /// (`slip` builds the truncated answer).
-    fn rate_limit(&self, client: IpAddr, slip: impl FnOnce() -> Vec<u8>) -> Option<Action> {
+    /// Over UDP: `None` when RRL lets a response to `client` go, else what to do instead
+    /// (`slip` writes the truncated answer).
+    fn rate_limit(&self, client: IpAddr, slip: impl FnOnce()) -> Option<Action> {
         match self.rrl.as_ref()?.check(client) {
             Verdict::Send => None,
             Verdict::Slip => {
                 self.stats.rrl_slipped.fetch_add(1, Ordering::Relaxed);
-                Some(Action::Send(slip()))
+                slip();
+                Some(Action::Reply)
             }
             Verdict::Drop => {
                 self.stats.rrl_dropped.fetch_add(1, Ordering::Relaxed);
@@ -313,8 +329,9 @@ impl Answerer {
     /// a query).
     pub async fn answer_stream(&self, request: &[u8], client: IpAddr) -> Option<Vec<u8>> {
         let shared = &self.0;
-        match handle(shared, request, client, false) {
-            Action::Send(bytes) => Some(bytes),
+        let mut reply = Vec::new();
+        match handle(shared, request, client, false, &mut reply) {
+            Action::Reply => Some(reply),
             Action::Forward { .. } => Some(match shared.forwards.clone().try_acquire_owned() {
                 Ok(_permit) => forward(&shared.config, request, true).await,
                 Err(_) => servfail(request),
@@ -398,29 +415,31 @@ impl Answerer {
     }
 }
 
-/// What to send back for a request.
+/// What to do with a request.
 enum Action {
-    Send(Vec<u8>),
+    /// Send the reply written into the buffer [`handle`] was given.
+    Reply,
     /// Relay to the upstreams; the client takes `limit` bytes.
-    Forward {
-        limit: usize,
-    },
+    Forward { limit: usize },
+    /// Send nothing.
     Nothing,
 }
 
-/// The answer to `request` from `client`; over UDP, after the rate limiter. Counts the query
-/// by type and RCODE, and the time its answer took.
-fn handle(shared: &Shared, request: &[u8], client: IpAddr, udp: bool) -> Action {
+/// The answer to `request` from `client`, written into `out` (cleared first; its capacity is
+/// reused); over UDP, after the rate limiter. Counts the query by type and RCODE, and the time
+/// its answer took.
+fn handle(shared: &Shared, request: &[u8], client: IpAddr, udp: bool, out: &mut Vec<u8>) -> Action {
     // Two clock reads cost as much as the rest of the counting (callgrind: ~5% of a query), so
     // one query in LATENCY_SAMPLE is timed, chosen by its message id (random per query).
     let started = request
         .get(1)
         .is_some_and(|b| b % LATENCY_SAMPLE == 0)
         .then(Instant::now);
-    let (qtype, action) = answer(shared, request, client, udp);
+    out.clear();
+    let (qtype, action) = answer(shared, request, client, udp, out);
     match &action {
-        Action::Send(reply) => {
-            shared.stats.count(qtype, rcode_slot(reply));
+        Action::Reply => {
+            shared.stats.count(qtype, rcode_slot(out));
             if let Some(started) = started {
                 shared.stats.answer_latency.observe(started.elapsed());
             }
@@ -432,39 +451,47 @@ fn handle(shared: &Shared, request: &[u8], client: IpAddr, udp: bool) -> Action 
 }
 
 /// [`handle`]'s answer, with the query's type slot in [`QTYPE_LABELS`].
-fn answer(shared: &Shared, request: &[u8], client: IpAddr, udp: bool) -> (usize, Action) {
+fn answer(
+    shared: &Shared,
+    request: &[u8],
+    client: IpAddr,
+    udp: bool,
+    out: &mut Vec<u8>,
+) -> (usize, Action) {
     match wire::parse_query(request) {
         Ok(q) => {
             let qtype = qtype_slot(q.qtype);
             if udp {
-                let slip = || header_only(&q, wire::RCODE_NOERROR, true, false);
+                let slip = || *out = header_only(&q, wire::RCODE_NOERROR, true, false);
                 if let Some(instead) = shared.rate_limit(client, slip) {
                     return (qtype, instead);
                 }
             }
             let limit = if udp { q.udp_limit() } else { STREAM_LIMIT };
-            let action = match shared.zone.answer(&q, limit) {
-                Outcome::Reply(bytes) => Action::Send(bytes),
+            let action = match shared.zone.answer(&q, limit, out) {
+                Outcome::Reply => Action::Reply,
                 Outcome::Forward if shared.may_recurse(client) => Action::Forward { limit },
                 Outcome::Forward => {
                     shared
                         .stats
                         .recursion_refused
                         .fetch_add(1, Ordering::Relaxed);
-                    Action::Send(header_only(&q, wire::RCODE_REFUSED, false, false))
+                    *out = header_only(&q, wire::RCODE_REFUSED, false, false);
+                    Action::Reply
                 }
             };
             (qtype, action)
         }
         Err(ParseError::Drop) => (QTYPE_INVALID, Action::Nothing),
         Err(e) => {
-            let reply = error_reply(e);
             // An error answer is no larger than the question: a slip sends it as it is.
-            let action = match udp.then(|| shared.rate_limit(client, || reply.clone())) {
-                Some(Some(instead)) => instead,
-                _ => Action::Send(reply),
-            };
-            (QTYPE_INVALID, action)
+            *out = error_reply(e);
+            if udp {
+                if let Some(instead) = shared.rate_limit(client, || {}) {
+                    return (QTYPE_INVALID, instead);
+                }
+            }
+            (QTYPE_INVALID, Action::Reply)
         }
     }
 }
@@ -520,49 +547,6 @@ fn clamp_relayed(stats: &DnsStats, query: &[u8], reply: Vec<u8>, limit: usize) -
     stats.relay_truncated.fetch_add(1, Ordering::Relaxed);
     let rcode = reply.get(3).map_or(wire::RCODE_SERVFAIL, |b| b & 0x0F);
     header_only(&q, rcode, true, true)
-}
-
-async fn udp_loop(sock: Arc<UdpSocket>, shared: Arc<Shared>, stop: CancellationToken) {
-    let mut buf = vec![0u8; UDP_READ_BUFFER];
-    loop {
-        let (n, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = sock.recv_from(&mut buf) => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // ICMP errors from earlier sends surface here on some systems; keep serving.
-                    tracing::debug!("DNS UDP receive: {e}");
-                    continue;
-                }
-            },
-        };
-        let request = &buf[..n];
-        match handle(&shared, request, peer.ip(), true) {
-            Action::Send(bytes) => {
-                if let Err(e) = sock.send_to(&bytes, peer).await {
-                    tracing::debug!(%peer, "DNS UDP send: {e}");
-                }
-            }
-            Action::Forward { limit } => {
-                let query = request.to_vec();
-                let (sock, shared) = (sock.clone(), shared.clone());
-                match shared.forwards.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        tokio::spawn(async move {
-                            let _permit = permit;
-                            let reply = forward(&shared.config, &query, false).await;
-                            let reply = clamp_relayed(&shared.stats, &query, reply, limit);
-                            let _ = sock.send_to(&reply, peer).await;
-                        });
-                    }
-                    Err(_) => {
-                        let _ = sock.send_to(&servfail(&query), peer).await;
-                    }
-                }
-            }
-            Action::Nothing => {}
-        }
-    }
 }
 
 fn servfail(query: &[u8]) -> Vec<u8> {

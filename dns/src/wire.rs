@@ -53,7 +53,7 @@ pub struct Query<'a> {
     /// client's 0x20 case randomisation survives.
     pub question: &'a [u8],
     /// The question name's labels, lower-cased.
-    pub labels: Vec<Vec<u8>>,
+    pub labels: Labels,
     pub qtype: u16,
     pub qclass: u16,
     pub edns: Option<Edns>,
@@ -71,7 +71,7 @@ impl Query<'_> {
     /// The question name in presentation form, lower-cased (for logs and forwarding decisions).
     pub fn name(&self) -> String {
         let mut s = String::new();
-        for l in &self.labels {
+        for l in self.labels.iter() {
             s.push_str(&String::from_utf8_lossy(l));
             s.push('.');
         }
@@ -79,6 +79,96 @@ impl Query<'_> {
             s.push('.');
         }
         s
+    }
+}
+
+/// Most labels a name of [`MAX_NAME_LEN`] bytes can have: one byte each and a length byte.
+const MAX_LABELS: usize = MAX_NAME_LEN / 2;
+
+/// A question name's labels, lower-cased, kept in place (no allocation per query): the name in
+/// wire form and where each label starts.
+#[derive(Clone)]
+pub struct Labels {
+    /// The name in wire form, lower-cased, up to and including the root's zero byte.
+    wire: [u8; MAX_NAME_LEN],
+    /// Where each label's length byte is in `wire`.
+    starts: [u8; MAX_LABELS],
+    count: u8,
+}
+
+impl Labels {
+    fn new() -> Labels {
+        Labels {
+            wire: [0; MAX_NAME_LEN],
+            starts: [0; MAX_LABELS],
+            count: 0,
+        }
+    }
+
+    /// Appends `label` (1-63 bytes; the caller checked that the name stays within
+    /// [`MAX_NAME_LEN`]), lower-cased.
+    fn push(&mut self, label: &[u8]) {
+        let start = self.wire_len();
+        self.starts[usize::from(self.count)] = start as u8;
+        self.wire[start] = label.len() as u8;
+        let to = &mut self.wire[start + 1..start + 1 + label.len()];
+        to.copy_from_slice(label);
+        to.make_ascii_lowercase();
+        self.count += 1;
+        // The root's zero byte after the last label.
+        self.wire[start + 1 + label.len()] = 0;
+    }
+
+    /// Length of the name in wire form without the root's zero byte.
+    fn wire_len(&self) -> usize {
+        match self.count {
+            0 => 0,
+            n => {
+                let last = usize::from(self.starts[usize::from(n) - 1]);
+                last + 1 + usize::from(self.wire[last])
+            }
+        }
+    }
+
+    /// How many labels (the root's empty one not counted).
+    pub fn len(&self) -> usize {
+        usize::from(self.count)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Label `i`, counted from the left; empty past the last.
+    pub fn get(&self, i: usize) -> &[u8] {
+        if i >= self.len() {
+            return &[];
+        }
+        let start = usize::from(self.starts[i]);
+        &self.wire[start + 1..start + 1 + usize::from(self.wire[start])]
+    }
+
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &[u8]> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+
+    /// The name from label `i` on, in lower-cased wire form with the root's zero byte: the
+    /// whole name for 0, the root (`[0]`) for [`Labels::len`].
+    pub fn wire_from(&self, i: usize) -> &[u8] {
+        let start = if i < self.len() {
+            usize::from(self.starts[i])
+        } else {
+            self.wire_len()
+        };
+        &self.wire[start..=self.wire_len()]
+    }
+}
+
+impl std::fmt::Debug for Labels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.iter().map(String::from_utf8_lossy))
+            .finish()
     }
 }
 
@@ -179,7 +269,7 @@ pub fn parse_query(buf: &[u8]) -> Result<Query<'_>, ParseError> {
         buf,
         pos: HEADER_LEN,
     };
-    let mut labels = Vec::new();
+    let mut labels = Labels::new();
     // The name's length in wire form, the root's zero byte included (a name of 256 bytes made
     // answers that echo it unreadable to resolvers).
     let mut name_len = 1usize;
@@ -207,7 +297,7 @@ pub fn parse_query(buf: &[u8]) -> Result<Query<'_>, ParseError> {
             rcode: RCODE_FORMERR,
             opcode,
         })?;
-        labels.push(buf[start..r.pos].to_ascii_lowercase());
+        labels.push(&buf[start..r.pos]);
     }
     let qtype = r.u16().ok_or(ParseError::Reply {
         id,
@@ -454,7 +544,13 @@ pub struct Flags {
 impl Response {
     /// A response to `id` echoing `question` (which may be empty).
     pub fn new(id: u16, question: &[u8], capacity: usize) -> Self {
-        let mut buf = Vec::with_capacity(capacity.max(HEADER_LEN + question.len()));
+        Response::in_buffer(Vec::new(), id, question, capacity)
+    }
+
+    /// [`Response::new`] written into `buf` (cleared first), whose allocation it reuses.
+    pub fn in_buffer(mut buf: Vec<u8>, id: u16, question: &[u8], capacity: usize) -> Self {
+        buf.clear();
+        buf.reserve(capacity.max(HEADER_LEN + question.len()));
         buf.extend_from_slice(&id.to_be_bytes());
         buf.extend_from_slice(&[0; 10]);
         if !question.is_empty() {
@@ -720,6 +816,33 @@ mod tests {
     }
 
     #[test]
+    fn question_labels_are_kept_lower_cased_in_wire_form() {
+        let q = query("Web.SERVICE.Cairn.", TYPE_A, None);
+        let p = parse_query(&q).unwrap();
+        let labels: Vec<&[u8]> = p.labels.iter().collect();
+        assert_eq!(labels, [&b"web"[..], b"service", b"cairn"]);
+        assert_eq!(p.labels.get(3), b"", "past the last label");
+        assert_eq!(p.labels.wire_from(0), b"\x03web\x07service\x05cairn\x00");
+        assert_eq!(p.labels.wire_from(2), b"\x05cairn\x00");
+        assert_eq!(p.labels.wire_from(3), b"\x00", "the root");
+        assert_eq!(
+            p.labels.wire_from(1),
+            DomainName::new("service.cairn.").unwrap().wire()
+        );
+        // The most labels a name can have: 127 of one byte (255 bytes with the root's).
+        let most = vec!["x"; MAX_LABELS].join(".");
+        let most = query(&most, TYPE_A, None);
+        let p = parse_query(&most).unwrap();
+        assert_eq!(p.labels.len(), MAX_LABELS);
+        assert_eq!(p.labels.wire_from(0).len(), MAX_NAME_LEN);
+        let root = query(".", TYPE_SOA, None);
+        let root = parse_query(&root).unwrap();
+        assert!(root.labels.is_empty());
+        assert_eq!(root.labels.wire_from(0), b"\x00");
+        assert_eq!(root.name(), ".");
+    }
+
+    #[test]
     fn malformed_messages_are_dropped_or_formerr() {
         assert_eq!(parse_query(&[1, 2, 3]).unwrap_err(), ParseError::Drop);
         let mut response = query("a.", TYPE_A, None);
@@ -779,6 +902,10 @@ mod tests {
         let longest = [label(63), label(63), label(63), label(61)].join(".");
         let q = query(&longest, TYPE_A, None);
         assert_eq!(parse_query(&q).unwrap().labels.len(), 4);
+        assert_eq!(
+            parse_query(&q).unwrap().labels.wire_from(0),
+            DomainName::new(&longest).unwrap().wire()
+        );
         // One byte longer: the name no longer fits in 255 bytes.
         let mut over = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
         for n in [63u8, 63, 63, 62] {

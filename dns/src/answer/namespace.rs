@@ -36,8 +36,9 @@ const SRV_PRIORITY: u16 = 1;
 /// The DNS namespaces at one settings version.
 pub(super) struct Namespaces {
     version: u64,
-    /// Each namespace by its name's labels (lower-case, no root label).
-    by_labels: HashMap<Vec<Vec<u8>>, Arc<NamespaceZone>>,
+    /// Each namespace by its name in lower-cased wire form (as [`wire::Labels::wire_from`]
+    /// gives names).
+    by_name: HashMap<Vec<u8>, Arc<NamespaceZone>>,
 }
 
 impl Namespaces {
@@ -45,7 +46,7 @@ impl Namespaces {
     pub(super) fn unread() -> Arc<Self> {
         Arc::new(Namespaces {
             version: u64::MAX,
-            by_labels: HashMap::new(),
+            by_name: HashMap::new(),
         })
     }
 }
@@ -125,7 +126,7 @@ impl Zone {
                 return cached.clone();
             }
         }
-        let mut by_labels = HashMap::new();
+        let mut by_name = HashMap::new();
         for (_, settings) in self.registry.settings_list(NAMESPACE_KEY_PREFIX) {
             let Some(CloudMapRecord::Namespace(n)) = settings.settings.cloudmap.as_deref() else {
                 continue;
@@ -137,19 +138,13 @@ impl Zone {
             let Ok(apex) = DomainName::new(&n.name.to_ascii_lowercase()) else {
                 continue;
             };
-            let labels: Vec<Vec<u8>> = n
-                .name
-                .split('.')
-                .filter(|l| !l.is_empty())
-                .map(|l| l.as_bytes().to_ascii_lowercase())
-                .collect();
             let zone = NamespaceZone {
                 id: n.id.clone(),
                 apex,
             };
-            by_labels.insert(labels, Arc::new(zone));
+            by_name.insert(zone.apex.wire().to_vec(), Arc::new(zone));
         }
-        let fresh = Arc::new(Namespaces { version, by_labels });
+        let fresh = Arc::new(Namespaces { version, by_name });
         *self.namespaces.write() = fresh.clone();
         fresh
     }
@@ -157,12 +152,16 @@ impl Zone {
     /// The answer for `q` when its name is in a DNS namespace; `None` when it is in none.
     pub(super) fn namespace_answer(&self, q: &Query<'_>, limit: usize) -> Option<Vec<u8>> {
         let namespaces = self.namespaces();
-        if namespaces.by_labels.is_empty() {
+        if namespaces.by_name.is_empty() {
             return None;
         }
         // The longest namespace the name is in (namespaces may nest).
-        let (split, zone) = (0..q.labels.len())
-            .find_map(|k| namespaces.by_labels.get(&q.labels[k..]).map(|z| (k, z)))?;
+        let (split, zone) = (0..q.labels.len()).find_map(|k| {
+            namespaces
+                .by_name
+                .get(q.labels.wire_from(k))
+                .map(|z| (k, z))
+        })?;
         if q.qclass != wire::CLASS_IN || matches!(q.qtype, wire::TYPE_AXFR | wire::TYPE_IXFR) {
             return Some(self.reply(q, wire::RCODE_REFUSED, false, limit).finish());
         }
@@ -171,7 +170,7 @@ impl Zone {
         }
         let apex = zone.apex.wire();
         let nxdomain = || self.negative_at(q, wire::RCODE_NXDOMAIN, limit, apex);
-        let rel = &q.labels[..split];
+        let rel: Vec<&[u8]> = q.labels.iter().take(split).collect();
         let Some((service, host)) = rel.split_last() else {
             return Some(self.apex_at(q, limit, apex));
         };
@@ -362,7 +361,7 @@ impl Zone {
         q: &Query<'_>,
         entry: &ServiceEntry,
         set: &NamespaceSet,
-        host: &[Vec<u8>],
+        host: &[&[u8]],
         apex: &[u8],
         limit: usize,
     ) -> Vec<u8> {
@@ -488,8 +487,9 @@ mod tests {
         ));
         let bytes = m.to_vec().unwrap();
         let q = crate::wire::parse_query(&bytes).unwrap();
-        match zone.answer(&q, 4096) {
-            Outcome::Reply(bytes) => Message::from_vec(&bytes).unwrap(),
+        let mut bytes = Vec::new();
+        match zone.answer(&q, 4096, &mut bytes) {
+            Outcome::Reply => Message::from_vec(&bytes).unwrap(),
             Outcome::Forward => panic!("forwarded"),
         }
     }
