@@ -1009,8 +1009,7 @@ impl SnapshotBuilder {
         // Tens of MB for a large registry: encoded straight to the file, off the async
         // workers' backs.
         blocking(|| {
-            snapshots.write(&meta.snapshot_id, registry)?;
-            let sum = snapshots.sum(&meta.snapshot_id)?;
+            let sum = snapshots.write(&meta.snapshot_id, registry)?;
             batch.put_cf(sm, KEY_SNAPSHOT_SUM, serde_json::to_vec(&sum)?);
             self.db
                 .write_opt(batch, &opts)
