@@ -268,6 +268,12 @@ impl SnapshotDir {
         self.lock.lock().await
     }
 
+    /// [`Self::lock`] as a guard that can move to another thread: held until that thread is
+    /// done, even if the task that took it is dropped.
+    pub(crate) async fn lock_owned(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.lock.clone().lock_owned().await
+    }
+
     /// Where snapshot `id`'s file is.
     pub fn path_of(&self, id: &str) -> PathBuf {
         self.dir.join(Self::file_name(id))
