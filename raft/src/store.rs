@@ -858,8 +858,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder {
             db: self.db.clone(),
             snapshots: self.snapshots.clone(),
-            // Sorted by the builder, not here: this runs on the apply path.
-            data: self.registry.export_unsorted(),
+            data: self.registry.export(),
             applied: self.applied,
             membership: self.membership.clone(),
             seq: self.snapshot_seq,
@@ -982,7 +981,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
 impl SnapshotBuilder {
     async fn build(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let mut registry = std::mem::take(&mut self.data);
+        let registry = std::mem::take(&mut self.data);
         let snapshot_id = match self.applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.seq),
             None => format!("0-0-{}", self.seq),
@@ -1025,7 +1024,6 @@ impl SnapshotBuilder {
                 (self.db.clone(), snapshots.clone(), meta.snapshot_id.clone());
             move || -> std::io::Result<()> {
                 lowest_priority();
-                registry.sort();
                 let sum = snapshots.write(&id, registry)?;
                 batch.put_cf(cf(&db, CF_SM), KEY_SNAPSHOT_SUM, serde_json::to_vec(&sum)?);
                 db.write_opt(batch, &opts).map_err(std::io::Error::other)

@@ -283,18 +283,6 @@ pub struct RegistryData {
     pub acl: AclData,
 }
 
-impl RegistryData {
-    /// Sorts the services by name, as [`Registry::export`] gives them and snapshots hold them.
-    pub fn sort(&mut self) {
-        sort_by_name(&mut self.services);
-    }
-}
-
-/// Services by name; names are unique, so an unstable sort orders them the same.
-fn sort_by_name(services: &mut [Arc<ServiceEntry>]) {
-    services.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-}
-
 /// A service's settings as stored, with the index that last changed them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSettings {
@@ -518,16 +506,11 @@ impl Registry {
 
     /// Every service, sorted by name, with the service-list index they were read at.
     pub fn services(&self) -> (u64, Vec<Arc<ServiceEntry>>) {
-        let (index, mut all) = self.services_unsorted();
-        sort_by_name(&mut all);
-        (index, all)
-    }
-
-    /// [`Self::services`] in no particular order.
-    fn services_unsorted(&self) -> (u64, Vec<Arc<ServiceEntry>>) {
         let guard = self.services.read();
         let index = self.list_index.load(Ordering::Acquire);
-        let all: Vec<_> = guard.values().cloned().collect();
+        let mut all: Vec<_> = guard.values().cloned().collect();
+        drop(guard);
+        all.sort_by(|a, b| a.name.cmp(&b.name));
         (index, all)
     }
 
@@ -552,16 +535,7 @@ impl Registry {
 
     /// The whole registry as data, for a snapshot. Cheap: clones `Arc`s, not instances.
     pub fn export(&self) -> RegistryData {
-        let mut data = self.export_unsorted();
-        data.sort();
-        data
-    }
-
-    /// [`Self::export`] with the services in no particular order, until [`RegistryData::sort`]:
-    /// for a caller that must not wait for the sort (the snapshot builder takes the copy on the
-    /// apply path, where sorting 100,000 services took 40-55 ms, and sorts it on its own thread).
-    pub fn export_unsorted(&self) -> RegistryData {
-        let (list_index, services) = self.services_unsorted();
+        let (list_index, services) = self.services();
         let settings = self
             .settings
             .read()
