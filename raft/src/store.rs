@@ -330,6 +330,14 @@ impl Flusher {
     }
 }
 
+/// Puts the calling thread at the lowest priority (nice 19: on Linux a thread's own). Only for
+/// threads of their own: an unprivileged process cannot raise it back.
+fn lowest_priority() {
+    if let Err(e) = rustix::process::setpriority_process(None, 19) {
+        tracing::debug!("cannot lower the snapshot thread's priority: {e}");
+    }
+}
+
 /// Runs a blocking disk write without stalling the other tasks of a multi-threaded runtime.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     use tokio::runtime::{Handle, RuntimeFlavor};
@@ -985,8 +993,9 @@ impl SnapshotBuilder {
         };
         let snapshots = self.snapshots.clone();
         // One replacement of the current snapshot at a time: an install from the leader cannot
-        // prune this file, nor this build prune the installed one.
-        let _replacing = snapshots.lock().await;
+        // prune this file, nor this build prune the installed one. The snapshot's thread holds
+        // it until the file and the metadata are written, even if this task is dropped.
+        let replacing = snapshots.lock_owned().await;
         let current: Option<SnapshotMeta<NodeId, crate::Member>> =
             read_json(&self.db, CF_SM, KEY_SNAPSHOT)?;
         if let Some(current) = current.filter(|c| c.last_log_id >= meta.last_log_id) {
@@ -1006,17 +1015,34 @@ impl SnapshotBuilder {
         batch.put_cf(sm, KEY_SNAPSHOT, to_json(&meta)?);
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
-        // Tens of MB for a large registry: encoded straight to the file, off the async
-        // workers' backs.
-        blocking(|| {
-            snapshots.write(&meta.snapshot_id, registry)?;
-            let sum = snapshots.sum(&meta.snapshot_id)?;
-            batch.put_cf(sm, KEY_SNAPSHOT_SUM, serde_json::to_vec(&sum)?);
-            self.db
-                .write_opt(batch, &opts)
-                .map_err(std::io::Error::other)
-        })
-        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        // 218 MB for a million instances: encoded straight to the file, on a thread of its
+        // own at the lowest priority, so that on a busy machine the writes being served keep
+        // the CPU and the snapshot takes what is left.
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let work = {
+            let (db, snapshots, id) =
+                (self.db.clone(), snapshots.clone(), meta.snapshot_id.clone());
+            move || -> std::io::Result<()> {
+                lowest_priority();
+                let sum = snapshots.write(&id, registry)?;
+                batch.put_cf(cf(&db, CF_SM), KEY_SNAPSHOT_SUM, serde_json::to_vec(&sum)?);
+                db.write_opt(batch, &opts).map_err(std::io::Error::other)
+            }
+        };
+        std::thread::Builder::new()
+            .name("cairn-snapshot".into())
+            .spawn(move || {
+                let done = work();
+                // Nobody waits any more if the build was abandoned.
+                let _ = done_tx.send((done, replacing));
+            })
+            .map(drop)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let (done, _replacing) = done_rx
+            .await
+            .map_err(|_| std::io::Error::other("the snapshot thread ended early"))
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        done.map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         snapshots.prune(&meta.snapshot_id);
         let data = snapshots
             .open(&meta.snapshot_id)
