@@ -10,6 +10,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::hash::Hasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use cairn_registry::{HealthStatus, Registry, ServiceEntry};
 use parking_lot::RwLock;
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
+use rustc_hash::{FxBuildHasher, FxHasher};
 
 use crate::wire::{self, DomainName, Flags, NameError, Query, Response, SoaTimers};
 
@@ -108,6 +110,10 @@ struct Encoded {
 /// The encoded records of a service (or of one tag of it) at one index.
 #[derive(Debug)]
 struct RecordSet {
+    /// The key the set is cached under, checked on every hit: the cache is indexed by the key's
+    /// hash alone, and the key kept here beside the header the answer reads anyway, rather than
+    /// in an allocation of its own. `None` for a set that is not cached.
+    key: Option<SetKey>,
     service_index: u64,
     settings_index: u64,
     /// The registry's applied index when the set was last found current. While the registry
@@ -129,29 +135,62 @@ impl RecordSet {
 }
 
 /// The cache key of a set: the service's name, and `.` and the tag when the name asked for
-/// one (neither has a dot). Both are DNS labels, so a key fits in [`SET_KEY_LEN`] bytes and is
-/// made on the stack for a lookup.
-type SetKey = Vec<u8>;
+/// one (neither has a dot). Both are DNS labels, so a key fits in [`SET_KEY_LEN`] bytes, kept
+/// inline: made on the stack for a lookup, and in its set for the check of a hit.
+#[derive(Clone, Copy)]
+struct SetKey {
+    len: u8,
+    bytes: [u8; SET_KEY_LEN],
+}
 const SET_KEY_LEN: usize = 2 * wire::MAX_LABEL_LEN + 1;
 
-/// `service` and `tag` as a [`SetKey`] in `buf`; `None` when they are longer than DNS labels.
-fn set_key<'b>(
-    buf: &'b mut [u8; SET_KEY_LEN],
-    service: &str,
-    tag: Option<&str>,
-) -> Option<&'b [u8]> {
-    let tag = tag.map_or(&[][..], str::as_bytes);
-    if service.len() > wire::MAX_LABEL_LEN || tag.len() > wire::MAX_LABEL_LEN {
-        return None;
+impl SetKey {
+    /// `service` and `tag` as a key; `None` when they are longer than DNS labels.
+    fn new(service: &str, tag: Option<&str>) -> Option<SetKey> {
+        let tag = tag.map_or(&[][..], str::as_bytes);
+        if service.len() > wire::MAX_LABEL_LEN || tag.len() > wire::MAX_LABEL_LEN {
+            return None;
+        }
+        let mut key = SetKey {
+            len: 0,
+            bytes: [0; SET_KEY_LEN],
+        };
+        let mut n = service.len();
+        key.bytes[..n].copy_from_slice(service.as_bytes());
+        if !tag.is_empty() {
+            key.bytes[n] = b'.';
+            key.bytes[n + 1..n + 1 + tag.len()].copy_from_slice(tag);
+            n += 1 + tag.len();
+        }
+        // At most 2 * 63 + 1 = 127.
+        key.len = n as u8;
+        Some(key)
     }
-    let mut n = service.len();
-    buf[..n].copy_from_slice(service.as_bytes());
-    if !tag.is_empty() {
-        buf[n] = b'.';
-        buf[n + 1..n + 1 + tag.len()].copy_from_slice(tag);
-        n += 1 + tag.len();
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
     }
-    Some(&buf[..n])
+
+    /// What the cache is indexed by. Two keys with one hash share a slot: the second to be
+    /// asked replaces the first, whose next query misses and builds it again (never a wrong
+    /// answer: a hit is checked against the set's own key).
+    fn hash(&self) -> u64 {
+        let mut h = FxHasher::default();
+        h.write(self.as_bytes());
+        h.finish()
+    }
+}
+
+impl PartialEq for SetKey {
+    fn eq(&self, other: &SetKey) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for SetKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+    }
 }
 
 /// The DNS zone of one node.
@@ -167,7 +206,8 @@ pub struct Zone {
     soa_rname: DomainName,
     registry: Arc<Registry>,
     nameservers: Nameservers,
-    cache: RwLock<HashMap<SetKey, Arc<RecordSet>>>,
+    /// The record sets asked for, by [`SetKey::hash`] of their keys.
+    cache: RwLock<HashMap<u64, Arc<RecordSet>, FxBuildHasher>>,
     /// The DNS token's rights, with the ACL version they were computed at (`None`: the token is
     /// unknown or expired, and DNS answers for no service). Queries only read it; the first
     /// query after a change of tokens or policies recomputes it.
@@ -291,7 +331,7 @@ impl Zone {
             soa_rname,
             registry,
             nameservers,
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(HashMap::default()),
             rights: RwLock::new((u64::MAX, None)),
             namespaces: RwLock::new(namespace::Namespaces::unread()),
             namespace_cache: RwLock::new(HashMap::new()),
@@ -549,9 +589,14 @@ impl Zone {
         // Read before the registry, so a set checked against what is read below is current
         // at least as of this index.
         let applied = self.registry.applied_index();
-        let mut key_buf = [0; SET_KEY_LEN];
-        let key = set_key(&mut key_buf, service, tag);
-        let cached = key.and_then(|k| self.cache.read().get(k).cloned());
+        let key = SetKey::new(service, tag);
+        let cached = key.as_ref().and_then(|k| {
+            let cache = self.cache.read();
+            cache
+                .get(&k.hash())
+                .filter(|set| set.key.as_ref() == Some(k))
+                .cloned()
+        });
         let set = match cached {
             // Nothing was applied since the set was last found current: it still is, with no
             // look at the registry.
@@ -636,7 +681,7 @@ impl Zone {
         &self,
         entry: &ServiceEntry,
         tag: Option<&str>,
-        key: Option<&[u8]>,
+        key: Option<SetKey>,
         cached: Option<Arc<RecordSet>>,
         applied: u64,
     ) -> Arc<RecordSet> {
@@ -720,6 +765,7 @@ impl Zone {
         }
         let equal_weights = instances.windows(2).all(|w| w[0].weight == w[1].weight);
         let set = Arc::new(RecordSet {
+            key,
             service_index: entry.modify_index,
             settings_index,
             checked_at: AtomicU64::new(applied),
@@ -734,7 +780,7 @@ impl Zone {
             if cache.len() >= MAX_CACHED_SETS {
                 cache.clear();
             }
-            cache.insert(key.to_vec(), set.clone());
+            cache.insert(key.hash(), set.clone());
         }
         set
     }
@@ -977,6 +1023,58 @@ mod tests {
         let (_, _, records) = wire::read_response(&out).unwrap();
         let srv = records.iter().filter(|r| r.rtype == wire::TYPE_SRV).count();
         assert_eq!(srv, 4, "the fourth instance is answered at once");
+    }
+
+    /// The cache is indexed by a hash of the key alone: a set found in the slot of another
+    /// key's hash (two keys with one hash) is never answered for that key; the key's own set is
+    /// built and takes the slot.
+    #[test]
+    fn a_set_under_another_keys_hash_is_not_answered_for_it() {
+        use cairn_registry::model::validate_registration;
+        use cairn_registry::{Command, Dirty, Op};
+        let registry = Arc::new(Registry::default());
+        for n in 1..=3 {
+            register(&registry, n);
+        }
+        let body = serde_json::json!({"address": "10.0.9.9", "port": 80});
+        let spec = validate_registration("d1", &serde_json::from_value(body).unwrap()).unwrap();
+        let cmd = Command {
+            by: Vec::new(),
+            time_ms: 1,
+            ops: vec![Op::Register {
+                service: "db".into(),
+                instance: spec,
+                health: None,
+            }],
+        };
+        registry.apply(4, &cmd, &mut Dirty::default());
+        let zone = Zone::new(ZoneConfig::default(), registry, Arc::new(Vec::new)).unwrap();
+        let ask = |name: &str| {
+            let mut q = vec![0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+            wire::push_name(&mut q, &DomainName::new(name).unwrap());
+            q.extend_from_slice(&[0, 1, 0, 1]); // A, IN
+            let q = wire::parse_query(&q).unwrap();
+            let mut out = Vec::new();
+            assert_eq!(zone.answer(&q, 1232, &mut out), Outcome::Reply);
+            let (rcode, _, records) = wire::read_response(&out).unwrap();
+            assert_eq!(rcode, wire::RCODE_NOERROR, "{name}");
+            let mut ips: Vec<String> = records
+                .into_iter()
+                .filter(|r| r.rtype == wire::TYPE_A)
+                .map(|r| r.data)
+                .collect();
+            ips.sort();
+            ips
+        };
+        let web = ask("web.service.cairn.");
+        assert_eq!(web.len(), 3);
+        let key = |service| SetKey::new(service, None).unwrap();
+        let web_set = zone.cache.read()[&key("web").hash()].clone();
+        zone.cache.write().insert(key("db").hash(), web_set);
+        assert_eq!(ask("db.service.cairn."), ["10.0.9.9"]);
+        let db_set = zone.cache.read()[&key("db").hash()].clone();
+        assert_eq!(db_set.key, Some(key("db")), "db's own set took the slot");
+        assert_eq!(ask("web.service.cairn."), web);
     }
 
     #[test]
