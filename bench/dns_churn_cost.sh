@@ -10,8 +10,10 @@
 #      BENCH_CHURN_RATE registrations/s (plus a health flip per 5) and `perf record -g` samples
 #      the node: its QPS, its CPU per query, and perf's split of the node's samples by thread
 #      (DNS workers, the runtime, RocksDB) and, within the DNS threads, kernel / user;
-#   2. BENCH_RUNS windows of BENCH_DURATION s with the churn client alone: the node's CPU over
-#      each window, the writes' own cost.
+#   2. BENCH_DURATION s with no load: the idle node's own CPU;
+#   3. BENCH_RUNS windows of BENCH_DURATION s with the churn client alone: the node's CPU over
+#      each window, the writes' own cost (also without the idle share), and the CPU the churn
+#      client takes on BENCH_CLIENT_CPU (which dnsperf shares in bench/dns.sh).
 #
 # Environment (defaults in brackets):
 #   CAIRN_BIN         cairn binary [${CARGO_TARGET_DIR:-<repo>/target}/release/cairn]
@@ -108,21 +110,32 @@ echo "DNS thread samples, kernel / user:"
 perf report -i "$RESULTS_DIR/perf.data" --no-children --comm cairn-dns-udp-0 --sort dso --stdio \
   -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -3
 
+log "no load for $BENCH_DURATION s: the idle node's own CPU"
+sleep 2
+t0=$(ticks "$NODE_PID")
+sleep "$BENCH_DURATION"
+idle=$(($(ticks "$NODE_PID") - t0))
+echo "idle: node CPU $(awk -v t="$idle" -v hz="$hz" -v d="$BENCH_DURATION" \
+  'BEGIN { printf "%.1f", 100 * t / hz / d }')% of a core"
+
 log "churn alone, $BENCH_RUNS windows of $BENCH_DURATION s"
 for ((run = 1; run <= BENCH_RUNS; run++)); do
   churn $((run + 1)) "$RESULTS_DIR/churn-$run.json"
-  t0=$(ticks "$NODE_PID")
+  t0=$(ticks "$NODE_PID") c0=$(ticks "$CHURN_PID")
   sleep "$BENCH_DURATION"
-  t1=$(ticks "$NODE_PID")
+  t1=$(ticks "$NODE_PID") c1=$(ticks "$CHURN_PID")
   wait "$CHURN_PID" || true
   CHURN_PID=""
-  python3 - "$RESULTS_DIR/churn-$run.json" $((t1 - t0)) "$hz" "$BENCH_DURATION" <<'EOF'
+  python3 - "$RESULTS_DIR/churn-$run.json" $((t1 - t0)) "$hz" "$BENCH_DURATION" "$idle" \
+    $((c1 - c0)) <<'EOF'
 import json, sys
 c = json.load(open(sys.argv[1]))
-cpu = int(sys.argv[2]) / int(sys.argv[3]) / float(sys.argv[4])
+hz, secs = int(sys.argv[3]), float(sys.argv[4])
+cpu, idle, client = (int(t) / hz / secs for t in (sys.argv[2], sys.argv[5], sys.argv[6]))
 writes = c["registrations_per_s"] + c["health_flips_per_s"]
 print(f"churn alone: node CPU {100 * cpu:.1f}% of a core for {c['registrations_per_s']} "
-      f"registrations/s + {c['health_flips_per_s']} flips/s ({1000 * cpu / writes:.2f} ms per write), "
-      f"{c['errors']} errors")
+      f"registrations/s + {c['health_flips_per_s']} flips/s ({1000 * cpu / writes:.2f} ms per write, "
+      f"{1000 * (cpu - idle) / writes:.2f} ms without the idle node's share), the churn client "
+      f"{100 * client:.1f}% of its CPU, {c['errors']} errors")
 EOF
 done

@@ -637,9 +637,8 @@ impl Scheduler {
         self.may_run = may_run;
         let mut before = std::mem::take(&mut self.services);
         if may_run {
-            let (_, services) = cluster.registry().services();
-            // Services whose instances have no checks cost nothing here, however large.
-            for svc in services.iter().filter(|s| s.checked_instances() > 0) {
+            // Only the services with checks: the others cost nothing here, however many.
+            for svc in &cluster.registry().checked_services() {
                 let (name, old) = match before.remove_entry(&svc.name) {
                     Some((name, old)) if !everything && Arc::ptr_eq(&old.entry, svc) => {
                         self.services.insert(name, old);

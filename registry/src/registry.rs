@@ -313,6 +313,9 @@ pub struct Dirty {
 #[derive(Debug)]
 pub struct Registry {
     services: RwLock<HashMap<String, Arc<ServiceEntry>>>,
+    /// The entries of `services` with at least one checked instance, kept with it: what the
+    /// health checker walks after each applied batch, without visiting every service.
+    checked: RwLock<HashMap<String, Arc<ServiceEntry>>>,
     /// Where each instance id and check id lives, for the Consul API's lookups by id. Apply
     /// adds to it before publishing a service and removes from it after, so a reader finds
     /// every instance it could see, and checks each place it is given (see [`Self::find_instance`]).
@@ -354,6 +357,7 @@ impl Default for Registry {
     fn default() -> Self {
         Registry {
             services: RwLock::default(),
+            checked: RwLock::default(),
             ids: RwLock::default(),
             settings: RwLock::default(),
             down_nodes: RwLock::default(),
@@ -514,6 +518,12 @@ impl Registry {
         (index, all)
     }
 
+    /// The services with at least one checked instance, in no particular order: what the health
+    /// checker walks, at a cost that does not grow with the services that have no checks.
+    pub fn checked_services(&self) -> Vec<Arc<ServiceEntry>> {
+        self.checked.read().values().cloned().collect()
+    }
+
     /// Index of the last change to the set of services or their tags.
     pub fn list_index(&self) -> u64 {
         self.list_index.load(Ordering::Acquire)
@@ -577,6 +587,7 @@ impl Registry {
         *self.down_nodes.write() = data.down_nodes;
         *self.acl.write() = Arc::new(AclState::from_data(data.acl));
         let mut guard = self.services.write();
+        *self.checked.write() = checked_of(&map);
         *guard = map;
         self.list_index.store(data.list_index, Ordering::Release);
         self.applied_index.store(applied_index, Ordering::Release);
@@ -1006,7 +1017,10 @@ impl Registry {
         *self.acl.write() = Arc::new(AclState::from_data(acl));
         *self.ids.write() = IdIndex::build(map.values().map(|s| &**s));
         let mut names: BTreeSet<String> = map.keys().cloned().collect();
-        let old = std::mem::replace(&mut *self.services.write(), map);
+        let mut guard = self.services.write();
+        *self.checked.write() = checked_of(&map);
+        let old = std::mem::replace(&mut *guard, map);
+        drop(guard);
         names.extend(old.into_keys());
         self.list_index.store(index, Ordering::Release);
         for name in &names {
@@ -1114,6 +1128,15 @@ impl Registry {
             Some(e) => guard.insert(name.to_owned(), e.clone()),
             None => guard.remove(name),
         };
+        let now_checked = entry.as_ref().filter(|e| e.checked_instances() > 0);
+        let was_checked = old.as_ref().is_some_and(|e| e.checked_instances() > 0);
+        if now_checked.is_some() || was_checked {
+            let mut checked = self.checked.write();
+            match now_checked {
+                Some(e) => checked.insert(name.to_owned(), e.clone()),
+                None => checked.remove(name),
+            };
+        }
         drop(guard);
         let (new_bytes, new_checks) = entry.as_ref().map_or((0, 0), |e| (e.bytes, e.checks));
         let (old_bytes, old_checks) = old.as_ref().map_or((0, 0), |e| (e.bytes, e.checks));
@@ -1124,6 +1147,15 @@ impl Registry {
         self.checks.fetch_sub(old_checks, Ordering::AcqRel);
         entry
     }
+}
+
+/// The entries of `services` with at least one checked instance.
+fn checked_of(services: &HashMap<String, Arc<ServiceEntry>>) -> HashMap<String, Arc<ServiceEntry>> {
+    services
+        .iter()
+        .filter(|(_, s)| s.checked_instances() > 0)
+        .map(|(name, s)| (name.clone(), s.clone()))
+        .collect()
 }
 
 /// The instance a registration of `spec` at log `index` and leader time `time_ms` stores, over
@@ -1367,8 +1399,50 @@ mod tests {
             1,
             "a replace counts once"
         );
-        r.apply(4, &deregister("web", "c"), &mut d);
+        let checked = |r: &Registry| -> Vec<(String, u64)> {
+            let mut v: Vec<_> = r
+                .checked_services()
+                .iter()
+                .map(|s| (s.name.clone(), s.modify_index))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            checked(&r),
+            [("web".to_owned(), 3)],
+            "the checker's list holds the current entry"
+        );
+        r.apply(4, &register("db", "plain", &[]), &mut d);
+        assert_eq!(checked(&r), [("web".to_owned(), 3)]);
+        let restarted = Registry::from_data(r.export(), 4);
+        assert_eq!(checked(&restarted), [("web".to_owned(), 3)]);
+        let restored = Registry::default();
+        restored.apply(1, &register("cache", "x", &[]), &mut Dirty::default());
+        let restore = Command::new(
+            2000,
+            vec![Op::Restore {
+                from_index: 4,
+                from_term: 1,
+                data: Box::new(r.export()),
+            }],
+        );
+        assert_eq!(
+            restored.apply(9, &restore, &mut Dirty::default()),
+            [OpResult::Ok]
+        );
+        assert_eq!(checked(&restored), [("web".to_owned(), 9)]);
+        r.apply(5, &deregister("web", "c"), &mut d);
         assert_eq!(r.service("web").unwrap().checked_instances(), 0);
+        assert!(checked(&r).is_empty(), "web has no checked instance left");
+        r.apply(6, &with_check, &mut d);
+        r.apply(7, &deregister("web", "plain"), &mut d);
+        r.apply(8, &deregister("web", "c"), &mut d);
+        assert!(r.service("web").is_none());
+        assert!(
+            checked(&r).is_empty(),
+            "a service that is gone is not walked"
+        );
     }
 
     #[test]
