@@ -330,9 +330,11 @@ impl Flusher {
     }
 }
 
-/// Puts the calling thread at the lowest priority (nice 19: on Linux a thread's own). Only for
-/// threads of their own: an unprivileged process cannot raise it back.
+/// Puts the calling thread at the lowest priority (nice 19). Only for threads of their own: an
+/// unprivileged process cannot raise it back. Linux only, where a nice value is a thread's own
+/// (elsewhere it would be the whole process's).
 fn lowest_priority() {
+    #[cfg(target_os = "linux")]
     if let Err(e) = rustix::process::setpriority_process(None, 19) {
         tracing::debug!("cannot lower the snapshot thread's priority: {e}");
     }
