@@ -21,7 +21,6 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -31,7 +30,7 @@ use cairn_registry::model::{CHECK_METHODS, MAX_OUTPUT_LEN};
 use cairn_registry::HealthStatus;
 use cairn_tls::rustls;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -734,10 +733,7 @@ impl Conn {
     /// Whether the connection can take a request: open, with nothing unread waiting (a server's
     /// close arrives as the end of the stream, a TLS close as a record).
     fn is_idle_open(&self) -> bool {
-        let tcp = match &self.io {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => s.get_ref().0,
-        };
+        let tcp = self.io.tcp();
         let mut byte = [0u8; 1];
         let mut buf = ReadBuf::new(&mut byte);
         let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -745,50 +741,8 @@ impl Conn {
     }
 }
 
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+/// A probe's connection: plain TCP, or TLS for `https`.
+type Stream = cairn_tls::MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// Opens connections: TCP, and TLS for `https` (public roots and `--check-ca-file`, or any
 /// certificate for `tls_skip_verify`).
