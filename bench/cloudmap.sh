@@ -44,12 +44,7 @@ ENV_VARS=(CAIRN_BIN CAIRN_PYDEPS BENCH_BOTO3 BENCH_INSTANCES BENCH_CONNECTIONS B
   BENCH_RUNS BENCH_WARMUP BENCH_PIN BENCH_SDK BENCH_SDK_SECONDS BENCH_PORT_BASE BENCH_OUTPUT
   BENCH_WRITE)
 capture_command_line cloudmap.sh "${ENV_VARS[@]}" -- "$@"
-for arg in "$@"; do
-  case $arg in
-    -h | --help) usage; exit 0 ;;
-    *) usage >&2; die "unknown argument: $arg" ;;
-  esac
-done
+no_arguments "$@"
 
 CAIRN_BIN=${CAIRN_BIN:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/cairn}
 CAIRN_PYDEPS=${CAIRN_PYDEPS:-/var/tmp/cairn-pydeps}

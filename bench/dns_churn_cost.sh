@@ -34,12 +34,7 @@ REPO_ROOT=$(cd -- "$SCRIPT_DIR/.." && pwd)
 BENCH_LOG_TAG=dns-churn
 # shellcheck source=lib.sh
 source "$SCRIPT_DIR/lib.sh"
-for arg in "$@"; do
-  case $arg in
-    -h | --help) usage; exit 0 ;;
-    *) usage >&2; die "unknown argument: $arg" ;;
-  esac
-done
+no_arguments "$@"
 
 CAIRN_BIN=${CAIRN_BIN:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/cairn}
 BENCH_SERVICES=${BENCH_SERVICES:-2000}

@@ -37,6 +37,17 @@ die() {
 # usage: the driver's header comment, from line 2 down to `set -euo pipefail`.
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$BENCH_SCRIPT"; }
 
+# no_arguments ARG...: the command line of a driver that takes no argument but --help.
+no_arguments() {
+  local arg
+  for arg in "$@"; do
+    case $arg in
+      -h | --help) usage; exit 0 ;;
+      *) usage >&2; die "unknown argument: $arg" ;;
+    esac
+  done
+}
+
 # capture_command_line NAME VAR... -- ARG...: sets COMMAND_LINE to what was typed, as
 # "VAR=value ... bench/NAME arg ...", listing only the VARs set in the environment. Call it
 # before defaults are filled in, so the report shows the knobs the user chose, not the defaults.

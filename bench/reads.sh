@@ -63,12 +63,7 @@ KNOBS=(CAIRN_BIN BENCH_ONLY BENCH_ACL BENCH_ACL_TOKENS BENCH_WATCHERS BENCH_RUNS
   BENCH_WAIT_FOR BENCH_WAIT_MAX BENCH_OUTPUT BENCH_WRITE)
 capture_command_line reads.sh "${KNOBS[@]}" -- "$@"
 
-for arg in "$@"; do
-  case $arg in
-    -h | --help) usage; exit 0 ;;
-    *) usage >&2; die "unknown argument: $arg" ;;
-  esac
-done
+no_arguments "$@"
 
 # --- Settings. ---
 BENCH_ONLY=${BENCH_ONLY:-}
