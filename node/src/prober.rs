@@ -730,9 +730,13 @@ impl Conn {
         self.io.read_buf(&mut self.buf).await
     }
 
-    /// Whether the connection can take a request: open, with nothing unread waiting (a server's
-    /// close arrives as the end of the stream, a TLS close as a record).
-    fn is_idle_open(&self) -> bool {
+    /// Whether the pooled connection can take another request: idle for less than
+    /// [`POOL_IDLE_TIMEOUT`] and still open, with nothing unread waiting (a server's close
+    /// arrives as the end of the stream, a TLS close as a record).
+    fn usable_from_pool(&self) -> bool {
+        if self.idle_since.elapsed() >= POOL_IDLE_TIMEOUT {
+            return false;
+        }
         let tcp = self.io.tcp();
         let mut byte = [0u8; 1];
         let mut buf = ReadBuf::new(&mut byte);
@@ -878,7 +882,7 @@ impl Pool {
         let list = self.idle.get_mut(key)?;
         let mut found = None;
         while let Some(conn) = list.pop() {
-            if conn.idle_since.elapsed() < POOL_IDLE_TIMEOUT && conn.is_idle_open() {
+            if conn.usable_from_pool() {
                 found = Some(conn);
                 break;
             }
@@ -904,7 +908,7 @@ impl Pool {
     /// Closes connections idle for longer than [`POOL_IDLE_TIMEOUT`] or closed by their server.
     pub fn sweep(&mut self) {
         self.idle.retain(|_, list| {
-            list.retain(|c| c.idle_since.elapsed() < POOL_IDLE_TIMEOUT && c.is_idle_open());
+            list.retain(Conn::usable_from_pool);
             !list.is_empty()
         });
     }
